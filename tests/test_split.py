@@ -25,7 +25,7 @@ def make_images(counts: dict[str, int], start: int = 0, lesion_every: int = 0) -
     return pd.DataFrame(rows)
 
 
-def with_split(df: pd.DataFrame, **kwargs) -> pd.DataFrame:  # noqa: ANN003
+def with_split(df: pd.DataFrame, **kwargs) -> pd.DataFrame:
     out = df.copy()
     out["split"] = assign_splits(out, **kwargs).to_numpy()
     return out

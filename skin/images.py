@@ -55,7 +55,11 @@ def decode(data: bytes, size: int) -> np.ndarray:
             return np.asarray(img, dtype=np.uint8)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
         raise ImageDecodeError(f"not a usable image: {err}") from err
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageDecodeError(f"corrupt or truncated image: {err}") from err

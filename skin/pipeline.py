@@ -71,6 +71,7 @@ class EvalOutcome:
     metrics: dict[str, float]
     diagnosis: str
     report_dir: str
+    url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,48 @@
+"""What every flow shares: resolving the config, calling a task and noting whether it ran."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task
+
+from skin.config import PipelineConfig, load_config
+from skin.datastages import ManifestRef, latest_manifest, manifest_ref
+from tasks.caching import digest
+from tasks.training import MODEL_SECTIONS
+
+
+def resolve_config(
+    config_path: str | None, overrides: dict[str, Any] | None, data_uri: str | None
+) -> PipelineConfig:
+    """YAML file ← overrides (dotted keys) ← data_uri; validated before any work starts."""
+    merged = dict(overrides or {})
+    if data_uri:
+        merged["data.uri"] = data_uri
+    return load_config(config_path, merged)
+
+
+def call(task: Task, stages: dict[str, str], *, refresh: bool = False, **kwargs: Any) -> Any:
+    """Run a task; record 'ran' or 'cached' under its name (users and tests read this)."""
+    runner = task.with_options(refresh_cache=True) if refresh else task
+    state = runner(**kwargs, return_state=True)
+    stages[task.name] = "cached" if state.name == "Cached" else "ran"
+    return state.result()
+
+
+def train_key(cfg: PipelineConfig, manifest_hash: str) -> str:
+    """Identity of a training: the manifest plus every setting training depends on."""
+    dumped = cfg.model_dump(mode="json")
+    return digest(manifest_hash, {s: dumped[s] for s in MODEL_SECTIONS})
+
+
+def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
+    """'latest' (the dataset's newest manifest) or a manifest URI."""
+    if reference == "latest":
+        ref = latest_manifest(cfg.work_dir, cfg.data.uri)
+        if ref is None:
+            raise ValueError(
+                f"no manifest yet for {cfg.data.uri}: run the split stage first (skin split)"
+            )
+        return ref
+    return manifest_ref(reference)

@@ -1,0 +1,126 @@
+"""The full pipeline flow: list → split → undersample → decode → train → evaluate, incrementally."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.common import call, resolve_config, train_key
+from skin.datastages import latest_manifest, set_latest
+from skin.report import metrics_table
+from tasks.data import list_task, split_task, undersample_task
+from tasks.training import evaluate_task, prepare_images_task, train_task
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The Prefect artifact: where the MLflow run is, and the key numbers."""
+    metrics = result["metrics"]
+    table = metrics_table(metrics).to_markdown(floatfmt=".4f")
+    link = (
+        f"[{result['run_id']}]({result['mlflow_url']})"
+        if result.get("mlflow_url")
+        else result["run_id"]
+    )
+    stages = ", ".join(f"{k}: {v}" for k, v in result["stages"].items())
+    return "\n".join(
+        [
+            f"# skin run {link}",
+            "",
+            f"Manifest `{result['manifest_hash']}` · best epoch {result['best_epoch']} · stages: {stages}",
+            "",
+            table,
+            "",
+            f"bias {metrics['bias']:+.4f} · variance {metrics['variance']:+.4f} ·"
+            f" variance_test {metrics['variance_test']:+.4f} → **{result['diagnosis']}**",
+        ]
+    )
+
+
+@flow(name="skin-pipeline", log_prints=True)
+def pipeline_flow(
+    data_uri: str | None = None,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    """Run every stage; unchanged inputs come from Prefect's cache (see `stages` in the result).
+
+    `refresh=True` forces every stage to run again.
+    """
+    log = get_run_logger()
+    cfg = resolve_config(config_path, overrides, data_uri)
+    config = cfg.model_dump(mode="json")
+    stages: dict[str, str] = {}
+
+    listing = call(list_task, stages, config=config)
+    log.info(
+        "listed %d images (%s layout), skipped %s",
+        listing.images,
+        listing.layout,
+        listing.skipped or "none",
+    )
+    previous = latest_manifest(cfg.work_dir, cfg.data.uri)
+    split = call(
+        split_task,
+        stages,
+        refresh=refresh,
+        listing_uri=listing.uri,
+        listing_fingerprint=listing.fingerprint,
+        config=config,
+        previous_uri=previous.uri if previous else None,
+    )
+    manifest = call(
+        undersample_task,
+        stages,
+        refresh=refresh,
+        split=split,
+        split_hash=split.hash,
+        config=config,
+    )
+    set_latest(manifest, cfg.work_dir, cfg.data.uri)
+    call(
+        prepare_images_task,
+        stages,
+        refresh=refresh,
+        manifest_uri=manifest.uri,
+        manifest_hash=manifest.hash,
+        config=config,
+    )
+    trained = call(
+        train_task,
+        stages,
+        refresh=refresh,
+        manifest_uri=manifest.uri,
+        manifest_hash=manifest.hash,
+        config=config,
+        train_key=train_key(cfg, manifest.hash),
+    )
+    evaluated = call(
+        evaluate_task,
+        stages,
+        refresh=refresh,
+        manifest_uri=manifest.uri,
+        manifest_hash=manifest.hash,
+        run_id=trained.run_id,
+        checkpoint=trained.best_checkpoint,
+        config=config,
+    )
+    result = {
+        "run_id": trained.run_id,
+        "mlflow_url": evaluated.url,
+        "manifest_uri": manifest.uri,
+        "manifest_hash": manifest.hash,
+        "best_epoch": trained.best_epoch,
+        "metrics": evaluated.metrics,
+        "diagnosis": evaluated.diagnosis,
+        "report_dir": evaluated.report_dir,
+        "stages": stages,
+    }
+    create_markdown_artifact(
+        key="skin-run-summary",
+        markdown=summary_markdown(result),
+        description=f"skin pipeline run {trained.run_id}",
+    )
+    return result

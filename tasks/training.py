@@ -1,0 +1,107 @@
+"""Prefect tasks for the model stages: decode cache, train, evaluate. Logic lives in skin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import runtime, task
+
+from skin import manifest as mf
+from skin.config import PipelineConfig
+from skin.imagecache import build_cache
+from skin.model import build_model, input_spec
+from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
+from skin.tracking import MLflowTracker
+from tasks.caching import keyed_on
+
+MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir")
+
+
+def run_pointer(work_dir: str, train_key: str) -> Path:
+    """Where a training attempt records its MLflow run id, so a crashed attempt is resumed."""
+    return Path(work_dir) / "runs" / "by-key" / f"{train_key}.json"
+
+
+def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
+    tags = dict(extra or {})
+    if runtime.flow_run.id:
+        tags["prefect.flow_run_id"] = str(runtime.flow_run.id)
+        tags["prefect.flow_name"] = str(runtime.flow_run.flow_name)
+    return tags
+
+
+@task(
+    name="prepare-images",
+    cache_policy=keyed_on(
+        "manifest_hash", config_sections=("model.name", "train.image_size", "work_dir")
+    ),
+    retries=2,
+    retry_delay_seconds=[5, 30],
+)
+def prepare_images_task(manifest_uri: str, manifest_hash: str, config: dict[str, Any]) -> str:
+    """Fetch and decode every image once (parallel); returns the cache folder."""
+    cfg = PipelineConfig.model_validate(config)
+    skeleton = build_model(cfg.model.name, len(cfg.data.classes), pretrained=False)
+    spec = input_spec(skeleton, cfg.train.image_size)
+    cache = build_cache(mf.read(manifest_uri), spec.cache_size, Path(cfg.work_dir) / "cache")
+    return str(cache.path)
+
+
+@task(name="train", cache_policy=keyed_on("train_key", "manifest_hash"))
+def train_task(
+    manifest_uri: str,
+    manifest_hash: str,
+    config: dict[str, Any],
+    train_key: str,
+    run_id: str | None = None,
+) -> TrainOutcome:
+    """Train in an MLflow run. A crashed attempt with the same key (or `run_id`) is resumed from
+    its last complete checkpoint, in the same MLflow run."""
+    cfg = PipelineConfig.model_validate(config)
+    pointer = run_pointer(cfg.work_dir, train_key)
+    if run_id is None and pointer.exists():
+        run_id = json.loads(pointer.read_text())["run_id"]
+    tracker = MLflowTracker(
+        cfg.tracking.tracking_uri,
+        cfg.tracking.experiment,
+        run_id=run_id,
+        run_name=f"{cfg.model.name}-{manifest_hash[:8]}",
+        tags=_tags({"skin.train_key": train_key}),
+    )
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(json.dumps({"run_id": tracker.run_id}))
+    try:
+        tracker.set_tags(_tags())
+        outcome = train_stage(manifest_uri, cfg, tracker)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close("FINISHED")
+    return outcome
+
+
+@task(
+    name="evaluate",
+    cache_policy=keyed_on(
+        "run_id", "checkpoint", "manifest_hash", config_sections=("evaluate", "data", "tracking")
+    ),
+)
+def evaluate_task(
+    manifest_uri: str, manifest_hash: str, run_id: str, checkpoint: str, config: dict[str, Any]
+) -> EvalOutcome:
+    """Score the best checkpoint on every split and log into the training's MLflow run."""
+    cfg = PipelineConfig.model_validate(config)
+    tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
+    try:
+        tracker.set_tags(_tags())
+        outcome = evaluate_stage(manifest_uri, checkpoint, cfg, tracker)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    outcome_url = tracker.url()
+    tracker.close("FINISHED")
+    if outcome_url:
+        outcome.url = outcome_url
+    return outcome

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import call, resolve_config, train_key
-from skin.datastages import latest_manifest, set_latest
+from skin.datastages import latest_manifest, previous_for, set_latest
 from skin.report import metrics_table
 from tasks.data import list_task, split_task, undersample_task
 from tasks.training import evaluate_task, prepare_images_task, train_task
@@ -61,7 +61,7 @@ def pipeline_flow(
         listing.layout,
         listing.skipped or "none",
     )
-    previous = latest_manifest(cfg.work_dir, cfg.data.uri)
+    latest = latest_manifest(cfg.work_dir, cfg.data.uri)
     split = call(
         split_task,
         stages,
@@ -69,7 +69,7 @@ def pipeline_flow(
         listing_uri=listing.uri,
         listing_fingerprint=listing.fingerprint,
         config=config,
-        previous_uri=previous.uri if previous else None,
+        previous_uri=previous_for(latest, listing.fingerprint, cfg.split),
     )
     manifest = call(
         undersample_task,

@@ -112,7 +112,7 @@ def make_loader(
         weights = 1.0 / counts[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(labels), generator=gen)
         shuffle = False
-    batched = isinstance(dataset, EvalImages)
+    batched = hasattr(dataset, "__getitems__")  # the dataset hands over whole batches
     return DataLoader(
         dataset,
         batch_size=batch_size,

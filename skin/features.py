@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from skin.data import EvalImages, Normalize, make_loader
 from skin.imagecache import ImageCache
@@ -81,25 +82,18 @@ class HeadOnFeatures(nn.Module):
         return self.classifier(self.drop(x))
 
 
-class FeatureBatches:
-    """(features, labels) batches in a (seed, epoch)-determined order: cheap, exact resumes."""
+class FeatureSet(Dataset):
+    """Cached features as a dataset: batches come from the same loader (and order) as images."""
 
-    def __init__(self, feats: torch.Tensor, labels: np.ndarray, batch_size: int) -> None:
-        self.feats, self.labels, self.batch_size = feats, torch.as_tensor(labels), batch_size
+    def __init__(self, feats: torch.Tensor, labels: np.ndarray) -> None:
+        self.feats, self.labels = feats, torch.as_tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        return len(self.labels)
 
-    def epoch(self, seed: int, epoch: int, shuffle: bool = True, balanced: bool = False):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        n = len(self.labels)
-        if balanced:
-            counts = torch.bincount(self.labels).float()
-            order = torch.multinomial(1.0 / counts[self.labels], n, replacement=True, generator=gen)
-        elif shuffle:
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        for i in range(0, n, self.batch_size):
-            idx = order[i : i + self.batch_size]
-            yield self.feats[idx], self.labels[idx]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.feats[i], int(self.labels[i])
+
+    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return self.feats[index], self.labels[index]

@@ -22,7 +22,7 @@ from skin import manifest as mf
 from skin.config import PipelineConfig, config_to_yaml, flatten
 from skin.data import EvalImages, Normalize, TrainImages, default_workers, make_loader
 from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
-from skin.features import FeatureBatches, HeadOnFeatures, extract
+from skin.features import FeatureSet, HeadOnFeatures, extract
 from skin.imagecache import ImageCache, build_cache
 from skin.model import InputSpec, apply_freeze, build_model, input_spec, is_head_only, train_mode
 from skin.tracking import Tracker, git_commit
@@ -174,19 +174,20 @@ def train_stage(
             progress=progress("backbone features", len(data.cache.images)),
         ).to(device)
         net: torch.nn.Module = HeadOnFeatures(model.get_classifier(), cfg.model.drop_rate)
-        train_fb = FeatureBatches(feats[data.rows["train"]], data.labels["train"], bs)
-        dev_fb = FeatureBatches(feats[data.rows["dev"]], data.labels["dev"], bs)
+        train_fs = FeatureSet(feats[data.rows["train"]], data.labels["train"])
+        dev_fs = FeatureSet(feats[data.rows["dev"]], data.labels["dev"])
 
         def train_batches(epoch: int):
-            return train_fb.epoch(seed, epoch, balanced=balanced)
+            return make_loader(train_fs, batch_size=bs, shuffle=True, seed=seed, epoch=epoch,
+                               balanced=balanced, labels=data.labels["train"])
 
         def dev_batches():
-            return dev_fb.epoch(seed, 0, shuffle=False)
+            return make_loader(dev_fs, batch_size=bs, shuffle=False, seed=seed)
 
         def prep(x: torch.Tensor) -> torch.Tensor:
             return x
 
-        steps = len(train_fb)
+        steps = (len(train_fs) + bs - 1) // bs
         set_mode = net.train
     else:
         net = model

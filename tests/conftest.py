@@ -14,6 +14,20 @@ from tests import servers
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instead of retrying
+_PREFECT_HOME = Path(os.environ.get("SKIN_TEST_PREFECT_HOME", "/tmp/skin-tests-prefect"))
+os.environ["PREFECT_HOME"] = str(_PREFECT_HOME / uuid.uuid4().hex[:8])
+
+# A small, fast recipe that still learns: timm's own test ResNet at 32 px, from random weights.
+TINY = {
+    "model.name": "test_resnet",
+    "model.pretrained": False,
+    "model.freeze": "none",
+    "train.batch_size": 32,
+    "train.image_size": 32,
+    "train.lr": 0.003,
+    "split.fractions": [0.6, 0.2, 0.2],
+}
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +88,38 @@ def local_snapshot(root: Path) -> dict[str, tuple[int, int]]:
         for p in root.rglob("*")
         if p.is_file()
     }
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One ephemeral Prefect API for the whole session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    """A real `mlflow server` on loopback with a SQLite backend, shared by the session."""
+    server = servers.start_mlflow(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 generated images per class at 40 px, in class folders (read-only for tests)."""
+    from skin.sample_data import write_sample_dataset
+    from skin.synthetic import class_counts
+
+    root = tmp_path_factory.mktemp("sample") / "data"
+    write_sample_dataset(str(root), class_counts(per_class=40), size=40, seed=1)
+    return root
+
+
+def tiny_config(tmp_path: Path, data: Path | str, **extra: object):
+    from skin.config import load_config
+
+    return load_config(None, {**TINY, "data.uri": str(data), "work_dir": str(tmp_path / "work"),
+                              **extra})

@@ -38,6 +38,9 @@ def _main(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "urllib3", "httpx", "s3transfer", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if quiet or json_out:  # scripts read stdout: keep Prefect's and MLflow's chatter out of it
+        for chatty in ("prefect", "mlflow", "skin"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def friendly_errors(func: F) -> F:
@@ -216,6 +219,7 @@ def _metrics_table(metrics: dict[str, float], title: str) -> Table:
 def list_cmd(
     data: Annotated[str, typer.Option("--data", help="s3://bucket/prefix or a folder.")],
     layout: Annotated[str, typer.Option(help="auto, folders or isic.")] = "auto",
+    config: ConfigOpt = None,
 ) -> None:
     """Count images per class and report everything skipped (the list stage).
 
@@ -223,8 +227,8 @@ def list_cmd(
     """
     from flows.stages import list_flow
 
-    _validate(None, {"data.layout": layout}, data)
-    ref = list_flow(data_uri=data, overrides={"data.layout": layout})
+    _validate(config, {"data.layout": layout}, data)
+    ref = list_flow(data_uri=data, config_path=config, overrides={"data.layout": layout})
     counts, skips = ref["counts"], ref["skipped"]
     table = Table(title=f"{data} ({ref['layout']} layout)")
     table.add_column("class", style="bold")

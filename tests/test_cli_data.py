@@ -1,0 +1,120 @@
+"""The data-stage commands as a user runs them, against moto_server: nothing in the bucket changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from skin import manifest as mf
+from skin.cli import app
+from tests.conftest import snapshot
+
+pytestmark = pytest.mark.server
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """Exit code and stdout (+ stderr for humans); JSON modes are parsed from stdout alone."""
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    if "--json" in args:
+        return result.exit_code, result.stdout
+    return result.exit_code, result.output
+
+
+def test_sample_data_to_s3_then_list_split_and_grow(
+    s3_client, bucket: str, tmp_path: Path, prefect_api
+) -> None:
+    data = f"s3://{bucket}/isic"
+    code, out = invoke("sample-data", data, "--per-class", "12", "--size", "32")
+    assert code == 0, out
+    before = snapshot(s3_client, bucket)
+    assert len([k for k in before if k.endswith(".jpg")]) == 96, "8 classes × 12 images written"
+
+    work = ["--config", str(_config(tmp_path))]
+    code, out = invoke("--json", "list", "--data", data, *work)
+    assert code == 0, out
+    listed = json.loads(out)
+    assert listed["counts"] == dict.fromkeys(["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"], 12)
+
+    manifest = tmp_path / "m.parquet"
+    code, out = invoke("split", "--data", data, "--out", str(manifest), *work)
+    assert code == 0, out
+    assert "train (after)" in out and "VASC" in out, out
+    df = mf.read(str(manifest))
+    assert df.groupby("label")["split"].value_counts().unstack()["test"].min() >= 1
+
+    csv = tmp_path / "m.csv"
+    code, out = invoke("split", "--data", data, "--out", str(csv), *work)
+    assert code == 0, out
+    assert mf.manifest_hash(mf.read(str(csv))) == mf.manifest_hash(df), "CSV reads back the same"
+
+    # 10 % more images arrive; the new manifest keeps every earlier assignment.
+    code, out = invoke("sample-data", f"s3://{bucket}/isic", "--per-class", "2", "--size", "32",
+                       "--seed", "5")
+    assert code == 0, out
+    grown_before = snapshot(s3_client, bucket)
+    grown = tmp_path / "grown.parquet"
+    code, out = invoke("split", "--data", data, "--out", str(grown), "--previous", str(manifest),
+                       *work)
+    assert code == 0, out
+    new = mf.read(str(grown)).set_index("key")["split"]
+    old = df.set_index("key")["split"]
+    assert len(new) == 112 and new.loc[old.index].equals(old), "stable as data grows"
+    assert snapshot(s3_client, bucket) == grown_before, "no source object may change"
+    assert set(before) <= set(grown_before), "nothing was deleted"
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"work_dir: {tmp_path / 'work'}\n")
+    return path
+
+
+def test_isic_layout_sample_data_is_detected(tmp_path: Path, prefect_api) -> None:
+    root = tmp_path / "isic"
+    code, out = invoke("sample-data", str(root), "--total", "200", "--layout", "isic", "--size", "24")
+    assert code == 0, out
+    assert (root / "ISIC_2019_Training_GroundTruth.csv").exists()
+    code, out = invoke("--json", "list", "--data", str(root), "--config", str(_config(tmp_path)))
+    assert code == 0, out
+    listed = json.loads(out)
+    assert listed["layout"] == "isic" and sum(listed["counts"].values()) == 200, listed
+    assert listed["counts"]["NV"] > listed["counts"]["DF"], "ISIC proportions"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fractions", "0.8,0.1,0.2"], "sum to 1"),
+        (["--fractions", "0.8,0.2"], "three fractions"),
+        (["--balance", "oversample"], "balance"),
+        (["--majority", "XYZ"], "majority_class"),
+    ],
+)
+def test_bad_split_options_fail_fast_with_the_field_named(
+    tmp_path: Path, sample_data: Path, args: list[str], message: str
+) -> None:
+    code, out = invoke("split", "--data", str(sample_data), "--out", str(tmp_path / "m.parquet"),
+                       *args)
+    assert code != 0, out
+    assert message in out, out
+    assert not (tmp_path / "m.parquet").exists(), "nothing written on a bad setting"
+
+
+def test_tiny_class_and_empty_dataset_are_clear_errors(
+    tmp_path: Path, prefect_api
+) -> None:
+    from skin.sample_data import write_sample_dataset
+
+    data = tmp_path / "data"
+    write_sample_dataset(str(data), {"NV": 20, "DF": 2}, size=24, seed=0, repeat_fraction=0.0)
+    code, out = invoke("split", "--data", str(data), "--out", str(tmp_path / "m.parquet"),
+                       "--config", str(_config(tmp_path)))
+    assert code == 1 and "class DF is too small" in out, out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out = invoke("list", "--data", str(empty), "--config", str(_config(tmp_path)))
+    assert code == 1 and "no labelled images" in out, out

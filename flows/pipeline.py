@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, resolve_config, train_key
 from skin.datastages import latest_manifest, previous_for, set_latest
 from skin.report import metrics_table
 from tasks.data import list_task, split_task, undersample_task
-from tasks.training import evaluate_task, prepare_images_task, train_task
+from tasks.training import evaluate_task, prepare_images_task, register_task, train_task
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
@@ -32,9 +32,34 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "",
             table,
             "",
+            _registration_line(result.get("registration")),
+            "",
             f"bias {metrics['bias']:+.4f} · variance {metrics['variance']:+.4f} ·"
             f" variance_test {metrics['variance_test']:+.4f} → **{result['diagnosis']}**",
         ]
+    )
+
+
+def publish_input_report(skipped: dict[str, int], bad: list[dict[str, str]]) -> None:
+    """Bad input as a Prefect table: what the listing skipped (by reason), what failed to decode."""
+    rows = [{"stage": "listing", "what": reason, "count": n} for reason, n in skipped.items()]
+    rows += [{"stage": "decode", "what": f"{b['key']}: {b['error']}", "count": 1} for b in bad]
+    if not rows:
+        rows = [{"stage": "all", "what": "no bad input", "count": 0}]
+    create_table_artifact(
+        key="skin-input-report",
+        table=rows,
+        description="objects skipped or undecodable in this run's dataset",
+    )
+
+
+def _registration_line(reg: dict[str, Any] | None) -> str:
+    if not reg:
+        return "Model not registered (tracking.log_model is off)."
+    before = f"{reg['champion_score']:.4f}" if reg["champion_score"] is not None else "none"
+    return (
+        f"Registered `{reg['name']}` v{reg['version']} as **{reg['alias']}**"
+        f" (dev balanced accuracy {reg['score']:.4f}; champion before: {before})."
     )
 
 
@@ -80,7 +105,7 @@ def pipeline_flow(
         config=config,
     )
     set_latest(manifest, cfg.work_dir, cfg.data.uri)
-    call(
+    images = call(
         prepare_images_task,
         stages,
         refresh=refresh,
@@ -107,8 +132,22 @@ def pipeline_flow(
         checkpoint=trained.best_checkpoint,
         config=config,
     )
+    registration = None
+    if evaluated.model_uri:
+        registration = call(
+            register_task,
+            stages,
+            refresh=refresh,
+            run_id=trained.run_id,
+            model_uri=evaluated.model_uri,
+            config=config,
+        ).to_dict()
+    publish_input_report(listing.skipped, images["bad"])
     result = {
         "run_id": trained.run_id,
+        "skipped": listing.skipped,
+        "bad_images": len(images["bad"]),
+        "registration": registration,
         "mlflow_url": evaluated.url,
         "manifest_uri": manifest.uri,
         "manifest_hash": manifest.hash,

@@ -244,6 +244,46 @@ def list_cmd(
         )
 
 
+@app.command("validate")
+@friendly_errors
+def validate_cmd(
+    data: Annotated[str, typer.Option("--data", help="s3://bucket/prefix or a folder.")],
+    layout: Annotated[str, typer.Option(help="auto, folders or isic.")] = "auto",
+    report: Annotated[
+        str | None, typer.Option(help="Also write every problem to this CSV.")
+    ] = None,
+) -> None:
+    """Check every object without training: what is skipped and what cannot be decoded, and why.
+
+    Exit code 0 even with problems (they are skipped by the pipeline); 1 only if nothing is usable.
+    Example: skin validate --data s3://my-bucket/isic2019 --report problems.csv
+    """
+    from rich.progress import Progress
+
+    from skin.config import DataConfig
+    from skin.validate import validate_dataset
+
+    cfg = DataConfig(uri=data, layout=layout)  # type: ignore[arg-type]
+    with Progress(console=err_console, disable=_state["quiet"] or _state["json"]) as bar:
+        task = bar.add_task("checking images", total=None)
+        result = validate_dataset(cfg, progress=lambda n: bar.advance(task, n))
+    summary = result.summary()
+    if report:
+        result.problems.to_csv(report, index=False)
+    table = Table(title=f"{data}: {int(result.good.sum())} usable images ({result.layout} layout)")
+    for col in ("stage", "reason", "count"):
+        table.add_column(col, justify="right" if col == "count" else "left")
+    for row in summary.itertuples(index=False):
+        table.add_row(str(row.stage), str(row.reason), str(row.count))
+    emit(
+        {"layout": result.layout, "good": result.good.to_dict(),
+         "problems": result.problems.to_dict(orient="records")},
+        table,
+    )
+    if result.good.sum() == 0:
+        raise typer.Exit(1)
+
+
 @app.command("split")
 @friendly_errors
 def split_cmd(

@@ -72,6 +72,7 @@ class EvalOutcome:
     diagnosis: str
     report_dir: str
     url: str | None = None
+    model_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -402,7 +403,8 @@ def evaluate_stage(
     )
     tracker.log_artifact(out_dir, "report")
     tracker.set_tags({"diagnosis": reading})
+    model_uri = None
     if cfg.tracking.log_model:
         example = np.zeros((1, 3, spec.size, spec.size), dtype=np.float32)
-        tracker.log_model(model.cpu().float(), example, None)
-    return EvalOutcome(tracker.run_id, metrics, reading, str(out_dir))
+        model_uri = tracker.log_model(model.cpu().float(), example, None)
+    return EvalOutcome(tracker.run_id, metrics, reading, str(out_dir), model_uri=model_uri)

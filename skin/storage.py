@@ -123,10 +123,14 @@ class S3Store:
         uri: str,
         *,
         max_pool: int = 32,
-        retries: int = 8,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        retries: int | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> None:
+        # The retry budget and timeouts: arguments, else SKIN_S3_* variables, else defaults.
+        retries = retries or int(os.environ.get("SKIN_S3_MAX_ATTEMPTS", "8"))
+        connect_timeout = connect_timeout or float(os.environ.get("SKIN_S3_CONNECT_TIMEOUT", "5"))
+        read_timeout = read_timeout or float(os.environ.get("SKIN_S3_READ_TIMEOUT", "30"))
         parsed = urlparse(uri)
         if not parsed.netloc:
             raise StorageError(f"S3 URI without a bucket: {uri!r}")

@@ -13,7 +13,8 @@ from skin.config import PipelineConfig
 from skin.imagecache import build_cache
 from skin.model import build_model, input_spec
 from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
-from skin.tracking import MLflowTracker
+from skin.registry import Registration, register_and_gate
+from skin.tracking import MLflowTracker, resolve_tracking_uri
 from tasks.caching import keyed_on
 
 MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir")
@@ -40,13 +41,15 @@ def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     retries=2,
     retry_delay_seconds=[5, 30],
 )
-def prepare_images_task(manifest_uri: str, manifest_hash: str, config: dict[str, Any]) -> str:
-    """Fetch and decode every image once (parallel); returns the cache folder."""
+def prepare_images_task(
+    manifest_uri: str, manifest_hash: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """Fetch and decode every image once (parallel); the cache folder and the images that failed."""
     cfg = PipelineConfig.model_validate(config)
     skeleton = build_model(cfg.model.name, len(cfg.data.classes), pretrained=False)
     spec = input_spec(skeleton, cfg.train.image_size)
     cache = build_cache(mf.read(manifest_uri), spec.cache_size, Path(cfg.work_dir) / "cache")
-    return str(cache.path)
+    return {"path": str(cache.path), "bad": cache.errors.to_dict(orient="records")}
 
 
 @task(name="train", cache_policy=keyed_on("train_key", "manifest_hash"))
@@ -105,3 +108,20 @@ def evaluate_task(
     if outcome_url:
         outcome.url = outcome_url
     return outcome
+
+
+@task(
+    name="register-model",
+    cache_policy=keyed_on("run_id", "model_uri", config_sections=("tracking",)),
+    retries=2,
+    retry_delay_seconds=[5, 30],
+)
+def register_task(run_id: str, model_uri: str, config: dict[str, Any]) -> Registration:
+    """New registry version; `champion` moves only if dev balanced accuracy beats the current one."""
+    cfg = PipelineConfig.model_validate(config)
+    return register_and_gate(
+        resolve_tracking_uri(cfg.tracking.tracking_uri),
+        cfg.tracking.registered_model,
+        model_uri,
+        run_id,
+    )

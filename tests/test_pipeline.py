@@ -78,13 +78,23 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     again = pipeline_flow(data_uri=str(data), overrides=ov)
     assert again["stages"] == {"list-images": "ran", "split": "cached", "undersample": "cached",
                                "prepare-images": "cached", "train": "cached",
-                               "evaluate": "cached"}, again["stages"]
+                               "evaluate": "cached", "register-model": "cached"}, again["stages"]
     assert again["run_id"] == first["run_id"], "nothing changed: the same run is the answer"
 
     lr = pipeline_flow(data_uri=str(data), overrides={**ov, "train.lr": 0.002})
     assert lr["stages"] == {"list-images": "ran", "split": "cached", "undersample": "cached",
-                            "prepare-images": "cached", "train": "ran", "evaluate": "ran"}, lr
+                            "prepare-images": "cached", "train": "ran", "evaluate": "ran",
+                            "register-model": "ran"}, lr
     assert lr["run_id"] != first["run_id"], "a new training is a new MLflow run"
+
+    # The promotion gate: the first model is champion; the second only if strictly better on dev.
+    reg1, reg2 = first["registration"], lr["registration"]
+    assert reg1["alias"] == "champion" and reg1["champion_score"] is None, reg1
+    better = reg2["score"] > reg1["score"]
+    assert reg2["alias"] == ("champion" if better else "challenger"), (reg1, reg2)
+    name = reg1["name"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == (reg2["version"] if better else reg1["version"]), champion
 
     write_sample_dataset(str(data), {"NV": 8, "MEL": 4}, size=40, seed=99)
     grown = pipeline_flow(data_uri=str(data), overrides=ov)

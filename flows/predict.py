@@ -1,0 +1,68 @@
+"""The batch-prediction flow: every image under a folder or s3:// prefix → one predictions table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from skin.predict import DEFAULT_MODEL, load_predictor, output_uri, predict_store
+
+
+@task(name="predict-images")
+def predict_task(
+    source: str, model: str, out: str, tta: bool, tracking_uri: str | None
+) -> dict[str, Any]:
+    """Load the model, score every image under `source`, write the table to `out`."""
+    predictor = load_predictor(model, tta=tta, tracking_uri=tracking_uri)
+    frame = predict_store(source, predictor, out)
+    ok = frame["error"].isna()
+    return {
+        "source": source,
+        "output": out,
+        "model": predictor.source.resolved,
+        "model_ref": model,
+        "run_id": predictor.source.run_id,
+        "epoch": predictor.source.epoch,
+        "tta": tta,
+        "images": len(frame),
+        "predicted": int(ok.sum()),
+        "errors": int((~ok).sum()),
+        "counts": {
+            str(k): int(v) for k, v in frame.loc[ok, "predicted_label"].value_counts().items()
+        },
+    }
+
+
+@flow(name="skin-predict", log_prints=True)
+def predict_flow(
+    source: str,
+    model: str = DEFAULT_MODEL,
+    out: str | None = None,
+    tta: bool = False,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Predict every .jpg/.jpeg/.png under `source` (folder or s3:// prefix) with `model`.
+
+    `out` defaults to `<source>/predictions/predictions-<UTC time>.parquet`; an existing output
+    is refused and the inputs are only read. Returns the output URI and counts.
+    """
+    target = out or output_uri(source)
+    result = predict_task(source, model, target, tta, tracking_uri)
+    get_run_logger().info(
+        "%d images → %s (%d errors) with %s",
+        result["images"],
+        result["output"],
+        result["errors"],
+        result["model"],
+    )
+    rows = [{"label": k, "images": v} for k, v in sorted(result["counts"].items())]
+    rows.append({"label": "undecodable", "images": result["errors"]})
+    create_table_artifact(
+        key="skin-predictions",
+        table=rows,
+        description=f"{result['images']} images from {source} → {result['output']}"
+        f" ({result['model']})",
+    )
+    return result

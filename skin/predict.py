@@ -1,0 +1,345 @@
+"""Predict with a trained model: load it by registry alias, run or checkpoint, and score images."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from skin.config import PipelineConfig
+from skin.data import Normalize
+from skin.images import ImageDecodeError, decode
+from skin.labels import CLASSES
+from skin.model import InputSpec, input_spec
+from skin.pipeline import load_model_from_checkpoint
+from skin.storage import S3Store, StorageError, is_s3, join_uri, open_store, read_uri, write_uri
+from skin.train import amp_dtype, pick_device
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DEFAULT_MODEL = "models:/skin-lesion-classifier@champion"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+# The dihedral group of the square (4 rotations × optional transpose), identity first. A mean over
+# a whole group is exactly invariant to flipping or rotating the input by 90°; a subset is not.
+DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, t) for t in (False, True) for k in range(4))
+
+
+class PredictError(ValueError):
+    """A model reference, input or output location is unusable; says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights came from: the reference as given and what it resolved to."""
+
+    ref: str
+    resolved: str
+    checkpoint: str
+    epoch: int
+    run_id: str | None = None
+    version: str | None = None
+
+
+def dihedral_view(x: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
+    """One symmetry of the square on NCHW images: optional transpose, then k quarter turns."""
+    y = x.transpose(2, 3) if transpose else x
+    return torch.rot90(y, k, dims=(2, 3)) if k else y
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The evaluation crop: [S, S, 3] → [size, size, 3] around the centre (as skin.data does)."""
+    o = (image.shape[0] - size) // 2
+    return image[o : o + size, o : o + size, :]
+
+
+class Predictor:
+    """A model in eval mode with its input spec and classes; turns image bytes into probabilities."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: InputSpec,
+        classes: Sequence[str],
+        device: torch.device,
+        source: ModelSource,
+        *,
+        tta: bool = False,
+        batch_size: int = 64,
+    ) -> None:
+        self.model = model.eval()
+        self.spec = spec
+        self.classes = tuple(classes)
+        self.device = device
+        self.source = source
+        self.tta = tta
+        self.batch_size = batch_size
+        self._norm = Normalize(spec).to(device)
+        self._dtype = amp_dtype(device, True)  # as evaluation: bf16/fp16 on GPU, fp32 on CPU
+
+    def prepare(self, data: bytes) -> np.ndarray:
+        """Bytes → uint8 [size, size, 3], exactly as evaluation decodes and crops."""
+        return centre_crop(decode(data, self.spec.cache_size), self.spec.size)
+
+    def predict(self, images: Sequence[bytes]) -> np.ndarray:
+        """Class probabilities [N, classes]; raises ImageDecodeError on an undecodable image."""
+        if not images:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return self.predict_arrays(np.stack([self.prepare(b) for b in images]))
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities for decoded, cropped uint8 images [N, size, size, 3], in batches."""
+        batches = range(0, len(images), self.batch_size)
+        return np.concatenate([self._forward(images[i : i + self.batch_size]) for i in batches])
+
+    @torch.inference_mode()
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(self.device)
+        views = DIHEDRAL if self.tta else DIHEDRAL[:1]
+        total = torch.zeros((len(batch), len(self.classes)), device=self.device)
+        for k, transpose in views:
+            with torch.autocast(
+                self.device.type, dtype=self._dtype, enabled=self._dtype is not None
+            ):
+                logits = self.model(self._norm(dihedral_view(x, k, transpose)))
+            total += torch.softmax(logits.float(), dim=1)
+        return (total / len(views)).cpu().numpy()
+
+    def top_k(self, probs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """The k most likely classes of each row, best first."""
+        return top_k(probs, self.classes, k)
+
+    def score(self, keys: Sequence[str], fetch: Callable[[str], bytes]) -> pd.DataFrame:
+        """Fetch, decode and predict each key; a key that fails gets a row with its error."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            loaded = list(pool.map(lambda key: _load(self, fetch, key), keys))
+        good = [i for i, (arr, _) in enumerate(loaded) if arr is not None]
+        probs = np.full((len(keys), len(self.classes)), np.nan, dtype=np.float32)
+        if good:
+            probs[good] = self.predict_arrays(np.stack([loaded[i][0] for i in good]))
+        errors = [err for _, err in loaded]
+        return predictions_frame(keys, probs, errors, self.classes, self.source.resolved)
+
+
+def _load(
+    predictor: Predictor, fetch: Callable[[str], bytes], key: str
+) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return predictor.prepare(fetch(key)), None
+    except (ImageDecodeError, StorageError, OSError) as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
+def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """The k most likely classes of each row of `probs`, best first."""
+    k = max(1, min(k, len(classes)))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        [(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order, strict=True)
+    ]
+
+
+def predictions_frame(
+    keys: Sequence[str],
+    probs: np.ndarray,
+    errors: Sequence[str | None],
+    classes: Sequence[str],
+    model: str,
+) -> pd.DataFrame:
+    """One row per image: key, predicted_label, probability, prob_<CLASS>…, model, error."""
+    ok = ~np.isnan(probs).any(axis=1)
+    safe = np.where(ok[:, None], probs, -1.0)
+    best = safe.argmax(axis=1)
+    frame = pd.DataFrame(
+        {
+            "key": list(keys),
+            "predicted_label": [
+                classes[j] if good else None for j, good in zip(best, ok, strict=True)
+            ],
+            "probability": np.where(ok, safe.max(axis=1), np.nan),
+        }
+    )
+    for j, name in enumerate(classes):
+        frame[f"prob_{name}"] = probs[:, j]
+    frame["model"] = model
+    frame["error"] = list(errors)
+    return frame
+
+
+# --------------------------------------------------------------------------- loading models
+
+
+def load_predictor(
+    ref: str = DEFAULT_MODEL,
+    device: str | torch.device = "auto",
+    *,
+    tta: bool = False,
+    tracking_uri: str | None = None,
+    batch_size: int = 64,
+) -> Predictor:
+    """A Predictor from `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-ID`,
+    `runs:/RUN_ID/model`, or a checkpoint file (path or s3:// URI).
+
+    MLflow references resolve to their source run, whose best-epoch checkpoint is downloaded and
+    loaded with weights_only=True (no pickled code is run); see `mlflow_checkpoint`.
+    """
+    dev = pick_device(device) if isinstance(device, str) else device
+    with tempfile.TemporaryDirectory(prefix="skin-predict-") as tmp:
+        if ref.startswith(("models:/", "runs:/")):
+            path, source = mlflow_checkpoint(ref, Path(tmp), tracking_uri)
+        else:
+            path, source = _checkpoint_file(ref, Path(tmp))
+        model, state = load_model_from_checkpoint(path, dev)
+    cfg = PipelineConfig.model_validate(state["config"])
+    spec = input_spec(model, cfg.train.image_size)
+    classes = state.get("classes") or list(CLASSES)
+    source = replace(source, epoch=int(state["epoch"]))
+    return Predictor(model, spec, classes, dev, source, tta=tta, batch_size=batch_size)
+
+
+def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
+    if is_s3(ref):
+        local = tmp / "checkpoint.pt"
+        local.write_bytes(read_uri(ref))
+        return local, ModelSource(ref, ref, ref, 0)
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise PredictError(
+            f"model {ref!r} is not a checkpoint file; use models:/NAME@ALIAS, models:/NAME/VERSION,"
+            " runs:/RUN_ID/model, or a .pt checkpoint path"
+        )
+    resolved = str(path.resolve())
+    return path, ModelSource(ref, resolved, resolved, 0)
+
+
+def mlflow_checkpoint(
+    ref: str, dst: Path, tracking_uri: str | None = None
+) -> tuple[Path, ModelSource]:
+    """Resolve an MLflow reference to its source run and download that run's best checkpoint.
+
+    Why not `mlflow.pytorch.load_model`: our models are logged as torch.export (pt2) programs,
+    which torch unpickles with weights_only=False unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is
+    false; they are fixed to the CPU and to the example's batch size, and carry no input spec.
+    The checkpoint holds the same weights as plain tensors plus the config that made them.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from skin.tracking import resolve_tracking_uri
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    try:
+        run_id, resolved, version = _resolve_run(client, ref)
+        epoch = client.get_run(run_id).data.metrics.get("best_epoch")
+        if epoch is None:
+            raise PredictError(f"{ref}: run {run_id} has no best_epoch metric (not a skin run?)")
+        artifact = f"checkpoints/epoch_{int(epoch):04d}.pt"
+        local = client.download_artifacts(run_id, artifact, str(dst))
+    except MlflowException as err:
+        raise PredictError(
+            f"cannot load {ref} from MLflow at {client.tracking_uri}: {err}"
+        ) from err
+    source = ModelSource(ref, resolved, f"runs:/{run_id}/{artifact}", int(epoch), run_id, version)
+    return Path(local), source
+
+
+def _resolve_run(client: MlflowClient, ref: str) -> tuple[str, str, str | None]:
+    """(source run id, resolved reference, registry version) of a models:/ or runs:/ URI."""
+    if ref.startswith("runs:/"):
+        run_id = ref.removeprefix("runs:/").split("/", 1)[0]
+        if not run_id:
+            raise PredictError(f"{ref!r}: expected runs:/RUN_ID/model")
+        return run_id, f"runs:/{run_id}/model", None
+    rest = ref.removeprefix("models:/").strip("/")
+    if rest.startswith("m-") and "/" not in rest and "@" not in rest:
+        return client.get_logged_model(rest).source_run_id, ref, None
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    elif "/" in rest:
+        name, number = rest.rsplit("/", 1)
+        mv = client.get_model_version(name, number)
+    else:
+        raise PredictError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    run_id = mv.run_id or client.get_logged_model(mv.model_id).source_run_id
+    return run_id, f"models:/{name}/{mv.version}", str(mv.version)
+
+
+# --------------------------------------------------------------------------- batch prediction
+
+
+def list_images(uri: str) -> list[str]:
+    """Keys of the .jpg/.jpeg/.png objects under a folder or s3:// prefix, sorted."""
+    store = open_store(uri)
+    return sorted(o.key for o in store.list() if o.key.lower().endswith(IMAGE_SUFFIXES))
+
+
+def output_uri(source: str) -> str:
+    """The default output: `<source>/predictions/predictions-<UTC time>.parquet` (never an image)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return join_uri(source.removeprefix("file://"), "predictions", f"predictions-{stamp}.parquet")
+
+
+def exists(uri: str) -> bool:
+    """Whether a local file or an s3:// object is already there."""
+    if is_s3(uri):
+        parent, _, name = uri.rpartition("/")
+        return S3Store(parent).exists(name)
+    return Path(uri).exists()
+
+
+def check_output(uri: str) -> None:
+    """Refuse an output that is not .parquet/.csv or that already exists (nothing is overwritten)."""
+    if not uri.lower().endswith(OUTPUT_SUFFIXES):
+        raise PredictError(f"output {uri!r} must end in .parquet or .csv")
+    if exists(uri):
+        raise PredictError(
+            f"output {uri} already exists: choose another --out (nothing overwritten)"
+        )
+
+
+def write_frame(frame: pd.DataFrame, uri: str) -> None:
+    """Write Parquet or CSV (by suffix) to a path or s3:// URI; refuses to overwrite."""
+    check_output(uri)
+    buf = io.BytesIO()
+    if uri.lower().endswith(".csv"):
+        frame.to_csv(buf, index=False)
+    else:
+        frame.to_parquet(buf, index=False)
+    write_uri(uri, buf.getvalue())
+
+
+def predict_store(
+    uri: str,
+    predictor: Predictor,
+    out_uri: str | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Predict every image under a folder or s3:// prefix and write the table to `out_uri`
+    (default: `output_uri(uri)`, next to the inputs). Inputs are only read."""
+    target = out_uri or output_uri(uri)
+    check_output(target)
+    keys = list_images(uri)
+    if not keys:
+        raise PredictError(f"no .jpg/.jpeg/.png images under {uri}")
+    store = open_store(uri)
+    step = predictor.batch_size * 4
+    frames = []
+    for i in range(0, len(keys), step):
+        frames.append(predictor.score(keys[i : i + step], store.get))
+        if progress:
+            progress(len(frames[-1]))
+    frame = pd.concat(frames, ignore_index=True)
+    write_frame(frame, target)
+    return frame

@@ -1,0 +1,293 @@
+"""Prediction: registry, run and checkpoint agree with evaluation; TTA invariance; batch on S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skin import manifest as mf
+from skin.predict import PredictError, Predictor, load_predictor, predict_store
+from tests.conftest import TINY, snapshot
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+ATOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Trained:
+    """One tiny pipeline run, registered as `champion` under a name of its own."""
+
+    result: dict[str, Any]
+    name: str
+    tracking_uri: str
+    data: Path
+    checkpoint: Path
+
+    @property
+    def version(self) -> str:
+        return str(self.result["registration"]["version"])
+
+    def test_images(self, n: int | None = None) -> tuple[list[str], list[bytes]]:
+        df = mf.read(self.result["manifest_uri"])
+        keys = sorted(df.loc[df["split"] == "test", "key"])[:n]
+        return keys, [(self.data / k).read_bytes() for k in keys]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, sample_data: Path, mlflow_server, prefect_api) -> Trained:
+    from flows.pipeline import pipeline_flow
+
+    work = tmp_path_factory.mktemp("predict") / "work"
+    name = f"skin-test-{uuid.uuid4().hex[:8]}"
+    overrides = {
+        **TINY,
+        "train.epochs": 6,
+        "work_dir": str(work),
+        "tracking.tracking_uri": mlflow_server.url,
+        "tracking.experiment": f"predict-{uuid.uuid4().hex[:8]}",
+        "tracking.registered_model": name,
+    }
+    result = pipeline_flow(data_uri=str(sample_data), overrides=overrides)
+    assert result["registration"]["alias"] == "champion", result["registration"]
+    checkpoint = work / "runs" / result["run_id"] / "checkpoints" / "best.pt"
+    assert checkpoint.is_file(), f"best checkpoint missing: {checkpoint}"
+    return Trained(result, name, mlflow_server.url, sample_data, checkpoint)
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_registry_run_and_checkpoint_give_the_same_probabilities(trained: Trained) -> None:
+    _, images = trained.test_images(6)
+    refs = {
+        "alias": f"models:/{trained.name}@champion",
+        "version": f"models:/{trained.name}/{trained.version}",
+        "run": f"runs:/{trained.result['run_id']}/model",
+        "file": str(trained.checkpoint),
+    }
+    predictors = {
+        k: load_predictor(r, "cpu", tracking_uri=trained.tracking_uri) for k, r in refs.items()
+    }
+    probs = {k: p.predict(images) for k, p in predictors.items()}
+    for key, p in probs.items():
+        assert p.shape == (6, 8), f"{key}: one row per image, one column per class: {p.shape}"
+        diff = np.abs(p - probs["file"]).max()
+        assert diff < ATOL, f"{key} ({refs[key]}) differs from the checkpoint file by {diff}"
+    alias = predictors["alias"].source
+    assert alias.resolved == f"models:/{trained.name}/{trained.version}", alias
+    assert alias.run_id == trained.result["run_id"], f"champion comes from the run: {alias}"
+    assert alias.epoch == trained.result["best_epoch"], f"the best epoch is loaded: {alias}"
+    assert predictors["file"].classes == predictors["alias"].classes, "one class order"
+
+
+def test_predictions_match_the_evaluation(trained: Trained) -> None:
+    from mlflow import MlflowClient
+    from sklearn.metrics import balanced_accuracy_score
+
+    from skin.checkpoint import load
+    from skin.config import PipelineConfig
+    from skin.pipeline import predict_split, prepare
+
+    predictor = load_predictor(str(trained.checkpoint), "cpu")
+    cfg = PipelineConfig.model_validate(load(trained.checkpoint)["config"])
+    manifest = mf.read(trained.result["manifest_uri"])
+    data = prepare(manifest, cfg, predictor.spec)
+    expected, labels = predict_split(predictor.model, data, "test", predictor.device, 32)
+    keys = manifest["key"].iloc[data.rows["test"]]
+    ours = predictor.predict([(trained.data / k).read_bytes() for k in keys])
+    diff = np.abs(ours - expected).max()
+    assert diff < ATOL, f"predict differs from the evaluation's test probabilities by {diff}"
+    logged = MlflowClient(trained.tracking_uri).get_run(trained.result["run_id"]).data.metrics
+    score = balanced_accuracy_score(labels, ours.argmax(axis=1))
+    assert score == pytest.approx(logged["test_balanced_accuracy"], abs=1e-9), (
+        f"balanced accuracy {score} vs the logged {logged['test_balanced_accuracy']}"
+    )
+
+
+def test_the_logged_mlflow_model_holds_the_same_weights(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pt2 model MLflow serves equals the checkpoint we load (one image: its batch is fixed)."""
+    import mlflow
+    import torch
+
+    from skin.data import Normalize
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # validated pt2 only
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    exported = mlflow.pytorch.load_model(f"models:/{trained.name}@champion")
+    predictor = load_predictor(str(trained.checkpoint), "cpu")
+    norm = Normalize(predictor.spec)
+    for image in trained.test_images(3)[1]:
+        x = torch.from_numpy(predictor.prepare(image)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            theirs = torch.softmax(exported(norm(x)), dim=1).numpy()
+        diff = np.abs(theirs - predictor.predict([image])).max()
+        assert diff < ATOL, f"MLflow's logged model differs from the checkpoint by {diff}"
+
+
+def test_tta_prediction_is_invariant_to_flips_and_quarter_turns(trained: Trained) -> None:
+    """Images at the decode size, so decoding is exact and only the model's orientation matters."""
+    from skin.images import decode
+
+    plain = load_predictor(str(trained.checkpoint), "cpu")
+    tta = load_predictor(str(trained.checkpoint), "cpu", tta=True)
+    assert plain.spec.cache_size - plain.spec.size == 2, "the centre crop is symmetric here"
+    jpeg = trained.test_images(1)[1][0]
+    decoded = decode(jpeg, plain.spec.cache_size)
+    original = png(decoded)
+    assert np.array_equal(plain.prepare(original), plain.prepare(jpeg)), "decoding is exact"
+    variants = {
+        "h-flip": decoded[:, ::-1],
+        "v-flip": decoded[::-1],
+        "rot90": np.rot90(decoded, 1),
+        "rot270": np.rot90(decoded, 3),
+    }
+    reference = tta.predict([original])
+    for name, image in variants.items():
+        diff = np.abs(tta.predict([png(image)]) - reference).max()
+        assert diff < 1e-4, f"TTA prediction changed by {diff} under {name}"
+    untta = np.abs(plain.predict([png(variants["rot90"])]) - plain.predict([original])).max()
+    assert untta > 1e-4, (
+        f"without TTA a rotation should change the output ({untta}): test has teeth"
+    )
+
+
+def upload_inputs(s3_client, bucket: str, data: Path, per_class: int = 2) -> dict[str, bytes]:
+    """Two images per class under incoming/<class>/, one broken JPEG and a note."""
+    objects: dict[str, bytes] = {}
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        for path in sorted(folder.iterdir())[:per_class]:
+            objects[f"incoming/{folder.name}/{path.name}"] = path.read_bytes()
+    objects["incoming/broken.jpg"] = b"\xff\xd8\xff\xe0 this is not a jpeg"
+    objects["incoming/notes.txt"] = b"not an image"
+    objects["elsewhere/other.jpg"] = next(iter(objects.values()))
+    for key, body in objects.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return objects
+
+
+def test_batch_prediction_on_an_s3_prefix_writes_next_to_the_inputs(
+    trained: Trained, s3_client, bucket: str
+) -> None:
+    from flows.predict import predict_flow
+
+    objects = upload_inputs(s3_client, bucket, trained.data)
+    before = snapshot(s3_client, bucket)
+    source = f"s3://{bucket}/incoming"
+    model = f"models:/{trained.name}@champion"
+    result = predict_flow(source=source, model=model, tracking_uri=trained.tracking_uri)
+
+    after = snapshot(s3_client, bucket)
+    assert {k: after[k] for k in before} == before, "every input object is byte-identical"
+    new = sorted(set(after) - set(before))
+    assert len(new) == 1 and new[0].startswith("incoming/predictions/predictions-"), new
+    assert new[0].endswith(".parquet") and result["output"] == f"s3://{bucket}/{new[0]}", result
+    assert (result["images"], result["predicted"], result["errors"]) == (17, 16, 1), result
+
+    body = s3_client.get_object(Bucket=bucket, Key=new[0])["Body"].read()
+    frame = pd.read_parquet(io.BytesIO(body))
+    prob_cols = [f"prob_{c}" for c in ("AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC")]
+    expected_cols = ["key", "predicted_label", "probability", *prob_cols, "model", "error"]
+    assert list(frame.columns) == expected_cols, f"columns: {list(frame.columns)}"
+    wanted = sorted(
+        k.removeprefix("incoming/")
+        for k in objects
+        if k.startswith("incoming/") and not k.endswith(".txt")
+    )
+    assert sorted(frame["key"]) == wanted, "every image under the prefix, nothing else"
+    assert set(frame["model"]) == {f"models:/{trained.name}/{trained.version}"}, "model recorded"
+
+    broken = frame.set_index("key").loc["broken.jpg"]
+    assert "ImageDecodeError" in broken["error"], f"an error row: {broken.to_dict()}"
+    assert pd.isna(broken["predicted_label"]) and pd.isna(broken["prob_MEL"]), broken.to_dict()
+    good = frame[frame["error"].isna()]
+    assert len(good) == 16, f"16 decodable images: {len(good)}"
+    probs = good[prob_cols].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5), "probabilities sum to one"
+    labels = [c.removeprefix("prob_") for c in np.array(prob_cols)[probs.argmax(axis=1)]]
+    assert list(good["predicted_label"]) == labels, "the label is the most likely class"
+    assert np.allclose(good["probability"], probs.max(axis=1)), "probability of that label"
+
+    predictor = load_predictor(model, "cpu", tracking_uri=trained.tracking_uri)
+    direct = predictor.predict([objects[f"incoming/{k}"] for k in good["key"]])
+    assert np.abs(direct - probs).max() < ATOL, "the batch equals one-by-one prediction"
+
+    with pytest.raises(PredictError, match="already exists"):
+        predict_store(source, predictor, result["output"])
+    assert snapshot(s3_client, bucket) == after, "a refused run writes nothing"
+
+
+def test_local_folder_to_csv_refuses_bad_outputs(trained: Trained, tmp_path: Path) -> None:
+    predictor: Predictor = load_predictor(str(trained.checkpoint), "cpu")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    keys, images = trained.test_images(3)
+    for key, body in zip(keys, images, strict=True):
+        (folder / Path(key).name).write_bytes(body)
+    (folder / "empty.png").write_bytes(b"")
+    out = tmp_path / "out" / "p.csv"
+    frame = predict_store(str(folder), predictor, str(out))
+    written = pd.read_csv(out)
+    assert len(frame) == len(written) == 4, f"three images and one empty file: {len(written)}"
+    assert written["error"].notna().sum() == 1, "the empty file has an error row"
+    for bad, why in ((tmp_path / "p.jpg", "must end in"), (out, "already exists")):
+        with pytest.raises(PredictError, match=why):
+            predict_store(str(folder), predictor, str(bad))
+    with pytest.raises(PredictError, match=r"no \.jpg"):
+        predict_store(str(tmp_path / "out"), predictor, str(tmp_path / "x.csv"))
+    with pytest.raises(PredictError, match="not a checkpoint file"):
+        load_predictor(str(tmp_path / "missing.pt"), "cpu")
+
+
+def _cli_has_predict() -> bool:
+    from skin.cli import app
+
+    return any(c.name == "predict" for c in app.registered_commands)
+
+
+def test_cli_predicts_images_and_folders(trained: Trained, tmp_path: Path) -> None:
+    if not _cli_has_predict():
+        pytest.skip("`skin predict` is not registered in skin/cli.py yet")
+    from typer.testing import CliRunner
+
+    from skin.cli import app
+
+    keys, _ = trained.test_images(2)
+    paths = [str(trained.data / k) for k in keys]
+    runner = CliRunner()
+    args = ["--json", "predict", *paths, "--model", str(trained.checkpoint), "--top-k", "2"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    rows = payload["predictions"]
+    assert [r["image"] for r in rows] == paths, rows
+    assert all(len(r["top_k"]) == 2 for r in rows), "two classes per image"
+    assert all(r["top_k"][0]["probability"] >= r["top_k"][1]["probability"] for r in rows)
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in paths:
+        (folder / Path(path).name).write_bytes(Path(path).read_bytes())
+    out = tmp_path / "preds.parquet"
+    args = ["--json", "predict", str(folder), "--model", str(trained.checkpoint), "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["images"] == 2 and out.is_file(), res.stdout
+    missing = runner.invoke(
+        app, ["predict", str(tmp_path / "nope.jpg"), "--model", str(trained.checkpoint)]
+    )
+    assert missing.exit_code == 1, f"a missing image fails the command: {missing.output}"

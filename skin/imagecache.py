@@ -3,6 +3,8 @@
 The notebook held every image as a float32 tensor in RAM (25,331 ISIC images at 224 px ≈ 15 GB).
 This cache is uint8 (a quarter of that), lives on disk, is read through the page cache, and is
 keyed by the manifest hash and the decoded size, so every epoch and every later run reads it.
+Remote objects land first in a fetch cache named by fingerprint (`<root>/objects`), so a new
+manifest or another decode size never downloads an object twice.
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 
 import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from skin.images import ImageDecodeError, decode
+from skin.fetch import Fetched, Fetcher
+from skin.images import ImageDecodeError, decode_file
 from skin.manifest import manifest_hash
-from skin.storage import StorageError, open_store
+from skin.storage import open_store
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: centre square resampled in one pass (box resize) instead of resize-then-crop
 
 
 @dataclass
@@ -43,8 +47,18 @@ class ImageCache:
         return int(self.images.shape[1])
 
 
+def cpu_workers() -> int:
+    """Decode threads: the cores this process may use (threads ≈ processes on 2 cores, measured)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cache_dir(root: str | Path, manifest: pd.DataFrame, size: int) -> Path:
-    return Path(root) / "images" / f"{manifest_hash(manifest)}-{size}"
+    return Path(root) / "images" / f"{manifest_hash(manifest)}-{size}-v{FORMAT}"
+
+
+def objects_dir(root: str | Path) -> Path:
+    """The fetch cache shared by every manifest and size under one cache root."""
+    return Path(root) / "objects"
 
 
 def open_cache(path: Path) -> ImageCache:
@@ -63,12 +77,15 @@ def build_cache(
     root: str | Path,
     *,
     workers: int | None = None,
+    decode_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ImageCache:
-    """Fetch and decode every manifest row once (threads: I/O and Pillow release the GIL).
+    """Fetch (`workers` threads, I/O) and decode (`decode_workers` threads, one per core: Pillow
+    releases the GIL) every manifest row once; decoding starts as soon as each object lands.
 
     Built in a private temp folder and renamed into place, under a file lock, so two runs on the
-    same dataset never see a half-written cache. Undecodable images are recorded, not fatal.
+    same dataset never see a half-written cache. Unfetchable or undecodable images are
+    recorded in `errors`, not fatal.
     """
     final = cache_dir(root, manifest, size)
     if (final / "meta.json").exists():
@@ -80,18 +97,40 @@ def build_cache(
         tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.mkdir()
         try:
-            _fill(manifest, size, tmp, workers, progress)
+            fetcher = Fetcher(objects_dir(root), workers)
+            _fill(manifest, size, tmp, fetcher, decode_workers or cpu_workers(), progress)
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return open_cache(final)
 
 
+def fetch_rows(manifest: pd.DataFrame, fetcher: Fetcher) -> Iterator[tuple[int, Fetched]]:
+    """(manifest row, fetched object) for every row, source by source, as objects arrive."""
+    keys = manifest["key"].to_numpy()
+    fps = manifest["fingerprint"].astype(str).to_numpy()
+    sources = manifest["source"].to_numpy()
+    for source in pd.unique(sources):
+        rows = np.flatnonzero(sources == source)
+        got = fetcher.fetch(open_store(str(source)), keys[rows].tolist(), fps[rows].tolist())
+        for item in got:
+            yield int(rows[item.index]), item
+
+
+def _decode_into(images: np.ndarray, row: int, path: Path, size: int) -> tuple[int, str | None]:
+    try:
+        images[row] = decode_file(path, size)
+    except ImageDecodeError as err:
+        return row, str(err)
+    return row, None
+
+
 def _fill(
     manifest: pd.DataFrame,
     size: int,
     folder: Path,
-    workers: int | None,
+    fetcher: Fetcher,
+    decode_workers: int,
     progress: Callable[[int], None] | None,
 ) -> None:
     n = len(manifest)
@@ -99,28 +138,40 @@ def _fill(
         raise ValueError("empty manifest: nothing to cache")
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(n, size, size, 3))
     ok = np.zeros(n, dtype=bool)
-    errors: list[tuple[str, str]] = []
-    stores = {src: open_store(src) for src in manifest["source"].unique()}
-    keys, sources = manifest["key"].tolist(), manifest["source"].tolist()
+    errors: dict[int, str] = {}
+    keys = manifest["key"].tolist()
 
-    def load(i: int) -> tuple[int, str | None]:
-        try:
-            images[i] = decode(stores[sources[i]].get(keys[i]), size)
-        except (ImageDecodeError, StorageError) as err:
-            return i, str(err)
-        return i, None
+    def settle(row: int, error: str | None) -> None:
+        if error is None:
+            ok[row] = True
+        else:
+            errors[row] = error
+            log.warning("skipping %s: %s", keys[row], error)
+        if progress:
+            progress(1)
 
-    workers = workers or min(32, (os.cpu_count() or 2) * 4)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, error in pool.map(load, range(n)):
-            if error is None:
-                ok[i] = True
-            else:
-                errors.append((keys[i], error))
-                log.warning("skipping %s: %s", keys[i], error)
-            if progress:
-                progress(1)
+    done: SimpleQueue[Future[tuple[int, str | None]]] = SimpleQueue()
+    pending = 0
+    with ThreadPoolExecutor(max_workers=decode_workers) as decoder:
+        for row, item in fetch_rows(manifest, fetcher):
+            if item.path is None:
+                settle(row, item.error)
+                continue
+            decoder.submit(_decode_into, images, row, item.path, size).add_done_callback(done.put)
+            pending += 1
+            while not done.empty():
+                settle(*done.get().result())
+                pending -= 1
+        for _ in range(pending):
+            settle(*done.get().result())
     images.flush()
+    _write_meta(folder, n, size, ok, [(keys[r], e) for r, e in sorted(errors.items())])
+    log.info("image cache %s: %s", folder.name, fetcher.stats)
+
+
+def _write_meta(
+    folder: Path, n: int, size: int, ok: np.ndarray, errors: list[tuple[str, str]]
+) -> None:
     np.save(folder / "ok.npy", ok)
     pd.DataFrame(errors, columns=["key", "error"]).to_csv(folder / "errors.csv", index=False)
     meta = {"format": FORMAT, "count": n, "size": size, "bad": len(errors)}

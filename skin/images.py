@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 90_000_000  # ISIC's largest photos are ~24 MP; far beyond that is a decompression bomb
+_ORIENTATION = 0x0112  # EXIF tag; 1 = upright, anything else needs a transpose
 
 
 class ImageDecodeError(ValueError):
@@ -27,8 +29,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation only when there is one (exif_transpose always copies)."""
+    if img.getexif().get(_ORIENTATION, 1) != 1:
+        return ImageOps.exif_transpose(img)
+    return img
+
+
+def _square(img: Image.Image, size: int) -> np.ndarray:
+    """Centre square of the image, resampled to size × size in one pass (no resize-then-crop)."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    box = (left, top, left + side, top + side)
+    out = img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    return np.asarray(out, dtype=np.uint8)
+
+
 def decode(data: bytes, size: int) -> np.ndarray:
-    """Bytes → uint8 array (size, size, 3): short side resized to `size`, centre-cropped square.
+    """Bytes → uint8 array (size, size, 3): the centre square, its side resampled to `size`.
 
     JPEGs are downscaled in the DCT domain first (Pillow's draft), which is several times faster
     than decoding at full resolution for ISIC's large photos.
@@ -44,15 +63,7 @@ def decode(data: bytes, size: int) -> np.ndarray:
                 raise ImageDecodeError(f"{w}x{h} pixels: over the {MAX_PIXELS:,} limit (bomb?)")
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            w, h = img.size
-            scale = size / min(w, h)
-            new = (max(size, round(w * scale)), max(size, round(h * scale)))
-            img = img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
-            left, top = (new[0] - size) // 2, (new[1] - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            return np.asarray(img, dtype=np.uint8)
+            return _square(_to_rgb(_upright(img)), size)
     except ImageDecodeError:
         raise
     except (
@@ -63,3 +74,12 @@ def decode(data: bytes, size: int) -> np.ndarray:
         raise ImageDecodeError(f"not a usable image: {err}") from err
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageDecodeError(f"corrupt or truncated image: {err}") from err
+
+
+def decode_file(path: str | Path, size: int) -> np.ndarray:
+    """`decode` for a file on disk (a fetch-cache entry or a local dataset file)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ImageDecodeError(f"cannot read {path}: {err}") from err
+    return decode(data, size)

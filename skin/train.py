@@ -166,6 +166,9 @@ def fit(
         start += 1
         result.resumed_from = state["epoch"]
         log.info("resuming after epoch %d from %s", state["epoch"], last)
+        if on_epoch is not None and result.history:
+            # The crash may have come between the checkpoint and its tracking: record it again.
+            on_epoch(state["epoch"], {k: v for k, v in result.history[-1].items() if k != "epoch"})
 
     since_best = result.last_epoch - result.best_epoch
     for epoch in range(start, params.epochs + 1):

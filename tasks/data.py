@@ -21,9 +21,7 @@ from skin.datastages import (
     split_images,
     split_key,
 )
-from tasks.caching import keyed_on
-
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_jitter_factor": 0.5}
+from tasks.caching import DATA_CODE, IO_RETRIES, keyed_on
 
 
 @task(name="list-images", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -46,6 +44,7 @@ def list_task(config: dict[str, Any]) -> ListingRef:
             "data.uri",
             "work_dir",
         ),
+        code=DATA_CODE,
     ),
     **IO_RETRIES,
 )
@@ -77,6 +76,7 @@ def split_task(
             "data.uri",
             "work_dir",
         ),
+        code=DATA_CODE,
     ),
     **IO_RETRIES,
 )

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import runtime, task
+from filelock import FileLock
+from prefect import get_run_logger, runtime, task
 
 from skin import manifest as mf
 from skin.config import PipelineConfig
@@ -15,7 +16,7 @@ from skin.model import build_model, input_spec
 from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.registry import Registration, register_and_gate
 from skin.tracking import MLflowTracker, resolve_tracking_uri
-from tasks.caching import keyed_on
+from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, keyed_on
 
 MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir")
 
@@ -36,10 +37,11 @@ def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
 @task(
     name="prepare-images",
     cache_policy=keyed_on(
-        "manifest_hash", config_sections=("model.name", "train.image_size", "work_dir")
+        "manifest_hash",
+        config_sections=("model.name", "train.image_size", "work_dir"),
+        code=(*IMAGE_CODE, "skin.model"),
     ),
-    retries=2,
-    retry_delay_seconds=[5, 30],
+    **IO_RETRIES,
 )
 def prepare_images_task(
     manifest_uri: str, manifest_hash: str, config: dict[str, Any]
@@ -52,7 +54,7 @@ def prepare_images_task(
     return {"path": str(cache.path), "bad": cache.errors.to_dict(orient="records")}
 
 
-@task(name="train", cache_policy=keyed_on("train_key", "manifest_hash"))
+@task(name="train", cache_policy=keyed_on("train_key", "manifest_hash", code=MODEL_CODE))
 def train_task(
     manifest_uri: str,
     manifest_hash: str,
@@ -64,31 +66,48 @@ def train_task(
     its last complete checkpoint, in the same MLflow run."""
     cfg = PipelineConfig.model_validate(config)
     pointer = run_pointer(cfg.work_dir, train_key)
-    if run_id is None and pointer.exists():
-        run_id = json.loads(pointer.read_text())["run_id"]
-    tracker = MLflowTracker(
-        cfg.tracking.tracking_uri,
-        cfg.tracking.experiment,
-        run_id=run_id,
-        run_name=f"{cfg.model.name}-{manifest_hash[:8]}",
-        tags=_tags({"skin.train_key": train_key}),
-    )
     pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(json.dumps({"run_id": tracker.run_id}))
-    try:
-        tracker.set_tags(_tags())
-        outcome = train_stage(manifest_uri, cfg, tracker)
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    tracker.close("FINISHED")
+    # One training per key at a time: a second pipeline on the same data waits, then resumes the
+    # (by then complete) run instead of training into the same folder concurrently.
+    with FileLock(str(pointer) + ".lock"):
+        if run_id is None and pointer.exists():
+            run_id = json.loads(pointer.read_text())["run_id"]
+        tracker = MLflowTracker(
+            cfg.tracking.tracking_uri,
+            cfg.tracking.experiment,
+            run_id=run_id,
+            run_name=f"{cfg.model.name}-{manifest_hash[:8]}",
+            tags=_tags({"skin.train_key": train_key}),
+        )
+        tmp = pointer.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": tracker.run_id}))
+        tmp.replace(pointer)
+        try:
+            tracker.set_tags(_tags())
+            outcome = train_stage(manifest_uri, cfg, tracker)
+        except BaseException:
+            _close_quietly(tracker, "FAILED")
+            raise
+        tracker.close("FINISHED")
     return outcome
+
+
+def _close_quietly(tracker: MLflowTracker, status: str) -> None:
+    """Mark the run failed if the server is there; never mask the original error."""
+    try:
+        tracker.close(status)
+    except Exception as err:  # the tracking server may be the thing that failed
+        get_run_logger().warning("could not mark MLflow run %s %s: %s", tracker.run_id, status, err)
 
 
 @task(
     name="evaluate",
     cache_policy=keyed_on(
-        "run_id", "checkpoint", "manifest_hash", config_sections=("evaluate", "data", "tracking")
+        "run_id",
+        "checkpoint",
+        "manifest_hash",
+        config_sections=("evaluate", "data", "tracking"),
+        code=EVAL_CODE,
     ),
 )
 def evaluate_task(
@@ -101,7 +120,7 @@ def evaluate_task(
         tracker.set_tags(_tags())
         outcome = evaluate_stage(manifest_uri, checkpoint, cfg, tracker)
     except BaseException:
-        tracker.close("FAILED")
+        _close_quietly(tracker, "FAILED")
         raise
     outcome_url = tracker.url()
     tracker.close("FINISHED")
@@ -112,9 +131,10 @@ def evaluate_task(
 
 @task(
     name="register-model",
-    cache_policy=keyed_on("run_id", "model_uri", config_sections=("tracking",)),
-    retries=2,
-    retry_delay_seconds=[5, 30],
+    cache_policy=keyed_on(
+        "run_id", "model_uri", config_sections=("tracking",), code=("skin.registry",)
+    ),
+    **IO_RETRIES,
 )
 def register_task(run_id: str, model_uri: str, config: dict[str, Any]) -> Registration:
     """New registry version; `champion` moves only if dev balanced accuracy beats the current one."""

@@ -86,27 +86,14 @@ def start_moto(log_dir: Path) -> Server:
     )
 
 
-def start_mlflow(log_dir: Path) -> Server:
-    port = free_port()
+def start_mlflow(log_dir: Path, port: int | None = None) -> Server:
+    """An MLflow server whose state lives in `log_dir` (restartable on the same port)."""
+    port = port or free_port()
     db = log_dir / "mlflow.db"
     return start(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--workers",
-            "1",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--artifacts-destination",
-            str(log_dir / "mlartifacts"),
-        ],
-        f"http://127.0.0.1:{port}",
-        "/health",
-        log_dir / "mlflow.log",
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        timeout=120,
+        [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{db}",
+         "--artifacts-destination", str(log_dir / "mlartifacts")],
+        f"http://127.0.0.1:{port}", "/health", log_dir / f"mlflow-{time.time_ns()}.log",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, timeout=120,
     )

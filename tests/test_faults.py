@@ -15,7 +15,7 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture
-def small_bucket(s3_client, bucket: str) -> str:  # noqa: ANN001
+def small_bucket(s3_client, bucket: str) -> str:
     from skin.sample_data import write_sample_dataset
 
     write_sample_dataset(f"s3://{bucket}/d", dict.fromkeys(["AK", "NV", "MEL"], 6), size=24, seed=2)
@@ -24,7 +24,7 @@ def small_bucket(s3_client, bucket: str) -> str:  # noqa: ANN001
 
 @pytest.mark.parametrize("mode", ["status", "slowdown", "drop"])
 def test_transient_faults_are_retried_and_every_image_arrives(
-    moto, small_bucket: str, monkeypatch: pytest.MonkeyPatch, mode: str  # noqa: ANN001
+    moto, small_bucket: str, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     count = 3 if mode == "slowdown" else 6  # SlowDown also makes botocore throttle itself
     with FaultyProxy(moto.url, Plan(mode=mode, count=count, status=500)) as proxy:
@@ -36,7 +36,7 @@ def test_transient_faults_are_retried_and_every_image_arrives(
 
 
 def test_a_hanging_endpoint_times_out_and_is_retried(
-    moto, small_bucket: str, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    moto, small_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SKIN_S3_READ_TIMEOUT", "1")
     with FaultyProxy(moto.url, Plan(mode="hang", count=2)) as proxy:
@@ -48,7 +48,7 @@ def test_a_hanging_endpoint_times_out_and_is_retried(
 
 
 def test_an_outage_longer_than_the_retry_budget_fails_clearly(
-    moto, small_bucket: str, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    moto, small_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SKIN_S3_MAX_ATTEMPTS", "3")
     with FaultyProxy(moto.url, Plan(mode="status", count=10_000, status=503)) as proxy:

@@ -132,7 +132,7 @@ def test_the_logged_mlflow_model_holds_the_same_weights(
     predictor = load_predictor(str(trained.checkpoint), "cpu")
     norm = Normalize(predictor.spec)
     for image in trained.test_images(3)[1]:
-        x = torch.from_numpy(predictor.prepare(image)).permute(2, 0, 1)[None]
+        x = torch.from_numpy(predictor.prepare(image).copy()).permute(2, 0, 1)[None]
         with torch.no_grad():
             theirs = torch.softmax(exported(norm(x)), dim=1).numpy()
         diff = np.abs(theirs - predictor.predict([image])).max()

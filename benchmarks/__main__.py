@@ -1,0 +1,43 @@
+"""Run the benchmarks: `python -m benchmarks --size quick|full [--only name,...]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS, SIZES, Context, table, write
+
+ORDER = ("ingest", "decode", "epoch_cache", "head_only", "loader", "rerun", "memory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--size", choices=SIZES, default="quick")
+    parser.add_argument("--only", default="", help="comma-separated names; default all")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(ORDER)
+    unknown = sorted(set(names) - set(ORDER))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; known: {', '.join(ORDER)}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix=f"skin-bench-{name}-") as tmp:
+            ctx = Context(args.size, Path(tmp), args.results)
+            t0 = time.perf_counter()
+            record = importlib.import_module(f"benchmarks.{name}").run(ctx)
+            record["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+            path = write(ctx, record)
+            print(table(record), f"\n-> {path}\n", flush=True)
+    print(f"all done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

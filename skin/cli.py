@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -34,6 +35,10 @@ def _main(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
 ) -> None:
     _state.update(debug=debug, json=json_out, quiet=quiet)
+    # Without PREFECT_API_URL each command starts a temporary Prefect API: give it time on small
+    # machines, and keep its telemetry (which can trip over the local database) off.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     level = logging.DEBUG if debug else logging.WARNING if quiet or json_out else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "urllib3", "httpx", "s3transfer", "PIL", "matplotlib"):
@@ -474,6 +479,137 @@ def demo_cmd(
         f"\nsee it in MLflow: [bold].venv/bin/mlflow ui --backend-store-uri {uri}[/]"
         " then open http://127.0.0.1:5000"
     )
+
+
+# --------------------------------------------------------------------------- prediction
+
+DEFAULT_MODEL_REF = "models:/skin-lesion-classifier@champion"
+_ORDINAL = ("1st", "2nd", "3rd")
+
+
+def _is_batch(target: str) -> bool:
+    """A folder or an s3:// prefix (not an image object) is predicted by the batch flow."""
+    from pathlib import Path
+
+    from skin.predict import IMAGE_SUFFIXES
+
+    if target.startswith("s3://"):
+        return not target.lower().endswith(IMAGE_SUFFIXES)
+    return Path(target).is_dir()
+
+
+def _top_rows(frame: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
+    """Per image: its top-k classes with probabilities, or its error."""
+    probs = frame[[f"prob_{c}" for c in predictor.classes]].to_numpy()
+    rows = []
+    for (_, row), best in zip(frame.iterrows(), predictor.top_k(probs, k), strict=True):
+        error = row["error"] if isinstance(row["error"], str) else None
+        top = [] if error else [{"label": c, "probability": p} for c, p in best]
+        rows.append({"image": row["key"], "top_k": top, "error": error})
+    return rows
+
+
+def _predictions_table(rows: list[dict[str, Any]], k: int, title: str) -> Table:
+    from rich.text import Text
+
+    table = Table(title=title)
+    table.add_column("image", style="bold", overflow="fold")
+    for i in range(k):
+        table.add_column(_ORDINAL[i] if i < len(_ORDINAL) else f"{i + 1}th", justify="right")
+    for row in rows:
+        if row["error"]:
+            table.add_row(row["image"], Text(row["error"], style="red", justify="left"))
+            continue
+        cells = [f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]]
+        table.add_row(row["image"], *cells)
+    return table
+
+
+def _predict_images(
+    targets: list[str], model: str, k: int, tta: bool, out: str | None, tracking_uri: str | None
+) -> None:
+    from skin.predict import check_output, load_predictor, write_frame
+    from skin.storage import read_uri
+
+    if out:
+        check_output(out)
+    predictor = load_predictor(model, tta=tta, tracking_uri=tracking_uri)
+    frame = predictor.score(targets, read_uri)
+    if out:
+        write_frame(frame, out)
+    rows = _top_rows(frame, predictor, k)
+    title = f"{predictor.source.resolved} (epoch {predictor.source.epoch}{', TTA' if tta else ''})"
+    emit(
+        {"model": predictor.source.resolved, "tta": tta, "output": out, "predictions": rows},
+        _predictions_table(rows, min(k, len(predictor.classes)), title),
+    )
+    if out:
+        info(f"predictions written to {out}")
+    if any(r["error"] for r in rows):
+        raise typer.Exit(1)
+
+
+def _predict_batch(
+    source: str, model: str, tta: bool, out: str | None, tracking_uri: str | None
+) -> None:
+    from flows.predict import predict_flow
+
+    result = predict_flow(source=source, model=model, out=out, tta=tta, tracking_uri=tracking_uri)
+    table = Table(title=f"{result['images']} images under {source} · {result['model']}")
+    table.add_column("predicted", style="bold")
+    table.add_column("images", justify="right")
+    for label, n in sorted(result["counts"].items()):
+        table.add_row(label, str(n))
+    if result["errors"]:
+        table.add_row("[red]undecodable[/]", str(result["errors"]))
+    emit(result, table)
+    info(f"predictions: [bold]{result['output']}[/]")
+
+
+@app.command("predict")
+@friendly_errors
+def predict_cmd(
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE_OR_URI",
+            help="Image files or s3:// image URIs; or one folder / s3:// prefix (batch flow).",
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint.",
+        ),
+    ] = DEFAULT_MODEL_REF,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes shown per image.")] = 3,
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Average over flips and 90° rotations.")
+    ] = False,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            help="Write the table (.parquet/.csv; never overwrites). Batch default:"
+            " <prefix>/predictions/predictions-<time>.parquet.",
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)."),
+    ] = None,
+) -> None:
+    """Predict lesion classes for images, or for every image under a folder or s3:// prefix.
+
+    Examples: skin predict lesion.jpg --top-k 3 · skin predict s3://bucket/incoming --tta
+    """
+    if not any(_is_batch(t) for t in targets):
+        _predict_images(targets, model, top_k, tta, out, tracking_uri)
+        return
+    if len(targets) > 1:
+        raise typer.BadParameter("give one folder or s3:// prefix, or image files: not a mix")
+    _predict_batch(targets[0], model, tta, out, tracking_uri)
 
 
 if __name__ == "__main__":  # pragma: no cover

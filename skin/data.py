@@ -127,6 +127,17 @@ def make_loader(
     )
 
 
+# The 8 symmetries of the square (4 rotations, with and without a transpose): averaging over all
+# of them makes test-time augmentation exactly invariant to flips and 90° turns of the input.
+DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, t) for t in (False, True) for k in range(4))
+
+
+def dihedral_view(x: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
+    """One symmetry of the square on NCHW images: optional transpose, then k quarter turns."""
+    y = x.transpose(2, 3) if transpose else x
+    return torch.rot90(y, k, dims=(2, 3)) if k else y
+
+
 class Normalize(torch.nn.Module):
     """uint8 NCHW on the device → normalised float (4× less to move than float32 images)."""
 

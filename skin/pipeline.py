@@ -20,7 +20,15 @@ import torch
 from skin import checkpoint as ckpt
 from skin import manifest as mf
 from skin.config import PipelineConfig, config_to_yaml, flatten
-from skin.data import EvalImages, Normalize, TrainImages, default_workers, make_loader
+from skin.data import (
+    DIHEDRAL,
+    EvalImages,
+    Normalize,
+    TrainImages,
+    default_workers,
+    dihedral_view,
+    make_loader,
+)
 from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
 from skin.features import FeatureSet, HeadOnFeatures, extract
 from skin.imagecache import ImageCache, build_cache
@@ -327,23 +335,18 @@ def predict_split(
     batch_size: int,
     tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities for one split, optionally averaged over flips and 90° rotations (TTA)."""
+    """Probabilities for one split; with TTA averaged over the 8 flips/rotations of the square."""
     ds = EvalImages(data.cache, data.rows[split], data.labels[split], data.spec.size)
     norm = Normalize(data.spec).to(device)
-    views: list[Callable[[torch.Tensor], torch.Tensor]] = [lambda x: x]
-    if tta:
-        views += [
-            lambda x: torch.flip(x, dims=(3,)),
-            lambda x: torch.flip(x, dims=(2,)),
-            lambda x: torch.rot90(x, 1, dims=(2, 3)),
-            lambda x: torch.rot90(x, 3, dims=(2, 3)),
-        ]
+    views = DIHEDRAL if tta else DIHEDRAL[:1]
     dtype = amp_dtype(device, True)
     total = None
     labels = None
-    for view in views:
+    for k, transpose in views:
         loader = make_loader(ds, batch_size=batch_size, shuffle=False, seed=0)
-        probs, labels = evaluate_batches(model, loader, lambda x, v=view: norm(v(x)), device, dtype)
+        probs, labels = evaluate_batches(
+            model, loader, lambda x, k=k, t=transpose: norm(dihedral_view(x, k, t)), device, dtype
+        )
         total = probs if total is None else total + probs
     assert total is not None and labels is not None
     return total / len(views), labels
@@ -405,6 +408,6 @@ def evaluate_stage(
     tracker.set_tags({"diagnosis": reading})
     model_uri = None
     if cfg.tracking.log_model:
-        example = np.zeros((1, 3, spec.size, spec.size), dtype=np.float32)
+        example = np.zeros((2, 3, spec.size, spec.size), dtype=np.float32)  # batch > 1
         model_uri = tracker.log_model(model.cpu().float(), example, None)
     return EvalOutcome(tracker.run_id, metrics, reading, str(out_dir), model_uri=model_uri)

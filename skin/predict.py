@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from skin.config import PipelineConfig
-from skin.data import Normalize
+from skin.data import DIHEDRAL, Normalize, dihedral_view
 from skin.images import ImageDecodeError, decode
 from skin.labels import CLASSES
 from skin.model import InputSpec, input_spec
@@ -32,7 +32,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 # The dihedral group of the square (4 rotations × optional transpose), identity first. A mean over
 # a whole group is exactly invariant to flipping or rotating the input by 90°; a subset is not.
-DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, t) for t in (False, True) for k in range(4))
 
 
 class PredictError(ValueError):
@@ -49,12 +48,6 @@ class ModelSource:
     epoch: int
     run_id: str | None = None
     version: str | None = None
-
-
-def dihedral_view(x: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
-    """One symmetry of the square on NCHW images: optional transpose, then k quarter turns."""
-    y = x.transpose(2, 3) if transpose else x
-    return torch.rot90(y, k, dims=(2, 3)) if k else y
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:

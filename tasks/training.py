@@ -76,7 +76,7 @@ def train_task(
             cfg.tracking.tracking_uri,
             cfg.tracking.experiment,
             run_id=run_id,
-            run_name=f"{cfg.model.name}-{manifest_hash[:8]}",
+            run_name=f"{cfg.model.name}-{manifest_hash[:8]}-{train_key[:6]}",
             tags=_tags({"skin.train_key": train_key}),
         )
         tmp = pointer.with_suffix(".tmp")

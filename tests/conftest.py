@@ -100,6 +100,15 @@ def prefect_api() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    """A real Prefect server shared by tests that run `skin` in subprocesses (no per-process
+    temporary API to start)."""
+    server = servers.start_prefect(tmp_path_factory.mktemp("prefect"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
     """A real `mlflow server` on loopback with a SQLite backend, shared by the session."""
     server = servers.start_mlflow(tmp_path_factory.mktemp("mlflow"))

@@ -97,3 +97,16 @@ def start_mlflow(log_dir: Path, port: int | None = None) -> Server:
         f"http://127.0.0.1:{port}", "/health", log_dir / f"mlflow-{time.time_ns()}.log",
         env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, timeout=120,
     )
+
+
+def start_prefect(log_dir: Path) -> Server:
+    """A real `prefect server` with its own home and SQLite database (for subprocess runs)."""
+    port = free_port()
+    home = log_dir / "prefect-home"
+    return start(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}", "/api/health", log_dir / "prefect-server.log",
+        env={"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"},
+        timeout=120,
+    )

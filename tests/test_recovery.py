@@ -47,24 +47,28 @@ def config_file(tmp_path: Path, overrides: dict[str, object]) -> Path:
     return path
 
 
-def skin_run(cfg: Path, data: Path, home: Path, env: dict[str, str] | None = None
-             ) -> subprocess.Popen[str]:
-    """`skin --json run` in its own process group (so a SIGKILL takes its Prefect server too)."""
+def skin_run(cfg: Path, data: Path, home: Path, api: str) -> subprocess.Popen[str]:
+    """`skin --json run` against the shared Prefect server, in its own process group."""
     return subprocess.Popen(
         [SKIN, "--json", "run", "--data", str(data), "--config", str(cfg)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
-        env={**os.environ, "PREFECT_HOME": str(home), **(env or {})},
+        env={**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"{api}/api"},
     )
 
 
-def wait_for(path_glob: Path, proc: subprocess.Popen[str] | None = None, timeout: float = 300) -> None:
+def wait_for(base: Path, pattern: str, proc: subprocess.Popen[str] | None = None,
+             timeout: float = 300) -> Path:
+    """Poll until a file matching `pattern` under `base` exists (e.g. an epoch checkpoint)."""
     deadline = time.monotonic() + timeout
-    while not list(path_glob.parent.glob(path_glob.name)):
+    while True:
+        hits = sorted(base.glob(pattern))
+        if hits:
+            return hits[0]
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"process ended early: {proc.stderr.read()[-3000:]}")  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, f"{path_glob} never appeared"
-        time.sleep(0.1)
+        assert time.monotonic() < deadline, f"{base}/{pattern} never appeared"
+        time.sleep(0.05)
 
 
 def test_tracking_server_down_at_start_fails_before_any_work(
@@ -89,7 +93,7 @@ def test_tracking_server_dies_mid_training_and_the_run_resumes_when_it_is_back(
     state.mkdir()
     server = servers.start_mlflow(state)
     port = int(server.url.rsplit(":", 1)[1])
-    ov = recipe(tmp_path, server.url, 8)
+    ov = recipe(tmp_path, server.url, 12)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -100,7 +104,7 @@ def test_tracking_server_dies_mid_training_and_the_run_resumes_when_it_is_back(
 
     worker = threading.Thread(target=run)
     worker.start()
-    wait_for(tmp_path / "work" / "runs" / "*" / "checkpoints" / "epoch_0003.pt")
+    wait_for(tmp_path, "work/runs/*/checkpoints/epoch_0003.pt")
     server.stop()
     worker.join(timeout=300)
     assert errors, "training must fail once the tracking server is gone"
@@ -117,39 +121,39 @@ def test_tracking_server_dies_mid_training_and_the_run_resumes_when_it_is_back(
         run = client.get_run(result["run_id"])
         assert run.info.status == "FINISHED", run.info.status
         steps = {p.step for p in client.get_metric_history(run.info.run_id, "epoch/dev_accuracy")}
-        assert steps == set(range(1, 9)), f"every epoch recorded once the server is back: {steps}"
+        assert steps == set(range(1, 13)), f"every epoch recorded once the server is back: {steps}"
     finally:
         server.stop()
 
 
 def test_sigkill_of_the_whole_pipeline_resumes_from_the_last_checkpoint(
-    tmp_path: Path, sample_data: Path
+    tmp_path: Path, sample_data: Path, prefect_server
 ) -> None:
-    cfg = config_file(tmp_path, recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", 8))
-    proc = skin_run(cfg, sample_data, tmp_path / "prefect-a")
-    wait_for(tmp_path / "work" / "runs" / "*" / "checkpoints" / "epoch_0003.pt", proc)
+    cfg = config_file(tmp_path, recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", 12))
+    proc = skin_run(cfg, sample_data, tmp_path / "prefect-a", prefect_server.url)
+    wait_for(tmp_path, "work/runs/*/checkpoints/epoch_0003.pt", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     run_dir = next((tmp_path / "work" / "runs").glob("*/checkpoints")).parent
     done = ckpt.load(run_dir / "checkpoints" / "last.pt")["epoch"]
-    assert done < 8, "killed too late to prove a resume"
+    assert done < 12, "killed too late to prove a resume"
 
-    again = skin_run(cfg, sample_data, tmp_path / "prefect-b")
+    again = skin_run(cfg, sample_data, tmp_path / "prefect-b", prefect_server.url)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
     result = json.loads(out)
     assert result["run_id"] == run_dir.name, "the killed run was resumed, not restarted"
     history = ckpt.load(run_dir / "checkpoints" / "last.pt")["history"]
-    assert [h["epoch"] for h in history] == list(range(1, 9)), "epochs before the kill were kept"
+    assert [h["epoch"] for h in history] == list(range(1, 13)), "epochs before the kill were kept"
 
 
 def test_two_pipelines_at_once_on_one_dataset_corrupt_nothing(
-    tmp_path: Path, sample_data: Path
+    tmp_path: Path, sample_data: Path, prefect_server
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(sample_data, data)
     cfg = config_file(tmp_path, recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", 3))
-    procs = [skin_run(cfg, data, tmp_path / f"prefect-{i}") for i in range(2)]
+    procs = [skin_run(cfg, data, tmp_path / f"prefect-{i}", prefect_server.url) for i in range(2)]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
@@ -162,7 +166,7 @@ def test_two_pipelines_at_once_on_one_dataset_corrupt_nothing(
 
 
 def test_credentials_never_reach_params_tags_artifacts_or_logs(
-    s3_client, bucket: str, tmp_path: Path, mlflow_server
+    s3_client, bucket: str, tmp_path: Path, mlflow_server, prefect_server
 ) -> None:
     """Run the pipeline on S3 with secrets in the environment, then grep everything it produced."""
     from skin.sample_data import write_sample_dataset
@@ -177,7 +181,8 @@ def test_credentials_never_reach_params_tags_artifacts_or_logs(
     proc = subprocess.Popen(
         [SKIN, "--debug", "run", "--data", data, "--config", str(cfg)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PREFECT_HOME": str(home), "AWS_SECRET_ACCESS_KEY": secret_key,
+        env={**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"{prefect_server.url}/api",
+             "AWS_SECRET_ACCESS_KEY": secret_key,
              "AWS_ACCESS_KEY_ID": key_id, "MLFLOW_TRACKING_TOKEN": token},
     )
     out, _ = proc.communicate(timeout=600)
@@ -189,7 +194,8 @@ def test_credentials_never_reach_params_tags_artifacts_or_logs(
     downloaded = Path(client.download_artifacts(run_id, "", str(tmp_path / "artifacts")))
     places: dict[str, bytes] = {"console": out.encode()}
     places["params+tags"] = json.dumps([run.data.params, run.data.tags]).encode()
-    for root in (tmp_path / "work", home, downloaded):
+    server_home = Path(prefect_server.log).parent / "prefect-home"  # its DB holds logs, params
+    for root in (tmp_path / "work", home, server_home, downloaded):
         for f in root.rglob("*"):
             if f.is_file():
                 places[str(f)] = f.read_bytes()

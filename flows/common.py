@@ -8,6 +8,9 @@ from prefect import Task
 
 from skin.config import PipelineConfig, load_config
 from skin.datastages import ManifestRef, latest_manifest, manifest_ref
+from skin.storage import check_reachable as check_data_reachable
+from skin.tracking import check_reachable as check_tracking_reachable
+from skin.tracking import resolve_tracking_uri
 from tasks.caching import digest
 from tasks.training import MODEL_SECTIONS
 
@@ -20,6 +23,13 @@ def resolve_config(
     if data_uri:
         merged["data.uri"] = data_uri
     return load_config(config_path, merged)
+
+
+def preflight(cfg: PipelineConfig, *, tracking: bool = True) -> None:
+    """Reachability of the data and the tracking server, checked before any stage runs."""
+    check_data_reachable(cfg.data.uri)
+    if tracking:
+        check_tracking_reachable(resolve_tracking_uri(cfg.tracking.tracking_uri))
 
 
 def call(task: Task, stages: dict[str, str], *, refresh: bool = False, **kwargs: Any) -> Any:

@@ -7,10 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import call, resolve_config, train_key
+from flows.common import call, preflight, resolve_config, train_key
 from skin.datastages import latest_manifest, previous_for, set_latest
 from skin.report import metrics_table
-from skin.tracking import check_reachable, resolve_tracking_uri
 from tasks.data import list_task, split_task, undersample_task
 from tasks.training import evaluate_task, prepare_images_task, register_task, train_task
 
@@ -77,7 +76,7 @@ def pipeline_flow(
     """
     log = get_run_logger()
     cfg = resolve_config(config_path, overrides, data_uri)
-    check_reachable(resolve_tracking_uri(cfg.tracking.tracking_uri))  # before any work
+    preflight(cfg)  # data and tracking reachable, before any work
     config = cfg.model_dump(mode="json")
     stages: dict[str, str] = {}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import call, resolve_config, resolve_manifest, train_key
+from flows.common import call, preflight, resolve_config, resolve_manifest, train_key
 from skin.datastages import latest_manifest, manifest_ref, previous_for, set_latest
 from tasks.data import list_task, split_task, undersample_task
 from tasks.training import evaluate_task, prepare_images_task, train_task
@@ -21,6 +21,7 @@ def list_flow(
 ) -> dict[str, Any]:
     """List a dataset: counts per class, skipped objects with reasons, and its fingerprint."""
     cfg = resolve_config(config_path, overrides, data_uri)
+    preflight(cfg, tracking=False)
     return call(list_task, {}, config=cfg.model_dump(mode="json")).to_dict()
 
 
@@ -37,6 +38,7 @@ def split_flow(
     `previous`: 'latest' (default: keep earlier assignments), a manifest URI, or None (fresh).
     """
     cfg = resolve_config(config_path, overrides, data_uri)
+    preflight(cfg, tracking=False)
     config = cfg.model_dump(mode="json")
     stages: dict[str, str] = {}
     listing = call(list_task, stages, config=config)
@@ -78,6 +80,7 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train from a manifest (URI, or 'latest' for the dataset); `run_id` resumes that run."""
     cfg = resolve_config(config_path, overrides, data_uri)
+    preflight(cfg)
     config = cfg.model_dump(mode="json")
     ref = resolve_manifest(manifest, cfg)
     stages: dict[str, str] = {}

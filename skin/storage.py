@@ -211,6 +211,23 @@ class S3Store:
         return True
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail before any work when an S3 endpoint or bucket cannot be reached (one quick try)."""
+    if not is_s3(uri):
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    store = S3Store(uri, retries=1, connect_timeout=timeout, read_timeout=timeout)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+    try:
+        store.client.head_bucket(Bucket=store.bucket)
+    except (BotoCoreError, ClientError) as err:
+        raise StorageError(
+            f"data.uri {uri}: cannot reach bucket {store.bucket!r} at {endpoint} ({err}); check"
+            " AWS_ENDPOINT_URL, the network and credentials (AWS_* variables or profile)"
+        ) from err
+
+
 def join_uri(base: str, *parts: str) -> str:
     """Join a folder path or s3:// URI with relative parts."""
     if is_s3(base):

@@ -7,12 +7,21 @@ from typing import Any
 from prefect import Task
 
 from skin.config import PipelineConfig, load_config
-from skin.datastages import ManifestRef, latest_manifest, manifest_ref
+from skin.datastages import (
+    ListingRef,
+    ManifestRef,
+    latest_manifest,
+    manifest_ref,
+    previous_for,
+    set_latest,
+)
+from skin.pipeline import TrainOutcome
 from skin.storage import check_reachable as check_data_reachable
 from skin.tracking import check_reachable as check_tracking_reachable
 from skin.tracking import resolve_tracking_uri
 from tasks.caching import digest
-from tasks.training import MODEL_SECTIONS
+from tasks.data import list_task, split_task, undersample_task
+from tasks.training import MODEL_SECTIONS, prepare_images_task, train_task
 
 
 def resolve_config(
@@ -56,3 +65,66 @@ def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
             )
         return ref
     return manifest_ref(reference)
+
+
+def data_stages(
+    cfg: PipelineConfig, stages: dict[str, str], *, refresh: bool, previous: str | None = "latest"
+) -> tuple[ListingRef, ManifestRef]:
+    """List → split → undersample; the manifest becomes the dataset's latest.
+
+    `previous`: 'latest' (stay stable against the dataset's newest manifest), a manifest URI, or
+    None for a fresh split.
+    """
+    config = cfg.model_dump(mode="json")
+    listing = call(list_task, stages, config=config)
+    prev_uri = None
+    if previous == "latest":
+        latest = latest_manifest(cfg.work_dir, cfg.data.uri)
+        prev_uri = previous_for(latest, listing.fingerprint, cfg.split)
+    elif previous:
+        prev_uri = manifest_ref(previous).uri
+    split = call(
+        split_task,
+        stages,
+        refresh=refresh,
+        listing_uri=listing.uri,
+        listing_fingerprint=listing.fingerprint,
+        config=config,
+        previous_uri=prev_uri,
+    )
+    manifest = call(
+        undersample_task, stages, refresh=refresh, split=split, split_hash=split.hash, config=config
+    )
+    set_latest(manifest, cfg.work_dir, cfg.data.uri)
+    return listing, manifest
+
+
+def model_stages(
+    cfg: PipelineConfig,
+    stages: dict[str, str],
+    manifest: ManifestRef,
+    *,
+    refresh: bool,
+    run_id: str | None = None,
+) -> tuple[dict[str, Any], TrainOutcome]:
+    """Decode → train; returns the image-cache report and the training outcome."""
+    config = cfg.model_dump(mode="json")
+    images = call(
+        prepare_images_task,
+        stages,
+        refresh=refresh,
+        manifest_uri=manifest.uri,
+        manifest_hash=manifest.hash,
+        config=config,
+    )
+    trained = call(
+        train_task,
+        stages,
+        refresh=refresh or run_id is not None,
+        manifest_uri=manifest.uri,
+        manifest_hash=manifest.hash,
+        config=config,
+        train_key=train_key(cfg, manifest.hash),
+        run_id=run_id,
+    )
+    return images, trained

@@ -7,11 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import call, preflight, resolve_config, train_key
-from skin.datastages import latest_manifest, previous_for, set_latest
+from flows.common import call, data_stages, model_stages, preflight, resolve_config
 from skin.report import metrics_table
-from tasks.data import list_task, split_task, undersample_task
-from tasks.training import evaluate_task, prepare_images_task, register_task, train_task
+from tasks.training import evaluate_task, register_task
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
@@ -80,49 +78,14 @@ def pipeline_flow(
     config = cfg.model_dump(mode="json")
     stages: dict[str, str] = {}
 
-    listing = call(list_task, stages, config=config)
+    listing, manifest = data_stages(cfg, stages, refresh=refresh)
     log.info(
         "listed %d images (%s layout), skipped %s",
         listing.images,
         listing.layout,
         listing.skipped or "none",
     )
-    latest = latest_manifest(cfg.work_dir, cfg.data.uri)
-    split = call(
-        split_task,
-        stages,
-        refresh=refresh,
-        listing_uri=listing.uri,
-        listing_fingerprint=listing.fingerprint,
-        config=config,
-        previous_uri=previous_for(latest, listing.fingerprint, cfg.split),
-    )
-    manifest = call(
-        undersample_task,
-        stages,
-        refresh=refresh,
-        split=split,
-        split_hash=split.hash,
-        config=config,
-    )
-    set_latest(manifest, cfg.work_dir, cfg.data.uri)
-    images = call(
-        prepare_images_task,
-        stages,
-        refresh=refresh,
-        manifest_uri=manifest.uri,
-        manifest_hash=manifest.hash,
-        config=config,
-    )
-    trained = call(
-        train_task,
-        stages,
-        refresh=refresh,
-        manifest_uri=manifest.uri,
-        manifest_hash=manifest.hash,
-        config=config,
-        train_key=train_key(cfg, manifest.hash),
-    )
+    images, trained = model_stages(cfg, stages, manifest, refresh=refresh)
     evaluated = call(
         evaluate_task,
         stages,

@@ -7,10 +7,17 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import call, preflight, resolve_config, resolve_manifest, train_key
-from skin.datastages import latest_manifest, manifest_ref, previous_for, set_latest
-from tasks.data import list_task, split_task, undersample_task
-from tasks.training import evaluate_task, prepare_images_task, train_task
+from flows.common import (
+    call,
+    data_stages,
+    model_stages,
+    preflight,
+    resolve_config,
+    resolve_manifest,
+)
+from skin.datastages import manifest_ref
+from tasks.data import list_task
+from tasks.training import evaluate_task
 
 
 @flow(name="skin-list")
@@ -39,33 +46,8 @@ def split_flow(
     """
     cfg = resolve_config(config_path, overrides, data_uri)
     preflight(cfg, tracking=False)
-    config = cfg.model_dump(mode="json")
     stages: dict[str, str] = {}
-    listing = call(list_task, stages, config=config)
-    prev_uri = None
-    if previous == "latest":
-        latest = latest_manifest(cfg.work_dir, cfg.data.uri)
-        prev_uri = previous_for(latest, listing.fingerprint, cfg.split)
-    elif previous:
-        prev_uri = manifest_ref(previous).uri
-    split = call(
-        split_task,
-        stages,
-        refresh=refresh,
-        listing_uri=listing.uri,
-        listing_fingerprint=listing.fingerprint,
-        config=config,
-        previous_uri=prev_uri,
-    )
-    manifest = call(
-        undersample_task,
-        stages,
-        refresh=refresh,
-        split=split,
-        split_hash=split.hash,
-        config=config,
-    )
-    set_latest(manifest, cfg.work_dir, cfg.data.uri)
+    listing, manifest = data_stages(cfg, stages, refresh=refresh, previous=previous)
     return {"manifest": manifest.to_dict(), "listing": listing.to_dict(), "stages": stages}
 
 
@@ -81,27 +63,9 @@ def train_flow(
     """Train from a manifest (URI, or 'latest' for the dataset); `run_id` resumes that run."""
     cfg = resolve_config(config_path, overrides, data_uri)
     preflight(cfg)
-    config = cfg.model_dump(mode="json")
     ref = resolve_manifest(manifest, cfg)
     stages: dict[str, str] = {}
-    call(
-        prepare_images_task,
-        stages,
-        refresh=refresh,
-        manifest_uri=ref.uri,
-        manifest_hash=ref.hash,
-        config=config,
-    )
-    outcome = call(
-        train_task,
-        stages,
-        refresh=refresh or run_id is not None,
-        manifest_uri=ref.uri,
-        manifest_hash=ref.hash,
-        config=config,
-        train_key=train_key(cfg, ref.hash),
-        run_id=run_id,
-    )
+    _, outcome = model_stages(cfg, stages, ref, refresh=refresh, run_id=run_id)
     return {**asdict(outcome), "manifest_uri": ref.uri, "stages": stages}
 
 

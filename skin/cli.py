@@ -167,6 +167,9 @@ SizeOpt = Annotated[int | None, typer.Option("--image-size", help="Input side (d
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
 FreezeOpt = Annotated[str | None, typer.Option("--freeze", help="head, none or last:N.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for split and training.")]
+NprocOpt = Annotated[
+    int | None, typer.Option("--nproc", help="Training processes (torchrun DDP); batch is global.")
+]
 ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment.")]
 
 
@@ -188,6 +191,7 @@ def model_overrides(
     freeze: str | None,
     seed: int | None,
     experiment: str | None,
+    nproc: int | None = None,
 ) -> dict[str, Any]:
     """CLI options as dotted config overrides (options not given leave the config alone)."""
     overrides = {
@@ -201,6 +205,7 @@ def model_overrides(
         "model.freeze": freeze,
         "train.seed": seed,
         "tracking.experiment": experiment,
+        "train.nproc": nproc,
     }
     return {k: v for k, v in overrides.items() if v is not None}
 
@@ -281,8 +286,11 @@ def validate_cmd(
     for row in summary.itertuples(index=False):
         table.add_row(str(row.stage), str(row.reason), str(row.count))
     emit(
-        {"layout": result.layout, "good": result.good.to_dict(),
-         "problems": result.problems.to_dict(orient="records")},
+        {
+            "layout": result.layout,
+            "good": result.good.to_dict(),
+            "problems": result.problems.to_dict(orient="records"),
+        },
         table,
     )
     if result.good.sum() == 0:
@@ -361,6 +369,7 @@ def train_cmd(
     freeze: FreezeOpt = None,
     seed: SeedOpt = None,
     experiment: ExperimentOpt = None,
+    nproc: NprocOpt = None,
 ) -> None:
     """Train from a manifest (the train stage alone); --run-id resumes an interrupted run.
 
@@ -369,7 +378,17 @@ def train_cmd(
     from flows.stages import train_flow
 
     overrides = model_overrides(
-        model, pretrained, weights, epochs, batch_size, image_size, lr, freeze, seed, experiment
+        model,
+        pretrained,
+        weights,
+        epochs,
+        batch_size,
+        image_size,
+        lr,
+        freeze,
+        seed,
+        experiment,
+        nproc,
     )
     _validate(config, overrides, data)
     result = train_flow(
@@ -425,6 +444,7 @@ def run_cmd(
     freeze: FreezeOpt = None,
     seed: SeedOpt = None,
     experiment: ExperimentOpt = None,
+    nproc: NprocOpt = None,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Ignore cached stage results.")
     ] = False,
@@ -436,7 +456,17 @@ def run_cmd(
     from flows.pipeline import pipeline_flow
 
     overrides = model_overrides(
-        model, pretrained, weights, epochs, batch_size, image_size, lr, freeze, seed, experiment
+        model,
+        pretrained,
+        weights,
+        epochs,
+        batch_size,
+        image_size,
+        lr,
+        freeze,
+        seed,
+        experiment,
+        nproc,
     )
     _validate(config, overrides, data)
     result = pipeline_flow(data_uri=data, config_path=config, overrides=overrides, refresh=refresh)

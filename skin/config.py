@@ -124,6 +124,21 @@ class TrainConfig(_Strict):
     feature_cache: bool = Field(
         True, description="head-only without augmentation: train on cached features"
     )
+    nproc: int = Field(
+        1,
+        ge=1,
+        description="training processes (torchrun, DistributedDataParallel; one per GPU);"
+        " batch_size stays the global batch, split evenly between them",
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> TrainConfig:
+        if self.batch_size % self.nproc:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of nproc {self.nproc}: each"
+                " process takes batch_size / nproc samples; pick a batch_size divisible by it"
+            )
+        return self
 
 
 class EvalConfig(_Strict):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from skin.config import AugmentConfig
@@ -91,6 +91,56 @@ def default_workers(augment: bool, device: torch.device) -> int:
     return min(8 if device.type == "cuda" else 2, max(1, cpus - 1))
 
 
+class EpochSampler(Sampler[int]):
+    """One global order per (seed, epoch), shared by every rank; rank r takes positions r, r+W, …
+
+    With a per-rank batch of B/W, global batch k is positions [kB, (k+1)B) of the order whatever
+    the number of processes W, so a W-process run takes the same steps as one process with batch
+    B. The order is padded (wrapping) to a multiple of W so every rank runs as many batches.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int,
+        epoch: int,
+        shuffle: bool,
+        weights: np.ndarray | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world} processes")
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"{len(weights)} sampling weights for {n} samples")
+        self.n, self.seed, self.epoch, self.shuffle = n, seed, epoch, shuffle
+        self.weights, self.rank, self.world = weights, rank, world
+
+    def order(self) -> torch.Tensor:
+        """The global order (before sharding): weighted draw, permutation or 0..n-1, padded."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.n == 0:
+            return torch.empty(0, dtype=torch.long)
+        if self.weights is not None:
+            w = torch.as_tensor(self.weights, dtype=torch.float64)
+            order = torch.multinomial(w, self.n, replacement=True, generator=gen)
+        elif self.shuffle:
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        total = len(self) * self.world
+        if total > self.n:
+            order = order.repeat(-(-total // self.n))[:total]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.order()[self.rank :: self.world].tolist()
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+
 def make_loader(
     dataset: Dataset,
     *,
@@ -102,23 +152,37 @@ def make_loader(
     labels: np.ndarray | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch): resuming replays the same batches."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    sampler: Sampler[int] | None = None
+    """A loader whose order depends only on (seed, epoch): resuming replays the same batches.
+
+    `rank`/`world` shard the training order (see EpochSampler); they default to the whole set,
+    because evaluation and feature extraction must see every sample on whichever rank runs them.
+    """
+    weights = None
     if balanced:
-        assert labels is not None
+        if labels is None:
+            raise ValueError("balanced sampling needs the labels (make_loader(labels=…))")
         counts = np.bincount(labels)
         weights = 1.0 / counts[labels]
-        sampler = WeightedRandomSampler(torch.as_tensor(weights), len(labels), generator=gen)
-        shuffle = False
+    sampler = EpochSampler(
+        len(dataset),  # type: ignore[arg-type]
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        weights=weights,
+        rank=rank,
+        world=world,
+    )
+    # Seeds the workers' augmentation: distinct per rank, so ranks don't draw the same crops.
+    worker_seed = int(np.random.SeedSequence([seed % 2**64, epoch, rank]).generate_state(1)[0])
     batched = hasattr(dataset, "__getitems__")  # the dataset hands over whole batches
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
         sampler=sampler,
-        generator=gen,
+        generator=torch.Generator().manual_seed(worker_seed),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,

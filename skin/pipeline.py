@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from skin import checkpoint as ckpt
+from skin import distributed
 from skin import manifest as mf
 from skin.config import PipelineConfig, config_to_yaml, flatten
 from skin.data import (
@@ -33,7 +34,7 @@ from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, 
 from skin.features import FeatureSet, HeadOnFeatures, extract
 from skin.imagecache import ImageCache, build_cache
 from skin.model import InputSpec, apply_freeze, build_model, input_spec, is_head_only, train_mode
-from skin.tracking import Tracker, git_commit
+from skin.tracking import NullTracker, Tracker, git_commit
 from skin.train import FitParams, amp_dtype, evaluate_batches, fit, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -152,51 +153,84 @@ def train_stage(
     *,
     progress: Progress = _no_progress,
 ) -> TrainOutcome:
-    """Train from a manifest; resumes when the run folder already holds checkpoints."""
+    """Train from a manifest; resumes when the run folder already holds checkpoints.
+
+    Under torchrun every process calls this with the same arguments: each joins the process
+    group and trains on its share of every global batch (train.batch_size / world size); rank 0
+    alone writes the run folder and records through `tracker` (the others get a NullTracker).
+    """
+    device = pick_device(cfg.train.device)
+    world = distributed.init_from_env(device.type)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    if cfg.train.batch_size % world.size:
+        raise ValueError(
+            f"train.batch_size {cfg.train.batch_size} is not a multiple of the {world.size}"
+            " training processes; pick a batch size divisible by the process count"
+        )
+    if not world.is_main:
+        tracker, progress = NullTracker(tracker.run_id), _no_progress
     manifest = mf.read(manifest_uri)
     run_dir = Path(cfg.work_dir) / "runs" / tracker.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    device = pick_device(cfg.train.device)
+    if world.is_main:
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     model = make_model(cfg)
     spec = input_spec(model, cfg.train.image_size)
-    data = prepare(manifest, cfg, spec, progress)
-    _record_inputs(tracker, cfg, manifest, manifest_uri, run_dir, data)
-
     model.to(device)
     channels_last = cfg.train.channels_last and device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    params = fit_params(cfg, data.labels["train"], len(data.classes))
     dtype = amp_dtype(device, cfg.train.amp)
     use_features = cfg.train.feature_cache and is_head_only(model) and not cfg.train.augment.enabled
-    bs, seed, balanced = cfg.train.batch_size, cfg.train.seed, cfg.train.sampler == "balanced"
-    if use_features:
-        feats = extract(
-            model,
-            data.cache,
-            spec,
-            device,
-            channels_last=channels_last,
-            dtype=dtype,
-            folder=data.cache.path,
-            progress=progress("backbone features", len(data.cache.images)),
-        ).to(device)
+    # Rank 0 decodes the images and extracts features; the other ranks then read its caches.
+    with distributed.main_first():
+        data = prepare(manifest, cfg, spec, progress)
+        feats = (
+            extract(
+                model,
+                data.cache,
+                spec,
+                device,
+                channels_last=channels_last,
+                dtype=dtype,
+                folder=data.cache.path,
+                progress=progress("backbone features", len(data.cache.images)),
+            )
+            if use_features
+            else None
+        )
+    if world.is_main:
+        _record_inputs(tracker, cfg, manifest, manifest_uri, run_dir, data)
+
+    params = fit_params(cfg, data.labels["train"], len(data.classes))
+    gbs, seed, balanced = cfg.train.batch_size, cfg.train.seed, cfg.train.sampler == "balanced"
+    bs = gbs // world.size
+    if feats is not None:
+        feats = feats.to(device)
         net: torch.nn.Module = HeadOnFeatures(model.get_classifier(), cfg.model.drop_rate)
         train_fs = FeatureSet(feats[data.rows["train"]], data.labels["train"])
         dev_fs = FeatureSet(feats[data.rows["dev"]], data.labels["dev"])
 
         def train_batches(epoch: int):
-            return make_loader(train_fs, batch_size=bs, shuffle=True, seed=seed, epoch=epoch,
-                               balanced=balanced, labels=data.labels["train"])
+            return make_loader(
+                train_fs,
+                batch_size=bs,
+                shuffle=True,
+                seed=seed,
+                epoch=epoch,
+                balanced=balanced,
+                labels=data.labels["train"],
+                rank=world.rank,
+                world=world.size,
+            )
 
         def dev_batches():
-            return make_loader(dev_fs, batch_size=bs, shuffle=False, seed=seed)
+            return make_loader(dev_fs, batch_size=gbs, shuffle=False, seed=seed)
 
         def prep(x: torch.Tensor) -> torch.Tensor:
             return x
 
-        steps = (len(train_fs) + bs - 1) // bs
         set_mode = net.train
     else:
         net = model
@@ -224,19 +258,21 @@ def train_stage(
                 labels=data.labels["train"],
                 num_workers=workers,
                 pin_memory=pin,
+                rank=world.rank,
+                world=world.size,
             )
 
         def dev_batches():
-            return make_loader(dev_ds, batch_size=bs, shuffle=False, seed=seed, pin_memory=pin)
+            return make_loader(dev_ds, batch_size=gbs, shuffle=False, seed=seed, pin_memory=pin)
 
         prep = normalize
-        steps = (len(train_ds) + bs - 1) // bs
         if cfg.train.compile:
             net = torch.compile(model)  # type: ignore[assignment]
 
         def set_mode() -> None:
             train_mode(model)
 
+    steps = len(train_batches(1))  # this rank's batches = the global steps per epoch
     ckpt_dir = run_dir / "checkpoints"
     epoch_bar = progress("epochs", cfg.train.epochs)
 
@@ -276,7 +312,8 @@ def train_stage(
         bad_images=int((~data.cache.ok).sum()),
         history=result.history,
     )
-    (run_dir / "train_outcome.json").write_text(json.dumps(outcome.to_dict(), indent=2))
+    if world.is_main:
+        (run_dir / "train_outcome.json").write_text(json.dumps(outcome.to_dict(), indent=2))
     return outcome
 
 

@@ -1,4 +1,5 @@
-"""The training loop: per-epoch checkpoints, exact resume, best-by-dev, early stopping, AMP on GPU."""
+"""The training loop: per-epoch checkpoints, exact resume, best-by-dev, early stopping, AMP on GPU,
+and DistributedDataParallel when torchrun started several processes."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from skin import checkpoint as ckpt
+from skin import distributed
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,26 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def dev_scores(
+    net: nn.Module,
+    batches: Batches,
+    prep: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[float, float, float]:
+    """Dev loss, accuracy and balanced accuracy (the model-selection score)."""
+    probs, labels = evaluate_batches(net, batches, prep, device, dtype)
+    pred = probs.argmax(1)
+    loss = nn.functional.nll_loss(
+        torch.log(torch.as_tensor(probs).clamp_min(1e-12)), torch.as_tensor(labels)
+    )
+    return (
+        float(loss),
+        float((pred == labels).mean()),
+        float(balanced_accuracy_score(labels, pred)),
+    )
+
+
 @torch.no_grad()
 def evaluate_batches(
     net: nn.Module,
@@ -138,7 +161,13 @@ def fit(
     optimiser, scheduler, scaler and history. If `checkpoint_dir` already holds a `last`
     checkpoint the run resumes after it; batch order and randomness depend only on (seed,
     epoch), so a resumed run ends with the same weights as an uninterrupted one.
+
+    Under torchrun (a process group is up) `net` trains wrapped in DistributedDataParallel and
+    `train_batches` must yield this rank's shard. Rank 0 alone scores dev, saves checkpoints and
+    calls `on_epoch`; every rank takes its decisions from rank 0's dev scores, and every rank
+    resumes from the same `last` checkpoint (so `checkpoint_dir` must be on a shared filesystem).
     """
+    world = distributed.current()
     trainable = [p for p in net.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("nothing to train: every parameter is frozen")
@@ -149,6 +178,7 @@ def fit(
     weight = torch.tensor(params.class_weights, device=device) if params.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=params.label_smoothing)
 
+    on_epoch = on_epoch if world.is_main else None
     result = FitResult(best_epoch=0, best_score=-1.0, last_epoch=0)
     start = 1
     last = checkpoint_dir / "last.pt"
@@ -169,20 +199,26 @@ def fit(
         if on_epoch is not None and result.history:
             # The crash may have come between the checkpoint and its tracking: record it again.
             on_epoch(state["epoch"], {k: v for k, v in result.history[-1].items() if k != "epoch"})
+    # Wrapped after the resume, so DDP's initial broadcast from rank 0 sends the restored weights.
+    step_net: nn.Module = net
+    if world.distributed:
+        ids = [device.index if device.index is not None else world.local_rank]
+        step_net = DistributedDataParallel(net, device_ids=ids if device.type == "cuda" else None)
 
     since_best = result.last_epoch - result.best_epoch
     for epoch in range(start, params.epochs + 1):
         if params.early_stopping_patience and since_best >= params.early_stopping_patience:
             result.stopped_early = True
             break
-        seed_everything(params.seed * 1000 + epoch)
+        # Ranks draw different dropout masks / augmentations; rank 0 as a single process would.
+        seed_everything(params.seed * 1000 + epoch + world.rank * 1_000_003)
         t0 = time.perf_counter()
         set_train_mode()
         seen, loss_sum, correct = 0, 0.0, 0
         for x, y in train_batches(epoch):
             x, y = prep(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = net(x)
+                logits = step_net(x)
                 loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -193,18 +229,17 @@ def fit(
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
-        probs, labels = evaluate_batches(net, dev_batches(), prep, device, dtype)
-        dev_pred = probs.argmax(1)
+        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
+        dev = (0.0, 0.0, 0.0)
+        if world.is_main:  # the weights are the same on every rank: one scoring is enough
+            dev = dev_scores(net, dev_batches(), prep, device, dtype)
+        dev_loss, dev_accuracy, dev_bacc = distributed.from_main(dev, device)
         metrics = {
             "train_loss": loss_sum / max(seen, 1),
             "train_accuracy": correct / max(seen, 1),
-            "dev_loss": float(
-                nn.functional.nll_loss(
-                    torch.log(torch.as_tensor(probs).clamp_min(1e-12)), torch.as_tensor(labels)
-                )
-            ),
-            "dev_accuracy": float((dev_pred == labels).mean()),
-            "dev_balanced_accuracy": float(balanced_accuracy_score(labels, dev_pred)),
+            "dev_loss": dev_loss,
+            "dev_accuracy": dev_accuracy,
+            "dev_balanced_accuracy": dev_bacc,
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - t0,
         }
@@ -216,6 +251,9 @@ def fit(
             since_best += 1
         result.history.append({"epoch": epoch, **metrics})
         result.last_epoch = epoch
+        if not world.is_main:
+            distributed.barrier()  # wait for rank 0's checkpoint: a resume then finds it whole
+            continue
         ckpt.save(
             checkpoint_dir,
             epoch,
@@ -234,6 +272,7 @@ def fit(
             is_best=is_best,
             keep=params.keep_checkpoints,
         )
+        distributed.barrier()
         log.info(
             "epoch %d/%d train_loss %.4f dev_acc %.4f dev_bacc %.4f (%.1fs)",
             epoch,

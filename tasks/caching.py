@@ -83,5 +83,7 @@ MODEL_CODE = (
     "skin.train",
     "skin.checkpoint",
     "skin.pipeline",
+    "skin.distributed",
+    "skin.launch",
 )
 EVAL_CODE = (*MODEL_CODE, "skin.evaluate", "skin.report")

@@ -12,6 +12,7 @@ from prefect import get_run_logger, runtime, task
 from skin import manifest as mf
 from skin.config import PipelineConfig
 from skin.imagecache import build_cache
+from skin.launch import launch
 from skin.model import build_model, input_spec
 from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.registry import Registration, register_and_gate
@@ -63,7 +64,8 @@ def train_task(
     run_id: str | None = None,
 ) -> TrainOutcome:
     """Train in an MLflow run. A crashed attempt with the same key (or `run_id`) is resumed from
-    its last complete checkpoint, in the same MLflow run."""
+    its last complete checkpoint, in the same MLflow run. train.nproc > 1 trains with that many
+    local DistributedDataParallel processes (torchrun)."""
     cfg = PipelineConfig.model_validate(config)
     pointer = run_pointer(cfg.work_dir, train_key)
     pointer.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,10 @@ def train_task(
         tmp.replace(pointer)
         try:
             tracker.set_tags(_tags())
-            outcome = train_stage(manifest_uri, cfg, tracker)
+            if cfg.train.nproc > 1:  # torchrun workers; rank 0 logs into this same MLflow run
+                outcome = launch(manifest_uri, cfg, tracker.run_id, cfg.train.nproc, tracking=True)
+            else:
+                outcome = train_stage(manifest_uri, cfg, tracker)
         except BaseException:
             _close_quietly(tracker, "FAILED")
             raise

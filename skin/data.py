@@ -72,7 +72,7 @@ class TrainImages(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(np.ascontiguousarray(self.cache.images[self.rows[i]])).permute(2, 0, 1)
+        x = torch.from_numpy(np.array(self.cache.images[self.rows[i]])).permute(2, 0, 1)  # a writable copy
         x = self.transform(x)
         if self.rotate90:
             x = torch.rot90(x, int(torch.randint(4, ())), dims=(1, 2))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, SIZES, Context, table, write
 
+log = logging.getLogger("benchmarks")
 ORDER = ("ingest", "decode", "epoch_cache", "head_only", "loader", "rerun", "memory")
 
 
@@ -26,17 +27,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; known: {', '.join(ORDER)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    start = time.perf_counter()
+    start, failed = time.perf_counter(), []
     for name in names:
-        with tempfile.TemporaryDirectory(prefix=f"skin-bench-{name}-") as tmp:
-            ctx = Context(args.size, Path(tmp), args.results)
-            t0 = time.perf_counter()
-            record = importlib.import_module(f"benchmarks.{name}").run(ctx)
-            record["bench_wall_s"] = round(time.perf_counter() - t0, 1)
-            path = write(ctx, record)
-            print(table(record), f"\n-> {path}\n", flush=True)
-    print(f"all done in {time.perf_counter() - start:.0f} s")
-    return 0
+        try:
+            run_one(name, args.size, args.results)
+        except Exception:  # one broken benchmark must not hide the others' figures
+            log.exception("benchmark %s failed", name)
+            failed.append(name)
+    print(f"all done in {time.perf_counter() - start:.0f} s; failed: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+def run_one(name: str, size: str, results: Path) -> None:
+    """One benchmark in its own scratch folder; its record is printed and written."""
+    with tempfile.TemporaryDirectory(prefix=f"skin-bench-{name}-") as tmp:
+        ctx = Context(size, Path(tmp), results)
+        t0 = time.perf_counter()
+        record = importlib.import_module(f"benchmarks.{name}").run(ctx)
+        record["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+        path = write(ctx, record)
+        print(table(record), f"\n-> {path}\n", flush=True)
 
 
 if __name__ == "__main__":

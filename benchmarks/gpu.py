@@ -1,0 +1,224 @@
+"""GPU check in one short script: fine-tuning images/s with our loader vs pure model throughput.
+
+Run from the repository root on a GPU machine: `python -m benchmarks.gpu` (about 2–4 minutes on
+an H100 with 16 cores); `--dry-run` runs every part on the CPU at toy sizes. Needs torch, timm,
+pillow, numpy, pandas, scikit-learn, pyarrow, pyyaml, filelock and pydantic; never imports
+prefect, mlflow or boto3. Writes $OUT/gpu.json (default ./gpu-out).
+"""
+
+from __future__ import annotations
+
+import sys
+
+for _absent in ("prefect", "mlflow", "boto3", "botocore"):  # fail loudly if anything reaches them
+    sys.modules.setdefault(_absent, None)  # type: ignore[arg-type]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks.data import isic_like, manifest  # noqa: E402
+from skin import manifest as mf  # noqa: E402
+from skin.config import AugmentConfig, load_config  # noqa: E402
+from skin.data import EvalImages, Normalize, TrainImages, default_workers, make_loader  # noqa: E402
+from skin.imagecache import ImageCache, build_cache  # noqa: E402
+from skin.model import InputSpec, build_model, input_spec, train_mode  # noqa: E402
+
+MODELS = ("tf_mixnet_s", "tf_efficientnet_lite0")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes for one run: the real one on a GPU, or a toy one on the CPU."""
+
+    device: torch.device
+    images: int
+    source: tuple[int, int]
+    image_size: int
+    batch: int
+    warmup: int
+    steps: int
+    head_epochs: int
+
+
+REAL = Plan(torch.device("cuda"), 4096, (1024, 768), 224, 128, 5, 25, 50)
+DRY = Plan(torch.device("cpu"), 48, (256, 192), 48, 4, 1, 1, 2)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Step:
+    """One full fine-tuning step: uint8 → normalise on the device, bf16 autocast, channels_last."""
+
+    def __init__(self, name: str, spec: InputSpec, device: torch.device) -> None:
+        self.device = device
+        self.model = build_model(name, 8, pretrained=False).to(device)
+        self.model.to(memory_format=torch.channels_last)
+        self.norm = Normalize(spec, channels_last=True).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.loss = nn.CrossEntropyLoss()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        train_mode(self.model)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        x = self.norm(x) if x.dtype == torch.uint8 else x
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            loss = self.loss(self.model(x).float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def images_per_s(
+    step: Step, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], plan: Plan
+) -> float:
+    """Steady-state images/s over plan.steps steps after plan.warmup (loader start-up excluded)."""
+    it = iter(batches)
+    for _ in range(plan.warmup):
+        step(*next(it))
+    sync(plan.device)
+    t0, seen = time.perf_counter(), 0
+    for _ in range(plan.steps):
+        x, y = next(it)
+        step(x, y)
+        seen += len(y)
+    sync(plan.device)
+    return seen / (time.perf_counter() - t0)
+
+
+def forever(make: Callable[[int], Iterable[Any]]) -> Iterable[Any]:
+    """Epoch after epoch of a loader factory (a fresh shuffle each epoch, as training does)."""
+    epoch = 0
+    while True:
+        yield from make(epoch)
+        epoch += 1
+
+
+def throughput(name: str, cache: ImageCache, labels: np.ndarray, plan: Plan) -> dict[str, float]:
+    spec = input_spec(build_model(name, 8, pretrained=False), plan.image_size)
+    step = Step(name, spec, plan.device)
+    x = torch.randn(plan.batch, 3, spec.size, spec.size, device=plan.device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 8, (plan.batch,), device=plan.device)
+    pure = images_per_s(step, forever(lambda _e: [(x, y)]), plan)
+    rows = np.arange(len(labels))
+    workers = default_workers(True, plan.device)
+    pin = plan.device.type == "cuda"
+    aug = TrainImages(cache, rows, labels, spec.size, AugmentConfig(enabled=True))
+    plain = EvalImages(cache, rows, labels, spec.size)
+
+    def loader(ds, n: int) -> Callable[[int], Iterable[Any]]:
+        return lambda e: make_loader(
+            ds, batch_size=plan.batch, shuffle=True, seed=0, epoch=e, num_workers=n, pin_memory=pin
+        )
+
+    augmented = images_per_s(step, forever(loader(aug, workers)), plan)
+    batched = images_per_s(step, forever(loader(plain, 0)), plan)
+    return {
+        "pure_model_img_s": round(pure, 1),
+        "loader_augmented_img_s": round(augmented, 1),
+        "loader_plain_img_s": round(batched, 1),
+        "ratio_augmented": round(augmented / pure, 3),
+        "ratio_plain": round(batched / pure, 3),
+        "loader_workers": workers,
+    }
+
+
+def head_only(folder: Path, work: Path, plan: Plan) -> dict[str, Any]:
+    """The notebook recipe through skin.pipeline.train_stage (features once, head 50 epochs)."""
+    from skin.pipeline import train_stage
+    from skin.tracking import NullTracker
+
+    m = manifest(str(folder))
+    uri = str(work / "head-manifest.parquet")
+    mf.write(m, uri)
+    cfg = load_config(
+        None,
+        {
+            "data.uri": str(folder),
+            "model.name": "tf_mixnet_s",
+            "model.pretrained": False,
+            "model.freeze": "head",
+            "train.epochs": plan.head_epochs,
+            "train.batch_size": 128,
+            "train.image_size": plan.image_size,
+            "train.device": plan.device.type,
+            "train.keep_checkpoints": 1,
+            "work_dir": str(work / "head"),
+        },
+    )
+    t0 = time.perf_counter()
+    out = train_stage(uri, cfg, NullTracker("gpu-head-only"))
+    wall = time.perf_counter() - t0
+    return {
+        "images": len(m),
+        "epochs": plan.head_epochs,
+        "wall_s": round(wall, 2),
+        "feature_path": out.feature_path,
+        "head_epoch_s": round(float(np.mean([h["seconds"] for h in out.history])), 4),
+        "last_dev_balanced_accuracy": round(out.history[-1]["dev_balanced_accuracy"], 4),
+    }
+
+
+def machine(plan: Plan) -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(0) if plan.device.type == "cuda" else None
+    return {
+        "gpu": gpu,
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
+    args = parser.parse_args(argv)
+    plan = DRY if args.dry_run else REAL
+    if plan.device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: use --dry-run to check the script on a CPU")
+    out_dir = Path(os.environ.get("OUT", "gpu-out"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.backends.cudnn.benchmark = True
+    t0 = time.perf_counter()
+    folder = isic_like(plan.images, *plan.source)
+    m = manifest(str(folder))
+    labels = m["label"].map({c: i for i, c in enumerate(sorted(set(m["label"])))}).to_numpy()
+    report: dict[str, Any] = {
+        "plan": {k: str(v) for k, v in plan.__dict__.items()},
+        "machine": machine(plan),
+        "data_s": round(time.perf_counter() - t0, 1),
+    }
+    with tempfile.TemporaryDirectory(prefix="skin-gpu-") as tmp:
+        size = input_spec(build_model(MODELS[0], 8, pretrained=False), plan.image_size).cache_size
+        t1 = time.perf_counter()
+        cache = build_cache(m, size, Path(tmp) / "cache")
+        report["decode"] = {"images": len(m), "seconds": round(time.perf_counter() - t1, 2)}
+        for name in MODELS:
+            report[name] = throughput(name, cache, labels, plan)
+            print(name, report[name], flush=True)
+        report["head_only"] = head_only(folder, Path(tmp), plan)
+    report["total_s"] = round(time.perf_counter() - t0, 1)
+    name = "gpu-dry-run.json" if args.dry_run else "gpu.json"
+    (out_dir / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

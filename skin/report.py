@@ -133,6 +133,44 @@ def reliability_png(
     plt.close(fig)
 
 
+def misclassified_png(
+    images: np.ndarray,
+    rows: np.ndarray,
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: tuple[str, ...],
+    path: Path,
+    n: int = 16,
+) -> int:
+    """The most confident mistakes on test: image, true and predicted class, probability.
+
+    `images[rows[i]]` is the decoded uint8 image of row i of `y` and `probs` (only the drawn
+    images are read from the memory-mapped cache).
+    Returns how many were drawn (0 when the model made no mistake).
+    """
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    if len(wrong) == 0:
+        return 0
+    worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:n]
+    plt = _plt()
+    cols = min(4, len(worst))
+    lines = (len(worst) + cols - 1) // cols
+    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 3.5 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, worst, strict=False):
+        ax.imshow(images[rows[i]])
+        ax.set_title(
+            f"true {classes[y[i]]}\npred {classes[pred[i]]} ({probs[i, pred[i]]:.2f})", fontsize=9
+        )
+    fig.suptitle("most confident test mistakes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return len(worst)
+
+
 def metrics_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     """Rows train/dev/test; columns accuracy, balanced accuracy, macro F1, AUC."""
     cols = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
@@ -202,6 +240,9 @@ def write_reports(
         p, y = probs_by_split["test"]
         roc_png(y, p, data.classes, out / "roc_test.png")
         reliability_png(y, p, out / "reliability_test.png", results["test"].scalars["ece"])
+        misclassified_png(
+            data.cache.images, data.rows["test"], y, p, data.classes, out / "misclassified_test.png"
+        )
     if history:
         pd.DataFrame(history).to_csv(out / "history.csv", index=False)
         learning_curves_png(history, out / "learning_curves.png")

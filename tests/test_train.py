@@ -58,7 +58,8 @@ def test_tiny_model_learns_and_reports_everything(tmp_path: Path, sample_data: P
         assert name in m, f"{name} missing from {sorted(m)[:10]}…"
     report = Path(ev.report_dir)
     for name in ("confusion_matrix_test.csv", "confusion_matrix_test.png", "per_class_test.csv",
-                 "summary.md", "learning_curves.png", "roc_test.png", "reliability_test.png"):
+                 "summary.md", "learning_curves.png", "roc_test.png", "reliability_test.png",
+                 "misclassified_test.png", "per_class_test.png"):
         assert (report / name).stat().st_size > 0, f"report file {name} missing or empty"
     assert "reduce" in (report / "summary.md").read_text(), "summary gives the notebook's reading"
 

@@ -24,7 +24,8 @@ FINAL = ["train_accuracy", "dev_accuracy", "test_accuracy", "train_balanced_accu
 def overrides(tmp_path: Path, server_url: str, **extra: object) -> dict[str, object]:
     return {**TINY, "train.epochs": 10, "work_dir": str(tmp_path / "work"),
             "tracking.tracking_uri": server_url,
-            "tracking.experiment": f"test-{uuid.uuid4().hex[:8]}", **extra}
+            "tracking.experiment": f"test-{uuid.uuid4().hex[:8]}",
+            "tracking.registered_model": f"skin-test-{uuid.uuid4().hex[:8]}", **extra}
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:

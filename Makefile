@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/skin demo
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

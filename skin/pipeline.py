@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,12 @@ from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, 
 from skin.features import FeatureSet, HeadOnFeatures, extract
 from skin.imagecache import ImageCache, build_cache
 from skin.model import InputSpec, apply_freeze, build_model, input_spec, is_head_only, train_mode
+from skin.progress import Factory as Progress
+from skin.progress import silent
 from skin.tracking import NullTracker, Tracker, git_commit
 from skin.train import FitParams, amp_dtype, evaluate_batches, fit, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
-
-
-def _no_progress(_: str, __: int) -> Callable[[int], None]:
-    return lambda _n: None
 
 
 @dataclass
@@ -88,7 +84,7 @@ class EvalOutcome:
 
 
 def prepare(
-    manifest: pd.DataFrame, cfg: PipelineConfig, spec: InputSpec, progress: Progress = _no_progress
+    manifest: pd.DataFrame, cfg: PipelineConfig, spec: InputSpec, progress: Progress = silent
 ) -> Prepared:
     """Build (or reuse) the decoded-image cache and index rows of each split."""
     classes = cfg.data.classes
@@ -151,7 +147,7 @@ def train_stage(
     cfg: PipelineConfig,
     tracker: Tracker,
     *,
-    progress: Progress = _no_progress,
+    progress: Progress = silent,
 ) -> TrainOutcome:
     """Train from a manifest; resumes when the run folder already holds checkpoints.
 
@@ -169,7 +165,7 @@ def train_stage(
             " training processes; pick a batch size divisible by the process count"
         )
     if not world.is_main:
-        tracker, progress = NullTracker(tracker.run_id), _no_progress
+        tracker, progress = NullTracker(tracker.run_id), silent
     manifest = mf.read(manifest_uri)
     run_dir = Path(cfg.work_dir) / "runs" / tracker.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -395,7 +391,7 @@ def evaluate_stage(
     cfg: PipelineConfig,
     tracker: Tracker,
     *,
-    progress: Progress = _no_progress,
+    progress: Progress = silent,
 ) -> EvalOutcome:
     """Score the best checkpoint on train, dev and test; log metrics, bias/variance and reports."""
     from skin import report

@@ -15,6 +15,7 @@ from skin.imagecache import build_cache
 from skin.launch import launch
 from skin.model import build_model, input_spec
 from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
+from skin.progress import terminal_bars
 from skin.registry import Registration, register_and_gate
 from skin.tracking import MLflowTracker, resolve_tracking_uri
 from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, keyed_on
@@ -89,7 +90,8 @@ def train_task(
             if cfg.train.nproc > 1:  # torchrun workers; rank 0 logs into this same MLflow run
                 outcome = launch(manifest_uri, cfg, tracker.run_id, cfg.train.nproc, tracking=True)
             else:
-                outcome = train_stage(manifest_uri, cfg, tracker)
+                with terminal_bars() as progress:
+                    outcome = train_stage(manifest_uri, cfg, tracker, progress=progress)
         except BaseException:
             _close_quietly(tracker, "FAILED")
             raise
@@ -123,7 +125,8 @@ def evaluate_task(
     tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
     try:
         tracker.set_tags(_tags())
-        outcome = evaluate_stage(manifest_uri, checkpoint, cfg, tracker)
+        with terminal_bars() as progress:
+            outcome = evaluate_stage(manifest_uri, checkpoint, cfg, tracker, progress=progress)
     except BaseException:
         _close_quietly(tracker, "FAILED")
         raise

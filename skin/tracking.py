@@ -106,6 +106,15 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _ensure_experiment(mlflow: Any, uri: str, name: str) -> None:
+    """With a SQLite store, keep artifacts beside the database (MLflow's default, ./mlruns in
+    whatever folder the process happens to run in, scatters them)."""
+    if not uri.startswith("sqlite:///") or mlflow.get_experiment_by_name(name) is not None:
+        return
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    mlflow.create_experiment(name, artifact_location=(db.parent / "mlartifacts" / name).as_uri())
+
+
 class MLflowTracker:
     """One MLflow run, opened (or re-opened, to resume) on creation, ended by close()."""
 
@@ -124,6 +133,7 @@ class MLflowTracker:
         mlflow.set_tracking_uri(self.uri)
         self._mlflow = mlflow
         try:
+            _ensure_experiment(mlflow, self.uri, experiment)
             exp = mlflow.set_experiment(experiment)
             if run_id is None:
                 run = mlflow.start_run(run_name=run_name, tags=tags)

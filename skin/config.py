@@ -96,6 +96,11 @@ class AugmentConfig(_Strict):
     rotate90: bool = True
     color_jitter: float = Field(0.1, ge=0.0, le=1.0)
     scale_min: float = Field(0.6, gt=0.0, le=1.0)
+    backend: Literal["device", "workers"] = Field(
+        "device",
+        description="device: batched on the training device (skin.augment); "
+        "workers: per image with torchvision in the loader's worker processes",
+    )
 
 
 class TrainConfig(_Strict):

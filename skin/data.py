@@ -72,7 +72,9 @@ class TrainImages(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(np.array(self.cache.images[self.rows[i]])).permute(2, 0, 1)  # a writable copy
+        x = torch.from_numpy(np.array(self.cache.images[self.rows[i]])).permute(
+            2, 0, 1
+        )  # a writable copy
         x = self.transform(x)
         if self.rotate90:
             x = torch.rot90(x, int(torch.randint(4, ())), dims=(1, 2))
@@ -83,12 +85,18 @@ def _passthrough(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     return batch
 
 
-def default_workers(augment: bool, device: torch.device) -> int:
-    """Augmentation needs worker processes; batched memmap reads do not."""
+def default_workers(per_image_augment: bool, device: torch.device) -> int:
+    """Worker processes for a training loader.
+
+    On a GPU, workers read (and, per image, augment) the next batches while the GPU steps, so
+    reads never stall it. On a CPU the workers would take cores from the step itself: batched
+    memmap reads and batched augmentation are cheap enough in the main process; only the
+    per-image torchvision path needs them.
+    """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if not augment:
-        return 0
-    return min(8 if device.type == "cuda" else 2, max(1, cpus - 1))
+    if device.type == "cuda":
+        return min(8, max(1, cpus - 1))
+    return min(2, max(1, cpus - 1)) if per_image_augment else 0
 
 
 class EpochSampler(Sampler[int]):

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
 
 from skin import checkpoint as ckpt
 from skin import distributed
 from skin import manifest as mf
+from skin.augment import BatchAugment
 from skin.config import PipelineConfig, config_to_yaml, flatten
 from skin.data import (
     DIHEDRAL,
@@ -227,20 +229,31 @@ def train_stage(
         def prep(x: torch.Tensor) -> torch.Tensor:
             return x
 
+        train_prep = prep
         set_mode = net.train
     else:
         net = model
         normalize = Normalize(spec, channels_last).to(device)
         aug = cfg.train.augment
+        per_image = aug.enabled and aug.backend == "workers"
         workers = cfg.train.num_workers
         if workers is None:
-            workers = default_workers(aug.enabled, device)
+            workers = default_workers(per_image, device)
         pin = device.type == "cuda"
-        train_ds = (
-            TrainImages(data.cache, data.rows["train"], data.labels["train"], spec.size, aug)
-            if aug.enabled
-            else EvalImages(data.cache, data.rows["train"], data.labels["train"], spec.size)
-        )
+        train_rows, train_labels = data.rows["train"], data.labels["train"]
+        if per_image:
+            train_ds: Dataset = TrainImages(data.cache, train_rows, train_labels, spec.size, aug)
+        elif aug.enabled:  # whole cached images; the crop happens on the device
+            train_ds = EvalImages(data.cache, train_rows, train_labels, data.cache.size)
+        else:
+            train_ds = EvalImages(data.cache, train_rows, train_labels, spec.size)
+        if aug.enabled and not per_image:
+            augment = BatchAugment(aug, spec.size)
+
+            def train_prep(x: torch.Tensor) -> torch.Tensor:
+                return normalize(augment(x))
+        else:
+            train_prep = normalize
         dev_ds = EvalImages(data.cache, data.rows["dev"], data.labels["dev"], spec.size)
 
         def train_batches(epoch: int):
@@ -251,7 +264,7 @@ def train_stage(
                 seed=seed,
                 epoch=epoch,
                 balanced=balanced,
-                labels=data.labels["train"],
+                labels=train_labels,
                 num_workers=workers,
                 pin_memory=pin,
                 rank=world.rank,
@@ -282,6 +295,7 @@ def train_stage(
         train_batches=train_batches,
         dev_batches=dev_batches,
         prep=prep,
+        train_prep=train_prep,
         set_train_mode=set_mode,
         state_module=model,
         params=params,

@@ -147,6 +147,7 @@ def fit(
     dev_batches: Callable[[], Batches],
     prep: Callable[[torch.Tensor], torch.Tensor],
     set_train_mode: Callable[[], None],
+    train_prep: Callable[[torch.Tensor], torch.Tensor] | None = None,
     state_module: nn.Module,
     params: FitParams,
     steps_per_epoch: int,
@@ -168,6 +169,7 @@ def fit(
     resumes from the same `last` checkpoint (so `checkpoint_dir` must be on a shared filesystem).
     """
     world = distributed.current()
+    train_prep = train_prep or prep  # e.g. batched augmentation, then the same normalisation
     trainable = [p for p in net.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("nothing to train: every parameter is frozen")
@@ -216,7 +218,7 @@ def fit(
         set_train_mode()
         seen, loss_sum, correct = 0, 0.0, 0
         for x, y in train_batches(epoch):
-            x, y = prep(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+            x, y = train_prep(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = step_net(x)
                 loss = loss_fn(logits.float(), y)

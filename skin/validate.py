@@ -29,7 +29,10 @@ class ValidationReport:
         if self.problems.empty:
             return pd.DataFrame(columns=["stage", "reason", "count"])
         return (
-            self.problems.groupby(["stage", "reason"]).size().rename("count").reset_index()
+            self.problems.groupby(["stage", "reason"])
+            .size()
+            .rename("count")
+            .reset_index()
             .sort_values("count", ascending=False, ignore_index=True)
         )
 

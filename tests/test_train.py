@@ -69,7 +69,8 @@ def _job(manifest: str, work: Path, epochs: int, run_id: str) -> list[str]:
         "import sys, json; from tests.conftest import tiny_config; "
         "from skin.pipeline import train_stage; from skin.tracking import NullTracker; "
         f"cfg = tiny_config(__import__('pathlib').Path({str(work)!r}), {manifest!r}, "
-        f"**{{'train.epochs': {epochs}}}); "
+        # Augmented (on the device): the resumed run must redraw the very same augmentations.
+        f"**{{'train.epochs': {epochs}, 'train.augment.enabled': True}}); "
         f"out = train_stage({manifest!r}, cfg, NullTracker({run_id!r})); "
         "print(json.dumps({'resumed_from': out.resumed_from, 'best': out.best_epoch}))"
     )

@@ -65,10 +65,14 @@ def config(
     )
 
 
-def notebook(m: pd.DataFrame, folder: Path, cfg: PipelineConfig) -> dict[str, float]:
-    """Float tensors of every image in a list; backbone forward on every image every epoch."""
+def notebook(
+    m: pd.DataFrame, folder: Path, cfg: PipelineConfig, device: torch.device | None = None
+) -> dict[str, float]:
+    """Float tensors of every image in a list; backbone forward on every image every epoch.
+    (`device` puts the model and each batch on a GPU, which the notebook itself never did.)"""
+    device = device or torch.device("cpu")
     t0 = time.perf_counter()
-    model = make_model(cfg)
+    model = make_model(cfg).to(device)
     spec = input_spec(model, cfg.train.image_size)
     size = spec.size
     tfm = transforms.Compose(
@@ -93,8 +97,8 @@ def notebook(m: pd.DataFrame, folder: Path, cfg: PipelineConfig) -> dict[str, fl
         model.train()  # BatchNorm of the frozen backbone keeps drifting, as in the notebook
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch))
         for idx in order.split(bs):
-            x = torch.stack([train_x[i] for i in idx])
-            loss = loss_fn(model(x), train_y[idx])
+            x = torch.stack([train_x[i] for i in idx]).to(device)
+            loss = loss_fn(model(x), train_y[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -111,8 +115,12 @@ def notebook(m: pd.DataFrame, folder: Path, cfg: PipelineConfig) -> dict[str, fl
 @torch.no_grad()
 def _predict(model: nn.Module, xs: list[torch.Tensor], bs: int) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     return torch.cat(
-        [model(torch.stack(xs[i : i + bs])).argmax(1) for i in range(0, len(xs), bs)]
+        [
+            model(torch.stack(xs[i : i + bs]).to(device)).argmax(1).cpu()
+            for i in range(0, len(xs), bs)
+        ]
     ).numpy()
 
 

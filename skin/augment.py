@@ -110,12 +110,20 @@ class BatchAugment:
         return y.clamp_(0.0, 255.0)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor to the device without stalling the host: a copy from pageable memory
+    waits for the GPU to finish everything queued before it (the last step's backward)."""
+    t = t.to(torch.float32)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def warp(x: torch.Tensor, draw: Draw, size: int) -> torch.Tensor:
     """Crop box + symmetry as one affine sampling grid, bilinear, border pixels repeated."""
     n = len(x)
     scale = torch.stack([draw.width, draw.height], 1)[:, :, None]  # (n, 2, 1)
-    theta = torch.cat([scale * draw.symmetry, draw.centre[:, :, None]], 2)  # (n, 2, 3)
-    theta = theta.to(x.device, torch.float32)
+    theta = to_device(torch.cat([scale * draw.symmetry, draw.centre[:, :, None]], 2), x.device)
     if x.device.type == "cpu":  # CPU grid_sample is ~1.5x faster on channels-last input
         x = x.contiguous(memory_format=torch.channels_last)
     grid = functional.affine_grid(theta, [n, 3, size, size], align_corners=False)
@@ -144,9 +152,10 @@ def colour_matrix(draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def recolour(x: torch.Tensor, draw: Draw) -> torch.Tensor:
-    m, k = (t.to(x.device, torch.float32) for t in colour_matrix(draw))
+    m, k = (to_device(t, x.device) for t in colour_matrix(draw))
     n, _, h, w = x.shape
     flat = x.reshape(n, 3, h * w)
-    luma = torch.tensor(LUMA, device=x.device)
-    grey = (luma @ flat).mean(1)  # each image's mean luma before any change, (n,)
+    grey = (to_device(torch.tensor(LUMA), x.device) @ flat).mean(
+        1
+    )  # each image's mean luma before any change, (n,)
     return torch.baddbmm((k * grey[:, None])[:, :, None], m, flat).view(n, 3, h, w)

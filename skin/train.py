@@ -216,7 +216,10 @@ def fit(
         seed_everything(params.seed * 1000 + epoch + world.rank * 1_000_003)
         t0 = time.perf_counter()
         set_train_mode()
-        seen, loss_sum, correct = 0, 0.0, 0
+        # Running sums stay on the device: reading them every step would make the host wait
+        # for each step to finish, and the GPU would idle while the next batch is queued.
+        seen, loss_sum = 0, torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.long)
         for x, y in train_batches(epoch):
             x, y = train_prep(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -229,9 +232,9 @@ def fit(
             if sched is not None:
                 sched.step()
             seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        loss_sum, correct, seen = distributed.all_sum([float(loss_sum), int(correct), seen], device)
         dev = (0.0, 0.0, 0.0)
         if world.is_main:  # the weights are the same on every rank: one scoring is enough
             dev = dev_scores(net, dev_batches(), prep, device, dtype)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from prefect import Task
+from prefect import Task, unmapped
 
 from skin.config import PipelineConfig, load_config
 from skin.datastages import (
@@ -21,6 +22,7 @@ from skin.tracking import check_reachable as check_tracking_reachable
 from skin.tracking import resolve_tracking_uri
 from tasks.caching import digest
 from tasks.data import list_task, split_task, undersample_task
+from tasks.shards import build_shard_task, finish_shards_task, shard_plan
 from tasks.training import MODEL_SECTIONS, prepare_images_task, train_task
 
 
@@ -58,7 +60,7 @@ def train_key(cfg: PipelineConfig, manifest_hash: str) -> str:
 def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
     """'latest' (the dataset's newest manifest) or a manifest URI."""
     if reference == "latest":
-        ref = latest_manifest(cfg.work_dir, cfg.data.uri)
+        ref = latest_manifest(cfg.state_uri, cfg.data.uri)
         if ref is None:
             raise ValueError(
                 f"no manifest yet for {cfg.data.uri}: run the split stage first (skin split)"
@@ -79,7 +81,7 @@ def data_stages(
     listing = call(list_task, stages, config=config)
     prev_uri = None
     if previous == "latest":
-        latest = latest_manifest(cfg.work_dir, cfg.data.uri)
+        latest = latest_manifest(cfg.state_uri, cfg.data.uri)
         prev_uri = previous_for(latest, listing.fingerprint, cfg.split)
     elif previous:
         prev_uri = manifest_ref(previous).uri
@@ -95,8 +97,37 @@ def data_stages(
     manifest = call(
         undersample_task, stages, refresh=refresh, split=split, split_hash=split.hash, config=config
     )
-    set_latest(manifest, cfg.work_dir, cfg.data.uri)
+    set_latest(manifest, cfg.state_uri, cfg.data.uri)
     return listing, manifest
+
+
+def shard_stages(
+    cfg: PipelineConfig, manifest: ManifestRef, stages: dict[str, str]
+) -> dict[str, Any]:
+    """Decode the manifest's images into shared shards: one task per shard on the flow's task
+    runner (threads, or a Dask cluster), then the index. Shards already built are skipped."""
+    plan = shard_plan(manifest.uri, cfg.model_dump(mode="json"))
+    futures = build_shard_task.map(
+        manifest_uri=unmapped(manifest.uri),
+        manifest_hash=unmapped(manifest.hash),
+        size=unmapped(plan["size"]),
+        index=list(range(plan["shards"])),
+        shard_rows=unmapped(plan["shard_rows"]),
+        uri=unmapped(plan["uri"]),
+        fetch_root=unmapped(str(Path(cfg.work_dir) / "cache")),
+    )
+    built = [f.result() for f in futures]
+    meta = finish_shards_task(plan["uri"], plan["count"], plan["size"], plan["shard_rows"])
+    fresh = sum(not b.reused for b in built)
+    stages[build_shard_task.name] = "ran" if fresh else "cached"
+    return {
+        "uri": plan["uri"],
+        "shards": len(built),
+        "built": fresh,
+        "reused": len(built) - fresh,
+        "bad": meta["bad"],
+        "count": meta["count"],
+    }
 
 
 def model_stages(
@@ -107,8 +138,10 @@ def model_stages(
     refresh: bool,
     run_id: str | None = None,
 ) -> tuple[dict[str, Any], TrainOutcome]:
-    """Decode → train; returns the image-cache report and the training outcome."""
+    """[Shards →] decode → train; returns the image-cache report and the training outcome."""
     config = cfg.model_dump(mode="json")
+    if cfg.shared.uri:  # decode once for every machine, fanned out over the task runner
+        shard_stages(cfg, manifest, stages)
     images = call(
         prepare_images_task,
         stages,

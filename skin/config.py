@@ -162,6 +162,24 @@ class TrackingConfig(_Strict):
     log_model: bool = True
 
 
+class SharedConfig(_Strict):
+    """State shared by every machine: listings, manifests and decoded-image shards.
+
+    With `uri` set (an s3:// prefix, or a folder all machines mount) the data stages write
+    listings and manifests there instead of under work_dir, and the decoded images are kept
+    there as shards, built once (in parallel by `skin-prepare`) and then either mirrored into
+    each machine's local cache or, with `stream`, read shard by shard on demand.
+    """
+
+    uri: str | None = Field(None, description="s3://bucket/prefix shared by all machines")
+    stream: bool = Field(False, description="train from shards fetched on demand, no full copy")
+    shard_rows: int = Field(256, ge=1, description="images per shard (256 px: ~50 MB)")
+    local_cache_gb: float = Field(20.0, gt=0, description="disk for streamed shards, per machine")
+    shuffle_window: int = Field(
+        4, ge=1, description="shards whose images are shuffled together when streaming"
+    )
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline: one object, validated once, saved with every run."""
 
@@ -172,6 +190,7 @@ class PipelineConfig(_Strict):
     evaluate: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     work_dir: str = Field(".skin", description="local folder for manifests, caches and runs")
+    shared: SharedConfig = SharedConfig()
 
     @model_validator(mode="after")
     def _majority_is_a_class(self) -> PipelineConfig:
@@ -179,6 +198,11 @@ class PipelineConfig(_Strict):
         if mc is not None and mc not in self.data.classes:
             raise ValueError(f"split.majority_class {mc!r} is not one of {self.data.classes}")
         return self
+
+    @property
+    def state_uri(self) -> str:
+        """Where listings and manifests live: the shared store if any, else work_dir."""
+        return self.shared.uri or self.work_dir
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections: caches key on exactly what a stage depends on."""

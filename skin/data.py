@@ -117,13 +117,21 @@ class EpochSampler(Sampler[int]):
         weights: np.ndarray | None = None,
         rank: int = 0,
         world: int = 1,
+        blocks: np.ndarray | None = None,
+        window: int = 1,
     ) -> None:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in a world of {world} processes")
         if weights is not None and len(weights) != n:
             raise ValueError(f"{len(weights)} sampling weights for {n} samples")
+        if blocks is not None and len(blocks) != n:
+            raise ValueError(f"{len(blocks)} shard numbers for {n} samples")
         self.n, self.seed, self.epoch, self.shuffle = n, seed, epoch, shuffle
         self.weights, self.rank, self.world = weights, rank, world
+        self.blocks = (
+            None if blocks is None else torch.as_tensor(np.asarray(blocks), dtype=torch.long)
+        )
+        self.window = max(1, window)
 
     def order(self) -> torch.Tensor:
         """The global order (before sharding): weighted draw, permutation or 0..n-1, padded."""
@@ -137,6 +145,10 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
+        if self.blocks is not None and (self.shuffle or self.weights is not None):
+            place = torch.randperm(int(self.blocks.max()) + 1, generator=gen)  # shard → its turn
+            window = place[self.blocks[order]] // self.window
+            order = order[torch.sort(window, stable=True).indices]
         total = len(self) * self.world
         if total > self.n:
             order = order.repeat(-(-total // self.n))[:total]
@@ -162,6 +174,8 @@ def make_loader(
     pin_memory: bool = False,
     rank: int = 0,
     world: int = 1,
+    blocks: np.ndarray | None = None,
+    window: int = 1,
 ) -> DataLoader:
     """A loader whose order depends only on (seed, epoch): resuming replays the same batches.
 
@@ -182,6 +196,8 @@ def make_loader(
         weights=weights,
         rank=rank,
         world=world,
+        blocks=blocks,
+        window=window,
     )
     # Seeds the workers' augmentation: distinct per rank, so ranks don't draw the same crops.
     worker_seed = int(np.random.SeedSequence([seed % 2**64, epoch, rank]).generate_state(1)[0])

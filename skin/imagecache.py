@@ -137,6 +137,23 @@ def _fill(
     if n == 0:
         raise ValueError("empty manifest: nothing to cache")
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(n, size, size, 3))
+    ok, errors = decode_rows(manifest, size, images, fetcher, decode_workers, progress)
+    images.flush()
+    _write_meta(folder, n, size, ok, errors)
+    log.info("image cache %s: %s", folder.name, fetcher.stats)
+
+
+def decode_rows(
+    manifest: pd.DataFrame,
+    size: int,
+    images: np.ndarray,
+    fetcher: Fetcher,
+    decode_workers: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Fetch and decode every row of `manifest` into `images[row]` (a memmap or an array in RAM):
+    the ok mask and the (key, error) of each image that could not be had."""
+    n = len(manifest)
     ok = np.zeros(n, dtype=bool)
     errors: dict[int, str] = {}
     keys = manifest["key"].tolist()
@@ -164,9 +181,7 @@ def _fill(
                 pending -= 1
         for _ in range(pending):
             settle(*done.get().result())
-    images.flush()
-    _write_meta(folder, n, size, ok, [(keys[r], e) for r, e in sorted(errors.items())])
-    log.info("image cache %s: %s", folder.name, fetcher.stats)
+    return ok, [(keys[r], e) for r, e in sorted(errors.items())]
 
 
 def _write_meta(

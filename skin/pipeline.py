@@ -33,10 +33,19 @@ from skin.data import (
 )
 from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
 from skin.features import FeatureSet, HeadOnFeatures, extract
-from skin.imagecache import ImageCache, build_cache
+from skin.imagecache import ImageCache, build_cache, cache_dir, open_cache
 from skin.model import InputSpec, apply_freeze, build_model, input_spec, is_head_only, train_mode
 from skin.progress import Factory as Progress
 from skin.progress import silent
+from skin.shards import (
+    ShardedImages,
+    is_complete,
+    mirror,
+    open_stream,
+    publish_cache,
+    publish_shards,
+    shards_uri,
+)
 from skin.tracking import NullTracker, Tracker, git_commit
 from skin.train import FitParams, amp_dtype, evaluate_batches, fit, pick_device, seed_everything
 
@@ -90,10 +99,7 @@ def prepare(
 ) -> Prepared:
     """Build (or reuse) the decoded-image cache and index rows of each split."""
     classes = cfg.data.classes
-    cache_root = Path(cfg.work_dir) / "cache"
-    cache = build_cache(
-        manifest, spec.cache_size, cache_root, progress=progress("decoding images", len(manifest))
-    )
+    cache = image_cache(manifest, cfg, spec.cache_size, progress)
     index = {c: i for i, c in enumerate(classes)}
     p = Prepared(manifest, cache, spec, classes)
     for split in mf.SPLITS:
@@ -106,6 +112,36 @@ def prepare(
     if len(p.rows["train"]) == 0 or len(p.rows["dev"]) == 0:
         raise ValueError("no usable train or dev images after decoding; see the bad-image report")
     return p
+
+
+def image_cache(
+    manifest: pd.DataFrame, cfg: PipelineConfig, size: int, progress: Progress = silent
+) -> ImageCache:
+    """This machine's decoded images: built here, or (with `shared.uri`) taken from the shared
+    shards, built there first if nobody has yet, then mirrored locally or streamed."""
+    root = Path(cfg.work_dir) / "cache"
+    shared = cfg.shared
+    if shared.uri is None:
+        return build_cache(
+            manifest, size, root, progress=progress("decoding images", len(manifest))
+        )
+    uri = shards_uri(shared.uri, manifest, size)
+    local = cache_dir(root, manifest, size)
+    if not is_complete(uri):
+        if (local / "meta.json").exists():  # decoded here already: upload, don't decode again
+            publish_cache(open_cache(local), manifest, uri, shared.shard_rows)
+        else:
+            publish_shards(
+                manifest,
+                size,
+                uri,
+                shared.shard_rows,
+                root,
+                progress=progress("decoding images", len(manifest)),
+            )
+    if shared.stream:
+        return open_stream(uri, root / "stream" / local.name, int(shared.local_cache_gb * 1e9))
+    return mirror(uri, local)
 
 
 def fit_params(cfg: PipelineConfig, train_labels: np.ndarray, n_classes: int) -> FitParams:
@@ -255,10 +291,15 @@ def train_stage(
         else:
             train_prep = normalize
         dev_ds = EvalImages(data.cache, data.rows["dev"], data.labels["dev"], spec.size)
+        # Streaming from shards: each epoch visits the shards a window at a time.
+        streamed = isinstance(data.cache.images, ShardedImages)
+        blocks = data.cache.images.blocks(train_rows) if streamed else None
 
         def train_batches(epoch: int):
             return make_loader(
                 train_ds,
+                blocks=blocks,
+                window=cfg.shared.shuffle_window,
                 batch_size=bs,
                 shuffle=True,
                 seed=seed,

@@ -73,7 +73,7 @@ IO_RETRIES: dict[str, Any] = {
 }
 
 DATA_CODE = ("skin.listing", "skin.split", "skin.balance", "skin.manifest", "skin.datastages")
-IMAGE_CODE = ("skin.images", "skin.imagecache", "skin.storage")
+IMAGE_CODE = ("skin.images", "skin.imagecache", "skin.storage", "skin.fetch", "skin.shards")
 MODEL_CODE = (
     *IMAGE_CODE,
     "skin.model",

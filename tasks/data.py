@@ -29,7 +29,7 @@ def list_task(config: dict[str, Any]) -> ListingRef:
     """Always runs: the listing is how a re-run notices new, changed or removed images."""
     cfg = PipelineConfig.model_validate(config)
     listing = list_images(cfg.data)
-    return save_listing(listing, cfg.work_dir, cfg.data.uri)
+    return save_listing(listing, cfg.state_uri, cfg.data.uri)
 
 
 @task(
@@ -43,6 +43,7 @@ def list_task(config: dict[str, Any]) -> ListingRef:
             "split.group_by_lesion",
             "data.uri",
             "work_dir",
+            "shared.uri",
         ),
         code=DATA_CODE,
     ),
@@ -61,7 +62,7 @@ def split_task(
         "split_key": split_key(cfg.split),
     }
     return save_manifest(
-        df, cfg.work_dir, cfg.data.uri, latest=False, stage="split", lineage=lineage
+        df, cfg.state_uri, cfg.data.uri, latest=False, stage="split", lineage=lineage
     )
 
 
@@ -75,6 +76,7 @@ def split_task(
             "split.seed",
             "data.uri",
             "work_dir",
+            "shared.uri",
         ),
         code=DATA_CODE,
     ),
@@ -89,4 +91,4 @@ def undersample_task(split: ManifestRef, split_hash: str, config: dict[str, Any]
         "previous_uri": split.previous_uri,
         "split_key": split.split_key,
     }
-    return save_manifest(df, cfg.work_dir, cfg.data.uri, latest=True, lineage=lineage)
+    return save_manifest(df, cfg.state_uri, cfg.data.uri, latest=True, lineage=lineage)

@@ -11,16 +11,15 @@ from prefect import get_run_logger, runtime, task
 
 from skin import manifest as mf
 from skin.config import PipelineConfig
-from skin.imagecache import build_cache
 from skin.launch import launch
 from skin.model import build_model, input_spec
-from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
+from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, image_cache, train_stage
 from skin.progress import terminal_bars
 from skin.registry import Registration, register_and_gate
 from skin.tracking import MLflowTracker, resolve_tracking_uri
 from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, keyed_on
 
-MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir")
+MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir", "shared")
 
 
 def run_pointer(work_dir: str, train_key: str) -> Path:
@@ -40,7 +39,7 @@ def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     name="prepare-images",
     cache_policy=keyed_on(
         "manifest_hash",
-        config_sections=("model.name", "train.image_size", "work_dir"),
+        config_sections=("model.name", "train.image_size", "work_dir", "shared"),
         code=(*IMAGE_CODE, "skin.model"),
     ),
     **IO_RETRIES,
@@ -52,7 +51,7 @@ def prepare_images_task(
     cfg = PipelineConfig.model_validate(config)
     skeleton = build_model(cfg.model.name, len(cfg.data.classes), pretrained=False)
     spec = input_spec(skeleton, cfg.train.image_size)
-    cache = build_cache(mf.read(manifest_uri), spec.cache_size, Path(cfg.work_dir) / "cache")
+    cache = image_cache(mf.read(manifest_uri), cfg, spec.cache_size)
     return {"path": str(cache.path), "bad": cache.errors.to_dict(orient="records")}
 
 

@@ -117,8 +117,11 @@ def shard_stages(
         fetch_root=unmapped(str(Path(cfg.work_dir) / "cache")),
     )
     built = [f.result() for f in futures]
+    # Decoded in this run: neither a Prefect cache hit nor a shard found complete in the store.
+    fresh = sum(
+        f.state.name != "Cached" and not b.reused for f, b in zip(futures, built, strict=True)
+    )
     meta = finish_shards_task(plan["uri"], plan["count"], plan["size"], plan["shard_rows"])
-    fresh = sum(not b.reused for b in built)
     stages[build_shard_task.name] = "ran" if fresh else "cached"
     return {
         "uri": plan["uri"],

@@ -171,6 +171,16 @@ NprocOpt = Annotated[
     int | None, typer.Option("--nproc", help="Training processes (torchrun DDP); batch is global.")
 ]
 ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment.")]
+SharedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shared", help="s3:// prefix every machine shares: listings, manifests, image shards."
+    ),
+]
+StreamOpt = Annotated[
+    bool | None,
+    typer.Option("--stream/--no-stream", help="Train from shared shards read on demand."),
+]
 
 
 def _validate(config: str | None, overrides: dict[str, Any], data: str | None) -> Any:
@@ -192,6 +202,8 @@ def model_overrides(
     seed: int | None,
     experiment: str | None,
     nproc: int | None = None,
+    shared: str | None = None,
+    stream: bool | None = None,
 ) -> dict[str, Any]:
     """CLI options as dotted config overrides (options not given leave the config alone)."""
     overrides = {
@@ -206,6 +218,8 @@ def model_overrides(
         "train.seed": seed,
         "tracking.experiment": experiment,
         "train.nproc": nproc,
+        "shared.uri": shared,
+        "shared.stream": stream,
     }
     return {k: v for k, v in overrides.items() if v is not None}
 
@@ -311,6 +325,7 @@ def split_cmd(
     layout: Annotated[str, typer.Option(help="auto, folders or isic.")] = "auto",
     majority: Annotated[str | None, typer.Option(help="Class to undersample (default NV).")] = None,
     config: ConfigOpt = None,
+    shared: SharedOpt = None,
 ) -> None:
     """List, split 80/10/10 per class and undersample train; write the manifest.
 
@@ -327,6 +342,8 @@ def split_cmd(
     }
     if majority is not None:
         overrides["split.majority_class"] = majority
+    if shared is not None:
+        overrides["shared.uri"] = shared
     _validate(config, overrides, data)
     result = split_flow(data_uri=data, config_path=config, overrides=overrides, previous=previous)
     df = mf.read(result["manifest"]["uri"])
@@ -347,6 +364,70 @@ def split_cmd(
     )
     if skipped and not _state["json"]:
         info("[yellow]skipped:[/] " + ", ".join(f"{r}: {n}" for r, n in skipped.items()))
+
+
+@app.command("prepare")
+@friendly_errors
+def prepare_cmd(
+    shared: Annotated[str, typer.Option("--shared", help="s3:// prefix for the image shards.")],
+    data: Annotated[str | None, typer.Option("--data", help="Dataset URI (for 'latest').")] = None,
+    manifest: Annotated[str, typer.Option(help="Manifest URI, or 'latest' for --data.")] = "latest",
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    image_size: SizeOpt = None,
+    shard_rows: Annotated[int | None, typer.Option(help="Images per shard.")] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address (tcp://host:8786), or 'local' for a local cluster."
+        ),
+    ] = None,
+    dask_workers: Annotated[int, typer.Option(help="Workers of a local Dask cluster.")] = 2,
+) -> None:
+    """Decode a manifest's images once into shared shards, fanned out over threads or Dask.
+
+    Example: skin prepare --data s3://isic/2019 --shared s3://team/skin --dask tcp://sched:8786
+    """
+    from flows.prepare import prepare_flow, prepare_flow_on_dask
+
+    overrides = {"shared.uri": shared, "shared.shard_rows": shard_rows, "model.name": model,
+                 "train.image_size": image_size}  # fmt: skip
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    _validate(config, overrides, data)
+    flow_fn = prepare_flow
+    if dask is not None:
+        flow_fn = prepare_flow_on_dask(None if dask == "local" else dask, dask_workers)
+    result = flow_fn(manifest=manifest, data_uri=data, config_path=config, overrides=overrides)
+    emit(result)
+    info(
+        f"{result['shards']} shards at {result['uri']}: {result['built']} built,"
+        f" {result['reused']} already there; {result['bad']} unreadable images"
+    )
+
+
+@app.command("result-storage")
+@friendly_errors
+def result_storage_cmd(
+    uri: Annotated[str, typer.Argument(help="s3://bucket/prefix for Prefect task results.")],
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="S3-compatible endpoint (default: the AWS chain's).")
+    ] = None,
+    set_default: Annotated[
+        bool, typer.Option("--set-default/--block-only", help="Make it the server's default.")
+    ] = True,
+) -> None:
+    """Keep Prefect task results in S3, so cached stages are shared by every worker.
+
+    Example: skin result-storage s3://team/skin/prefect-results
+    """
+    from flows.results import use_s3_result_storage
+
+    slug = use_s3_result_storage(uri, endpoint_url=endpoint_url, set_default=set_default)
+    emit({"block": slug, "uri": uri, "server_default": set_default})
+    info(
+        f"result storage block [bold]{slug}[/] → {uri}"
+        + (" (server default)" if set_default else "")
+    )
 
 
 # --------------------------------------------------------------------------- model stages
@@ -370,6 +451,8 @@ def train_cmd(
     seed: SeedOpt = None,
     experiment: ExperimentOpt = None,
     nproc: NprocOpt = None,
+    shared: SharedOpt = None,
+    stream: StreamOpt = None,
 ) -> None:
     """Train from a manifest (the train stage alone); --run-id resumes an interrupted run.
 
@@ -389,6 +472,8 @@ def train_cmd(
         seed,
         experiment,
         nproc,
+        shared,
+        stream,
     )
     _validate(config, overrides, data)
     result = train_flow(
@@ -445,6 +530,8 @@ def run_cmd(
     seed: SeedOpt = None,
     experiment: ExperimentOpt = None,
     nproc: NprocOpt = None,
+    shared: SharedOpt = None,
+    stream: StreamOpt = None,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Ignore cached stage results.")
     ] = False,
@@ -467,6 +554,8 @@ def run_cmd(
         seed,
         experiment,
         nproc,
+        shared,
+        stream,
     )
     _validate(config, overrides, data)
     result = pipeline_flow(data_uri=data, config_path=config, overrides=overrides, refresh=refresh)

@@ -112,6 +112,8 @@ def build_shard(
 def finish(uri: str, n: int, size: int, shard_rows: int) -> dict[str, Any]:
     """Gather every shard's ok mask and errors and write meta.json last: the cache is complete."""
     store = open_store(uri)
+    if store.exists("meta.json"):  # complete already: never rewritten
+        return json.loads(store.get("meta.json"))
     ok, errors = np.zeros(n, dtype=bool), []
     for i in range(shard_count(n, shard_rows)):
         name = f"{shard_name(i)}.json"

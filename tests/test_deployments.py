@@ -216,8 +216,18 @@ def test_deployments_end_to_end(tmp_path: Path) -> None:
             _worker(env, worker_log),
         ):
             deployments = {d.name: d for d in client.read_deployments()}
-            assert set(deployments) == {"pipeline", "list", "split", "train", "evaluate"}, (
-                f"deployed: {sorted(deployments)}"
+            assert set(deployments) == {
+                "pipeline",
+                "list",
+                "split",
+                "train",
+                "evaluate",
+                "prepare",
+                "prepare-dask",
+            }, f"deployed: {sorted(deployments)}"
+            dask_env = deployments["prepare-dask"].job_variables.get("env", {})
+            assert dask_env.get("SKIN_DASK_ADDRESS"), (
+                f"prepare-dask needs its scheduler: {dask_env}"
             )
             for d in deployments.values():
                 assert d.pull_steps == [

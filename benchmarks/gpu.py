@@ -20,7 +20,7 @@ import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -248,10 +248,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
     parser.add_argument(
-        "--skip-head-only", action="store_true", help="only the fine-tuning throughputs"
+        "--skip-head-only", action="store_true", help="leave out the slow head-only comparison"
     )
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="only the loader throughputs"
+    )
+    parser.add_argument("--images", type=int, default=None, help="images to generate")
     args = parser.parse_args(argv)
     plan = DRY if args.dry_run else REAL
+    if args.images:
+        plan = replace(plan, images=args.images)
     if plan.device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --dry-run to check the script on a CPU")
     out_dir = Path(os.environ.get("OUT", "gpu-out"))
@@ -274,9 +280,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in MODELS:
             report[name] = throughput(name, cache, labels, plan)
             print(name, report[name], flush=True)
-        report["train_stage"] = train_stage_rate(folder, Path(tmp), plan)
-        print("train_stage", report["train_stage"], flush=True)
-        if not args.skip_head_only:
+        if not args.throughput_only:
+            report["train_stage"] = train_stage_rate(folder, Path(tmp), plan)
+            print("train_stage", report["train_stage"], flush=True)
+        if not (args.skip_head_only or args.throughput_only):
             report["head_only"] = head_only(folder, Path(tmp), plan)
     report["total_s"] = round(time.perf_counter() - t0, 1)
     name = "gpu-dry-run.json" if args.dry_run else "gpu.json"

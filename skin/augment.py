@@ -104,7 +104,11 @@ class BatchAugment:
                 f"expected a uint8 batch of shape (n, 3, H, W), got {x.dtype} {tuple(x.shape)}"
             )
         draw = draw if draw is not None else self.draw(len(x))
-        y = warp(x.float(), draw, self.size)
+        # Channels-last throughout: the loader's batches already are (NHWC memory), and both the
+        # CPU's oneDNN kernels and the GPU's convolutions run the model faster on that layout
+        # (measured here: a tf_mixnet_s step on NCHW input took 1.3x as long).
+        y = warp(x.float().contiguous(memory_format=torch.channels_last), draw, self.size)
+        y = y.contiguous(memory_format=torch.channels_last)
         if self.aug.color_jitter > 0:
             y = recolour(y, draw)
         return y.clamp_(0.0, 255.0)
@@ -124,8 +128,6 @@ def warp(x: torch.Tensor, draw: Draw, size: int) -> torch.Tensor:
     n = len(x)
     scale = torch.stack([draw.width, draw.height], 1)[:, :, None]  # (n, 2, 1)
     theta = to_device(torch.cat([scale * draw.symmetry, draw.centre[:, :, None]], 2), x.device)
-    if x.device.type == "cpu":  # CPU grid_sample is ~1.5x faster on channels-last input
-        x = x.contiguous(memory_format=torch.channels_last)
     grid = functional.affine_grid(theta, [n, 3, size, size], align_corners=False)
     return functional.grid_sample(
         x, grid, mode="bilinear", padding_mode="border", align_corners=False
@@ -152,10 +154,11 @@ def colour_matrix(draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def recolour(x: torch.Tensor, draw: Draw) -> torch.Tensor:
+    """Each pixel's colour times its image's 3×3 matrix, plus the contrast offset; computed on
+    the channels-last memory (n, H·W, 3) and returned channels-last, without a copy of x."""
     m, k = (to_device(t, x.device) for t in colour_matrix(draw))
     n, _, h, w = x.shape
-    flat = x.reshape(n, 3, h * w)
-    grey = (to_device(torch.tensor(LUMA), x.device) @ flat).mean(
-        1
-    )  # each image's mean luma before any change, (n,)
-    return torch.baddbmm((k * grey[:, None])[:, :, None], m, flat).view(n, 3, h, w)
+    pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, 3)  # a view when x is channels-last
+    grey = (pixels @ to_device(torch.tensor(LUMA), x.device)).mean(1)  # mean luma per image
+    out = torch.baddbmm((k * grey[:, None])[:, None, :], pixels, m.transpose(1, 2))
+    return out.view(n, h, w, 3).permute(0, 3, 1, 2)

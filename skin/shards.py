@@ -223,7 +223,7 @@ class ShardCache:
     harmless on POSIX (the mapping keeps its pages).
     """
 
-    def __init__(self, uri: str, folder: Path, max_bytes: int, keep_open: int = 4) -> None:
+    def __init__(self, uri: str, folder: Path, max_bytes: int, keep_open: int = 1) -> None:
         self.uri, self.folder, self.max_bytes, self.keep_open = uri, folder, max_bytes, keep_open
         self.folder.mkdir(parents=True, exist_ok=True)
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -264,6 +264,9 @@ class ShardCache:
                 break
             used -= p.stat().st_size
             p.unlink(missing_ok=True)
+            # A mapping keeps a deleted file's blocks on disk: let go of ours at once. (Another
+            # process holds at most `keep_open` more, so the budget may be exceeded by that.)
+            self._open.pop(int(p.stem.split("-")[1]), None)
             log.debug("evicted %s from the shard cache", p.name)
 
     def disk_bytes(self) -> int:

@@ -32,7 +32,14 @@ from benchmarks.data import isic_like, manifest  # noqa: E402
 from skin import manifest as mf  # noqa: E402
 from skin.augment import BatchAugment  # noqa: E402
 from skin.config import AugmentConfig, load_config  # noqa: E402
-from skin.data import EvalImages, Normalize, TrainImages, default_workers, make_loader  # noqa: E402
+from skin.data import (  # noqa: E402
+    EvalImages,
+    Normalize,
+    TrainImages,
+    default_workers,
+    make_loader,
+    set_epoch,
+)
 from skin.imagecache import ImageCache, build_cache  # noqa: E402
 from skin.model import InputSpec, build_model, input_spec, train_mode  # noqa: E402
 
@@ -132,9 +139,14 @@ def throughput(name: str, cache: ImageCache, labels: np.ndarray, plan: Plan) -> 
     gpu_aug.model, gpu_aug.opt = step.model, step.opt  # the same model for every feed
 
     def loader(ds, n: int) -> Callable[[int], Iterable[Any]]:
-        return lambda e: make_loader(
-            ds, batch_size=plan.batch, shuffle=True, seed=0, epoch=e, num_workers=n, pin_memory=pin
-        )
+        """Epoch e's batches, as train_stage makes them: workers that only read persist across
+        epochs; the per-image path (random in its workers) gets fresh workers each epoch."""
+        kw = {"batch_size": plan.batch, "shuffle": True, "seed": 0, "num_workers": n,
+              "pin_memory": pin}  # fmt: skip
+        if n and ds is not per_image:
+            kept = make_loader(ds, epoch=0, persistent=True, **kw)
+            return lambda e: set_epoch(kept, e)
+        return lambda e: make_loader(ds, epoch=e, **kw)
 
     augmented = images_per_s(gpu_aug, forever(loader(whole, workers)), plan)
     batched = images_per_s(step, forever(loader(plain, workers)), plan)

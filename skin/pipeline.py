@@ -30,6 +30,7 @@ from skin.data import (
     default_workers,
     dihedral_view,
     make_loader,
+    set_epoch,
 )
 from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
 from skin.features import FeatureSet, HeadOnFeatures, extract
@@ -295,7 +296,7 @@ def train_stage(
         streamed = isinstance(data.cache.images, ShardedImages)
         blocks = data.cache.images.blocks(train_rows) if streamed else None
 
-        def train_batches(epoch: int):
+        def image_loader(epoch: int, persistent: bool = False):
             return make_loader(
                 train_ds,
                 blocks=blocks,
@@ -310,7 +311,14 @@ def train_stage(
                 pin_memory=pin,
                 rank=world.rank,
                 world=world.size,
+                persistent=persistent,
             )
+
+        # Workers that only read (no per-image randomness) live across epochs.
+        kept = image_loader(1, persistent=True) if workers > 0 and not per_image else None
+
+        def train_batches(epoch: int):
+            return set_epoch(kept, epoch) if kept is not None else image_loader(epoch)
 
         def dev_batches():
             return make_loader(dev_ds, batch_size=gbs, shuffle=False, seed=seed, pin_memory=pin)

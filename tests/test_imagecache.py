@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks.proxy import DelayProxy
 from skin.datastages import source_uri
@@ -107,3 +108,25 @@ def test_unfetchable_and_undecodable_images_are_marked_bad(
     assert "NoSuchKey" in bad[m.loc[gone, "key"]] and "image" in bad["NV/broken.jpg"], bad
     assert (~cache.ok).sum() == 2 and not cache.ok[gone], "bad rows are flagged"
     assert cache.ok.sum() == len(m) - 2, "every other image is decoded"
+
+
+def test_a_persistent_loader_replays_each_epoch_like_a_fresh_one(tmp_path: Path) -> None:
+    from skin.data import EvalImages, make_loader, set_epoch
+
+    data = tmp_path / "data"
+    write_data(str(data), per_class=4)
+    m = make_manifest(str(data))
+    cache = build_cache(m, SIZE, tmp_path / "cache")
+    rows = np.arange(len(m))
+    ds = EvalImages(cache, rows, rows % 8, SIZE)
+    common = {"batch_size": 5, "shuffle": True, "seed": 3, "num_workers": 2}
+    kept = make_loader(ds, epoch=1, persistent=True, **common)
+    assert kept.persistent_workers
+    for epoch in (1, 2, 3):
+        fresh = [(x, y) for x, y in make_loader(ds, epoch=epoch, **common)]
+        again = list(set_epoch(kept, epoch))
+        assert len(fresh) == len(again) == 7
+        for (xa, ya), (xb, yb) in zip(fresh, again, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb), f"epoch {epoch} differs"
+    one, two = (torch.cat([y for _, y in set_epoch(kept, e)]) for e in (1, 2))
+    assert not torch.equal(one, two), "each epoch has its own order"

@@ -13,21 +13,13 @@ from typing import Any
 from benchmarks.common import Context, result
 from skin.sample_data import write_sample_dataset
 from skin.synthetic import class_counts
+from tests.recipes import TINY
 from tests.servers import free_port, start
 
 NAME = "rerun"
 TARGET_S = 20.0
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "model.name": "test_resnet",
-    "model.pretrained": False,
-    "model.freeze": "none",
-    "train.batch_size": 32,
-    "train.image_size": 32,
-    "train.lr": 0.003,
-    "train.epochs": 5,
-    "split.fractions": [0.6, 0.2, 0.2],
-}
+RECIPE = {**TINY, "train.epochs": 5}  # the tests' recipe, a few epochs
 SCRIPT = """
 import json, sys, time
 began = time.time()
@@ -50,7 +42,7 @@ print("RESULT " + json.dumps({"stages": first["stages"], "run_id": first["run_id
 def flow_process(work: Path, data: Path, twice: bool, api_url: str | None = None) -> dict[str, Any]:
     """One `python` process running the flow; wall from launch to the end of its first run."""
     overrides = {
-        **TINY,
+        **RECIPE,
         "work_dir": str(work / "work"),
         "tracking.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
         "tracking.experiment": "bench-rerun",
@@ -129,7 +121,7 @@ def run(ctx: Context) -> dict[str, Any]:
         target_s=TARGET_S,
         meets_target_s=bool(again["wall_s"] < TARGET_S),
         images=sum(class_counts(per_class=40).values()),
-        recipe=TINY,
+        recipe=RECIPE,
         first_stages=first["stages"],
         rerun_stages=again["stages"],
         rerun_cached=cached,

@@ -87,7 +87,17 @@ def build_cache(
     same dataset never see a half-written cache. Unfetchable or undecodable images are
     recorded in `errors`, not fatal.
     """
-    final = cache_dir(root, manifest, size)
+
+    def fill(folder: Path) -> None:
+        fetcher = Fetcher(objects_dir(root), workers)
+        _fill(manifest, size, folder, fetcher, decode_workers or cpu_workers(), progress)
+
+    return build_once(cache_dir(root, manifest, size), fill)
+
+
+def build_once(final: Path, fill: Callable[[Path], None]) -> ImageCache:
+    """Open the cache at `final`, or have `fill` write one into a private temp folder that is
+    then renamed into place, under a file lock: concurrent builders never see half a cache."""
     if (final / "meta.json").exists():
         return open_cache(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +107,7 @@ def build_cache(
         tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.mkdir()
         try:
-            fetcher = Fetcher(objects_dir(root), workers)
-            _fill(manifest, size, tmp, fetcher, decode_workers or cpu_workers(), progress)
+            fill(tmp)
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -39,10 +38,10 @@ from skin.imagecache import (
     FORMAT,
     ImageCache,
     _write_meta,
+    build_once,
     cpu_workers,
     decode_rows,
     objects_dir,
-    open_cache,
 )
 from skin.manifest import manifest_hash
 from skin.storage import join_uri, open_store
@@ -192,27 +191,18 @@ def _read_meta(uri: str) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame]:
 
 def mirror(uri: str, local: Path) -> ImageCache:
     """Copy a shared cache into a local memmap cache (the same layout `build_cache` writes)."""
-    if (local / "meta.json").exists():
-        return open_cache(local)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(local) + ".lock"):
-        if (local / "meta.json").exists():
-            return open_cache(local)
+
+    def fill(folder: Path) -> None:
         meta, ok, errors = _read_meta(uri)
         n, s, r = meta["count"], meta["size"], meta["shard_rows"]
         store = open_store(uri)
-        tmp = local.parent / f".{local.name}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.mkdir()
-        try:
-            images = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(n, s, s, 3))
-            for i in range(shard_count(n, r)):
-                images[i * r : (i + 1) * r] = np.load(io.BytesIO(store.get(f"{shard_name(i)}.npy")))
-            images.flush()
-            _write_meta(tmp, n, s, ok, list(errors.itertuples(index=False, name=None)))
-            tmp.rename(local)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return open_cache(local)
+        images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(n, s, s, 3))
+        for i in range(shard_count(n, r)):
+            images[i * r : (i + 1) * r] = np.load(io.BytesIO(store.get(f"{shard_name(i)}.npy")))
+        images.flush()
+        _write_meta(folder, n, s, ok, list(errors.itertuples(index=False, name=None)))
+
+    return build_once(local, fill)
 
 
 class ShardCache:

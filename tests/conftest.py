@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 from tests import servers
+from tests.recipes import TINY
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -18,16 +19,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instea
 _PREFECT_HOME = Path(os.environ.get("SKIN_TEST_PREFECT_HOME", "/tmp/skin-tests-prefect"))
 os.environ["PREFECT_HOME"] = str(_PREFECT_HOME / uuid.uuid4().hex[:8])
 
-# A small, fast recipe that still learns: timm's own test ResNet at 32 px, from random weights.
-TINY = {
-    "model.name": "test_resnet",
-    "model.pretrained": False,
-    "model.freeze": "none",
-    "train.batch_size": 32,
-    "train.image_size": 32,
-    "train.lr": 0.003,
-    "split.fractions": [0.6, 0.2, 0.2],
-}
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,9 @@ from skin.pipeline import TrainOutcome
 from skin.storage import check_reachable as check_data_reachable
 from skin.tracking import check_reachable as check_tracking_reachable
 from skin.tracking import resolve_tracking_uri
-from tasks.caching import digest
 from tasks.data import list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
-from tasks.training import MODEL_SECTIONS, prepare_images_task, train_task
+from tasks.training import prepare_images_task, train_task
 
 
 def resolve_config(
@@ -51,12 +50,6 @@ def call(task: Task, stages: dict[str, str], *, refresh: bool = False, **kwargs:
     return state.result()
 
 
-def train_key(cfg: PipelineConfig, manifest_hash: str) -> str:
-    """Identity of a training: the manifest plus every setting training depends on."""
-    dumped = cfg.model_dump(mode="json")
-    return digest(manifest_hash, {s: dumped[s] for s in MODEL_SECTIONS})
-
-
 def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
     """'latest' (the dataset's newest manifest) or a manifest URI."""
     if reference == "latest":
@@ -77,26 +70,16 @@ def data_stages(
     `previous`: 'latest' (stay stable against the dataset's newest manifest), a manifest URI, or
     None for a fresh split.
     """
-    config = cfg.model_dump(mode="json")
-    listing = call(list_task, stages, config=config)
+    listing = call(list_task, stages, config=cfg)
     prev_uri = None
     if previous == "latest":
         latest = latest_manifest(cfg.state_uri, cfg.data.uri)
         prev_uri = previous_for(latest, listing.fingerprint, cfg.split)
     elif previous:
-        prev_uri = manifest_ref(previous).uri
-    split = call(
-        split_task,
-        stages,
-        refresh=refresh,
-        listing_uri=listing.uri,
-        listing_fingerprint=listing.fingerprint,
-        config=config,
-        previous_uri=prev_uri,
-    )
-    manifest = call(
-        undersample_task, stages, refresh=refresh, split=split, split_hash=split.hash, config=config
-    )
+        prev_uri = previous
+    prev = manifest_ref(prev_uri) if prev_uri else None  # keyed on its content, not its name
+    split = call(split_task, stages, refresh=refresh, listing=listing, config=cfg, previous=prev)
+    manifest = call(undersample_task, stages, refresh=refresh, split=split, config=cfg)
     set_latest(manifest, cfg.state_uri, cfg.data.uri)
     return listing, manifest
 
@@ -106,10 +89,9 @@ def shard_stages(
 ) -> dict[str, Any]:
     """Decode the manifest's images into shared shards: one task per shard on the flow's task
     runner (threads, or a Dask cluster), then the index. Shards already built are skipped."""
-    plan = shard_plan(manifest.uri, cfg.model_dump(mode="json"))
+    plan = shard_plan(manifest.uri, cfg)
     futures = build_shard_task.map(
-        manifest_uri=unmapped(manifest.uri),
-        manifest_hash=unmapped(manifest.hash),
+        manifest=unmapped(manifest),
         size=unmapped(plan["size"]),
         index=list(range(plan["shards"])),
         shard_rows=unmapped(plan["shard_rows"]),
@@ -142,25 +124,15 @@ def model_stages(
     run_id: str | None = None,
 ) -> tuple[dict[str, Any], TrainOutcome]:
     """[Shards →] decode → train; returns the image-cache report and the training outcome."""
-    config = cfg.model_dump(mode="json")
     if cfg.shared.uri:  # decode once for every machine, fanned out over the task runner
         shard_stages(cfg, manifest, stages)
-    images = call(
-        prepare_images_task,
-        stages,
-        refresh=refresh,
-        manifest_uri=manifest.uri,
-        manifest_hash=manifest.hash,
-        config=config,
-    )
+    images = call(prepare_images_task, stages, refresh=refresh, manifest=manifest, config=cfg)
     trained = call(
         train_task,
         stages,
         refresh=refresh or run_id is not None,
-        manifest_uri=manifest.uri,
-        manifest_hash=manifest.hash,
-        config=config,
-        train_key=train_key(cfg, manifest.hash),
+        manifest=manifest,
+        config=cfg,
         run_id=run_id,
     )
     return images, trained

@@ -75,7 +75,6 @@ def pipeline_flow(
     log = get_run_logger()
     cfg = resolve_config(config_path, overrides, data_uri)
     preflight(cfg)  # data and tracking reachable, before any work
-    config = cfg.model_dump(mode="json")
     stages: dict[str, str] = {}
 
     listing, manifest = data_stages(cfg, stages, refresh=refresh)
@@ -90,11 +89,10 @@ def pipeline_flow(
         evaluate_task,
         stages,
         refresh=refresh,
-        manifest_uri=manifest.uri,
-        manifest_hash=manifest.hash,
+        manifest=manifest,
         run_id=trained.run_id,
         checkpoint=trained.best_checkpoint,
-        config=config,
+        config=cfg,
     )
     registration = None
     if evaluated.model_uri:
@@ -104,7 +102,7 @@ def pipeline_flow(
             refresh=refresh,
             run_id=trained.run_id,
             model_uri=evaluated.model_uri,
-            config=config,
+            config=cfg,
         ).to_dict()
     publish_input_report(listing.skipped, images["bad"])
     result = {

@@ -29,7 +29,7 @@ def list_flow(
     """List a dataset: counts per class, skipped objects with reasons, and its fingerprint."""
     cfg = resolve_config(config_path, overrides, data_uri)
     preflight(cfg, tracking=False)
-    return call(list_task, {}, config=cfg.model_dump(mode="json")).to_dict()
+    return call(list_task, {}, config=cfg).to_dict()
 
 
 @flow(name="skin-split")
@@ -98,10 +98,9 @@ def evaluate_flow(
         evaluate_task,
         stages,
         refresh=refresh,
-        manifest_uri=ref.uri,
-        manifest_hash=ref.hash,
+        manifest=ref,
         run_id=run_id,
         checkpoint=ckpt,
-        config=cfg.model_dump(mode="json"),
+        config=cfg,
     )
     return {**asdict(outcome), "stages": stages}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -204,15 +206,39 @@ class PipelineConfig(_Strict):
         """Where listings and manifests live: the shared store if any, else work_dir."""
         return self.shared.uri or self.work_dir
 
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of some sections: caches key on exactly what a stage depends on."""
-        payload = {s: _dump(getattr(self, s)) for s in sections}
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+
+def digest(*parts: Any) -> str:
+    """A stable short hash of JSON-able parts (pydantic models by their JSON dump)."""
+    blob = json.dumps(parts, sort_keys=True, default=_jsonable).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def pick(model: BaseModel, dotted: str) -> Any:
+    """The entry `a.b.c` of a config (a section, a field, or a nested field) as plain JSON."""
+    node: Any = model
+    for part in dotted.split("."):
+        if not isinstance(node, BaseModel) or part not in type(node).model_fields:
+            raise ConfigError(f"no config entry {dotted!r} (at {part!r})")
+        node = getattr(node, part)
+    return _dump(node)
+
+
+def config_digest(model: BaseModel, entries: Sequence[str]) -> str:
+    """Hash of exactly the config entries a stage reads: what its cache key is made of."""
+    return digest({name: pick(model, name) for name in sorted(entries)})
+
+
+def _jsonable(value: Any) -> Any:
+    dumped = _dump(value)
+    return str(dumped) if dumped is value else dumped
 
 
 def _dump(value: Any) -> Any:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from skin import manifest as mf
 from skin.balance import undersample
-from skin.config import DataConfig, SplitConfig
+from skin.config import DataConfig, SplitConfig, config_digest
 from skin.listing import Listing, list_dataset
 from skin.split import assign_splits
 from skin.storage import StorageError, is_s3, join_uri, open_store, read_uri, write_uri
@@ -38,10 +38,12 @@ class ManifestRef:
         return asdict(self)
 
 
+SPLIT_ENTRIES = ("fractions", "seed", "group_by_lesion")  # balance settings do not move rows
+
+
 def split_key(split: SplitConfig) -> str:
-    """The split settings that decide assignments (balance settings do not)."""
-    blob = json.dumps([list(split.fractions), split.seed, split.group_by_lesion]).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """The split settings that decide assignments: a manifest made with others is no `previous`."""
+    return config_digest(split, SPLIT_ENTRIES)
 
 
 def previous_for(

@@ -41,10 +41,11 @@ class Listing:
 
     @property
     def fingerprint(self) -> str:
-        """Content hash of the listing: changes when any image is added, removed or changed."""
+        """Content hash of everything listed: changes when an image is added, removed or changed,
+        and when its metadata (lesion id, age, site, sex) is added or corrected."""
         from skin.manifest import frame_hash
 
-        return frame_hash(self.images[["key", "label", "fingerprint"]])
+        return frame_hash(self.images.astype("string"))
 
 
 def _is_image(key: str) -> bool:

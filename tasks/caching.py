@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -12,12 +11,8 @@ from typing import Any
 
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 
+from skin.config import config_digest, digest
 from skin.storage import StorageError
-
-
-def digest(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
 
 
 @cache
@@ -34,25 +29,44 @@ def code_hash(modules: tuple[str, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def _pick(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+def file_hash(path: str | Path | None) -> str | None:
+    """Content hash of a local file (a checkpoint): its path says nothing about what it holds."""
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _param(inputs: dict[str, Any], dotted: str) -> Any:
+    """A parameter, or one attribute of it (`manifest.hash`: the content, not where it lives)."""
+    name, *attrs = dotted.split(".")
+    value = inputs.get(name)
+    for attr in attrs:
+        value = getattr(value, attr, None)
+    return value
 
 
 def keyed_on(
-    *params: str, config_sections: Sequence[str] = (), code: Sequence[str] = ()
+    *params: str,
+    config_sections: Sequence[str] = (),
+    files: Sequence[str] = (),
+    code: Sequence[str] = (),
 ) -> CachePolicy:
-    """A policy keyed on some task parameters (strings and hashes, never tables or models), some
-    dotted entries of the `config` parameter, the library modules in `code`, and the task's own
-    source: a stage re-runs when exactly what it depends on changes."""
+    """The one way a stage's key is made: the task parameters it takes (references that carry
+    content hashes, never tables or models; `ref.hash` keys on one attribute), the contents of the files named by `files`, the
+    entries of its typed `config` that it reads, the library modules in `code`, and the task's own
+    source. A stage re-runs when exactly what it depends on changes."""
     modules = tuple(code)
 
     def key(_ctx: Any, inputs: dict[str, Any]) -> str:
-        cfg = inputs.get("config") or {}
-        picked = {name: _pick(cfg, name) for name in config_sections}
-        return digest({p: inputs.get(p) for p in params}, picked, code_hash(modules))
+        cfg = inputs.get("config")
+        picked = config_digest(cfg, config_sections) if config_sections else None
+        contents = {f: file_hash(inputs.get(f)) for f in files}
+        values = {p: _param(inputs, p) for p in params}
+        return digest(values, contents, picked, code_hash(modules))
 
     return CacheKeyFnPolicy(cache_key_fn=key) + TASK_SOURCE
 
@@ -72,7 +86,14 @@ IO_RETRIES: dict[str, Any] = {
     "retry_condition_fn": retry_on_io,
 }
 
-DATA_CODE = ("skin.listing", "skin.split", "skin.balance", "skin.manifest", "skin.datastages")
+DATA_CODE = (
+    "skin.config",
+    "skin.listing",
+    "skin.split",
+    "skin.balance",
+    "skin.manifest",
+    "skin.datastages",
+)
 IMAGE_CODE = ("skin.images", "skin.imagecache", "skin.storage", "skin.fetch", "skin.shards")
 MODEL_CODE = (
     *IMAGE_CODE,
@@ -83,6 +104,7 @@ MODEL_CODE = (
     "skin.train",
     "skin.checkpoint",
     "skin.pipeline",
+    "skin.config",
     "skin.distributed",
     "skin.launch",
 )

@@ -1,8 +1,11 @@
-"""Prefect tasks for the data stages: list, split, undersample, decode cache. Logic lives in skin."""
+"""Prefect tasks for the data stages: list, split, undersample. Logic lives in skin.
+
+Each task takes the typed config the flow validated once, and references (a listing, a manifest)
+that carry their content hashes: the cache key is made of exactly those, the config entries the
+stage reads, and its code.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -23,72 +26,58 @@ from skin.datastages import (
 )
 from tasks.caching import DATA_CODE, IO_RETRIES, keyed_on
 
+# Where a data stage writes (its result names a file there) and which dataset it is.
+_STATE = ("data.uri", "work_dir", "shared.uri")
+
 
 @task(name="list-images", cache_policy=NO_CACHE, **IO_RETRIES)
-def list_task(config: dict[str, Any]) -> ListingRef:
+def list_task(config: PipelineConfig) -> ListingRef:
     """Always runs: the listing is how a re-run notices new, changed or removed images."""
-    cfg = PipelineConfig.model_validate(config)
-    listing = list_images(cfg.data)
-    return save_listing(listing, cfg.state_uri, cfg.data.uri)
+    listing = list_images(config.data)
+    return save_listing(listing, config.state_uri, config.data.uri)
 
 
 @task(
     name="split",
     cache_policy=keyed_on(
-        "listing_fingerprint",
-        "previous_uri",
-        config_sections=(
-            "split.fractions",
-            "split.seed",
-            "split.group_by_lesion",
-            "data.uri",
-            "work_dir",
-            "shared.uri",
-        ),
+        "listing.fingerprint",
+        "previous.hash",
+        config_sections=("split.fractions", "split.seed", "split.group_by_lesion", *_STATE),
         code=DATA_CODE,
     ),
     **IO_RETRIES,
 )
 def split_task(
-    listing_uri: str, listing_fingerprint: str, config: dict[str, Any], previous_uri: str | None
+    listing: ListingRef, config: PipelineConfig, previous: ManifestRef | None = None
 ) -> ManifestRef:
     """Stratified split of a listing; keeps the splits of `previous` (the dataset's latest)."""
-    cfg = PipelineConfig.model_validate(config)
-    previous = mf.read(previous_uri) if previous_uri else None
-    df = split_images(read_listing(listing_uri), source_uri(cfg.data.uri), cfg.split, previous)
+    prev = mf.read(previous.uri) if previous else None
+    df = split_images(read_listing(listing.uri), source_uri(config.data.uri), config.split, prev)
     lineage = {
-        "listing_fingerprint": listing_fingerprint,
-        "previous_uri": previous_uri,
-        "split_key": split_key(cfg.split),
+        "listing_fingerprint": listing.fingerprint,
+        "previous_uri": previous.uri if previous else None,
+        "split_key": split_key(config.split),
     }
     return save_manifest(
-        df, cfg.state_uri, cfg.data.uri, latest=False, stage="split", lineage=lineage
+        df, config.state_uri, config.data.uri, latest=False, stage="split", lineage=lineage
     )
 
 
 @task(
     name="undersample",
     cache_policy=keyed_on(
-        "split_hash",
-        config_sections=(
-            "split.balance",
-            "split.majority_class",
-            "split.seed",
-            "data.uri",
-            "work_dir",
-            "shared.uri",
-        ),
+        "split.hash",
+        config_sections=("split.balance", "split.majority_class", "split.seed", *_STATE),
         code=DATA_CODE,
     ),
     **IO_RETRIES,
 )
-def undersample_task(split: ManifestRef, split_hash: str, config: dict[str, Any]) -> ManifestRef:
+def undersample_task(split: ManifestRef, config: PipelineConfig) -> ManifestRef:
     """Balance train; the result carries the split's lineage and becomes the dataset's latest."""
-    cfg = PipelineConfig.model_validate(config)
-    df = balance(mf.read(split.uri), cfg.split)
+    df = balance(mf.read(split.uri), config.split)
     lineage = {
         "listing_fingerprint": split.listing_fingerprint,
         "previous_uri": split.previous_uri,
         "split_key": split.split_key,
     }
-    return save_manifest(df, cfg.state_uri, cfg.data.uri, latest=True, lineage=lineage)
+    return save_manifest(df, config.state_uri, config.data.uri, latest=True, lineage=lineage)

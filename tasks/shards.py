@@ -9,16 +9,16 @@ from prefect import task
 
 from skin import manifest as mf
 from skin.config import PipelineConfig
+from skin.datastages import ManifestRef
 from skin.model import build_model, input_spec
 from skin.shards import ShardInfo, build_shard, finish, shard_count, shards_uri
 from tasks.caching import IMAGE_CODE, IO_RETRIES, keyed_on
 
-_SHARD_KEY = ("manifest_hash", "size", "index", "shard_rows", "uri")
+_SHARD_KEY = ("manifest.hash", "size", "index", "shard_rows", "uri")
 
 
-def shard_plan(manifest_uri: str, config: dict[str, Any]) -> dict[str, Any]:
+def shard_plan(manifest_uri: str, cfg: PipelineConfig) -> dict[str, Any]:
     """Where a manifest's shards go and how many there are (cheap: reads the manifest only)."""
-    cfg = PipelineConfig.model_validate(config)
     if cfg.shared.uri is None:
         raise ValueError("set shared.uri (an s3:// prefix) to build shared image shards")
     skeleton = build_model(cfg.model.name, len(cfg.data.classes), pretrained=False)
@@ -41,8 +41,7 @@ def shard_plan(manifest_uri: str, config: dict[str, Any]) -> dict[str, Any]:
     **IO_RETRIES,
 )
 def build_shard_task(
-    manifest_uri: str,
-    manifest_hash: str,
+    manifest: ManifestRef,
     size: int,
     index: int,
     shard_rows: int,
@@ -50,7 +49,7 @@ def build_shard_task(
     fetch_root: str,
 ) -> ShardInfo:
     """Fetch and decode one shard's images and upload it (skipped if already in the store)."""
-    return build_shard(mf.read(manifest_uri), size, index, shard_rows, uri, Path(fetch_root))
+    return build_shard(mf.read(manifest.uri), size, index, shard_rows, uri, Path(fetch_root))
 
 
 @task(name="finish-shards", **IO_RETRIES)

@@ -10,7 +10,8 @@ from filelock import FileLock
 from prefect import get_run_logger, runtime, task
 
 from skin import manifest as mf
-from skin.config import PipelineConfig
+from skin.config import PipelineConfig, config_digest, digest
+from skin.datastages import ManifestRef
 from skin.launch import launch
 from skin.model import build_model, input_spec
 from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, image_cache, train_stage
@@ -38,36 +39,39 @@ def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
 @task(
     name="prepare-images",
     cache_policy=keyed_on(
-        "manifest_hash",
+        "manifest.hash",
         config_sections=("model.name", "train.image_size", "work_dir", "shared"),
         code=(*IMAGE_CODE, "skin.model"),
     ),
     **IO_RETRIES,
 )
-def prepare_images_task(
-    manifest_uri: str, manifest_hash: str, config: dict[str, Any]
-) -> dict[str, Any]:
+def prepare_images_task(manifest: ManifestRef, config: PipelineConfig) -> dict[str, Any]:
     """Fetch and decode every image once (parallel); the cache folder and the images that failed."""
-    cfg = PipelineConfig.model_validate(config)
-    skeleton = build_model(cfg.model.name, len(cfg.data.classes), pretrained=False)
-    spec = input_spec(skeleton, cfg.train.image_size)
-    cache = image_cache(mf.read(manifest_uri), cfg, spec.cache_size)
+    skeleton = build_model(config.model.name, len(config.data.classes), pretrained=False)
+    spec = input_spec(skeleton, config.train.image_size)
+    cache = image_cache(mf.read(manifest.uri), config, spec.cache_size)
     return {"path": str(cache.path), "bad": cache.errors.to_dict(orient="records")}
 
 
-@task(name="train", cache_policy=keyed_on("train_key", "manifest_hash", code=MODEL_CODE))
+def train_key(config: PipelineConfig, manifest: ManifestRef) -> str:
+    """Identity of a training: the manifest plus every setting training depends on."""
+    return digest(manifest.hash, config_digest(config, MODEL_SECTIONS))
+
+
+@task(
+    name="train",
+    cache_policy=keyed_on("manifest.hash", config_sections=MODEL_SECTIONS, code=MODEL_CODE),
+)
 def train_task(
-    manifest_uri: str,
-    manifest_hash: str,
-    config: dict[str, Any],
-    train_key: str,
-    run_id: str | None = None,
+    manifest: ManifestRef, config: PipelineConfig, run_id: str | None = None
 ) -> TrainOutcome:
     """Train in an MLflow run. A crashed attempt with the same key (or `run_id`) is resumed from
     its last complete checkpoint, in the same MLflow run. train.nproc > 1 trains with that many
     local DistributedDataParallel processes (torchrun)."""
-    cfg = PipelineConfig.model_validate(config)
-    pointer = run_pointer(cfg.work_dir, train_key)
+    cfg = config
+    key = train_key(cfg, manifest)
+    manifest_uri, manifest_hash = manifest.uri, manifest.hash
+    pointer = run_pointer(cfg.work_dir, key)
     pointer.parent.mkdir(parents=True, exist_ok=True)
     # One training per key at a time: a second pipeline on the same data waits, then resumes the
     # (by then complete) run instead of training into the same folder concurrently.
@@ -78,8 +82,8 @@ def train_task(
             cfg.tracking.tracking_uri,
             cfg.tracking.experiment,
             run_id=run_id,
-            run_name=f"{cfg.model.name}-{manifest_hash[:8]}-{train_key[:6]}",
-            tags=_tags({"skin.train_key": train_key}),
+            run_name=f"{cfg.model.name}-{manifest_hash[:8]}-{key[:6]}",
+            tags=_tags({"skin.train_key": key}),
         )
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps({"run_id": tracker.run_id}))
@@ -106,21 +110,35 @@ def _close_quietly(tracker: MLflowTracker, status: str) -> None:
         get_run_logger().warning("could not mark MLflow run %s %s: %s", tracker.run_id, status, err)
 
 
+# Everything evaluation reads besides the checkpoint (whose content is keyed, not its path): the
+# model comes from the checkpoint, the input size and batch from train, the images from the cache.
+EVAL_SECTIONS = (
+    "evaluate",
+    "data",
+    "tracking",
+    "train.image_size",
+    "train.batch_size",
+    "train.device",
+    "work_dir",
+    "shared",
+)
+
+
 @task(
     name="evaluate",
     cache_policy=keyed_on(
+        "manifest.hash",
         "run_id",
-        "checkpoint",
-        "manifest_hash",
-        config_sections=("evaluate", "data", "tracking"),
+        files=("checkpoint",),
+        config_sections=EVAL_SECTIONS,
         code=EVAL_CODE,
     ),
 )
 def evaluate_task(
-    manifest_uri: str, manifest_hash: str, run_id: str, checkpoint: str, config: dict[str, Any]
+    manifest: ManifestRef, run_id: str, checkpoint: str, config: PipelineConfig
 ) -> EvalOutcome:
-    """Score the best checkpoint on every split and log into the training's MLflow run."""
-    cfg = PipelineConfig.model_validate(config)
+    """Score a checkpoint on every split and log into the training's MLflow run."""
+    cfg, manifest_uri = config, manifest.uri
     tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
     try:
         tracker.set_tags(_tags())
@@ -143,9 +161,9 @@ def evaluate_task(
     ),
     **IO_RETRIES,
 )
-def register_task(run_id: str, model_uri: str, config: dict[str, Any]) -> Registration:
+def register_task(run_id: str, model_uri: str, config: PipelineConfig) -> Registration:
     """New registry version; `champion` moves only if dev balanced accuracy beats the current one."""
-    cfg = PipelineConfig.model_validate(config)
+    cfg = config
     return register_and_gate(
         resolve_tracking_uri(cfg.tracking.tracking_uri),
         cfg.tracking.registered_model,

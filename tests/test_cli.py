@@ -34,6 +34,18 @@ def _config(folder: Path, text: str = "") -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def unbalanced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """NV three times the size of every other class, so undersampling has something to drop."""
+    from skin.labels import CLASSES
+    from skin.sample_data import write_sample_dataset
+
+    root = tmp_path_factory.mktemp("unbalanced") / "data"
+    counts = {c: 48 if c == "NV" else 16 for c in CLASSES}
+    write_sample_dataset(str(root), counts, size=24, seed=2)
+    return root
+
+
 def _split(data: Path, config: Path, *flags: str) -> pd.DataFrame:
     """`skin split` into a fresh manifest; its rows by key."""
     out = config.parent / f"manifest-{len(list(config.parent.glob('manifest-*')))}.parquet"
@@ -42,11 +54,11 @@ def _split(data: Path, config: Path, *flags: str) -> pd.DataFrame:
 
 
 def test_split_takes_seed_fractions_and_balance_from_the_config_file(
-    tmp_path: Path, sample_data: Path, prefect_api
+    tmp_path: Path, unbalanced: Path, prefect_api
 ) -> None:
-    from_file = _split(sample_data, _config(tmp_path / "file", FILE_SPLIT))
+    from_file = _split(unbalanced, _config(tmp_path / "file", FILE_SPLIT))
     from_flags = _split(
-        sample_data,
+        unbalanced,
         _config(tmp_path / "flags"),
         *("--seed", "7", "--fractions", "0.6,0.2,0.2", "--balance", "none"),
     )
@@ -57,15 +69,15 @@ def test_split_takes_seed_fractions_and_balance_from_the_config_file(
 
 
 def test_split_flags_given_override_the_config_file(
-    tmp_path: Path, sample_data: Path, prefect_api
+    tmp_path: Path, unbalanced: Path, prefect_api
 ) -> None:
     flagged = _split(
-        sample_data,
+        unbalanced,
         _config(tmp_path / "file", FILE_SPLIT),
         *("--seed", "3", "--balance", "undersample"),
     )
     expected = _split(
-        sample_data,
+        unbalanced,
         _config(tmp_path / "flags"),
         *("--seed", "3", "--fractions", "0.6,0.2,0.2", "--balance", "undersample"),
     )
@@ -79,8 +91,9 @@ def test_list_takes_the_layout_from_the_config_file(tmp_path: Path, prefect_api)
     config = _config(tmp_path, "data:\n  layout: folders\n")
     out = invoke("list", "--data", str(data), "--config", str(config), code=1)
     assert "no labelled images" in out and "layout folders" in out, out
-    listed = json.loads(invoke("--json", "list", "--data", str(data), "--config", str(config),
-                               "--layout", "auto"))
+    listed = json.loads(
+        invoke("--json", "list", "--data", str(data), "--config", str(config), "--layout", "auto")
+    )
     assert listed["layout"] == "isic" and sum(listed["counts"].values()) == 60, listed
 
 
@@ -99,8 +112,13 @@ def _capture(monkeypatch: pytest.MonkeyPatch, target: str, result: dict[str, Any
 def _run_result(report_dir: Path) -> dict[str, Any]:
     metrics = {f"{s}_balanced_accuracy": 0.5 for s in ("train", "dev", "test")}
     metrics |= {"bias": 0.5, "variance": 0.0, "variance_test": 0.0}
-    return {"run_id": "r1", "metrics": metrics, "stages": {"train": "ran"},
-            "diagnosis": "high bias", "report_dir": str(report_dir)}
+    return {
+        "run_id": "r1",
+        "metrics": metrics,
+        "stages": {"train": "ran"},
+        "diagnosis": "high bias",
+        "report_dir": str(report_dir),
+    }
 
 
 @pytest.mark.parametrize(
@@ -120,8 +138,12 @@ def test_run_and_train_pass_only_the_flags_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flags = ("--epochs", "3", "--no-pretrained", "--freeze", "head", "--seed", "5")
-    expected = {"train.epochs": 3, "model.pretrained": False, "model.freeze": "head",
-                "train.seed": 5}
+    expected = {
+        "train.epochs": 3,
+        "model.pretrained": False,
+        "model.freeze": "head",
+        "train.seed": 5,
+    }
     runs = _capture(monkeypatch, "flows.pipeline.pipeline_flow", _run_result(tmp_path))
     invoke("run", "--data", str(tmp_path), *flags)
     assert runs[0]["overrides"] == expected, runs

@@ -172,10 +172,11 @@ def config_flags(*flags: Flag) -> Callable[[F], F]:
 
         @wraps(func)
         def command(**options: Any) -> Any:
-            given = {f: options.pop(f.name) for f in flags}
-            overrides = {
-                f.key: f.parse(v) if f.parse else v for f, v in given.items() if v is not None
-            }
+            overrides = {}
+            for f in flags:
+                value = options.pop(f.name)
+                if value is not None:
+                    overrides[f.key] = f.parse(value) if f.parse else value
             return func(**options, overrides=overrides)
 
         command.__signature__ = signature.replace(parameters=[*own[:at], *added, *own[at:]])  # type: ignore[attr-defined]

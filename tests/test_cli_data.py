@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from skin import manifest as mf
 from skin.cli import app
-from tests.conftest import snapshot
+from tests.helpers import snapshot
 
 pytestmark = pytest.mark.server
 runner = CliRunner()

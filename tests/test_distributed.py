@@ -18,7 +18,7 @@ from skin.features import FeatureSet
 from skin.launch import launch
 from skin.pipeline import TrainOutcome, train_stage
 from skin.tracking import NullTracker
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 # Head-only on cached features: exact arithmetic (no BatchNorm statistics in the trained part).
 HEAD = {"model.freeze": "head", "train.batch_size": 32, "train.lr": 0.03}

@@ -10,7 +10,7 @@ import pytest
 
 from skin.listing import GROUND_TRUTH, METADATA, ListingError, list_dataset
 from skin.storage import LocalStore, S3Store, StorageError, open_store
-from tests.conftest import snapshot
+from tests.helpers import snapshot
 
 pytestmark = pytest.mark.server
 

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from skin import manifest as mf
 from skin.sample_data import write_sample_dataset
-from tests.conftest import TINY
+from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from skin import manifest as mf
 from skin.predict import PredictError, Predictor, load_predictor, predict_store
-from tests.conftest import TINY, snapshot
+from tests.helpers import snapshot
+from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from skin import checkpoint as ckpt
 from skin.tracking import TrackingError
 from tests import servers
-from tests.conftest import TINY
+from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 REPO = Path(__file__).resolve().parents[1]

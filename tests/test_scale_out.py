@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from skin.config import dotted_to_nested as nested
-from tests.conftest import TINY, snapshot
+from tests.helpers import invoke, snapshot
+from tests.recipes import TINY
 
 
 def overrides(tmp: Path, bucket: str, **extra: object) -> dict[str, object]:
@@ -17,12 +18,12 @@ def overrides(tmp: Path, bucket: str, **extra: object) -> dict[str, object]:
             "shared.shard_rows": 64, **extra}  # fmt: skip
 
 
+@pytest.mark.server
 @pytest.mark.slow
 def test_prepare_fans_shards_out_over_a_dask_cluster(
     tmp_path: Path, sample_data: Path, bucket: str, s3_client, prefect_api
 ) -> None:
     from flows.prepare import prepare_flow
-    from tests.test_cli_data import invoke
 
     shared = f"s3://{bucket}/shared"
     config = tmp_path / "tiny.yaml"
@@ -47,6 +48,7 @@ def test_prepare_fans_shards_out_over_a_dask_cluster(
     assert snapshot(s3_client, bucket) == keys, "the shared store is not rewritten"
 
 
+@pytest.mark.server
 @pytest.mark.slow
 def test_s3_result_storage_shares_cached_results_between_machines(
     tmp_path: Path, sample_data: Path, bucket: str, s3_client, prefect_api
@@ -55,7 +57,6 @@ def test_s3_result_storage_shares_cached_results_between_machines(
 
     from flows.results import clear_default_result_storage
     from flows.stages import split_flow
-    from tests.test_cli_data import invoke
 
     ov = {**TINY, "work_dir": str(tmp_path / "work")}
     code, out = invoke("--json", "result-storage", f"s3://{bucket}/prefect-results")

@@ -21,7 +21,7 @@ from skin.shards import (
     publish_shards,
     shards_uri,
 )
-from tests.test_train import make_manifest
+from tests.helpers import make_manifest
 
 SIZE = 36
 
@@ -38,6 +38,7 @@ def shard_bytes(rows: int) -> int:
     return rows * SIZE * SIZE * 3
 
 
+@pytest.mark.server
 def test_shards_mirror_and_stream_equal_a_local_decode(
     tmp_path: Path, data_with_a_broken_image: Path, bucket: str, s3_client
 ) -> None:
@@ -84,6 +85,7 @@ def test_shards_mirror_and_stream_equal_a_local_decode(
     assert list(again.errors["key"]) == list(local.errors["key"])
 
 
+@pytest.mark.server
 def test_open_stream_refuses_a_disk_budget_below_two_shards(
     tmp_path: Path, sample_data: Path, bucket: str
 ) -> None:
@@ -129,6 +131,7 @@ def test_shard_aware_order_reads_each_shard_in_one_window(weighted: bool) -> Non
     assert np.array_equal(both, a), "ranks split the same global order"
 
 
+@pytest.mark.server
 @pytest.mark.slow
 def test_a_second_machine_streams_the_shared_shards_without_the_source(
     tmp_path: Path, sample_data: Path, bucket: str

@@ -20,7 +20,7 @@ from skin.model import apply_freeze, build_model, is_head_only, train_mode
 from skin.pipeline import evaluate_stage, train_stage
 from skin.tracking import NullTracker
 from skin.weights import WeightsError
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_tiny_model_learns_and_reports_everything(tmp_path: Path, sample_data: P
 
 def _job(manifest: str, work: Path, epochs: int, run_id: str) -> list[str]:
     code = (
-        "import sys, json; from tests.conftest import tiny_config; "
+        "import sys, json; from tests.helpers import tiny_config; "
         "from skin.pipeline import train_stage; from skin.tracking import NullTracker; "
         f"cfg = tiny_config(__import__('pathlib').Path({str(work)!r}), {manifest!r}, "
         # Augmented (on the device): the resumed run must redraw the very same augmentations.
@@ -127,6 +127,7 @@ def test_head_freeze_keeps_batchnorm_statistics_frozen() -> None:
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_feature_path_trains_the_same_head_as_the_image_path(
     tmp_path: Path, sample_data: Path
 ) -> None:

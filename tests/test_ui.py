@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import TINY
+from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

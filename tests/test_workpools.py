@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from flows.workpools import GPU_TOLERATION, SHM_MOUNT, SHM_VOLUME, kubernetes_gpu_template
@@ -26,6 +27,7 @@ def test_the_committed_kubernetes_template_is_up_to_date() -> None:
     )
 
 
+@pytest.mark.server
 def test_kubernetes_job_requests_gpus_on_gpu_nodes(prefect_api) -> None:
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
@@ -46,6 +48,7 @@ def test_kubernetes_job_requests_gpus_on_gpu_nodes(prefect_api) -> None:
     assert env.get("SKIN_PROJECT_DIR") == "/app"
 
 
+@pytest.mark.server
 def test_kubernetes_defaults_keep_one_gpu_and_shared_memory(prefect_api) -> None:
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
@@ -59,6 +62,7 @@ def test_kubernetes_defaults_keep_one_gpu_and_shared_memory(prefect_api) -> None
     assert pod["volumes"] == [SHM_VOLUME]
 
 
+@pytest.mark.server
 def test_docker_job_passes_every_gpu_to_the_container(prefect_api) -> None:
     from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 

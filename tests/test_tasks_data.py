@@ -12,7 +12,7 @@ from skin.sample_data import write_sample_dataset
 from skin.synthetic import class_counts
 from tests.recipes import TINY
 
-pytestmark = pytest.mark.slow  # Prefect flows on the ephemeral API
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # Prefect flows on the ephemeral API
 
 
 def _lesions_straddling(df) -> int:

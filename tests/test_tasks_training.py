@@ -9,7 +9,7 @@ import pytest
 
 from tests.recipes import TINY
 
-pytestmark = pytest.mark.slow  # trains a tiny model through Prefect flows
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # trains through Prefect flows
 
 
 def test_rewritten_checkpoint_is_evaluated_again(

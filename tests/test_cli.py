@@ -53,6 +53,7 @@ def _split(data: Path, config: Path, *flags: str) -> pd.DataFrame:
     return mf.read(str(out)).set_index("key").sort_index()[["label", "split", "keep"]]
 
 
+@pytest.mark.server
 def test_split_takes_seed_fractions_and_balance_from_the_config_file(
     tmp_path: Path, unbalanced: Path, prefect_api
 ) -> None:
@@ -68,6 +69,7 @@ def test_split_takes_seed_fractions_and_balance_from_the_config_file(
     assert 0.15 < share < 0.25, f"the file's fractions put 20 % in test, not {share:.0%}"
 
 
+@pytest.mark.server
 def test_split_flags_given_override_the_config_file(
     tmp_path: Path, unbalanced: Path, prefect_api
 ) -> None:
@@ -85,6 +87,7 @@ def test_split_flags_given_override_the_config_file(
     assert not flagged["keep"].all(), "--balance undersample beat the file's none"
 
 
+@pytest.mark.server
 def test_list_takes_the_layout_from_the_config_file(tmp_path: Path, prefect_api) -> None:
     data = tmp_path / "isic"
     invoke("sample-data", str(data), "--total", "60", "--layout", "isic", "--size", "24")

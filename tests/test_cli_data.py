@@ -6,24 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from skin import manifest as mf
-from skin.cli import app
-from tests.helpers import snapshot
+from tests.helpers import invoke, snapshot
 
 pytestmark = pytest.mark.server
-runner = CliRunner()
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    """Exit code and stdout (+ stderr for humans); JSON modes are parsed from stdout alone."""
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    if "--json" in args:
-        return result.exit_code, result.stdout
-    return result.exit_code, result.output
-
-
 def test_sample_data_to_s3_then_list_split_and_grow(
     s3_client, bucket: str, tmp_path: Path, prefect_api
 ) -> None:

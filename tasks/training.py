@@ -13,9 +13,10 @@ from skin import manifest as mf
 from skin.config import PipelineConfig
 from skin.launch import launch
 from skin.model import build_model, input_spec
-from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, image_cache, train_stage
+from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.progress import terminal_bars
 from skin.registry import Registration, register_and_gate
+from skin.shards import image_cache
 from skin.tracking import MLflowTracker, resolve_tracking_uri
 from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, keyed_on
 
@@ -51,7 +52,8 @@ def prepare_images_task(
     cfg = PipelineConfig.model_validate(config)
     skeleton = build_model(cfg.model.name, len(cfg.data.classes), pretrained=False)
     spec = input_spec(skeleton, cfg.train.image_size)
-    cache = image_cache(mf.read(manifest_uri), cfg, spec.cache_size)
+    root = Path(cfg.work_dir) / "cache"
+    cache = image_cache(mf.read(manifest_uri), spec.cache_size, root, cfg.shared)
     return {"path": str(cache.path), "bad": cache.errors.to_dict(orient="records")}
 
 

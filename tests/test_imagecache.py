@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from benchmarks.proxy import DelayProxy
+from skin.config import PipelineConfig
 from skin.datastages import source_uri
-from skin.imagecache import build_cache, objects_dir
+from skin.imagecache import ImageCache, build_cache, in_key_order, objects_dir
 from skin.images import decode
 from skin.listing import list_dataset
+from skin.manifest import SPLITS
+from skin.model import InputSpec
+from skin.pipeline import prepare
 from skin.sample_data import write_sample_dataset
 from skin.storage import open_store
 
@@ -25,6 +29,44 @@ def make_manifest(uri: str) -> pd.DataFrame:
     """Every listed image as a train row: the cache needs keys, fingerprints and the source."""
     images = list_dataset(open_store(uri), "folders").images
     return images.assign(split="train", keep=True, source=source_uri(uri))
+
+
+def with_splits(m: pd.DataFrame) -> pd.DataFrame:
+    """Rows dealt round-robin to train, dev and test; every third train row not kept."""
+    split = np.resize(np.array(SPLITS), len(m))
+    keep = (split != "train") | (np.arange(len(m)) % 9 != 0)
+    return m.assign(split=split, keep=keep)
+
+
+def reordered(m: pd.DataFrame, order: str) -> pd.DataFrame:
+    """The same manifest in another row order (re-sorted, hand-edited)."""
+    rows = m.iloc[::-1] if order == "reversed" else m.sample(frac=1.0, random_state=3)
+    return rows.reset_index(drop=True)
+
+
+def plain_spec(size: int) -> InputSpec:
+    """A model input that is the cached image as it is (no centre crop)."""
+    return InputSpec(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic", 1.0)
+
+
+def split_keys(m: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The manifest rows `prepare` serves for `split`, in manifest order."""
+    chosen = m["split"] == split
+    if split == "train":
+        chosen &= m["keep"].astype(bool)
+    return m[chosen]
+
+
+def assert_each_key_reads_its_own_image(p, m: pd.DataFrame, data: Path) -> None:
+    """Every served row is its manifest row's own image under its own label."""
+    index = {c: i for i, c in enumerate(p.classes)}
+    for split in SPLITS:
+        want = split_keys(m, split)
+        assert len(p.rows[split]) == len(want), split
+        assert list(p.labels[split]) == [index[c] for c in want["label"]], f"{split} labels"
+        for row, key in zip(p.rows[split], want["key"], strict=True):
+            own = decode((data / key).read_bytes(), p.cache.size)
+            assert np.array_equal(p.cache.images[row], own), f"{split}: {key} reads another image"
 
 
 def write_data(uri: str, per_class: int = 3) -> None:
@@ -39,7 +81,8 @@ def test_cache_equals_per_image_decode(tmp_path: Path) -> None:
     cache = build_cache(m, SIZE, tmp_path / "cache", decode_workers=3)
     assert cache.ok.all() and len(cache.errors) == 0, cache.errors
     assert cache.images.shape == (len(m), SIZE, SIZE, 3) and cache.images.dtype == np.uint8
-    for i, key in enumerate(m["key"]):
+    assert list(cache.keys) == sorted(m["key"]), "rows in key order"
+    for i, key in zip(cache.rows_for(m["key"]), m["key"], strict=True):
         expected = decode((data / key).read_bytes(), SIZE)
         assert np.array_equal(cache.images[i], expected), f"row {i} ({key}) differs"
     assert not objects_dir(tmp_path / "cache").exists(), "a local folder is decoded in place"
@@ -86,9 +129,10 @@ def test_s3_images_are_fetched_once_across_sizes_and_manifests(
     assert first == {"GET": len(m)}, f"one GET per image: {first}"
     assert again == {}, f"another size or manifest fetches nothing already fetched: {again}"
     assert cache.ok.all() and other_size.ok.all() and fewer.ok.all()
-    for i, key in enumerate(m["key"]):
+    for i, key in zip(cache.rows_for(m["key"]), m["key"], strict=True):
         assert np.array_equal(cache.images[i], decode((local / key).read_bytes(), SIZE)), key
-    assert np.array_equal(fewer.images, cache.images[::2]), "a sub-manifest decodes the same"
+    same = cache.rows_for(fewer.keys)
+    assert np.array_equal(fewer.images, cache.images[same]), "a sub-manifest decodes the same"
 
 
 @pytest.mark.server
@@ -106,7 +150,8 @@ def test_unfetchable_and_undecodable_images_are_marked_bad(
     bad = dict(zip(cache.errors["key"], cache.errors["error"], strict=True))
     assert set(bad) == {"NV/broken.jpg", m.loc[gone, "key"]}, bad
     assert "NoSuchKey" in bad[m.loc[gone, "key"]] and "image" in bad["NV/broken.jpg"], bad
-    assert (~cache.ok).sum() == 2 and not cache.ok[gone], "bad rows are flagged"
+    flagged = cache.ok[cache.rows_for([m.loc[gone, "key"]])]
+    assert (~cache.ok).sum() == 2 and not flagged.any(), "bad rows are flagged"
     assert cache.ok.sum() == len(m) - 2, "every other image is decoded"
 
 
@@ -130,3 +175,29 @@ def test_a_persistent_loader_replays_each_epoch_like_a_fresh_one(tmp_path: Path)
             assert torch.equal(xa, xb) and torch.equal(ya, yb), f"epoch {epoch} differs"
     one, two = (torch.cat([y for _, y in set_epoch(kept, e)]) for e in (1, 2))
     assert not torch.equal(one, two), "each epoch has its own order"
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_a_reordered_manifest_reads_each_key_its_own_image(tmp_path: Path, order: str) -> None:
+    data = tmp_path / "data"
+    write_data(str(data))
+    m = with_splits(make_manifest(str(data)))
+    cfg = PipelineConfig(work_dir=str(tmp_path / "work"))
+    first = prepare(m, cfg, plain_spec(SIZE))
+    assert_each_key_reads_its_own_image(first, m, data)
+    other = reordered(m, order)
+    again = prepare(other, cfg, plain_spec(SIZE))
+    assert again.cache.path == first.cache.path, "the same data reuses its cache"
+    assert_each_key_reads_its_own_image(again, other, data)
+
+
+def test_rows_are_found_by_key_and_an_unknown_key_is_an_error(tmp_path: Path) -> None:
+    keys = np.array(["AK/a.jpg", "BCC/b.jpg", "NV/c.jpg"], dtype=object)
+    images = np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1).repeat(3, axis=3)
+    cache = ImageCache(tmp_path, images, np.ones(3, bool), pd.DataFrame(columns=["key"]), keys)
+    assert list(cache.rows_for(["NV/c.jpg", "AK/a.jpg"])) == [2, 0]
+    with pytest.raises(ValueError, match=r"no image for 1 of 2 keys.*MEL/x\.jpg.*another manifest"):
+        cache.rows_for(["AK/a.jpg", "MEL/x.jpg"])
+    twice = pd.DataFrame({"key": ["NV/c.jpg", "AK/a.jpg", "NV/c.jpg"]})
+    with pytest.raises(ValueError, match="duplicate keys"):
+        in_key_order(twice)

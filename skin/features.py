@@ -44,13 +44,17 @@ def extract(
     folder: Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Pooled features for every cached image (BatchNorm in eval), stored beside the image cache
-    under the backbone's fingerprint so later runs with the same weights reuse them."""
+    """Pooled features for every cached image (BatchNorm in eval), row i for cache row i (so
+    indexed like the images, by `cache.rows_for`), stored beside the image cache under the
+    backbone's fingerprint so later runs with the same weights reuse them."""
     path = None
     if folder is not None:
         path = folder / f"features-{backbone_fingerprint(model)}-{spec.size}.npy"
         if path.exists():
-            return torch.from_numpy(np.load(path))
+            feats = np.load(path)
+            if len(feats) != len(cache.images):
+                raise ValueError(f"{path} has {len(feats)} rows for {len(cache.images)} images")
+            return torch.from_numpy(feats)
     model.eval()
     rows = np.arange(len(cache.images))
     data = EvalImages(cache, rows, np.zeros(len(rows), dtype=np.int64), spec.size)

@@ -3,6 +3,8 @@
 The notebook held every image as a float32 tensor in RAM (25,331 ISIC images at 224 px ≈ 15 GB).
 This cache is uint8 (a quarter of that), lives on disk, is read through the page cache, and is
 keyed by the manifest hash and the decoded size, so every epoch and every later run reads it.
+That hash ignores row order, so the cache does too: its rows are the manifest's keys in sorted
+order, the keys are stored with it, and readers map their rows to cache rows by key (`rows_for`).
 Remote objects land first in a fetch cache named by fingerprint (`<root>/objects`), so a new
 manifest or another decode size never downloads an object twice.
 """
@@ -14,7 +16,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,21 +32,45 @@ from skin.manifest import manifest_hash
 from skin.storage import open_store
 
 log = logging.getLogger(__name__)
-FORMAT = 2  # 2: centre square resampled in one pass (box resize) instead of resize-then-crop
+# 2: centre square resampled in one pass (box resize) instead of resize-then-crop.
+# 3: rows in key order with the keys stored (2 held manifest rows by position, so the same
+#    manifest in another row order read other rows' images).
+FORMAT = 3
 
 
 @dataclass
 class ImageCache:
-    """Decoded images of one manifest at one size: `images[i]` is the manifest's row i."""
+    """Decoded images of one manifest at one size: `images[i]` is the image of `keys[i]`."""
 
     path: Path
     images: np.ndarray  # memmap uint8 [N, S, S, 3]
     ok: np.ndarray  # bool [N]: False where the image could not be fetched or decoded
     errors: pd.DataFrame  # key, error
+    keys: np.ndarray  # str [N], sorted: the key of each row
 
     @property
     def size(self) -> int:
         return int(self.images.shape[1])
+
+    def rows_for(self, keys: Iterable[str]) -> np.ndarray:
+        """The cache row of each key, in the order given; a key the cache lacks is an error."""
+        keys = list(keys)
+        rows = pd.Index(self.keys).get_indexer(keys)
+        if (rows < 0).any():
+            missing = [k for k, r in zip(keys, rows, strict=True) if r < 0]
+            raise ValueError(
+                f"image cache {self.path} has no image for {len(missing)} of {len(keys)} keys"
+                f" (first: {missing[:3]}): it was built from another manifest"
+            )
+        return rows
+
+
+def in_key_order(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's rows sorted by key: the one row order of every cache built from it."""
+    twice = manifest["key"][manifest["key"].duplicated()]
+    if len(twice):
+        raise ValueError(f"manifest has {len(twice)} duplicate keys (first: {twice.iloc[0]!r})")
+    return manifest.sort_values("key", kind="stable", ignore_index=True)
 
 
 def cpu_workers() -> int:
@@ -66,9 +92,12 @@ def open_cache(path: Path) -> ImageCache:
     if meta.get("format") != FORMAT:
         raise ValueError(f"image cache {path} has format {meta.get('format')}, expected {FORMAT}")
     n, s = meta["count"], meta["size"]
+    keys = np.asarray(json.loads((path / "keys.json").read_text()), dtype=object)
+    if len(keys) != n:
+        raise ValueError(f"image cache {path} holds {n} images but {len(keys)} keys: rebuild it")
     images = np.memmap(path / "images.u8", dtype=np.uint8, mode="r", shape=(n, s, s, 3))
     ok = np.load(path / "ok.npy")
-    return ImageCache(path, images, ok, pd.read_csv(path / "errors.csv"))
+    return ImageCache(path, images, ok, pd.read_csv(path / "errors.csv"), keys)
 
 
 def build_cache(
@@ -81,7 +110,7 @@ def build_cache(
     progress: Callable[[int], None] | None = None,
 ) -> ImageCache:
     """Fetch (`workers` threads, I/O) and decode (`decode_workers` threads, one per core: Pillow
-    releases the GIL) every manifest row once; decoding starts as soon as each object lands.
+    releases the GIL) every manifest row once, in key order; decoding starts as each object lands.
 
     Built in a private temp folder and renamed into place, under a file lock, so two runs on the
     same dataset never see a half-written cache. Unfetchable or undecodable images are
@@ -90,7 +119,8 @@ def build_cache(
 
     def fill(folder: Path) -> None:
         fetcher = Fetcher(objects_dir(root), workers)
-        _fill(manifest, size, folder, fetcher, decode_workers or cpu_workers(), progress)
+        ordered = in_key_order(manifest)
+        _fill(ordered, size, folder, fetcher, decode_workers or cpu_workers(), progress)
 
     return build_once(cache_dir(root, manifest, size), fill)
 
@@ -148,7 +178,7 @@ def _fill(
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(n, size, size, 3))
     ok, errors = decode_rows(manifest, size, images, fetcher, decode_workers, progress)
     images.flush()
-    _write_meta(folder, n, size, ok, errors)
+    write_meta(folder, size, manifest["key"].tolist(), ok, errors)
     log.info("image cache %s: %s", folder.name, fetcher.stats)
 
 
@@ -193,10 +223,14 @@ def decode_rows(
     return ok, [(keys[r], e) for r, e in sorted(errors.items())]
 
 
-def _write_meta(
-    folder: Path, n: int, size: int, ok: np.ndarray, errors: list[tuple[str, str]]
+def write_meta(
+    folder: Path, size: int, keys: list[str], ok: np.ndarray, errors: list[tuple[str, str]]
 ) -> None:
+    """Everything beside `images.u8` (whose rows are `keys`, sorted); meta.json last."""
+    if keys != sorted(keys):
+        raise ValueError(f"{folder}: cache rows must be in key order")
     np.save(folder / "ok.npy", ok)
     pd.DataFrame(errors, columns=["key", "error"]).to_csv(folder / "errors.csv", index=False)
-    meta = {"format": FORMAT, "count": n, "size": size, "bad": len(errors)}
+    (folder / "keys.json").write_text(json.dumps(keys))
+    meta = {"format": FORMAT, "count": len(keys), "size": size, "bad": len(errors)}
     (folder / "meta.json").write_text(json.dumps(meta))

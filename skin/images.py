@@ -17,11 +17,13 @@ class ImageDecodeError(ValueError):
     """The bytes are not a usable image; the message says why (truncated, bomb, not an image)."""
 
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")  # 16-bit grey (Pillow opens some as 32-bit I)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float32)
-        hi = float(arr.max()) or 1.0
-        img = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
+    if img.mode in _SIXTEEN_BIT:  # a fixed scale (65535 → 255), never the image's own maximum
+        arr = np.asarray(img, dtype=np.float32) / 257.0
+        img = Image.fromarray(np.rint(arr).clip(0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

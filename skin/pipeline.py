@@ -34,19 +34,11 @@ from skin.data import (
 )
 from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
 from skin.features import FeatureSet, HeadOnFeatures, extract
-from skin.imagecache import ImageCache, build_cache, cache_dir, open_cache
+from skin.imagecache import ImageCache
 from skin.model import InputSpec, apply_freeze, build_model, input_spec, is_head_only, train_mode
 from skin.progress import Factory as Progress
 from skin.progress import silent
-from skin.shards import (
-    ShardedImages,
-    is_complete,
-    mirror,
-    open_stream,
-    publish_cache,
-    publish_shards,
-    shards_uri,
-)
+from skin.shards import ShardedImages, image_cache
 from skin.tracking import NullTracker, Tracker, git_commit
 from skin.train import FitParams, amp_dtype, evaluate_batches, fit, pick_device, seed_everything
 
@@ -55,7 +47,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    """A manifest made ready for a model: decoded cache, rows and labels per split."""
+    """A manifest made ready for a model: decoded cache, and per split the cache rows (in
+    manifest order) and their labels."""
 
     manifest: pd.DataFrame
     cache: ImageCache
@@ -98,51 +91,23 @@ class EvalOutcome:
 def prepare(
     manifest: pd.DataFrame, cfg: PipelineConfig, spec: InputSpec, progress: Progress = silent
 ) -> Prepared:
-    """Build (or reuse) the decoded-image cache and index rows of each split."""
+    """Build (or reuse) the decoded-image cache and find each split's rows in it, by key."""
     classes = cfg.data.classes
-    cache = image_cache(manifest, cfg, spec.cache_size, progress)
+    root = Path(cfg.work_dir) / "cache"
+    cache = image_cache(manifest, spec.cache_size, root, cfg.shared, progress)
+    at = cache.rows_for(manifest["key"])  # manifest row i is cache row at[i]
     index = {c: i for i, c in enumerate(classes)}
     p = Prepared(manifest, cache, spec, classes)
     for split in mf.SPLITS:
-        mask = (manifest["split"] == split).to_numpy() & cache.ok
+        mask = (manifest["split"] == split).to_numpy() & cache.ok[at]
         if split == "train":
             mask &= manifest["keep"].to_numpy().astype(bool)
         rows = np.flatnonzero(mask)
-        p.rows[split] = rows
+        p.rows[split] = at[rows]
         p.labels[split] = manifest["label"].iloc[rows].map(index).to_numpy().astype(np.int64)
     if len(p.rows["train"]) == 0 or len(p.rows["dev"]) == 0:
         raise ValueError("no usable train or dev images after decoding; see the bad-image report")
     return p
-
-
-def image_cache(
-    manifest: pd.DataFrame, cfg: PipelineConfig, size: int, progress: Progress = silent
-) -> ImageCache:
-    """This machine's decoded images: built here, or (with `shared.uri`) taken from the shared
-    shards, built there first if nobody has yet, then mirrored locally or streamed."""
-    root = Path(cfg.work_dir) / "cache"
-    shared = cfg.shared
-    if shared.uri is None:
-        return build_cache(
-            manifest, size, root, progress=progress("decoding images", len(manifest))
-        )
-    uri = shards_uri(shared.uri, manifest, size)
-    local = cache_dir(root, manifest, size)
-    if not is_complete(uri):
-        if (local / "meta.json").exists():  # decoded here already: upload, don't decode again
-            publish_cache(open_cache(local), manifest, uri, shared.shard_rows)
-        else:
-            publish_shards(
-                manifest,
-                size,
-                uri,
-                shared.shard_rows,
-                root,
-                progress=progress("decoding images", len(manifest)),
-            )
-    if shared.stream:
-        return open_stream(uri, root / "stream" / local.name, int(shared.local_cache_gb * 1e9))
-    return mirror(uri, local)
 
 
 def fit_params(cfg: PipelineConfig, train_labels: np.ndarray, n_classes: int) -> FitParams:

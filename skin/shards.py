@@ -2,11 +2,12 @@
 
 A shared cache is a prefix `<shared.uri>/images/<manifest hash>-<size>-v<format>/` holding:
 
-- `shard-00000.npy` …: uint8 `[rows, S, S, 3]` for manifest rows `[i·R, (i+1)·R)`, each with
-  `shard-00000.json` (its ok mask and errors), written after the array: a shard is complete when
-  its JSON exists;
-- `meta.json` (count, size, shard_rows, format), `ok.npy`, `errors.csv`: written last, by `finish`,
-  so a reader never sees a half-built cache.
+- `shard-00000.npy` …: uint8 `[rows, S, S, 3]` for rows `[i·R, (i+1)·R)` of the manifest sorted by
+  key (the local cache's row order, whatever order the manifest came in), each with
+  `shard-00000.json` (its keys, ok mask and errors), written after the array: a shard is complete
+  when its JSON exists;
+- `keys.json`, `ok.npy`, `errors.csv`, then `meta.json` (count, size, shard_rows, format): written
+  last, by `finish`, so a reader never sees a half-built cache.
 
 Shards are built independently (`build_shard`: fetch + decode in RAM, one upload), which is what
 lets `skin-prepare` fan them out over Prefect workers or a Dask cluster. A machine then either
@@ -14,6 +15,7 @@ mirrors the whole cache into its local memmap (`mirror`), or, when its disk cann
 streams it (`open_stream`): `ShardedImages` is an array whose rows load shard by shard through
 a size-bounded local cache, and `skin.data.EpochSampler(blocks=…)` orders each epoch so that a
 few shards at a time are in use. Nothing here ever deletes or overwrites a source object.
+`image_cache` is the policy that picks between a local decode, a mirror and a stream.
 """
 
 from __future__ import annotations
@@ -33,17 +35,24 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from skin.config import SharedConfig
 from skin.fetch import Fetcher
 from skin.imagecache import (
     FORMAT,
     ImageCache,
-    _write_meta,
+    build_cache,
     build_once,
+    cache_dir,
     cpu_workers,
     decode_rows,
+    in_key_order,
     objects_dir,
+    open_cache,
+    write_meta,
 )
 from skin.manifest import manifest_hash
+from skin.progress import Factory as Progress
+from skin.progress import silent
 from skin.storage import join_uri, open_store
 
 log = logging.getLogger(__name__)
@@ -89,8 +98,8 @@ def build_shard(
     *,
     decode_workers: int | None = None,
 ) -> ShardInfo:
-    """Fetch and decode one shard's rows in RAM and upload them with their ok mask and errors.
-    A shard already complete in the store is left as it is (re-runs and retries are free)."""
+    """Fetch and decode one shard's rows (of the manifest in key order) in RAM and upload them with
+    their keys, ok mask and errors. A shard already complete in the store is left as it is."""
     store = open_store(uri)
     name = shard_name(index)
     if store.exists(f"{name}.json"):
@@ -99,20 +108,29 @@ def build_shard(
     lo, hi = index * shard_rows, min(len(manifest), (index + 1) * shard_rows)
     if lo >= hi:
         raise ValueError(f"shard {index} is past the end of a {len(manifest)}-row manifest")
-    part = manifest.iloc[lo:hi].reset_index(drop=True)
+    part = in_key_order(manifest).iloc[lo:hi].reset_index(drop=True)
     images = np.zeros((hi - lo, size, size, 3), dtype=np.uint8)
     fetcher = Fetcher(objects_dir(fetch_root))
     ok, errors = decode_rows(part, size, images, fetcher, decode_workers or cpu_workers())
     _put_array(store, f"{name}.npy", images)
-    store.put(f"{name}.json", json.dumps({"ok": ok.tolist(), "errors": errors}).encode())
+    _put_part(store, name, part["key"].tolist(), ok, errors)
     return ShardInfo(index, hi - lo, len(errors), reused=False)
 
 
+def _put_part(
+    store: Any, name: str, keys: list[str], ok: np.ndarray, errors: list[tuple[str, str]]
+) -> None:
+    part = {"keys": keys, "ok": ok.tolist(), "errors": errors}
+    store.put(f"{name}.json", json.dumps(part).encode())
+
+
 def finish(uri: str, n: int, size: int, shard_rows: int) -> dict[str, Any]:
-    """Gather every shard's ok mask and errors and write meta.json last: the cache is complete."""
+    """Gather every shard's keys, ok mask and errors and write meta.json last: the cache is
+    complete."""
     store = open_store(uri)
     if store.exists("meta.json"):  # complete already: never rewritten
         return json.loads(store.get("meta.json"))
+    keys: list[str] = []
     ok, errors = np.zeros(n, dtype=bool), []
     for i in range(shard_count(n, shard_rows)):
         name = f"{shard_name(i)}.json"
@@ -120,7 +138,11 @@ def finish(uri: str, n: int, size: int, shard_rows: int) -> dict[str, Any]:
             raise FileNotFoundError(f"{uri}: shard {i} was never built; build it, then finish")
         part = json.loads(store.get(name))
         ok[i * shard_rows : i * shard_rows + len(part["ok"])] = part["ok"]
+        keys += part["keys"]
         errors += [tuple(e) for e in part["errors"]]
+    if len(keys) != n or keys != sorted(keys):
+        raise ValueError(f"{uri}: the shards hold {len(keys)} keys, not {n} in key order")
+    store.put("keys.json", json.dumps(keys).encode())
     buf = io.BytesIO()
     np.save(buf, ok)
     store.put("ok.npy", buf.getvalue())
@@ -157,13 +179,11 @@ def publish_shards(
     return finish(uri, len(manifest), size, shard_rows)
 
 
-def publish_cache(
-    cache: ImageCache, manifest: pd.DataFrame, uri: str, shard_rows: int
-) -> dict[str, Any]:
-    """Upload a cache already decoded on this machine as shards (no second decode)."""
+def publish_cache(cache: ImageCache, uri: str, shard_rows: int) -> dict[str, Any]:
+    """Upload a cache already decoded on this machine as shards (no second decode): its rows are
+    in key order already, the shards' order."""
     store = open_store(uri)
     n = len(cache.images)
-    keys = manifest["key"].to_numpy()
     failed = dict(zip(cache.errors["key"], cache.errors["error"], strict=True))
     for i in range(shard_count(n, shard_rows)):
         name = shard_name(i)
@@ -171,13 +191,12 @@ def publish_cache(
             continue
         lo, hi = i * shard_rows, min(n, (i + 1) * shard_rows)
         _put_array(store, f"{name}.npy", cache.images[lo:hi])
-        errors = [(k, failed[k]) for k in keys[lo:hi] if k in failed]
-        part = {"ok": cache.ok[lo:hi].tolist(), "errors": errors}
-        store.put(f"{name}.json", json.dumps(part).encode())
+        keys = cache.keys[lo:hi].tolist()
+        _put_part(store, name, keys, cache.ok[lo:hi], [(k, failed[k]) for k in keys if k in failed])
     return finish(uri, n, cache.size, shard_rows)
 
 
-def _read_meta(uri: str) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame]:
+def _read_meta(uri: str) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame, list[str]]:
     store = open_store(uri)
     if not store.exists("meta.json"):
         raise FileNotFoundError(f"no complete shared image cache at {uri} (meta.json missing)")
@@ -186,21 +205,24 @@ def _read_meta(uri: str) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame]:
         raise ValueError(f"shared cache {uri} has format {meta.get('format')}, expected {FORMAT}")
     ok = np.load(io.BytesIO(store.get("ok.npy")))
     errors = pd.read_csv(io.BytesIO(store.get("errors.csv")))
-    return meta, ok, errors
+    keys = json.loads(store.get("keys.json"))
+    if len(keys) != meta["count"]:
+        raise ValueError(f"shared cache {uri} has {meta['count']} images but {len(keys)} keys")
+    return meta, ok, errors, keys
 
 
 def mirror(uri: str, local: Path) -> ImageCache:
     """Copy a shared cache into a local memmap cache (the same layout `build_cache` writes)."""
 
     def fill(folder: Path) -> None:
-        meta, ok, errors = _read_meta(uri)
+        meta, ok, errors, keys = _read_meta(uri)
         n, s, r = meta["count"], meta["size"], meta["shard_rows"]
         store = open_store(uri)
         images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(n, s, s, 3))
         for i in range(shard_count(n, r)):
             images[i * r : (i + 1) * r] = np.load(io.BytesIO(store.get(f"{shard_name(i)}.npy")))
         images.flush()
-        _write_meta(folder, n, s, ok, list(errors.itertuples(index=False, name=None)))
+        write_meta(folder, s, keys, ok, list(errors.itertuples(index=False, name=None)))
 
     return build_once(local, fill)
 
@@ -299,7 +321,7 @@ class ShardedImages:
 
 def open_stream(uri: str, local: Path, max_bytes: int) -> ImageCache:
     """A shared cache read on demand: at most `max_bytes` of shards on this machine's disk."""
-    meta, ok, errors = _read_meta(uri)
+    meta, ok, errors, keys = _read_meta(uri)
     shard_bytes = meta["shard_rows"] * meta["size"] ** 2 * 3
     if max_bytes < 2 * shard_bytes:
         raise ValueError(
@@ -313,4 +335,38 @@ def open_stream(uri: str, local: Path, max_bytes: int) -> ImageCache:
         meta["shard_rows"],
     )
     local.mkdir(parents=True, exist_ok=True)
-    return ImageCache(local, images, ok, errors)  # type: ignore[arg-type]
+    rows = np.asarray(keys, dtype=object)
+    return ImageCache(local, images, ok, errors, rows)  # type: ignore[arg-type]
+
+
+def image_cache(
+    manifest: pd.DataFrame,
+    size: int,
+    root: Path,
+    shared: SharedConfig,
+    progress: Progress = silent,
+) -> ImageCache:
+    """This machine's decoded images under the cache `root`: built here, or (with `shared.uri`)
+    taken from the shared shards, built there first if nobody has yet, then mirrored locally or
+    streamed. Its rows are in key order: map manifest rows with `rows_for`."""
+    if shared.uri is None:
+        return build_cache(
+            manifest, size, root, progress=progress("decoding images", len(manifest))
+        )
+    uri = shards_uri(shared.uri, manifest, size)
+    local = cache_dir(root, manifest, size)
+    if not is_complete(uri):
+        if (local / "meta.json").exists():  # decoded here already: upload, don't decode again
+            publish_cache(open_cache(local), uri, shared.shard_rows)
+        else:
+            publish_shards(
+                manifest,
+                size,
+                uri,
+                shared.shard_rows,
+                root,
+                progress=progress("decoding images", len(manifest)),
+            )
+    if shared.stream:
+        return open_stream(uri, root / "stream" / local.name, int(shared.local_cache_gb * 1e9))
+    return mirror(uri, local)

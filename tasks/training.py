@@ -14,9 +14,10 @@ from skin.config import PipelineConfig, config_digest, digest
 from skin.datastages import ManifestRef
 from skin.launch import launch
 from skin.model import build_model, input_spec
-from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, image_cache, train_stage
+from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.progress import terminal_bars
 from skin.registry import Registration, register_and_gate
+from skin.shards import image_cache
 from skin.tracking import MLflowTracker, resolve_tracking_uri
 from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, keyed_on
 
@@ -49,7 +50,8 @@ def prepare_images_task(manifest: ManifestRef, config: PipelineConfig) -> dict[s
     """Fetch and decode every image once (parallel); the cache folder and the images that failed."""
     skeleton = build_model(config.model.name, len(config.data.classes), pretrained=False)
     spec = input_spec(skeleton, config.train.image_size)
-    cache = image_cache(mf.read(manifest.uri), config, spec.cache_size)
+    root = Path(config.work_dir) / "cache"
+    cache = image_cache(mf.read(manifest.uri), spec.cache_size, root, config.shared)
     return {"path": str(cache.path), "bad": cache.errors.to_dict(orient="records")}
 
 

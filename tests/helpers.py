@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from tests.recipes import TINY
 
 
@@ -47,3 +50,71 @@ def invoke(*args: str) -> tuple[int, str]:
     if "--json" in args:
         return result.exit_code, result.stdout
     return result.exit_code, result.output
+
+
+# --------------------------------------------------------------------------- image caches
+
+SIZE = 36
+
+
+def cache_manifest(uri: str) -> pd.DataFrame:
+    """Every listed image as a train row: the cache needs keys, fingerprints and the source."""
+    from skin.datastages import source_uri
+    from skin.listing import list_dataset
+    from skin.storage import open_store
+
+    images = list_dataset(open_store(uri), "folders").images
+    return images.assign(split="train", keep=True, source=source_uri(uri))
+
+
+def with_splits(m: pd.DataFrame) -> pd.DataFrame:
+    """Rows dealt round-robin to train, dev and test; every third train row not kept."""
+    from skin.manifest import SPLITS
+
+    split = np.resize(np.array(SPLITS), len(m))
+    keep = (split != "train") | (np.arange(len(m)) % 9 != 0)
+    return m.assign(split=split, keep=keep)
+
+
+def reordered(m: pd.DataFrame, order: str) -> pd.DataFrame:
+    """The same manifest in another row order (re-sorted, hand-edited)."""
+    rows = m.iloc[::-1] if order == "reversed" else m.sample(frac=1.0, random_state=3)
+    return rows.reset_index(drop=True)
+
+
+def plain_spec(size: int) -> Any:
+    """A model input that is the cached image as it is (no centre crop)."""
+    from skin.model import InputSpec
+
+    return InputSpec(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic", 1.0)
+
+
+def split_keys(m: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The manifest rows `prepare` serves for `split`, in manifest order."""
+    chosen = m["split"] == split
+    if split == "train":
+        chosen &= m["keep"].astype(bool)
+    return m[chosen]
+
+
+def assert_each_key_reads_its_own_image(p, m: pd.DataFrame, data: Path) -> None:
+    """Every served row is its manifest row's own image under its own label."""
+    from skin.images import decode
+    from skin.manifest import SPLITS
+
+    index = {c: i for i, c in enumerate(p.classes)}
+    for split in SPLITS:
+        want = split_keys(m, split)
+        assert len(p.rows[split]) == len(want), split
+        assert list(p.labels[split]) == [index[c] for c in want["label"]], f"{split} labels"
+        for row, key in zip(p.rows[split], want["key"], strict=True):
+            own = decode((data / key).read_bytes(), p.cache.size)
+            assert np.array_equal(p.cache.images[row], own), f"{split}: {key} reads another image"
+
+
+def write_data(uri: str, per_class: int = 3) -> None:
+    """Three generated 48 px images per class, written by few threads (few S3 clients)."""
+    from skin.sample_data import write_sample_dataset
+
+    counts = dict.fromkeys(["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"], per_class)
+    write_sample_dataset(uri, counts, size=48, seed=5, threads=2)  # few S3 clients to start

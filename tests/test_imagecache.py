@@ -11,35 +11,30 @@ import pytest
 import torch
 
 from benchmarks.proxy import DelayProxy
-from skin.datastages import source_uri
-from skin.imagecache import build_cache, objects_dir
+from skin.config import PipelineConfig
+from skin.imagecache import ImageCache, build_cache, in_key_order, objects_dir
 from skin.images import decode
-from skin.listing import list_dataset
-from skin.sample_data import write_sample_dataset
-from skin.storage import open_store
-
-SIZE = 36
-
-
-def make_manifest(uri: str) -> pd.DataFrame:
-    """Every listed image as a train row: the cache needs keys, fingerprints and the source."""
-    images = list_dataset(open_store(uri), "folders").images
-    return images.assign(split="train", keep=True, source=source_uri(uri))
-
-
-def write_data(uri: str, per_class: int = 3) -> None:
-    counts = dict.fromkeys(["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"], per_class)
-    write_sample_dataset(uri, counts, size=48, seed=5, threads=2)  # few S3 clients to start
+from skin.pipeline import prepare
+from tests.helpers import (
+    SIZE,
+    assert_each_key_reads_its_own_image,
+    cache_manifest,
+    plain_spec,
+    reordered,
+    with_splits,
+    write_data,
+)
 
 
 def test_cache_equals_per_image_decode(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_data(str(data))
-    m = make_manifest(str(data))
+    m = cache_manifest(str(data))
     cache = build_cache(m, SIZE, tmp_path / "cache", decode_workers=3)
     assert cache.ok.all() and len(cache.errors) == 0, cache.errors
     assert cache.images.shape == (len(m), SIZE, SIZE, 3) and cache.images.dtype == np.uint8
-    for i, key in enumerate(m["key"]):
+    assert list(cache.keys) == sorted(m["key"]), "rows in key order"
+    for i, key in zip(cache.rows_for(m["key"]), m["key"], strict=True):
         expected = decode((data / key).read_bytes(), SIZE)
         assert np.array_equal(cache.images[i], expected), f"row {i} ({key}) differs"
     assert not objects_dir(tmp_path / "cache").exists(), "a local folder is decoded in place"
@@ -50,7 +45,7 @@ def test_cache_equals_per_image_decode(tmp_path: Path) -> None:
 def test_concurrent_builds_share_one_complete_cache(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_data(str(data), per_class=2)
-    m = make_manifest(str(data))
+    m = cache_manifest(str(data))
     built: list[np.ndarray] = []
 
     def one() -> None:
@@ -74,7 +69,7 @@ def test_s3_images_are_fetched_once_across_sizes_and_manifests(
     write_data(uri)
     local = tmp_path / "local"
     write_data(str(local))  # the same seeded bytes, to decode directly
-    m = make_manifest(uri)
+    m = cache_manifest(uri)
     with DelayProxy(moto.url, delay=0.0) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         cache = build_cache(m, SIZE, tmp_path / "cache", workers=4)
@@ -86,9 +81,10 @@ def test_s3_images_are_fetched_once_across_sizes_and_manifests(
     assert first == {"GET": len(m)}, f"one GET per image: {first}"
     assert again == {}, f"another size or manifest fetches nothing already fetched: {again}"
     assert cache.ok.all() and other_size.ok.all() and fewer.ok.all()
-    for i, key in enumerate(m["key"]):
+    for i, key in zip(cache.rows_for(m["key"]), m["key"], strict=True):
         assert np.array_equal(cache.images[i], decode((local / key).read_bytes(), SIZE)), key
-    assert np.array_equal(fewer.images, cache.images[::2]), "a sub-manifest decodes the same"
+    same = cache.rows_for(fewer.keys)
+    assert np.array_equal(fewer.images, cache.images[same]), "a sub-manifest decodes the same"
 
 
 @pytest.mark.server
@@ -98,7 +94,7 @@ def test_unfetchable_and_undecodable_images_are_marked_bad(
     uri = f"s3://{bucket}/isic"
     write_data(uri, per_class=2)
     s3_client.put_object(Bucket=bucket, Key="isic/NV/broken.jpg", Body=b"\xff\xd8\xff not a jpeg")
-    m = make_manifest(uri)
+    m = cache_manifest(uri)
     gone = m.index[m["key"] != "NV/broken.jpg"][0]
     s3_client.delete_object(Bucket=bucket, Key=f"isic/{m.loc[gone, 'key']}")
 
@@ -106,7 +102,8 @@ def test_unfetchable_and_undecodable_images_are_marked_bad(
     bad = dict(zip(cache.errors["key"], cache.errors["error"], strict=True))
     assert set(bad) == {"NV/broken.jpg", m.loc[gone, "key"]}, bad
     assert "NoSuchKey" in bad[m.loc[gone, "key"]] and "image" in bad["NV/broken.jpg"], bad
-    assert (~cache.ok).sum() == 2 and not cache.ok[gone], "bad rows are flagged"
+    flagged = cache.ok[cache.rows_for([m.loc[gone, "key"]])]
+    assert (~cache.ok).sum() == 2 and not flagged.any(), "bad rows are flagged"
     assert cache.ok.sum() == len(m) - 2, "every other image is decoded"
 
 
@@ -115,7 +112,7 @@ def test_a_persistent_loader_replays_each_epoch_like_a_fresh_one(tmp_path: Path)
 
     data = tmp_path / "data"
     write_data(str(data), per_class=4)
-    m = make_manifest(str(data))
+    m = cache_manifest(str(data))
     cache = build_cache(m, SIZE, tmp_path / "cache")
     rows = np.arange(len(m))
     ds = EvalImages(cache, rows, rows % 8, SIZE)
@@ -130,3 +127,29 @@ def test_a_persistent_loader_replays_each_epoch_like_a_fresh_one(tmp_path: Path)
             assert torch.equal(xa, xb) and torch.equal(ya, yb), f"epoch {epoch} differs"
     one, two = (torch.cat([y for _, y in set_epoch(kept, e)]) for e in (1, 2))
     assert not torch.equal(one, two), "each epoch has its own order"
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_a_reordered_manifest_reads_each_key_its_own_image(tmp_path: Path, order: str) -> None:
+    data = tmp_path / "data"
+    write_data(str(data))
+    m = with_splits(cache_manifest(str(data)))
+    cfg = PipelineConfig(work_dir=str(tmp_path / "work"))
+    first = prepare(m, cfg, plain_spec(SIZE))
+    assert_each_key_reads_its_own_image(first, m, data)
+    other = reordered(m, order)
+    again = prepare(other, cfg, plain_spec(SIZE))
+    assert again.cache.path == first.cache.path, "the same data reuses its cache"
+    assert_each_key_reads_its_own_image(again, other, data)
+
+
+def test_rows_are_found_by_key_and_an_unknown_key_is_an_error(tmp_path: Path) -> None:
+    keys = np.array(["AK/a.jpg", "BCC/b.jpg", "NV/c.jpg"], dtype=object)
+    images = np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1).repeat(3, axis=3)
+    cache = ImageCache(tmp_path, images, np.ones(3, bool), pd.DataFrame(columns=["key"]), keys)
+    assert list(cache.rows_for(["NV/c.jpg", "AK/a.jpg"])) == [2, 0]
+    with pytest.raises(ValueError, match=r"no image for 1 of 2 keys.*MEL/x\.jpg.*another manifest"):
+        cache.rows_for(["AK/a.jpg", "MEL/x.jpg"])
+    twice = pd.DataFrame({"key": ["NV/c.jpg", "AK/a.jpg", "NV/c.jpg"]})
+    with pytest.raises(ValueError, match="duplicate keys"):
+        in_key_order(twice)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from skin import manifest as mf
+from skin.config import SharedConfig
 from skin.data import EpochSampler
 from skin.imagecache import build_cache
 from skin.shards import (
+    ShardedImages,
     ShardInfo,
     build_shard,
     is_complete,
@@ -21,7 +23,12 @@ from skin.shards import (
     publish_shards,
     shards_uri,
 )
-from tests.helpers import make_manifest
+from tests.helpers import (
+    assert_each_key_reads_its_own_image,
+    make_manifest,
+    plain_spec,
+    reordered,
+)
 
 SIZE = 36
 
@@ -79,7 +86,7 @@ def test_shards_mirror_and_stream_equal_a_local_decode(
 
     # An already-decoded local cache is uploaded as it is, to the same bytes.
     other = shards_uri(f"s3://{bucket}/other", m, SIZE)
-    publish_cache(local, m, other, 64)
+    publish_cache(local, other, 64)
     again = mirror(other, tmp_path / "machine-d" / "cache")
     assert np.array_equal(np.asarray(again.images), np.asarray(local.images))
     assert list(again.errors["key"]) == list(local.errors["key"])
@@ -98,6 +105,33 @@ def test_open_stream_refuses_a_disk_budget_below_two_shards(
     publish_shards(m, SIZE, target, 500, tmp_path / "fetch")
     with pytest.raises(ValueError, match="local_cache_gb"):
         open_stream(target, tmp_path / "s", shard_bytes(500))
+
+
+@pytest.mark.parametrize("decoded_first", [False, True])
+def test_shards_built_from_one_row_order_serve_each_key_in_another(
+    tmp_path: Path, sample_data: Path, decoded_first: bool
+) -> None:
+    from skin.pipeline import prepare
+
+    shared = {"shared.uri": str(tmp_path / "shared"), "shared.shard_rows": 32}
+    uri, cfg_a = make_manifest(tmp_path / "a", sample_data, **shared)
+    m, spec = mf.read(uri), plain_spec(SIZE)
+    if decoded_first:  # machine a decoded alone, then uploads its cache as it is
+        prepare(m, cfg_a.model_copy(update={"shared": SharedConfig()}), spec)
+    else:  # one shard built from one row order, the rest from another
+        target = shards_uri(str(tmp_path / "shared"), m, SIZE)
+        build_shard(reordered(m, "reversed"), SIZE, 0, 32, target, tmp_path / "f")
+    a = prepare(reordered(m, "shuffled"), cfg_a, spec)
+    assert_each_key_reads_its_own_image(a, reordered(m, "shuffled"), sample_data)
+
+    _, cfg_b = make_manifest(tmp_path / "b", sample_data, **shared)
+    b = prepare(reordered(m, "reversed"), cfg_b, spec)  # mirrored
+    assert_each_key_reads_its_own_image(b, reordered(m, "reversed"), sample_data)
+    budget = {"shared.stream": True, "shared.local_cache_gb": 3 * shard_bytes(32) / 1e9}
+    _, cfg_c = make_manifest(tmp_path / "c", sample_data, **shared, **budget)
+    c = prepare(reordered(m, "reversed"), cfg_c, spec)  # streamed
+    assert isinstance(c.cache.images, ShardedImages)
+    assert_each_key_reads_its_own_image(c, reordered(m, "reversed"), sample_data)
 
 
 @pytest.mark.parametrize("weighted", [False, True])

@@ -109,7 +109,7 @@ def split_with_moves(
 
     Groups of rows tied by lesion or identical content share a split. A group with rows in
     `previous` keeps their split; if new links joined rows of several splits, the group takes the
-    split of its largest earlier part (ties: the earliest of train, dev, test) and the rest move.
+    split of its largest earlier part (ties: the split its classes fill least) and the rest move.
     The other groups first give every class one group in each split it lacks (smallest first),
     then fill each class's remaining deficits, largest first.
     """
@@ -124,8 +124,8 @@ def split_with_moves(
     label_idx = df["label"].map({c: i for i, c in enumerate(labels)}).to_numpy()
     group = _groups(df, group_by_lesion)
     _check_sizes(group, label_idx, labels, fr)
-    before, assigned = _pin(df["key"], group, previous)
     target = np.stack([_targets(int(n), fr) for n in np.bincount(label_idx)], axis=1)
+    before, assigned = _pin(df["key"], group, label_idx, target, previous)
     count = np.zeros_like(target)  # [split, class]
     np.add.at(count, (assigned[assigned >= 0], label_idx[assigned >= 0]), 1)
     free = assigned < 0
@@ -165,12 +165,16 @@ def _check_sizes(
 
 
 def _pin(
-    keys: pd.Series, group: np.ndarray, previous: pd.DataFrame | None
+    keys: pd.Series,
+    group: np.ndarray,
+    label_idx: np.ndarray,
+    target: np.ndarray,
+    previous: pd.DataFrame | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's earlier split and its pinned split (-1: free): a group follows its largest part.
 
-    A tie goes to the earliest split (train first), so a tie never moves images a model was
-    trained on into dev or test.
+    Parts of equal size move as many images whichever wins: the split the group's classes fill
+    least (against their targets) wins, so a tie does not empty a class's only dev or test cell.
     """
     before = np.full(len(keys), -1)
     if previous is not None and len(previous):
@@ -178,11 +182,27 @@ def _pin(
         before = keys.map(prev_map).fillna(-1).astype(int).to_numpy()
     known = before >= 0
     pinned = np.full(len(keys), -1)
-    if known.any():
-        votes = pd.crosstab(group[known], before[known])  # columns: splits in SPLITS order
-        group_split = votes.idxmax(axis=1)  # the first largest part: ties go to the earliest
-        in_pinned = np.isin(group, group_split.index)
-        pinned[in_pinned] = group_split.reindex(group[in_pinned]).to_numpy()
+    if not known.any():
+        return before, pinned
+    votes = pd.crosstab(group[known], before[known]).reindex(
+        columns=range(len(SPLITS)), fill_value=0
+    )
+    largest = votes.to_numpy() == votes.to_numpy().max(axis=1, keepdims=True)  # [group, split]
+    group_split = pd.Series(largest.argmax(axis=1), index=votes.index)  # the earliest largest
+    tied = largest.sum(axis=1) > 1
+    in_pinned = np.isin(group, votes.index)
+    pinned[in_pinned] = group_split.reindex(group[in_pinned]).to_numpy()
+    if tied.any():
+        count = np.zeros_like(target)  # [split, class], of the groups without a tie
+        settled = in_pinned & ~np.isin(group, votes.index[tied])
+        np.add.at(count, (pinned[settled], label_idx[settled]), 1)
+        for g, options in zip(votes.index[tied], largest[tied], strict=True):
+            rows = group == g
+            v = np.bincount(label_idx[rows], minlength=target.shape[1])
+            fill = count[:, v > 0].sum(axis=1) / np.maximum(target[:, v > 0].sum(axis=1), 1)
+            s = int(np.argmin(np.where(options, fill, np.inf)))  # then the earliest split
+            pinned[rows] = s
+            count[s] += v
     return before, pinned
 
 

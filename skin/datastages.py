@@ -15,7 +15,7 @@ from skin import manifest as mf
 from skin.balance import undersample
 from skin.config import DataConfig, SplitConfig, config_digest
 from skin.listing import Listing, list_dataset
-from skin.split import assign_splits
+from skin.split import split_with_moves
 from skin.storage import StorageError, is_s3, join_uri, open_store, read_uri, write_uri
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,10 @@ def split_images(
 ) -> pd.DataFrame:
     """Stage 2: assign splits (stable against `previous`); every row kept for now."""
     out = images.copy()
-    out["split"] = assign_splits(
-        out, split.fractions, split.seed, previous, split.group_by_lesion
-    ).to_numpy()
+    result = split_with_moves(out, split.fractions, split.seed, previous, split.group_by_lesion)
+    out["split"] = result.split.to_numpy()
+    if len(result.moves):
+        log.warning("%s", result.describe_moves())
     out["source"] = source
     out["keep"] = True
     columns = [*mf.REQUIRED, *[c for c in out.columns if c not in mf.REQUIRED]]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from skin.balance import BalanceError, undersample
 from skin.labels import ISIC2019_COUNTS
-from skin.manifest import ManifestError, validate
-from skin.split import SplitError, assign_splits, split_report
+from skin.manifest import SPLITS, ManifestError, validate
+from skin.split import SplitError, SplitResult, assign_splits, split_report, split_with_moves
 
 
 def make_images(counts: dict[str, int], start: int = 0, lesion_every: int = 0) -> pd.DataFrame:
@@ -19,8 +23,14 @@ def make_images(counts: dict[str, int], start: int = 0, lesion_every: int = 0) -
     for label, n in counts.items():
         for _ in range(n):
             lesion = f"L{label}{i // lesion_every}" if lesion_every else None
-            rows.append({"key": f"{label}/ISIC_{i:07d}.jpg", "label": label, "fingerprint": f"f{i}",
-                         "lesion_id": lesion})
+            rows.append(
+                {
+                    "key": f"{label}/ISIC_{i:07d}.jpg",
+                    "label": label,
+                    "fingerprint": f"f{i}",
+                    "lesion_id": lesion,
+                }
+            )
             i += 1
     return pd.DataFrame(rows)
 
@@ -89,7 +99,9 @@ def test_growth_keeps_old_assignments_and_targets(isic: pd.DataFrame) -> None:
         previous=isic[["key", "split"]],
     )
     old = grown.set_index("key").loc[isic["key"], "split"]
-    assert (old.to_numpy() == isic["split"].to_numpy()).all(), "assigned images must keep their split"
+    assert (old.to_numpy() == isic["split"].to_numpy()).all(), (
+        "assigned images must keep their split"
+    )
     report = split_report(grown, (0.8, 0.1, 0.1))
     for label, row in report.iterrows():
         for split in ("dev", "test"):
@@ -110,10 +122,13 @@ def test_lesions_never_straddle_splits_and_sizes_stay_close() -> None:
 def test_new_image_of_a_known_lesion_follows_its_split() -> None:
     first = with_split(make_images({"AK": 50, "NV": 50}, lesion_every=5))
     lesion, split = first.iloc[0][["lesion_id", "split"]]
-    newcomer = pd.DataFrame([{"key": "AK/new.jpg", "label": "AK", "fingerprint": "new",
-                              "lesion_id": lesion}])
-    grown = with_split(pd.concat([first.drop(columns="split"), newcomer], ignore_index=True),
-                       previous=first[["key", "split"]])
+    newcomer = pd.DataFrame(
+        [{"key": "AK/new.jpg", "label": "AK", "fingerprint": "new", "lesion_id": lesion}]
+    )
+    grown = with_split(
+        pd.concat([first.drop(columns="split"), newcomer], ignore_index=True),
+        previous=first[["key", "split"]],
+    )
     assert grown.set_index("key").loc["AK/new.jpg", "split"] == split, "a lesion must not straddle"
 
 
@@ -124,11 +139,203 @@ def test_identical_files_never_straddle_even_across_classes() -> None:
         j = 100 + i if i < 10 else i + 40
         df.loc[j, "fingerprint"] = df.loc[i, "fingerprint"]
     out = with_split(df)
-    assert (out.groupby("fingerprint")["split"].nunique() == 1).all(), "duplicates must share a split"
+    assert (out.groupby("fingerprint")["split"].nunique() == 1).all(), (
+        "duplicates must share a split"
+    )
     broken = out.copy()
     broken.loc[broken["fingerprint"] == broken.loc[0, "fingerprint"], "split"] = ["train", "test"]
     with pytest.raises(ManifestError, match="straddle"):
         validate(broken.assign(keep=True, source="x"))
+
+
+def test_a_new_lesion_link_across_splits_moves_only_the_smaller_part() -> None:
+    df = make_images({"AK": 60, "NV": 60}, lesion_every=2)
+    df.loc[df.index // 2 % 2 == 1, "lesion_id"] = None  # lesions of 2 photos, and single photos
+    first = with_split(df, seed=3)
+    lesion = first[first["lesion_id"].notna() & (first["split"] == "dev")].iloc[0]
+    loner = first[first["lesion_id"].isna() & (first["split"] == "train")].iloc[0]
+    grown = first.drop(columns="split")
+    grown.loc[grown["key"] == loner["key"], "lesion_id"] = lesion["lesion_id"]  # new metadata
+    out = with_split(grown, seed=3, previous=first[["key", "split"]])
+    validate(out.assign(keep=True, source="x"))  # no lesion straddles splits
+    changed = out.set_index("key")["split"] != first.set_index("key")["split"]
+    assert changed[changed].index.tolist() == [loner["key"]], "only the loner may move"
+    assert out.set_index("key").loc[loner["key"], "split"] == "dev", "it joins its lesion's split"
+
+
+def test_moves_are_reported_and_logged_by_the_split_stage(caplog: pytest.LogCaptureFixture) -> None:
+    from skin.config import SplitConfig  # imports timm: only here
+    from skin.datastages import split_images
+
+    first = with_split(make_images({"AK": 40, "NV": 40}), seed=1)
+    test_key = first[first["split"] == "test"]["key"].iloc[0]
+    grown = first.drop(columns="split")
+    # Two train images and one test image turn out to be one lesion: the test image moves.
+    train_keys = first[first["split"] == "train"]["key"].iloc[:2].tolist()
+    grown.loc[grown["key"].isin([*train_keys, test_key]), "lesion_id"] = "joined"
+    result = split_with_moves(grown, seed=1, previous=first[["key", "split"]])
+    assert result.moves.to_dict("records") == [{"key": test_key, "from": "test", "to": "train"}]
+    with caplog.at_level("WARNING", logger="skin.datastages"):
+        out = split_images(grown, "x", SplitConfig(seed=1), previous=first[["key", "split"]])
+    validate(out)
+    assert "1 images of the previous manifest changed split (test->train: 1)" in caplog.text
+
+
+def test_a_tie_between_joined_parts_keeps_the_scarce_split_filled() -> None:
+    first = with_split(make_images({"AK": 10, "NV": 40}), seed=2)  # AK: 8 train, 1 dev, 1 test
+    ak = first[first["label"] == "AK"]
+    test_key = ak[ak["split"] == "test"]["key"].iloc[0]
+    train_key = ak[ak["split"] == "train"]["key"].iloc[0]
+    grown = first.drop(columns="split")
+    grown.loc[grown["key"].isin([test_key, train_key]), "lesion_id"] = "joined"  # one vs one
+    for order in (grown, grown.iloc[::-1]):
+        result = split_with_moves(order, seed=2, previous=first[["key", "split"]])
+        assert result.moves.to_dict("records") == [
+            {"key": train_key, "from": "train", "to": "test"}
+        ]
+        assert not result.gaps, "the tie must not empty AK's only test cell"
+
+
+def test_a_class_pinned_out_of_a_split_is_reported_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = with_split(make_images({"AK": 10, "NV": 40}))
+    first.loc[first["label"] == "AK", "split"] = "train"  # an old manifest without AK in dev/test
+    with caplog.at_level("WARNING", logger="skin.split"):
+        result = split_with_moves(first.drop(columns="split"), previous=first[["key", "split"]])
+    assert result.gaps == [("AK", "dev"), ("AK", "test")], "pinned rows do not move for coverage"
+    assert "class AK has no dev images" in caplog.text and "class AK has no test" in caplog.text
+    new = make_images({"AK": 2}, start=1000)
+    grown = split_with_moves(
+        pd.concat([first.drop(columns="split"), new], ignore_index=True),
+        previous=first[["key", "split"]],
+    )
+    assert not grown.gaps, "new AK images fill the splits AK lacks"
+    assert sorted(grown.split.iloc[-2:]) == ["dev", "test"]
+
+
+def test_lesion_groups_reach_every_split_for_every_seed() -> None:
+    df = make_images({"NV": 30, "DF": 11}).assign(lesion_id=None)
+    df.loc[df["label"] == "DF", "lesion_id"] = [f"L{i}" for i in (0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3)]
+    for seed in range(5):
+        df_sizes = with_split(df, seed=seed).query("label == 'DF'")["split"].value_counts()
+        assert df_sizes.get("dev", 0) >= 1 and df_sizes.get("test", 0) >= 1, (seed, df_sizes)
+        assert df_sizes["train"] >= 7, f"seed {seed}: train should keep the bulk: {df_sizes}"
+
+
+def _components(df: pd.DataFrame) -> list[int]:
+    """Rows linked by identical file or lesion: a union-find written apart from skin.split's."""
+    parent = list(range(len(df)))
+
+    def root(i: int) -> int:
+        return i if parent[i] == i else root(parent[i])
+
+    for column in ("fingerprint", "lesion_id"):
+        first: dict[str, int] = {}
+        for i, value in enumerate(df[column]):
+            if pd.notna(value):
+                parent[root(i)] = root(first.setdefault(value, i))
+    return [root(i) for i in range(len(df))]
+
+
+def _groups_per_class(df: pd.DataFrame) -> pd.Series:
+    return df.assign(comp=_components(df)).groupby("label")["comp"].nunique()
+
+
+def _draw_images(data: st.DataObject, rows: pd.DataFrame, labels: list[str], step: int) -> list:
+    """New images: per class a few, some of known lesions, some identical to earlier files."""
+    pool = rows[~rows["key"].str.contains("anchor")]["fingerprint"].tolist()
+    out = []
+    for label in labels:
+        for k in range(data.draw(st.integers(0, 8 if step == 0 else 4))):
+            key = f"{label}/s{step}_{k}.jpg"
+            twin = data.draw(st.sampled_from([None, None, *pool]))  # maybe another class's file
+            out.append(
+                {
+                    "key": key,
+                    "label": label,
+                    "fingerprint": twin or f"fp-{key}",
+                    "lesion_id": data.draw(st.sampled_from([None, f"{label}-a", f"{label}-b"])),
+                }
+            )
+            pool.append(out[-1]["fingerprint"])
+    return out
+
+
+def _draw_link(data: st.DataObject, df: pd.DataFrame, split: pd.Series, n: int) -> pd.DataFrame:
+    """New metadata or a changed file that links two earlier images, often from different splits."""
+    linkable = df.index[~df["key"].str.contains("anchor") & split.notna()]
+    if len(linkable) < 2:
+        return df
+    i = data.draw(st.sampled_from(list(linkable)))
+    others = [j for j in linkable if j != i and split[j] != split[i]] or list(linkable.drop(i))
+    j = data.draw(st.sampled_from(others))
+    out = df.copy()
+    if data.draw(st.booleans()):  # the file at j now has i's content
+        out.loc[j, "fingerprint"] = out.loc[i, "fingerprint"]
+    elif out.loc[i, "label"] == out.loc[j, "label"]:  # metadata: j's lesion is i's lesion
+        lesion = out.loc[i, "lesion_id"] or f"m{n}"
+        same = (out["lesion_id"] == out.loc[j, "lesion_id"]) if out.loc[j, "lesion_id"] else False
+        out.loc[same | (out.index == i) | (out.index == j), "lesion_id"] = lesion
+    # A link that leaves a class fewer groups than splits makes the data unsplittable: skip it.
+    return out if (_groups_per_class(out) >= 3).all() else df
+
+
+def _check_growth(df: pd.DataFrame, previous: pd.DataFrame, result: SplitResult) -> None:
+    """Unmerged groups keep their split; merged ones take their largest part's; moves say so."""
+    before = df["key"].map(previous.set_index("key")["split"]).tolist()
+    after = result.split.tolist()
+    components = _components(df)
+    parts: dict[int, Counter] = defaultdict(Counter)
+    for comp, old in zip(components, before, strict=True):
+        if isinstance(old, str):
+            parts[comp][old] += 1
+    for comp, new, old in zip(components, after, before, strict=True):
+        if comp in parts:  # one of the largest earlier parts wins
+            top = max(parts[comp].values())
+            assert parts[comp][new] == top, f"{old} -> {new}, earlier parts {dict(parts[comp])}"
+    moved = [k for k, b, a in zip(df["key"], before, after, strict=True) if b in SPLITS and b != a]
+    assert sorted(result.moves["key"]) == sorted(moved), "every move must be reported"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), seed=st.integers(0, 3))
+def test_growth_never_fails_never_leaks_and_reaches_every_split(
+    data: st.DataObject, seed: int
+) -> None:
+    labels = data.draw(
+        st.lists(st.sampled_from(["AK", "DF", "NV", "VASC"]), min_size=1, max_size=3, unique=True)
+    )
+    anchors = [
+        {
+            "key": f"{label}/anchor{k}.jpg",
+            "label": label,
+            "fingerprint": f"{label}{k}",
+            "lesion_id": None,
+        }
+        for label in labels
+        for k in range(3)
+    ]
+    df = pd.DataFrame(anchors)  # three unlinked images: every class stays splittable
+    df = pd.concat([df, pd.DataFrame(_draw_images(data, df, labels, 0))], ignore_index=True)
+    previous = None
+    for step in range(data.draw(st.integers(1, 4))):
+        if previous is not None:
+            split = df["key"].map(previous.set_index("key")["split"])
+            for n in range(data.draw(st.integers(0, 3))):
+                df = _draw_link(data, df, split, 10 * step + n)
+            grown = pd.DataFrame(_draw_images(data, df, labels, step))
+            df = pd.concat([df, grown], ignore_index=True)
+        result = split_with_moves(df, seed=seed, previous=previous)
+        out = df.assign(split=result.split.to_numpy(), keep=True, source="x")
+        validate(out)  # no lesion and no identical file straddles splits
+        if previous is not None:
+            _check_growth(df, previous, result)
+        cells = set(zip(out["label"], out["split"], strict=True))
+        missing = [(c, s) for c in labels for s in SPLITS if (c, s) not in cells]
+        assert missing == result.gaps, "every empty cell must be reported"
+        assert previous is not None or not missing, f"a fresh split left {missing} empty"
+        previous = out[["key", "split"]]
 
 
 @pytest.mark.parametrize(

@@ -44,16 +44,9 @@ class SplitConfig(_Strict):
     @field_validator("fractions")
     @classmethod
     def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(f < 0 for f in v):
-            raise ValueError(f"fractions must be non-negative, got {v}")
-        if abs(sum(v) - 1.0) > 1e-6:
-            raise ValueError(
-                f"train/dev/test fractions must sum to 1, got {v} (sum {sum(v):.4f});"
-                " e.g. 0.8,0.1,0.1"
-            )
-        if v[0] <= 0:
-            raise ValueError("the train fraction must be positive")
-        return v
+        from skin.split import check_fractions  # the one rule, also used by the split itself
+
+        return check_fractions(v)
 
 
 FreezePolicy = str  # "head" | "none" | "last:N"
@@ -119,7 +112,7 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     image_size: int | None = Field(None, ge=16, description="None = the model's own size")
-    augment: AugmentConfig = AugmentConfig()
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int = 42
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = True
@@ -185,14 +178,14 @@ class SharedConfig(_Strict):
 class PipelineConfig(_Strict):
     """The whole pipeline: one object, validated once, saved with every run."""
 
-    data: DataConfig = DataConfig()
-    split: SplitConfig = SplitConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvalConfig = EvalConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     work_dir: str = Field(".skin", description="local folder for manifests, caches and runs")
-    shared: SharedConfig = SharedConfig()
+    shared: SharedConfig = Field(default_factory=SharedConfig)
 
     @model_validator(mode="after")
     def _majority_is_a_class(self) -> PipelineConfig:

@@ -40,13 +40,15 @@ class SplitResult:
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """Three non-negative fractions (train > 0) summing to 1: the config's rule and the split's."""
     if len(fractions) != len(SPLITS):
         raise SplitError(f"need {len(SPLITS)} fractions (train, dev, test), got {list(fractions)}")
     if any(f < 0 for f in fractions) or fractions[0] <= 0:
         raise SplitError(f"fractions must be non-negative with train > 0, got {list(fractions)}")
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise SplitError(
-            f"fractions must sum to 1, got {list(fractions)} (sum {sum(fractions):.4f})"
+            f"fractions must sum to 1, got {list(fractions)} (sum {sum(fractions):.4f});"
+            " e.g. 0.8,0.1,0.1"
         )
     return (float(fractions[0]), float(fractions[1]), float(fractions[2]))
 

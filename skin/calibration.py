@@ -38,9 +38,13 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The T that minimises NLL of softmax(logits / T) on these (dev) images."""
     check_predictions(y, logits, "dev logits")
     result = minimize(
-        nll_and_gradient, x0=np.zeros(1), args=(logits.astype(np.float64), y), jac=True,
-        method="L-BFGS-B", bounds=[LOG_T_BOUNDS],
-    )  # fmt: skip
+        nll_and_gradient,
+        x0=np.zeros(1),
+        args=(logits.astype(np.float64), y),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[LOG_T_BOUNDS],
+    )
     if not result.success:
         raise RuntimeError(f"temperature fit did not converge: {result.message}")
     return float(np.exp(result.x[0]))

@@ -8,11 +8,11 @@ from scipy.special import softmax
 from sklearn.metrics import log_loss
 
 from skin.calibration import (
-    nll_and_gradient,
     apply_temperature,
     calibration_report,
     fit_temperature,
     nll,
+    nll_and_gradient,
 )
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 LEVEL = 0.95
 CHUNK_CELLS = 1 << 23  # draws held at once: 64 MB of int64
+AUC_CELLS = 1 << 17  # image weights per AUC step: 1 MB of float64, kept in cache
 
 Groups = Sequence | np.ndarray | pd.Series | None
 
@@ -170,13 +171,21 @@ def balanced_from_recall(recall: np.ndarray) -> np.ndarray:
 def weighted_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.ndarray:
     """ROC AUC of `score` for `positive` under each row of weights; ties count a half, as sklearn."""
     order = np.argsort(score, kind="stable")
-    s = score[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    wo = w[:, order]
-    pos = np.add.reduceat(wo * positive[order], starts, axis=1)
-    neg = np.add.reduceat(wo, starts, axis=1) - pos
-    below = np.cumsum(neg, axis=1) - neg
-    return (pos * (below + neg / 2)).sum(1) / (pos.sum(1) * neg.sum(1))
+    s, p = score[order], positive[order]
+    tied = s[1:] == s[:-1]
+    starts = np.flatnonzero(np.r_[True, ~tied]) if tied.any() else None
+    out = np.empty(len(w))
+    rows = max(1, AUC_CELLS // len(score))
+    for a in range(0, len(w), rows):  # a few rows at a time: the passes stay in cache
+        wo = w[a : a + rows, order]
+        pos = wo * p
+        neg = wo - pos
+        if starts is not None:  # equal scores: one block each
+            pos, neg = np.add.reduceat(pos, starts, axis=1), np.add.reduceat(neg, starts, axis=1)
+        below = np.cumsum(neg, axis=1)
+        below -= 0.5 * neg  # negatives below, and half the tied ones
+        out[a : a + rows] = np.einsum("bn,bn->b", pos, below) / (pos.sum(1) * neg.sum(1))
+    return out
 
 
 def macro_auc(w: np.ndarray, y: np.ndarray, probs: np.ndarray) -> np.ndarray:

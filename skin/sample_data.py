@@ -6,9 +6,9 @@ import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pandas as pd
 
-from skin.labels import CLASSES
 from skin.listing import GROUND_TRUTH, METADATA
 from skin.storage import open_store
 from skin.synthetic import iter_sample_images
@@ -64,20 +64,43 @@ def write_sample_dataset(
             truth[c] = (written["label"] == c).astype(float)
         truth["UNK"] = 0.0
         store.put(GROUND_TRUTH, truth.to_csv(index=False).encode())
-    meta = pd.DataFrame(
-        {
-            "image": written["image"],
-            "age_approx": 50.0,
-            "anatom_site_general": "anterior torso",
-            "lesion_id": written["lesion_id"],
-            "sex": "female",
-        }
-    )
+    meta = sample_metadata(written, seed)
     buf = io.StringIO()
     meta.to_csv(buf, index=False)
     store.put(METADATA, buf.getvalue().encode())
     return written
 
 
-def default_counts(per_class: int) -> dict[str, int]:
-    return dict.fromkeys(CLASSES, per_class)
+# ISIC 2019's anatomic sites (with their slashes) and a rough share of each.
+SITES = {
+    "anterior torso": 0.25,
+    "lower extremity": 0.2,
+    "posterior torso": 0.2,
+    "upper extremity": 0.15,
+    "head/neck": 0.12,
+    "lateral torso": 0.03,
+    "palms/soles": 0.03,
+    "oral/genital": 0.02,
+}
+MISSING = 0.05  # share of lesions with a field left blank, as in ISIC's metadata
+
+
+def sample_metadata(written: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """ISIC-like metadata per lesion (age in steps of 5, site, sex; some blank), one row per image."""
+    rng = np.random.default_rng(seed + 7919)
+    lesions = written["lesion_id"].drop_duplicates().to_numpy()
+    n = len(lesions)
+    per_lesion = pd.DataFrame(
+        {
+            "age_approx": (rng.integers(1, 18, size=n) * 5).astype(float),
+            "anatom_site_general": rng.choice(list(SITES), size=n, p=list(SITES.values())),
+            "sex": rng.choice(["male", "female"], size=n),
+        },
+        index=lesions,
+    ).astype({"anatom_site_general": object, "sex": object})
+    for column in per_lesion.columns:
+        per_lesion.loc[rng.random(n) < MISSING, column] = None
+    meta = per_lesion.reindex(written["lesion_id"]).reset_index(drop=True)
+    meta.insert(0, "image", written["image"].to_numpy())
+    meta["lesion_id"] = written["lesion_id"].to_numpy()
+    return meta[["image", "age_approx", "anatom_site_general", "lesion_id", "sex"]]

@@ -92,10 +92,8 @@ class ObjectCache:
 
 def _boto_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
     """(errors worth another attempt: a body that broke mid-stream; every botocore error)."""
-    try:
-        from botocore import exceptions as e
-    except ImportError:  # a machine without boto3 only ever reads local folders
-        return (), ()
+    from botocore import exceptions as e
+
     return (e.IncompleteReadError, e.ReadTimeoutError, e.ResponseStreamingError), (
         e.BotoCoreError,
         e.ClientError,

@@ -21,7 +21,7 @@ class ManifestError(ValueError):
 
 
 def frame_hash(df: pd.DataFrame) -> str:
-    """Order-independent content hash of a table (rows sorted by their first column)."""
+    """Order-independent content hash of a table (rows sorted by every column, in order)."""
     ordered = df.sort_values(list(df.columns)).reset_index(drop=True)
     blob = ordered.to_csv(index=False, lineterminator="\n").encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -278,7 +278,7 @@ def _result(assigned: np.ndarray, sorted_index: pd.Index, original_index: pd.Ind
 
 
 def split_report(df: pd.DataFrame, fractions: Sequence[float]) -> pd.DataFrame:
-    """Per class: actual sizes next to the targets, for tests and the CLI."""
+    """Per class: actual sizes next to the targets (how close a split came to its fractions)."""
     fr = check_fractions(fractions)
     counts = (
         df.groupby(["label", "split"])

@@ -13,7 +13,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS, SIZES, Context, table, write
 
 log = logging.getLogger("benchmarks")
-ORDER = ("ingest", "decode", "epoch_cache", "head_only", "loader", "rerun", "memory")
+ORDER = ("ingest", "decode", "epoch_cache", "head_only", "loader", "rerun", "memory", "render")
 
 
 def main(argv: list[str] | None = None) -> int:

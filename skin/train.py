@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 CRASH_AFTER_EPOCH = "SKIN_CRASH_AFTER_EPOCH"  # test hook: see the module docstring
+EPOCH_SCORES = ("dev_balanced_accuracy", "dev_accuracy", "dev_loss", "train_accuracy", "train_loss")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class Selection:
 
     metric: str = "dev_balanced_accuracy"
     higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if self.metric not in EPOCH_SCORES:
+            raise ValueError(
+                f"best-epoch metric {self.metric!r} is not scored each epoch: use one of"
+                f" {', '.join(EPOCH_SCORES)}"
+            )
 
     @property
     def worst(self) -> float:

@@ -18,7 +18,11 @@ def test_defaults_reproduce_the_notebook() -> None:
     cfg = PipelineConfig()
     assert (cfg.model.name, cfg.model.pretrained, cfg.model.freeze) == ("tf_mixnet_s", True, "head")
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.epochs) == (
-        "adam", 1e-3, 128, 50)
+        "adam",
+        1e-3,
+        128,
+        50,
+    )
     assert cfg.split.fractions == (0.8, 0.1, 0.1) and cfg.split.balance == "undersample"
     assert cfg.split.majority_class == "NV" and cfg.evaluate.human_level == 0.90
     assert cfg.tracking.experiment == "skin-lesion"

@@ -30,9 +30,13 @@ SKIN = str(Path(sys.executable).parent / "skin")
 
 
 def recipe(tmp_path: Path, tracking_uri: str, epochs: int) -> dict[str, object]:
-    return {**TINY, "train.epochs": epochs, "work_dir": str(tmp_path / "work"),
-            "tracking.tracking_uri": tracking_uri,
-            "tracking.experiment": f"recovery-{uuid.uuid4().hex[:6]}"}
+    return {
+        **TINY,
+        "train.epochs": epochs,
+        "work_dir": str(tmp_path / "work"),
+        "tracking.tracking_uri": tracking_uri,
+        "tracking.experiment": f"recovery-{uuid.uuid4().hex[:6]}",
+    }
 
 
 def config_file(tmp_path: Path, overrides: dict[str, object]) -> Path:
@@ -49,8 +53,9 @@ def config_file(tmp_path: Path, overrides: dict[str, object]) -> Path:
     return path
 
 
-def skin_run(cfg: Path, data: Path, home: Path, api: str,
-             crash_after: int | None = None) -> subprocess.Popen[str]:
+def skin_run(
+    cfg: Path, data: Path, home: Path, api: str, crash_after: int | None = None
+) -> subprocess.Popen[str]:
     """`skin --json run` against the shared Prefect server, in its own process group.
 
     `crash_after=N` sets the SKIN_CRASH_AFTER_EPOCH test hook: the run SIGKILLs itself right
@@ -60,7 +65,10 @@ def skin_run(cfg: Path, data: Path, home: Path, api: str,
         env[CRASH_AFTER_EPOCH] = str(crash_after)
     return subprocess.Popen(
         [SKIN, "--json", "run", "--data", str(data), "--config", str(cfg)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
         env={**env, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"{api}/api"},
     )
@@ -153,7 +161,9 @@ def test_sigkill_of_the_whole_pipeline_resumes_from_the_last_checkpoint(
     result = json.loads(out)
     assert result["run_id"] == run_dir.name, "the killed run was resumed, not restarted"
     last = ckpt.load(run_dir / "checkpoints" / "last.pt")
-    assert [h["epoch"] for h in last["history"]] == list(range(1, 13)), "epochs before the kill kept"
+    assert [h["epoch"] for h in last["history"]] == list(range(1, 13)), (
+        "epochs before the kill kept"
+    )
     outcome = json.loads((run_dir / "train_outcome.json").read_text())
     assert outcome["resumed_from"] == 3, outcome
 
@@ -191,10 +201,18 @@ def test_credentials_never_reach_params_tags_artifacts_or_logs(
     home = tmp_path / "prefect"
     proc = subprocess.Popen(
         [SKIN, "--debug", "run", "--data", data, "--config", str(cfg)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"{prefect_server.url}/api",
-             "AWS_SECRET_ACCESS_KEY": secret_key,
-             "AWS_ACCESS_KEY_ID": key_id, "MLFLOW_TRACKING_TOKEN": token},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": f"{prefect_server.url}/api",
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_ACCESS_KEY_ID": key_id,
+            "MLFLOW_TRACKING_TOKEN": token,
+        },
     )
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]

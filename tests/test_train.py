@@ -60,9 +60,17 @@ def test_tiny_model_learns_and_reports_everything(tmp_path: Path, sample_data: P
     for name in ("test_recall_MEL", "test_precision_NV", "test_f1_DF", "dev_macro_auc", "test_ece"):
         assert name in m, f"{name} missing from {sorted(m)[:10]}…"
     report = Path(ev.report_dir)
-    for name in ("confusion_matrix_test.csv", "confusion_matrix_test.png", "per_class_test.csv",
-                 "summary.md", "learning_curves.png", "roc_test.png", "reliability_test.png",
-                 "misclassified_test.png", "per_class_test.png"):
+    for name in (
+        "confusion_matrix_test.csv",
+        "confusion_matrix_test.png",
+        "per_class_test.csv",
+        "summary.md",
+        "learning_curves.png",
+        "roc_test.png",
+        "reliability_test.png",
+        "misclassified_test.png",
+        "per_class_test.png",
+    ):
         assert (report / name).stat().st_size > 0, f"report file {name} missing or empty"
     assert "reduce" in (report / "summary.md").read_text(), "summary gives the notebook's reading"
 
@@ -86,8 +94,9 @@ def _run(args: list[str], log: Path, crash_after: int | None = None) -> int:
     if crash_after is not None:
         env[CRASH_AFTER_EPOCH] = str(crash_after)
     with log.open("w") as out:
-        proc = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
             return proc.wait(timeout=300)
         finally:  # loader workers a killed job left behind
@@ -133,12 +142,29 @@ def _toy_fit(folder: Path, epochs: int, crash_after: int | None = None, **params
         if epoch == crash_after:
             raise KeyboardInterrupt(f"crash after epoch {epoch}")
 
-    fit_params = FitParams(epochs=epochs, lr=0.01, optimizer="adamw", weight_decay=0.01,
-                           scheduler="cosine", warmup_epochs=1, amp=False, **params)
-    result = fit(net, train_batches=train_batches, dev_batches=lambda: [(x[:24], y[:24])],
-                 prep=lambda t: t, set_train_mode=net.train, state_module=net, params=fit_params,
-                 steps_per_epoch=3, device=torch.device("cpu"), checkpoint_dir=folder,
-                 on_epoch=on_epoch)
+    fit_params = FitParams(
+        epochs=epochs,
+        lr=0.01,
+        optimizer="adamw",
+        weight_decay=0.01,
+        scheduler="cosine",
+        warmup_epochs=1,
+        amp=False,
+        **params,
+    )
+    result = fit(
+        net,
+        train_batches=train_batches,
+        dev_batches=lambda: [(x[:24], y[:24])],
+        prep=lambda t: t,
+        set_train_mode=net.train,
+        state_module=net,
+        params=fit_params,
+        steps_per_epoch=3,
+        device=torch.device("cpu"),
+        checkpoint_dir=folder,
+        on_epoch=on_epoch,
+    )
     return net, result
 
 
@@ -164,12 +190,23 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path: Path) -> Non
 def test_checkpoints_hold_only_what_a_resume_reads(tmp_path: Path) -> None:
     _toy_fit(tmp_path, 1)
     state = ckpt.load(tmp_path / "last.pt")  # weights_only=True: plain tensors and values
-    assert set(state) == {"format", "epoch", "model", "optimizer", "scheduler", "scaler",
-                          "history", "best_epoch", "best_score", "metrics"}, sorted(state)
+    assert set(state) == {
+        "format",
+        "epoch",
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "history",
+        "best_epoch",
+        "best_score",
+        "metrics",
+    }, sorted(state)
 
 
-@pytest.mark.parametrize(("metric", "higher"), [("dev_balanced_accuracy", True),
-                                                ("dev_loss", False)])
+@pytest.mark.parametrize(
+    ("metric", "higher"), [("dev_balanced_accuracy", True), ("dev_loss", False)]
+)
 def test_the_best_epoch_is_chosen_by_the_named_metric_and_direction(
     tmp_path: Path, metric: str, higher: bool
 ) -> None:
@@ -179,6 +216,11 @@ def test_the_best_epoch_is_chosen_by_the_named_metric_and_direction(
     assert result.best_epoch == best, f"{metric} per epoch: {scores}"
     assert result.best_score == scores[best - 1]
     assert ckpt.load(tmp_path / "best.pt")["epoch"] == best
+
+
+def test_a_best_epoch_metric_that_is_not_scored_is_refused() -> None:
+    with pytest.raises(ValueError, match="'dev_f1' is not scored each epoch: use one of dev_bal"):
+        Selection("dev_f1", higher_is_better=True)
 
 
 def test_a_crash_hook_that_names_no_epoch_is_refused(
@@ -214,8 +256,12 @@ def test_feature_path_trains_the_same_head_as_the_image_path(
     common = {"model.freeze": "head", "train.epochs": 2, "train.lr": 0.01}
     heads = []
     for feature_cache in (True, False):
-        cfg = tiny_config(tmp_path / str(feature_cache), sample_data, **common,
-                          **{"train.feature_cache": feature_cache})
+        cfg = tiny_config(
+            tmp_path / str(feature_cache),
+            sample_data,
+            **common,
+            **{"train.feature_cache": feature_cache},
+        )
         out = train_stage(uri, cfg, NullTracker(f"fc{feature_cache}"))
         assert out.feature_path is feature_cache
         state = ckpt.load(out.best_checkpoint)["model"]
@@ -248,8 +294,9 @@ def test_checkpoint_carrying_code_is_refused(tmp_path: Path) -> None:
 
 def test_retention_keeps_the_best_and_the_newest(tmp_path: Path) -> None:
     for epoch, best in ((1, True), (2, False), (3, False), (4, False)):
-        ckpt.save(tmp_path, epoch, {"model": {"w": torch.tensor([float(epoch)])}}, is_best=best,
-                  keep=2)
+        ckpt.save(
+            tmp_path, epoch, {"model": {"w": torch.tensor([float(epoch)])}}, is_best=best, keep=2
+        )
     names = sorted(p.name for p in ckpt.listed(tmp_path))
     assert names == ["epoch_0001.pt", "epoch_0003.pt", "epoch_0004.pt"], names
     assert ckpt.load(tmp_path / "best.pt")["epoch"] == 1

@@ -13,7 +13,17 @@ from pathlib import Path
 from benchmarks.common import RESULTS, SIZES, Context, table, write
 
 log = logging.getLogger("benchmarks")
-ORDER = ("ingest", "decode", "epoch_cache", "head_only", "loader", "rerun", "memory", "eval_ci")
+ORDER = (
+    "ingest",
+    "decode",
+    "epoch_cache",
+    "head_only",
+    "loader",
+    "rerun",
+    "memory",
+    "eval_ci",
+    "render",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

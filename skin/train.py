@@ -1,11 +1,17 @@
 """The training loop: per-epoch checkpoints, exact resume, best-by-dev, early stopping, AMP on GPU,
-and DistributedDataParallel when torchrun started several processes."""
+and DistributedDataParallel when torchrun started several processes.
+
+Test hook: with `SKIN_CRASH_AFTER_EPOCH=N` in the environment, the process SIGKILLs itself right
+after epoch N's checkpoint is written (fsynced and renamed into place), before that epoch is
+tracked: the kill-and-resume tests crash at a known point instead of racing a timer."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +30,30 @@ from skin import distributed
 log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+CRASH_AFTER_EPOCH = "SKIN_CRASH_AFTER_EPOCH"  # test hook: see the module docstring
+EPOCH_SCORES = ("dev_balanced_accuracy", "dev_accuracy", "dev_loss", "train_accuracy", "train_loss")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dev metric picks the best epoch, and in which direction it improves."""
+
+    metric: str = "dev_balanced_accuracy"
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if self.metric not in EPOCH_SCORES:
+            raise ValueError(
+                f"best-epoch metric {self.metric!r} is not scored each epoch: use one of"
+                f" {', '.join(EPOCH_SCORES)}"
+            )
+
+    @property
+    def worst(self) -> float:
+        return -math.inf if self.higher_is_better else math.inf
+
+    def improves(self, score: float, best: float) -> bool:
+        return score > best if self.higher_is_better else score < best
 
 
 @dataclass(frozen=True)
@@ -42,11 +72,12 @@ class FitParams:
     keep_checkpoints: int | None = None
     amp: bool = True
     seed: int = 42
+    best_by: Selection = Selection("dev_balanced_accuracy", higher_is_better=True)
 
 
 @dataclass
 class FitResult:
-    """How training went: the best epoch by dev balanced accuracy and the per-epoch history."""
+    """How training went: the best epoch (by FitParams.best_by) and the per-epoch history."""
 
     best_epoch: int
     best_score: float
@@ -140,6 +171,196 @@ def evaluate_batches(
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
+@dataclass
+class Optimisation:
+    """What one training step needs besides the model: optimiser, schedule, AMP scaler, loss."""
+
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR | None
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    dtype: torch.dtype | None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched is not None and state.get("scheduler"):
+            self.sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def make_optimisation(
+    net: nn.Module, params: FitParams, steps_per_epoch: int, device: torch.device
+) -> Optimisation:
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("nothing to train: every parameter is frozen")
+    opt = make_optimizer(trainable, params)
+    dtype = amp_dtype(device, params.amp)
+    weight = torch.tensor(params.class_weights, device=device) if params.class_weights else None
+    return Optimisation(
+        opt=opt,
+        sched=make_scheduler(opt, params, steps_per_epoch),
+        scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
+        loss_fn=nn.CrossEntropyLoss(weight=weight, label_smoothing=params.label_smoothing),
+        dtype=dtype,
+    )
+
+
+def resume(
+    checkpoint_dir: Path, state_module: nn.Module, optim: Optimisation, device: torch.device
+) -> FitResult | None:
+    """Restore weights, optimiser and history from the `last` checkpoint; None if there is none.
+
+    No RNG state is restored: every epoch reseeds from (seed, epoch, rank), so the state left
+    at the end of an epoch is never drawn from, and checkpoints do not carry it."""
+    last = checkpoint_dir / "last.pt"
+    if not last.exists():
+        return None
+    state = ckpt.load(last, map_location=device)
+    state_module.load_state_dict(state["model"])
+    optim.load_state_dict(state)
+    log.info("resuming after epoch %d from %s", state["epoch"], last)
+    return FitResult(
+        best_epoch=state["best_epoch"],
+        best_score=state["best_score"],
+        last_epoch=state["epoch"],
+        history=list(state["history"]),
+        resumed_from=state["epoch"],
+    )
+
+
+def wrap_distributed(net: nn.Module, device: torch.device, world: distributed.World) -> nn.Module:
+    """`net` in DistributedDataParallel under torchrun; itself in a single process."""
+    if not world.distributed:
+        return net
+    ids = [device.index if device.index is not None else world.local_rank]
+    return DistributedDataParallel(net, device_ids=ids if device.type == "cuda" else None)
+
+
+def stops_early(result: FitResult, patience: int | None) -> bool:
+    """True once `patience` epochs in a row have not beaten the best one."""
+    return bool(patience) and result.last_epoch - result.best_epoch >= (patience or 0)
+
+
+def train_epoch(
+    net: nn.Module,
+    batches: Batches,
+    prep: Callable[[torch.Tensor], torch.Tensor],
+    optim: Optimisation,
+    device: torch.device,
+) -> dict[str, float]:
+    """One pass over this rank's training batches; loss and accuracy summed over every rank."""
+    # Running sums stay on the device: reading them every step would make the host wait
+    # for each step to finish, and the GPU would idle while the next batch is queued.
+    seen, loss_sum = 0, torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in batches:
+        x, y = prep(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=optim.dtype, enabled=optim.dtype is not None):
+            logits = net(x)
+            loss = optim.loss_fn(logits.float(), y)
+        optim.opt.zero_grad(set_to_none=True)
+        optim.scaler.scale(loss).backward()
+        optim.scaler.step(optim.opt)
+        optim.scaler.update()
+        if optim.sched is not None:
+            optim.sched.step()
+        seen += len(y)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    loss_sum, correct, seen = distributed.all_sum([float(loss_sum), int(correct), seen], device)
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+def dev_metrics(
+    net: nn.Module,
+    batches: Callable[[], Batches],
+    prep: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    is_main: bool,
+) -> dict[str, float]:
+    """Rank 0's dev scores on every rank (the weights are the same everywhere: one scoring)."""
+    dev = dev_scores(net, batches(), prep, device, dtype) if is_main else (0.0, 0.0, 0.0)
+    loss, accuracy, balanced = distributed.from_main(dev, device)
+    return {"dev_loss": loss, "dev_accuracy": accuracy, "dev_balanced_accuracy": balanced}
+
+
+def record_epoch(
+    result: FitResult, epoch: int, metrics: dict[str, float], best_by: Selection
+) -> bool:
+    """Append the epoch to the history; True (and the new best) if it beats the best so far."""
+    score = metrics[best_by.metric]
+    is_best = best_by.improves(score, result.best_score)
+    if is_best:
+        result.best_epoch, result.best_score = epoch, score
+    result.history.append({"epoch": epoch, **metrics})
+    result.last_epoch = epoch
+    return is_best
+
+
+def epoch_state(
+    state_module: nn.Module,
+    optim: Optimisation,
+    result: FitResult,
+    metrics: dict[str, float],
+    extra_state: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What a checkpoint holds: plain tensors and values that `resume` reads back (or callers)."""
+    return {
+        "model": state_module.state_dict(),
+        **optim.state_dict(),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "metrics": metrics,
+        **(extra_state or {}),
+    }
+
+
+def save_epoch(
+    folder: Path, epoch: int, state: dict[str, Any], *, is_best: bool, keep: int | None
+) -> None:
+    """Checkpoint the epoch (atomically, moving `last` and maybe `best`), then the crash hook."""
+    ckpt.save(folder, epoch, state, is_best=is_best, keep=keep)
+    if crash_after_epoch() == epoch:
+        log.warning("%s=%d: killing this process (a test hook)", CRASH_AFTER_EPOCH, epoch)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_after_epoch() -> int | None:
+    """The epoch named by the SKIN_CRASH_AFTER_EPOCH test hook, if it is set."""
+    value = os.environ.get(CRASH_AFTER_EPOCH, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ValueError(
+            f"{CRASH_AFTER_EPOCH}={value!r} is not an epoch number: unset it, or set a whole number"
+        ) from err
+
+
+def log_epoch(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+    log.info(
+        "epoch %d/%d train_loss %.4f dev_acc %.4f dev_bacc %.4f (%.1fs)",
+        epoch,
+        epochs,
+        metrics["train_loss"],
+        metrics["dev_accuracy"],
+        metrics["dev_balanced_accuracy"],
+        metrics["seconds"],
+    )
+
+
 def fit(
     net: nn.Module,
     *,
@@ -169,124 +390,34 @@ def fit(
     resumes from the same `last` checkpoint (so `checkpoint_dir` must be on a shared filesystem).
     """
     world = distributed.current()
-    train_prep = train_prep or prep  # e.g. batched augmentation, then the same normalisation
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError("nothing to train: every parameter is frozen")
-    opt = make_optimizer(trainable, params)
-    sched = make_scheduler(opt, params, steps_per_epoch)
-    dtype = amp_dtype(device, params.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    weight = torch.tensor(params.class_weights, device=device) if params.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=params.label_smoothing)
-
+    optim = make_optimisation(net, params, steps_per_epoch, device)
     on_epoch = on_epoch if world.is_main else None
-    result = FitResult(best_epoch=0, best_score=-1.0, last_epoch=0)
-    start = 1
-    last = checkpoint_dir / "last.pt"
-    if last.exists():
-        state = ckpt.load(last, map_location=device)
-        state_module.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        result.history = list(state["history"])
-        result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
-        result.last_epoch = start = state["epoch"]
-        start += 1
-        result.resumed_from = state["epoch"]
-        log.info("resuming after epoch %d from %s", state["epoch"], last)
-        if on_epoch is not None and result.history:
-            # The crash may have come between the checkpoint and its tracking: record it again.
-            on_epoch(state["epoch"], {k: v for k, v in result.history[-1].items() if k != "epoch"})
-    # Wrapped after the resume, so DDP's initial broadcast from rank 0 sends the restored weights.
-    step_net: nn.Module = net
-    if world.distributed:
-        ids = [device.index if device.index is not None else world.local_rank]
-        step_net = DistributedDataParallel(net, device_ids=ids if device.type == "cuda" else None)
+    result = resume(checkpoint_dir, state_module, optim, device)
+    if result is None:
+        result = FitResult(best_epoch=0, best_score=params.best_by.worst, last_epoch=0)
+    elif on_epoch is not None and result.history:
+        # The crash may have come between the checkpoint and its tracking: record it again.
+        on_epoch(result.last_epoch, {k: v for k, v in result.history[-1].items() if k != "epoch"})
+    step_net = wrap_distributed(net, device, world)  # after the resume: rank 0 sends its weights
 
-    since_best = result.last_epoch - result.best_epoch
-    for epoch in range(start, params.epochs + 1):
-        if params.early_stopping_patience and since_best >= params.early_stopping_patience:
+    for epoch in range(result.last_epoch + 1, params.epochs + 1):
+        if stops_early(result, params.early_stopping_patience):
             result.stopped_early = True
             break
         # Ranks draw different dropout masks / augmentations; rank 0 as a single process would.
         seed_everything(params.seed * 1000 + epoch + world.rank * 1_000_003)
         t0 = time.perf_counter()
         set_train_mode()
-        # Running sums stay on the device: reading them every step would make the host wait
-        # for each step to finish, and the GPU would idle while the next batch is queued.
-        seen, loss_sum = 0, torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for x, y in train_batches(epoch):
-            x, y = train_prep(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = step_net(x)
-                loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if sched is not None:
-                sched.step()
-            seen += len(y)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        loss_sum, correct, seen = distributed.all_sum([float(loss_sum), int(correct), seen], device)
-        dev = (0.0, 0.0, 0.0)
-        if world.is_main:  # the weights are the same on every rank: one scoring is enough
-            dev = dev_scores(net, dev_batches(), prep, device, dtype)
-        dev_loss, dev_accuracy, dev_bacc = distributed.from_main(dev, device)
-        metrics = {
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
-            "dev_loss": dev_loss,
-            "dev_accuracy": dev_accuracy,
-            "dev_balanced_accuracy": dev_bacc,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
-        }
-        is_best = metrics["dev_balanced_accuracy"] > result.best_score
-        if is_best:
-            result.best_epoch, result.best_score = epoch, metrics["dev_balanced_accuracy"]
-            since_best = 0
-        else:
-            since_best += 1
-        result.history.append({"epoch": epoch, **metrics})
-        result.last_epoch = epoch
-        if not world.is_main:
-            distributed.barrier()  # wait for rank 0's checkpoint: a resume then finds it whole
-            continue
-        ckpt.save(
-            checkpoint_dir,
-            epoch,
-            {
-                "model": state_module.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "history": result.history,
-                "best_epoch": result.best_epoch,
-                "best_score": result.best_score,
-                "metrics": metrics,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-                **(extra_state or {}),
-            },
-            is_best=is_best,
-            keep=params.keep_checkpoints,
-        )
-        distributed.barrier()
-        log.info(
-            "epoch %d/%d train_loss %.4f dev_acc %.4f dev_bacc %.4f (%.1fs)",
-            epoch,
-            params.epochs,
-            metrics["train_loss"],
-            metrics["dev_accuracy"],
-            metrics["dev_balanced_accuracy"],
-            metrics["seconds"],
-        )
+        metrics = train_epoch(step_net, train_batches(epoch), train_prep or prep, optim, device)
+        metrics |= dev_metrics(net, dev_batches, prep, device, optim.dtype, world.is_main)
+        metrics |= {"lr": optim.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        is_best = record_epoch(result, epoch, metrics, params.best_by)
+        if world.is_main:
+            state = epoch_state(state_module, optim, result, metrics, extra_state)
+            save_epoch(checkpoint_dir, epoch, state, is_best=is_best, keep=params.keep_checkpoints)
+        distributed.barrier()  # the other ranks wait for rank 0's checkpoint: a resume finds it whole
+        if world.is_main:
+            log_epoch(epoch, params.epochs, metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,11 @@ def test_defaults_reproduce_the_notebook() -> None:
     cfg = PipelineConfig()
     assert (cfg.model.name, cfg.model.pretrained, cfg.model.freeze) == ("tf_mixnet_s", True, "head")
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.epochs) == (
-        "adam", 1e-3, 128, 50)
+        "adam",
+        1e-3,
+        128,
+        50,
+    )
     assert cfg.split.fractions == (0.8, 0.1, 0.1) and cfg.split.balance == "undersample"
     assert cfg.split.majority_class == "NV" and cfg.evaluate.human_level == 0.90
     assert cfg.tracking.experiment == "skin-lesion"
@@ -66,11 +69,12 @@ def test_config_is_frozen_and_files_must_exist(tmp_path: Path) -> None:
     ],
 )
 def test_cli_fails_fast_on_bad_settings(tmp_path: Path, args: list[str], message: str) -> None:
-    t0 = time.monotonic()
-    result = CliRunner().invoke(app, ["run", "--data", str(tmp_path), *args])
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"work_dir: {tmp_path / 'work'}\n")
+    result = CliRunner().invoke(app, ["run", "--data", str(tmp_path), "--config", str(cfg), *args])
     assert result.exit_code == 1, result.output
     assert message in result.output, result.output
-    assert time.monotonic() - t0 < 10, "a bad setting is caught before any work starts"
+    assert not (tmp_path / "work").exists(), "a bad setting is caught before any work starts"
 
 
 @pytest.mark.server
@@ -82,9 +86,7 @@ def test_unreachable_s3_endpoint_fails_before_any_work(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"work_dir: {tmp_path / 'work'}\n")
-    t0 = time.monotonic()
     result = CliRunner().invoke(app, ["list", "--data", "s3://nowhere/isic", "--config", str(cfg)])
     assert result.exit_code == 1, result.output
     assert "cannot reach bucket 'nowhere'" in result.output and "AWS_ENDPOINT_URL" in result.output
-    assert time.monotonic() - t0 < 30, "no retry storm before the error"
     assert not (tmp_path / "work").exists(), "nothing was written"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from skin.config import DataConfig
@@ -53,8 +51,6 @@ def test_an_outage_longer_than_the_retry_budget_fails_clearly(
     monkeypatch.setenv("SKIN_S3_MAX_ATTEMPTS", "3")
     with FaultyProxy(moto.url, Plan(mode="status", count=10_000, status=503)) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        t0 = time.monotonic()
         with pytest.raises(StorageError, match=rf"cannot list s3://{small_bucket}/d.*503"):
             list(S3Store(f"s3://{small_bucket}/d").list())
-        assert time.monotonic() - t0 < 60, "gives up within the retry budget"
         assert 3 <= proxy.plan.seen <= 4, f"exactly the retry budget was spent: {proxy.plan.seen}"

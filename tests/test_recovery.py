@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from mlflow import MlflowClient
 
 from skin import checkpoint as ckpt
 from skin.tracking import TrackingError
+from skin.train import CRASH_AFTER_EPOCH
 from tests import servers
 from tests.recipes import TINY
 
@@ -28,9 +30,13 @@ SKIN = str(Path(sys.executable).parent / "skin")
 
 
 def recipe(tmp_path: Path, tracking_uri: str, epochs: int) -> dict[str, object]:
-    return {**TINY, "train.epochs": epochs, "work_dir": str(tmp_path / "work"),
-            "tracking.tracking_uri": tracking_uri,
-            "tracking.experiment": f"recovery-{uuid.uuid4().hex[:6]}"}
+    return {
+        **TINY,
+        "train.epochs": epochs,
+        "work_dir": str(tmp_path / "work"),
+        "tracking.tracking_uri": tracking_uri,
+        "tracking.experiment": f"recovery-{uuid.uuid4().hex[:6]}",
+    }
 
 
 def config_file(tmp_path: Path, overrides: dict[str, object]) -> Path:
@@ -47,26 +53,34 @@ def config_file(tmp_path: Path, overrides: dict[str, object]) -> Path:
     return path
 
 
-def skin_run(cfg: Path, data: Path, home: Path, api: str) -> subprocess.Popen[str]:
-    """`skin --json run` against the shared Prefect server, in its own process group."""
+def skin_run(
+    cfg: Path, data: Path, home: Path, api: str, crash_after: int | None = None
+) -> subprocess.Popen[str]:
+    """`skin --json run` against the shared Prefect server, in its own process group.
+
+    `crash_after=N` sets the SKIN_CRASH_AFTER_EPOCH test hook: the run SIGKILLs itself right
+    after epoch N's checkpoint is written."""
+    env = {k: v for k, v in os.environ.items() if k != CRASH_AFTER_EPOCH}
+    if crash_after is not None:
+        env[CRASH_AFTER_EPOCH] = str(crash_after)
     return subprocess.Popen(
         [SKIN, "--json", "run", "--data", str(data), "--config", str(cfg)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
-        env={**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"{api}/api"},
+        env={**env, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"{api}/api"},
     )
 
 
-def wait_for(base: Path, pattern: str, proc: subprocess.Popen[str] | None = None,
-             timeout: float = 300) -> Path:
+def wait_for(base: Path, pattern: str, timeout: float = 300) -> Path:
     """Poll until a file matching `pattern` under `base` exists (e.g. an epoch checkpoint)."""
     deadline = time.monotonic() + timeout
     while True:
         hits = sorted(base.glob(pattern))
         if hits:
             return hits[0]
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended early: {proc.stderr.read()[-3000:]}")  # type: ignore[union-attr]
         assert time.monotonic() < deadline, f"{base}/{pattern} never appeared"
         time.sleep(0.05)
 
@@ -130,21 +144,28 @@ def test_sigkill_of_the_whole_pipeline_resumes_from_the_last_checkpoint(
     tmp_path: Path, sample_data: Path, prefect_server
 ) -> None:
     cfg = config_file(tmp_path, recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", 12))
-    proc = skin_run(cfg, sample_data, tmp_path / "prefect-a", prefect_server.url)
-    wait_for(tmp_path, "work/runs/*/checkpoints/epoch_0003.pt", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = skin_run(cfg, sample_data, tmp_path / "prefect-a", prefect_server.url, crash_after=3)
+    _, err = proc.communicate(timeout=600)
+    with contextlib.suppress(ProcessLookupError):  # whatever the kill left of the process group
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, f"rc {proc.returncode}: {err[-3000:]}"
     run_dir = next((tmp_path / "work" / "runs").glob("*/checkpoints")).parent
-    done = ckpt.load(run_dir / "checkpoints" / "last.pt")["epoch"]
-    assert done < 12, "killed too late to prove a resume"
+    kept = [p.name for p in ckpt.listed(run_dir / "checkpoints")]
+    assert kept[-1] == "epoch_0003.pt", f"killed right after epoch 3's checkpoint: {kept}"
+    assert ckpt.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 3
+    assert not (run_dir / "train_outcome.json").exists(), "the training never finished"
 
     again = skin_run(cfg, sample_data, tmp_path / "prefect-b", prefect_server.url)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
     result = json.loads(out)
     assert result["run_id"] == run_dir.name, "the killed run was resumed, not restarted"
-    history = ckpt.load(run_dir / "checkpoints" / "last.pt")["history"]
-    assert [h["epoch"] for h in history] == list(range(1, 13)), "epochs before the kill were kept"
+    last = ckpt.load(run_dir / "checkpoints" / "last.pt")
+    assert [h["epoch"] for h in last["history"]] == list(range(1, 13)), (
+        "epochs before the kill kept"
+    )
+    outcome = json.loads((run_dir / "train_outcome.json").read_text())
+    assert outcome["resumed_from"] == 3, outcome
 
 
 def test_two_pipelines_at_once_on_one_dataset_corrupt_nothing(
@@ -180,10 +201,18 @@ def test_credentials_never_reach_params_tags_artifacts_or_logs(
     home = tmp_path / "prefect"
     proc = subprocess.Popen(
         [SKIN, "--debug", "run", "--data", data, "--config", str(cfg)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"{prefect_server.url}/api",
-             "AWS_SECRET_ACCESS_KEY": secret_key,
-             "AWS_ACCESS_KEY_ID": key_id, "MLFLOW_TRACKING_TOKEN": token},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": f"{prefect_server.url}/api",
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_ACCESS_KEY_ID": key_id,
+            "MLFLOW_TRACKING_TOKEN": token,
+        },
     )
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]

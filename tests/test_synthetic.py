@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import re
-import time
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -246,15 +245,3 @@ def test_mean_colour_alone_is_not_enough(
     score = _fit_score(means, y)
     print(f"logistic regression on mean colour: balanced accuracy {score:.3f}")
     assert score < 0.95, f"mean colour alone should not separate the classes, got {score:.3f}"
-
-
-def test_rendering_is_fast_enough() -> None:
-    rng = np.random.default_rng(0)
-    n = 200
-    start = time.perf_counter()
-    for i in range(n):
-        render_lesion(CLASSES[i % len(CLASSES)], rng, size=64)
-    rate = n / (time.perf_counter() - start)
-    print(f"render_lesion at 64 px: {rate:.0f} images/s")
-    # loose bound so a loaded CI runner passes; a per-pixel Python loop would be far below it
-    assert rate > 50, f"rendering is far too slow: {rate:.0f} images/s at 64 px"

@@ -16,24 +16,14 @@ import torch
 from torch import nn
 
 from skin import checkpoint as ckpt
-from skin import manifest as mf
-from skin.datastages import build_manifest, list_images, source_uri
 from skin.model import apply_freeze, build_model, is_head_only, train_mode
 from skin.pipeline import evaluate_stage, train_stage
 from skin.tracking import NullTracker
 from skin.train import CRASH_AFTER_EPOCH, FitParams, Selection, fit
 from skin.weights import WeightsError
-from tests.helpers import tiny_config
+from tests.helpers import make_manifest, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_manifest(tmp_path: Path, data: Path, **extra: object) -> tuple[str, object]:
-    cfg = tiny_config(tmp_path, data, **extra)
-    df = build_manifest(list_images(cfg.data), source_uri(cfg.data.uri), cfg.split)
-    uri = str(tmp_path / "manifest.parquet")
-    mf.write(df, uri)
-    return uri, cfg
 
 
 @pytest.mark.slow
@@ -77,7 +67,7 @@ def test_tiny_model_learns_and_reports_everything(tmp_path: Path, sample_data: P
 
 def _job(manifest: str, work: Path, epochs: int, run_id: str) -> list[str]:
     code = (
-        "import sys, json; from tests.helpers import tiny_config; "
+        "import sys, json; from tests.helpers import make_manifest, tiny_config; "
         "from skin.pipeline import train_stage; from skin.tracking import NullTracker; "
         f"cfg = tiny_config(__import__('pathlib').Path({str(work)!r}), {manifest!r}, "
         # Augmented (on the device): the resumed run must redraw the very same augmentations.

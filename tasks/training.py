@@ -16,7 +16,7 @@ from skin.model import build_model, input_spec
 from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, image_cache, train_stage
 from skin.progress import terminal_bars
 from skin.registry import Registration, register_and_gate
-from skin.tracking import MLflowTracker, resolve_tracking_uri
+from skin.tracking import MLflowTracker, resolve_tracking_uri, tracked_run
 from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, keyed_on
 
 MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir", "shared")
@@ -84,26 +84,14 @@ def train_task(
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps({"run_id": tracker.run_id}))
         tmp.replace(pointer)
-        try:
+        with tracked_run(tracker, get_run_logger()):
             tracker.set_tags(_tags())
             if cfg.train.nproc > 1:  # torchrun workers; rank 0 logs into this same MLflow run
                 outcome = launch(manifest_uri, cfg, tracker.run_id, cfg.train.nproc, tracking=True)
             else:
                 with terminal_bars() as progress:
                     outcome = train_stage(manifest_uri, cfg, tracker, progress=progress)
-        except BaseException:
-            _close_quietly(tracker, "FAILED")
-            raise
-        tracker.close("FINISHED")
     return outcome
-
-
-def _close_quietly(tracker: MLflowTracker, status: str) -> None:
-    """Mark the run failed if the server is there; never mask the original error."""
-    try:
-        tracker.close(status)
-    except Exception as err:  # the tracking server may be the thing that failed
-        get_run_logger().warning("could not mark MLflow run %s %s: %s", tracker.run_id, status, err)
 
 
 @task(
@@ -122,17 +110,11 @@ def evaluate_task(
     """Score the best checkpoint on every split and log into the training's MLflow run."""
     cfg = PipelineConfig.model_validate(config)
     tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
-    try:
+    with tracked_run(tracker, get_run_logger()):
         tracker.set_tags(_tags())
         with terminal_bars() as progress:
             outcome = evaluate_stage(manifest_uri, checkpoint, cfg, tracker, progress=progress)
-    except BaseException:
-        _close_quietly(tracker, "FAILED")
-        raise
-    outcome_url = tracker.url()
-    tracker.close("FINISHED")
-    if outcome_url:
-        outcome.url = outcome_url
+        outcome.url = tracker.url() or outcome.url
     return outcome
 
 

@@ -242,16 +242,16 @@ class MLflowTracker:
 
 
 @contextmanager
-def tracked_run(tracker: Tracker, logger: Any = None) -> Iterator[Tracker]:
+def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
     """Close the run FINISHED on success, FAILED on any error; the error is re-raised, never
-    masked by a tracking server that is itself gone (that only warns, on `logger`)."""
+    masked by a tracking server that is itself gone (that only warns)."""
     try:
         yield tracker
     except BaseException:
         try:
             tracker.close("FAILED")
         except Exception as err:
-            (logger or log).warning("could not mark run %s FAILED: %s", tracker.run_id, err)
+            log.warning("could not mark run %s FAILED: %s", tracker.run_id, err)
         raise
     tracker.close("FINISHED")
 

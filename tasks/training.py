@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from prefect import get_run_logger, runtime, task
+from prefect import runtime, task
 
 from skin import manifest as mf
 from skin.config import PipelineConfig
@@ -84,7 +84,7 @@ def train_task(
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps({"run_id": tracker.run_id}))
         tmp.replace(pointer)
-        with tracked_run(tracker, get_run_logger()):
+        with tracked_run(tracker):
             tracker.set_tags(_tags())
             if cfg.train.nproc > 1:  # torchrun workers; rank 0 logs into this same MLflow run
                 outcome = launch(manifest_uri, cfg, tracker.run_id, cfg.train.nproc, tracking=True)
@@ -110,7 +110,7 @@ def evaluate_task(
     """Score the best checkpoint on every split and log into the training's MLflow run."""
     cfg = PipelineConfig.model_validate(config)
     tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
-    with tracked_run(tracker, get_run_logger()):
+    with tracked_run(tracker):
         tracker.set_tags(_tags())
         with terminal_bars() as progress:
             outcome = evaluate_stage(manifest_uri, checkpoint, cfg, tracker, progress=progress)

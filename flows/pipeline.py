@@ -55,9 +55,10 @@ def _registration_line(reg: dict[str, Any] | None) -> str:
     if not reg:
         return "Model not registered (tracking.log_model is off)."
     before = f"{reg['champion_score']:.4f}" if reg["champion_score"] is not None else "none"
+    why = f" {reg['reason']}" if reg.get("reason") else ""
     return (
         f"Registered `{reg['name']}` v{reg['version']} as **{reg['alias']}**"
-        f" (dev balanced accuracy {reg['score']:.4f}; champion before: {before})."
+        f" (dev balanced accuracy {reg['score']:.4f}; champion before: {before}).{why}"
     )
 
 

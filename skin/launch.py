@@ -24,7 +24,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from skin import distributed
 from skin.config import PipelineConfig, config_to_yaml, load_config
 from skin.pipeline import TrainOutcome, train_stage
-from skin.tracking import MLflowTracker, NullTracker, Tracker
+from skin.tracking import MLflowTracker, NullTracker, Tracker, tracked_run
 from skin.train import pick_device
 
 log = logging.getLogger(__name__)
@@ -67,16 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     distributed.init_from_env(pick_device(cfg.train.device).type)
     tracker = _open_tracker(cfg, args.run_id, args.tracking)
     try:
-        outcome = train_stage(args.manifest, cfg, tracker)
-    except BaseException:
-        try:
-            tracker.close("FAILED")
-        except Exception as err:  # the tracking server may be what failed: keep the real error
-            log.warning("could not mark run %s failed: %s", tracker.run_id, err)
-        raise
+        with tracked_run(tracker):
+            outcome = train_stage(args.manifest, cfg, tracker)
     finally:
         distributed.shutdown()
-    tracker.close("FINISHED")
     log.info("run %s: best epoch %d of %d", outcome.run_id, outcome.best_epoch, outcome.last_epoch)
     return 0
 

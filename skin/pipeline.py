@@ -470,5 +470,7 @@ def evaluate_stage(
     model_uri = None
     if cfg.tracking.log_model:
         example = np.zeros((2, 3, spec.size, spec.size), dtype=np.float32)  # batch > 1
-        model_uri = tracker.log_model(model.cpu().float(), example, None)
+        model_uri = tracker.log_model(  # with the exact weights a registered version serves
+            model.cpu().float(), example, None, checkpoint=Path(checkpoint_path)
+        )
     return EvalOutcome(tracker.run_id, metrics, reading, str(out_dir), model_uri=model_uri)

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,9 +22,6 @@ from skin.model import InputSpec, input_spec
 from skin.pipeline import load_model_from_checkpoint
 from skin.storage import S3Store, StorageError, is_s3, join_uri, open_store, read_uri, write_uri
 from skin.train import amp_dtype, pick_device
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 DEFAULT_MODEL = "models:/skin-lesion-classifier@champion"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -48,6 +44,7 @@ class ModelSource:
     epoch: int
     run_id: str | None = None
     version: str | None = None
+    sha256: str | None = None  # of the checkpoint, where a registry version pinned it
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -183,8 +180,9 @@ def load_predictor(
     """A Predictor from `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-ID`,
     `runs:/RUN_ID/model`, or a checkpoint file (path or s3:// URI).
 
-    MLflow references resolve to their source run, whose best-epoch checkpoint is downloaded and
-    loaded with weights_only=True (no pickled code is run); see `mlflow_checkpoint`.
+    MLflow references resolve to a checkpoint (a registry version's own, pinned when it was
+    logged), downloaded and loaded with weights_only=True (no pickled code runs); see
+    `mlflow_checkpoint`.
     """
     dev = pick_device(device) if isinstance(device, str) else device
     with tempfile.TemporaryDirectory(prefix="skin-predict-") as tmp:
@@ -218,54 +216,27 @@ def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
 def mlflow_checkpoint(
     ref: str, dst: Path, tracking_uri: str | None = None
 ) -> tuple[Path, ModelSource]:
-    """Resolve an MLflow reference to its source run and download that run's best checkpoint.
+    """Download the checkpoint an MLflow reference names, through the tracking seam.
+
+    A registry version (or logged model) serves the checkpoint logged inside its model when it
+    was evaluated, checked against the sha256 recorded with it: later evaluations of the same
+    run cannot change it. `runs:/RUN_ID/model` follows the run's current best epoch.
 
     Why not `mlflow.pytorch.load_model`: our models are logged as torch.export (pt2) programs,
     which torch unpickles with weights_only=False unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is
     false; they are fixed to the CPU and to the example's batch size, and carry no input spec.
     The checkpoint holds the same weights as plain tensors plus the config that made them.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from skin.tracking import MLflowRegistry, TrackingError
 
-    from skin.tracking import resolve_tracking_uri
-
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     try:
-        run_id, resolved, version = _resolve_run(client, ref)
-        epoch = client.get_run(run_id).data.metrics.get("best_epoch")
-        if epoch is None:
-            raise PredictError(f"{ref}: run {run_id} has no best_epoch metric (not a skin run?)")
-        artifact = f"checkpoints/epoch_{int(epoch):04d}.pt"
-        local = client.download_artifacts(run_id, artifact, str(dst))
-    except MlflowException as err:
-        raise PredictError(
-            f"cannot load {ref} from MLflow at {client.tracking_uri}: {err}"
-        ) from err
-    source = ModelSource(ref, resolved, f"runs:/{run_id}/{artifact}", int(epoch), run_id, version)
-    return Path(local), source
-
-
-def _resolve_run(client: MlflowClient, ref: str) -> tuple[str, str, str | None]:
-    """(source run id, resolved reference, registry version) of a models:/ or runs:/ URI."""
-    if ref.startswith("runs:/"):
-        run_id = ref.removeprefix("runs:/").split("/", 1)[0]
-        if not run_id:
-            raise PredictError(f"{ref!r}: expected runs:/RUN_ID/model")
-        return run_id, f"runs:/{run_id}/model", None
-    rest = ref.removeprefix("models:/").strip("/")
-    if rest.startswith("m-") and "/" not in rest and "@" not in rest:
-        return client.get_logged_model(rest).source_run_id, ref, None
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    elif "/" in rest:
-        name, number = rest.rsplit("/", 1)
-        mv = client.get_model_version(name, number)
-    else:
-        raise PredictError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    run_id = mv.run_id or client.get_logged_model(mv.model_id).source_run_id
-    return run_id, f"models:/{name}/{mv.version}", str(mv.version)
+        found = MLflowRegistry(tracking_uri).checkpoint(ref, dst)
+    except TrackingError as err:
+        raise PredictError(str(err)) from err
+    source = ModelSource(
+        ref, found.resolved, found.artifact, 0, found.run_id, found.version, found.sha256
+    )
+    return found.path, source
 
 
 # --------------------------------------------------------------------------- batch prediction

@@ -1,4 +1,8 @@
-"""Model registry with a promotion gate: `champion` moves only to a model that beats it on dev."""
+"""The promotion gate: `champion` moves only to a model that beats it on dev.
+
+The policy (`decide`, `gate`) is pure; `register_and_gate` applies it to the registry through the
+tracking seam (`skin.tracking.MLflowRegistry`).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,27 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from skin.tracking import MissingRecordError, MLflowRegistry
+
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 GATE_METRIC = "dev_balanced_accuracy"
+DESCRIPTION = "ISIC 2019 skin-lesion classifier (skin)"
+
+
+class RegistryError(ValueError):
+    """A model cannot be registered (its run has no score to gate on); says which and why."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The current champion: its version and score, or why the score cannot be read."""
+
+    version: str
+    score: float | None
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -23,6 +43,7 @@ class Registration:
     score: float
     champion_score: float | None
     previous_champion: str | None
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,41 +56,53 @@ def decide(score: float, champion_score: float | None) -> str:
     return CHALLENGER
 
 
+def gate(score: float, champion: Champion | None, metric: str = GATE_METRIC) -> tuple[str, str]:
+    """(alias, reason). Only "no champion at all" promotes unconditionally: a champion whose
+    score cannot be read is never replaced blindly."""
+    if champion is None:
+        return CHAMPION, f"{metric} {score:.4f}; no champion yet"
+    if champion.score is None:
+        return CHALLENGER, (
+            f"{metric} {score:.4f}, but champion v{champion.version}'s {metric} cannot be read"
+            f" ({champion.problem}): not promoted; compare them and move the alias by hand"
+        )
+    alias = decide(score, champion.score)
+    return alias, f"{metric} {score:.4f} vs champion v{champion.version} {champion.score:.4f}"
+
+
+def read_champion(registry: MLflowRegistry, name: str, metric: str) -> Champion | None:
+    """The champion of `name`, with its score or the reason it cannot be read; None if none."""
+    current = registry.by_alias(name, CHAMPION)
+    if current is None:
+        return None
+    try:
+        return Champion(current.version, registry.metric(current.run_id, metric))
+    except MissingRecordError as err:
+        return Champion(current.version, None, str(err))
+
+
 def register_and_gate(
     tracking_uri: str, name: str, model_uri: str, run_id: str, metric: str = GATE_METRIC
 ) -> Registration:
     """Register `model_uri` as a new version of `name`, then move `champion` or `challenger`."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    score = client.get_run(run_id).data.metrics[metric]
+    registry = MLflowRegistry(tracking_uri)
     try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="ISIC 2019 skin-lesion classifier (skin)")
-    version = mlflow.register_model(model_uri, name, tags={"run_id": run_id}).version
-    champion_score: float | None = None
-    previous: str | None = None
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-        previous = current.version
-        if current.run_id:
-            champion_score = client.get_run(current.run_id).data.metrics.get(metric)
-    except MlflowException:
-        pass
-    alias = decide(score, champion_score)
-    client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, "gate", f"{metric}={score:.4f} vs {champion_score}")
-    log.info(
-        "registered %s v%s as %s (%s %.4f vs champion %s)",
-        name,
-        version,
-        alias,
-        metric,
-        score,
-        champion_score,
+        score = registry.metric(run_id, metric)
+    except MissingRecordError as err:
+        raise RegistryError(
+            f"cannot register {model_uri} as {name}: {err}; evaluate run {run_id} first"
+        ) from err
+    champion = read_champion(registry, name, metric)
+    version = registry.create_version(name, model_uri, run_id, DESCRIPTION)
+    alias, reason = gate(score, champion, metric)
+    registry.set_alias(name, alias, version)
+    champion_score = champion.score if champion else None
+    registry.set_version_tags(
+        name, version, {"gate": f"{metric}={score:.4f} vs {champion_score}", "gate_reason": reason}
     )
-    return Registration(name, str(version), alias, score, champion_score, previous)
+    blocked = champion is not None and champion.score is None
+    (log.warning if blocked else log.info)(
+        "registered %s v%s as %s: %s", name, version, alias, reason
+    )
+    previous = champion.version if champion else None
+    return Registration(name, version, alias, score, champion_score, previous, reason)

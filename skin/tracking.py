@@ -1,12 +1,24 @@
-"""The one seam to experiment tracking: a Tracker protocol, a no-op one, and MLflow (imported lazily)."""
+"""The one seam to MLflow (imported lazily): runs (Tracker, tracked_run), registry and model files.
+
+Nothing else in `skin` talks to MLflow, and nothing here sets MLflow's global tracking URI except
+the fluent run of an MLflowTracker (MLflow's `log_model` needs it). The registry and model
+downloads go through an explicit client (`MLflowRegistry`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,10 +26,22 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _SECRET_NAME = re.compile(r"(secret|password|token|key_id|access_key|credential)", re.I)
+# The exact weights of a logged model live inside its own artifacts, named by these tags (copied
+# onto a registry version when it is created): a version is immutable, whatever its run does later.
+CHECKPOINT_ARTIFACT = "skin/checkpoint.pt"
+CHECKPOINT_TAG = "skin.checkpoint"
+CHECKPOINT_SHA_TAG = "skin.checkpoint_sha256"
+MODEL_ID_TAG = "skin.model_id"  # on a version: the logged model it was made from
+BEST_EPOCH = "best_epoch"
+_MODEL_VERSIONS = "mlflow.modelVersions"
 
 
 class TrackingError(RuntimeError):
-    """The tracking server cannot be reached or refused a request; says which and how to fix."""
+    """The tracking server cannot be reached, refused a request, or holds no usable record."""
+
+
+class MissingRecordError(TrackingError):
+    """A run, metric or model that a record points at is not there (deleted, garbage-collected)."""
 
 
 class Tracker(Protocol):
@@ -30,7 +54,11 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_model(
-        self, model: Any, input_example: Any, registered_name: str | None
+        self,
+        model: Any,
+        input_example: Any,
+        registered_name: str | None,
+        checkpoint: Path | None = None,
     ) -> str | None: ...
     def url(self) -> str | None: ...
     def close(self, status: str = "FINISHED") -> None: ...
@@ -57,7 +85,13 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.tags.update(tags)
 
-    def log_model(self, model: Any, input_example: Any, registered_name: str | None) -> str | None:
+    def log_model(
+        self,
+        model: Any,
+        input_example: Any,
+        registered_name: str | None,
+        checkpoint: Path | None = None,
+    ) -> str | None:
         return None
 
     def url(self) -> str | None:
@@ -163,7 +197,15 @@ class MLflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(scrub(tags))
 
-    def log_model(self, model: Any, input_example: Any, registered_name: str | None) -> str | None:
+    def log_model(
+        self,
+        model: Any,
+        input_example: Any,
+        registered_name: str | None,
+        checkpoint: Path | None = None,
+    ) -> str | None:
+        """Log the model; with `checkpoint`, also the exact weights it was made from (and their
+        hash) inside the model's own artifacts: what a registry version of it will serve."""
         import mlflow.pytorch
 
         info = mlflow.pytorch.log_model(
@@ -173,7 +215,21 @@ class MLflowTracker:
             registered_model_name=registered_name,
             pip_requirements=["torch", "timm"],
         )
+        if checkpoint is not None:
+            self._attach_checkpoint(info.model_id, Path(checkpoint))
         return info.model_uri
+
+    def _attach_checkpoint(self, model_id: str, checkpoint: Path) -> None:
+        client = self._mlflow.MlflowClient(tracking_uri=self.uri)
+        folder, name = CHECKPOINT_ARTIFACT.rsplit("/", 1)
+        with tempfile.TemporaryDirectory(prefix="skin-ckpt-") as tmp:
+            copy = Path(tmp) / name  # hash the bytes that are uploaded, not a file that may move
+            shutil.copyfile(checkpoint, copy)
+            digest = sha256_file(copy)
+            client.log_model_artifact(model_id, str(copy), folder)
+        client.set_logged_model_tags(
+            model_id, {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: digest}
+        )
 
     def url(self) -> str | None:
         if not self.uri.startswith(("http://", "https://")):
@@ -183,3 +239,232 @@ class MLflowTracker:
     def close(self, status: str = "FINISHED") -> None:
         if self._mlflow.active_run() is not None:
             self._mlflow.end_run(status=status)
+
+
+@contextmanager
+def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
+    """Close the run FINISHED on success, FAILED on any error; the error is re-raised, never
+    masked by a tracking server that is itself gone (that only warns)."""
+    try:
+        yield tracker
+    except BaseException:
+        try:
+            tracker.close("FAILED")
+        except Exception as err:
+            log.warning("could not mark run %s FAILED: %s", tracker.run_id, err)
+        raise
+    tracker.close("FINISHED")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- registry and models
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One registry version, as the gate needs it."""
+
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LocalCheckpoint:
+    """A model reference resolved to a downloaded checkpoint file."""
+
+    path: Path
+    resolved: str  # models:/NAME/VERSION, models:/m-ID or runs:/RUN_ID/model
+    artifact: str  # the artifact that was downloaded
+    run_id: str | None
+    version: str | None
+    sha256: str | None  # verified; None for a run's (mutable) best epoch
+
+
+def _code(err: Exception) -> str | None:
+    return getattr(err, "error_code", None)
+
+
+class MLflowRegistry:
+    """The model registry and model artifacts through an explicit client (no global state)."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def metric(self, run_id: str | None, metric: str) -> float:
+        """A run's latest value of `metric`; MissingRecordError when the run or the metric is gone."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            raise MissingRecordError(f"it has no source run, so no {metric}")
+        try:
+            metrics = self.client.get_run(run_id).data.metrics
+        except MlflowException as err:
+            if _code(err) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise MissingRecordError(
+                f"its run {run_id} is gone (deleted and collected): {err}"
+            ) from err
+        if metric not in metrics:
+            raise MissingRecordError(f"its run {run_id} has no {metric} metric")
+        return float(metrics[metric])
+
+    def by_alias(self, name: str, alias: str) -> VersionRecord | None:
+        """The version `name@alias`, or None when the model or the alias does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as err:
+            if _code(err) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return VersionRecord(name, str(mv.version), mv.run_id or None, dict(mv.tags))
+
+    def create_version(self, name: str, model_uri: str, run_id: str, description: str) -> str:
+        """A new version of `name` (created if new); it records the logged model's checkpoint."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, description=description)
+        except MlflowException as err:
+            if _code(err) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        source, tags = model_uri, {"run_id": run_id}
+        if model_id := _model_id(model_uri):
+            logged = self.client.get_logged_model(model_id)
+            pinned = {
+                k: logged.tags[k] for k in (CHECKPOINT_TAG, CHECKPOINT_SHA_TAG) if k in logged.tags
+            }
+            tags |= {MODEL_ID_TAG: model_id, **pinned}
+            if not self.uri.startswith(("http://", "https://")):
+                # An in-process store resolves a models:/ source through MLflow's *global*
+                # tracking URI (a TODO in its SqlAlchemyStore): give it the location itself.
+                source = logged.artifact_location
+        mv = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags=tags, model_id=model_id
+        )
+        if model_id:  # as mlflow.register_model does: the model's page lists its versions
+            links = json.loads(logged.tags.get(_MODEL_VERSIONS, "[]"))
+            links.append({"name": name, "version": str(mv.version)})
+            self.client.set_logged_model_tags(model_id, {_MODEL_VERSIONS: json.dumps(links)})
+        return str(mv.version)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+
+    def checkpoint(self, ref: str, dst: Path) -> LocalCheckpoint:
+        """Download the weights `ref` names: a registered version's or logged model's own
+        (sha256-checked); a run's current best epoch for runs:/RUN_ID/model."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._checkpoint(ref, dst)
+        except MlflowException as err:
+            raise TrackingError(f"cannot load {ref} from MLflow at {self.uri}: {err}") from err
+
+    def _checkpoint(self, ref: str, dst: Path) -> LocalCheckpoint:
+        if ref.startswith("runs:/"):
+            run_id = ref.removeprefix("runs:/").split("/", 1)[0]
+            if not run_id:
+                raise TrackingError(f"{ref!r}: expected runs:/RUN_ID/model")
+            return self._best_epoch(run_id, f"runs:/{run_id}/model", None, dst)
+        rest = ref.removeprefix("models:/").strip("/")
+        if model_id := _model_id(ref):
+            logged = self.client.get_logged_model(model_id)
+            return self._of_model(model_id, logged.tags, ref, None, logged.source_run_id, dst)
+        if "@" in rest:
+            mv = self.client.get_model_version_by_alias(*rest.rsplit("@", 1))
+        elif "/" in rest:
+            mv = self.client.get_model_version(*rest.rsplit("/", 1))
+        else:
+            raise TrackingError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        resolved, version = f"models:/{mv.name}/{mv.version}", str(mv.version)
+        model_id = mv.model_id or mv.tags.get(MODEL_ID_TAG) or _model_id(mv.source)
+        return self._of_model(model_id, mv.tags, resolved, version, mv.run_id or None, dst)
+
+    def _of_model(
+        self,
+        model_id: str | None,
+        tags: dict[str, str],
+        resolved: str,
+        version: str | None,
+        run_id: str | None,
+        dst: Path,
+    ) -> LocalCheckpoint:
+        if model_id and CHECKPOINT_SHA_TAG in tags:
+            return self._pinned(model_id, tags, resolved, version, run_id, dst)
+        log.warning(
+            "%s records no checkpoint (logged before skin kept one with each model): loading"
+            " its run's current best epoch, which a later evaluation may have changed;"
+            " register a fresh evaluation to pin its weights",
+            resolved,
+        )
+        if not run_id:
+            run_id = self.client.get_logged_model(model_id).source_run_id if model_id else None
+        if not run_id:
+            raise TrackingError(f"{resolved} has no source run and records no checkpoint")
+        return self._best_epoch(run_id, resolved, version, dst)
+
+    def _pinned(
+        self,
+        model_id: str,
+        tags: dict[str, str],
+        resolved: str,
+        version: str | None,
+        run_id: str | None,
+        dst: Path,
+    ) -> LocalCheckpoint:
+        import mlflow.artifacts
+
+        artifact = tags.get(CHECKPOINT_TAG, CHECKPOINT_ARTIFACT)
+        location = self.client.get_logged_model(model_id).artifact_location.rstrip("/")
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location}/{artifact}", dst_path=str(dst), tracking_uri=self.uri
+            )
+        )
+        digest, expected = sha256_file(local), tags[CHECKPOINT_SHA_TAG]
+        if digest != expected:
+            raise TrackingError(
+                f"{resolved}: {artifact} of model {model_id} has sha256 {digest}, not the"
+                f" {expected} recorded with it; its weights were changed, refusing to load them"
+            )
+        return LocalCheckpoint(
+            local, resolved, f"models:/{model_id}/{artifact}", run_id, version, digest
+        )
+
+    def _best_epoch(
+        self, run_id: str, resolved: str, version: str | None, dst: Path
+    ) -> LocalCheckpoint:
+        epoch = self.client.get_run(run_id).data.metrics.get(BEST_EPOCH)
+        if epoch is None:
+            raise TrackingError(
+                f"{resolved}: run {run_id} has no {BEST_EPOCH} metric (not skin's?)"
+            )
+        artifact = f"checkpoints/epoch_{int(epoch):04d}.pt"
+        local = self.client.download_artifacts(run_id, artifact, str(dst))
+        return LocalCheckpoint(
+            Path(local), resolved, f"runs:/{run_id}/{artifact}", run_id, version, None
+        )
+
+
+def _model_id(uri: str) -> str | None:
+    """The logged-model id of `models:/m-ID`, else None."""
+    rest = uri.removeprefix("models:/").strip("/") if uri.startswith("models:/") else ""
+    return rest if rest.startswith("m-") and "/" not in rest and "@" not in rest else None

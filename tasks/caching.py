@@ -108,4 +108,5 @@ MODEL_CODE = (
     "skin.distributed",
     "skin.launch",
 )
-EVAL_CODE = (*MODEL_CODE, "skin.evaluate", "skin.report")
+EVAL_CODE = (*MODEL_CODE, "skin.evaluate", "skin.report", "skin.tracking")
+REGISTRY_CODE = ("skin.registry", "skin.tracking")

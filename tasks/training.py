@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from prefect import get_run_logger, runtime, task
+from prefect import runtime, task
 
 from skin import manifest as mf
 from skin.config import PipelineConfig, config_digest, digest
@@ -18,8 +18,8 @@ from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.progress import terminal_bars
 from skin.registry import Registration, register_and_gate
 from skin.shards import image_cache
-from skin.tracking import MLflowTracker, resolve_tracking_uri
-from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, keyed_on
+from skin.tracking import MLflowTracker, resolve_tracking_uri, tracked_run
+from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, REGISTRY_CODE, keyed_on
 
 MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir", "shared")
 
@@ -90,26 +90,14 @@ def train_task(
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps({"run_id": tracker.run_id}))
         tmp.replace(pointer)
-        try:
+        with tracked_run(tracker):
             tracker.set_tags(_tags())
             if cfg.train.nproc > 1:  # torchrun workers; rank 0 logs into this same MLflow run
                 outcome = launch(manifest_uri, cfg, tracker.run_id, cfg.train.nproc, tracking=True)
             else:
                 with terminal_bars() as progress:
                     outcome = train_stage(manifest_uri, cfg, tracker, progress=progress)
-        except BaseException:
-            _close_quietly(tracker, "FAILED")
-            raise
-        tracker.close("FINISHED")
     return outcome
-
-
-def _close_quietly(tracker: MLflowTracker, status: str) -> None:
-    """Mark the run failed if the server is there; never mask the original error."""
-    try:
-        tracker.close(status)
-    except Exception as err:  # the tracking server may be the thing that failed
-        get_run_logger().warning("could not mark MLflow run %s %s: %s", tracker.run_id, status, err)
 
 
 # Everything evaluation reads besides the checkpoint (whose content is keyed, not its path): the
@@ -142,25 +130,17 @@ def evaluate_task(
     """Score a checkpoint on every split and log into the training's MLflow run."""
     cfg, manifest_uri = config, manifest.uri
     tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
-    try:
+    with tracked_run(tracker):
         tracker.set_tags(_tags())
         with terminal_bars() as progress:
             outcome = evaluate_stage(manifest_uri, checkpoint, cfg, tracker, progress=progress)
-    except BaseException:
-        _close_quietly(tracker, "FAILED")
-        raise
-    outcome_url = tracker.url()
-    tracker.close("FINISHED")
-    if outcome_url:
-        outcome.url = outcome_url
+        outcome.url = tracker.url() or outcome.url
     return outcome
 
 
 @task(
     name="register-model",
-    cache_policy=keyed_on(
-        "run_id", "model_uri", config_sections=("tracking",), code=("skin.registry",)
-    ),
+    cache_policy=keyed_on("run_id", "model_uri", config_sections=("tracking",), code=REGISTRY_CODE),
     **IO_RETRIES,
 )
 def register_task(run_id: str, model_uri: str, config: PipelineConfig) -> Registration:

@@ -19,9 +19,12 @@ from skin.predict import PredictError, Predictor, load_predictor, predict_store
 from tests.helpers import snapshot
 from tests.recipes import TINY
 
-pytestmark = [pytest.mark.slow, pytest.mark.server]
-
 ATOL = 1e-5
+
+
+def e2e(test):
+    """A test on the module's pipeline run: slow, and it needs the servers."""
+    return pytest.mark.slow(pytest.mark.server(test))
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ def png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@e2e
 def test_registry_run_and_checkpoint_give_the_same_probabilities(trained: Trained) -> None:
     _, images = trained.test_images(6)
     refs = {
@@ -91,9 +95,11 @@ def test_registry_run_and_checkpoint_give_the_same_probabilities(trained: Traine
     assert alias.resolved == f"models:/{trained.name}/{trained.version}", alias
     assert alias.run_id == trained.result["run_id"], f"champion comes from the run: {alias}"
     assert alias.epoch == trained.result["best_epoch"], f"the best epoch is loaded: {alias}"
+    assert alias.sha256 and alias.checkpoint.endswith("skin/checkpoint.pt"), f"pinned: {alias}"
     assert predictors["file"].classes == predictors["alias"].classes, "one class order"
 
 
+@e2e
 def test_predictions_match_the_evaluation(trained: Trained) -> None:
     from mlflow import MlflowClient
     from sklearn.metrics import balanced_accuracy_score
@@ -118,6 +124,7 @@ def test_predictions_match_the_evaluation(trained: Trained) -> None:
     )
 
 
+@e2e
 def test_the_logged_mlflow_model_holds_the_same_weights(
     trained: Trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +147,7 @@ def test_the_logged_mlflow_model_holds_the_same_weights(
         assert diff < ATOL, f"MLflow's logged model differs from the checkpoint by {diff}"
 
 
+@e2e
 def test_tta_prediction_is_invariant_to_flips_and_quarter_turns(trained: Trained) -> None:
     """Images at the decode size, so decoding is exact and only the model's orientation matters."""
     from skin.images import decode
@@ -181,6 +189,7 @@ def upload_inputs(s3_client, bucket: str, data: Path, per_class: int = 2) -> dic
     return objects
 
 
+@e2e
 def test_batch_prediction_on_an_s3_prefix_writes_next_to_the_inputs(
     trained: Trained, s3_client, bucket: str
 ) -> None:
@@ -232,6 +241,7 @@ def test_batch_prediction_on_an_s3_prefix_writes_next_to_the_inputs(
     assert snapshot(s3_client, bucket) == after, "a refused run writes nothing"
 
 
+@e2e
 def test_local_folder_to_csv_refuses_bad_outputs(trained: Trained, tmp_path: Path) -> None:
     predictor: Predictor = load_predictor(str(trained.checkpoint), "cpu")
     folder = tmp_path / "in"
@@ -260,6 +270,7 @@ def _cli_has_predict() -> bool:
     return any(c.name == "predict" for c in app.registered_commands)
 
 
+@e2e
 @pytest.mark.skipif(not _cli_has_predict(), reason="`skin predict` is not in skin/cli.py yet")
 def test_cli_predicts_images_and_folders(trained: Trained, tmp_path: Path) -> None:
     from typer.testing import CliRunner
@@ -292,3 +303,124 @@ def test_cli_predicts_images_and_folders(trained: Trained, tmp_path: Path) -> No
         app, ["predict", str(tmp_path / "nope.jpg"), "--model", str(trained.checkpoint)]
     )
     assert missing.exit_code == 1, f"a missing image fails the command: {missing.output}"
+
+
+# --------------------------------------------------------------------------- registered versions
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A run with two epoch checkpoints; epoch 2 evaluated, logged with its model and registered."""
+
+    uri: str
+    name: str
+    run_id: str
+    version: str
+    checkpoints: dict[int, Path]
+
+
+def tiny_checkpoints(folder: Path) -> dict[int, Path]:
+    """Two epochs of different weights, written as training writes them (epoch 2 is best)."""
+    import timm
+    import torch
+
+    from skin import checkpoint as ckpt
+    from skin.config import load_config
+    from skin.labels import CLASSES
+
+    cfg = load_config(None, dict(TINY)).model_dump(mode="json")
+    paths = {}
+    for epoch in (1, 2):
+        torch.manual_seed(epoch)
+        model = timm.create_model(TINY["model.name"], pretrained=False, num_classes=len(CLASSES))
+        state = {"model": model.state_dict(), "config": cfg, "classes": list(CLASSES)}
+        paths[epoch] = ckpt.save(folder, epoch, state, is_best=epoch == 2, keep=None)
+    return paths
+
+
+def register_epoch(tmp_path: Path, *, with_checkpoint: bool = True) -> Registered:
+    """What train, evaluate and register do to MLflow, for a run whose best epoch is 2."""
+    import torch
+
+    from skin.pipeline import load_model_from_checkpoint
+    from skin.registry import GATE_METRIC, register_and_gate
+    from skin.tracking import MLflowTracker, tracked_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    paths = tiny_checkpoints(tmp_path / "checkpoints")
+    tracker = MLflowTracker(uri, "predict-registered")
+    with tracked_run(tracker):
+        for path in paths.values():
+            tracker.log_artifact(path, "checkpoints")
+        tracker.log_metrics({"best_epoch": 2.0, GATE_METRIC: 0.5})
+        if with_checkpoint:
+            model, _ = load_model_from_checkpoint(paths[2], torch.device("cpu"))
+            example = np.zeros((2, 3, 32, 32), dtype=np.float32)
+            model_uri = tracker.log_model(model, example, None, checkpoint=paths[2])
+        else:  # as versions logged before checkpoints were kept (and fast: no pt2 export)
+            model_uri = legacy_model(uri, tracker.run_id)
+    name = f"skin-unit-{uuid.uuid4().hex[:6]}"
+    reg = register_and_gate(uri, name, model_uri, tracker.run_id)
+    return Registered(uri, name, tracker.run_id, reg.version, paths)
+
+
+def legacy_model(uri: str, run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment, name="model", source_run_id=run_id)
+    return f"models:/{model.model_id}"
+
+
+def same_weights(model, checkpoint: Path) -> bool:
+    from skin import checkpoint as ckpt
+
+    saved = ckpt.load(checkpoint)["model"]
+    return all(v.equal(saved[k]) for k, v in model.state_dict().items())
+
+
+def reevaluate_epoch_1(reg: Registered) -> None:
+    """`skin evaluate --checkpoint epoch_0001.pt` logs best_epoch 1 into the same run."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=reg.uri).log_metric(reg.run_id, "best_epoch", 1.0)
+
+
+def test_a_registered_version_keeps_serving_the_weights_it_was_registered_with(
+    tmp_path: Path,
+) -> None:
+    reg = register_epoch(tmp_path)
+    reevaluate_epoch_1(reg)
+    for ref in (f"models:/{reg.name}@champion", f"models:/{reg.name}/{reg.version}"):
+        predictor = load_predictor(ref, "cpu", tracking_uri=reg.uri)
+        assert predictor.source.epoch == 2, f"{ref} serves epoch {predictor.source.epoch}"
+        assert same_weights(predictor.model, reg.checkpoints[2]), f"{ref}: other weights"
+        assert predictor.source.version == reg.version, predictor.source
+    run = load_predictor(f"runs:/{reg.run_id}/model", "cpu", tracking_uri=reg.uri)
+    assert run.source.epoch == 1, "a run reference follows the run's current best epoch"
+
+
+def test_a_changed_registered_checkpoint_is_refused(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    reg = register_epoch(tmp_path)
+    client = MlflowClient(tracking_uri=reg.uri)
+    model_id = client.get_model_version(reg.name, reg.version).tags["skin.model_id"]
+    location = client.get_logged_model(model_id).artifact_location.removeprefix("file://")
+    stored = Path(location) / "skin" / "checkpoint.pt"
+    assert stored.is_file(), f"the checkpoint is logged inside the model: {stored}"
+    stored.write_bytes(reg.checkpoints[1].read_bytes())
+    with pytest.raises(PredictError, match="sha256"):
+        load_predictor(f"models:/{reg.name}@champion", "cpu", tracking_uri=reg.uri)
+
+
+def test_a_version_without_a_recorded_checkpoint_falls_back_to_the_runs_best_epoch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Versions registered before checkpoints were recorded still load, with a warning."""
+    reg = register_epoch(tmp_path, with_checkpoint=False)
+    with caplog.at_level("WARNING"):
+        predictor = load_predictor(f"models:/{reg.name}@champion", "cpu", tracking_uri=reg.uri)
+    assert same_weights(predictor.model, reg.checkpoints[2]), "the run's best epoch"
+    assert "records no checkpoint" in caplog.text, caplog.text

@@ -1,0 +1,130 @@
+"""The tracking seam: the run lifecycle, the registry client, model references and secrets."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skin.tracking import (
+    MissingRecordError,
+    NullTracker,
+    TrackingError,
+    resolve_tracking_uri,
+    scrub,
+    sha256_file,
+    tracked_run,
+)
+
+
+class Recorder(NullTracker):
+    """Records how the run was closed; can fail to close, as a vanished server does."""
+
+    def __init__(self, fail_close: bool = False) -> None:
+        super().__init__("run-1")
+        self.closed: list[str] = []
+        self.fail_close = fail_close
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.fail_close:
+            raise ConnectionError("tracking server gone")
+        self.closed.append(status)
+
+
+def test_a_tracked_run_ends_finished_when_its_work_succeeds() -> None:
+    tracker = Recorder()
+    with tracked_run(tracker) as run:
+        run.log_metrics({"loss": 1.0})
+    assert tracker.closed == ["FINISHED"], tracker.closed
+
+
+@pytest.mark.parametrize("error", [ValueError("bad batch"), KeyboardInterrupt()])
+def test_a_tracked_run_ends_failed_and_reraises_the_error(error: BaseException) -> None:
+    tracker = Recorder()
+    with pytest.raises(type(error)), tracked_run(tracker):
+        raise error
+    assert tracker.closed == ["FAILED"], "marked failed once, not finished"
+
+
+def test_a_vanished_server_does_not_mask_the_real_error(caplog: pytest.LogCaptureFixture) -> None:
+    tracker = Recorder(fail_close=True)
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(ValueError, match="bad batch"),
+        tracked_run(tracker),
+    ):
+        raise ValueError("bad batch")
+    assert "could not mark run run-1 FAILED" in caplog.text, caplog.text
+    assert "tracking server gone" in caplog.text, caplog.text
+
+
+def test_the_tracking_uri_comes_from_config_then_environment_then_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve_tracking_uri("http://cfg:5000") == "http://cfg:5000"
+    assert resolve_tracking_uri(None) == "http://env:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri(None) == "sqlite:///mlflow.db"
+
+
+def test_secrets_never_become_params() -> None:
+    kept = scrub({"s3.secret_access_key": "x", "aws_key_id": "y", "train.lr": "0.1"})
+    assert kept == {"train.lr": "0.1"}, kept
+
+
+def test_sha256_names_the_content(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"weights")
+    assert sha256_file(a) == sha256_file(b)
+    b.write_bytes(b"other weights")
+    assert sha256_file(a) != sha256_file(b)
+
+
+def test_skin_does_not_import_mlflow_on_import() -> None:
+    code = (
+        "import sys, skin.tracking, skin.registry, skin.predict, skin.launch; "
+        "print('mlflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", f"mlflow imported at import time: {out.stderr}"
+
+
+# --------------------------------------------------------------------------- a real registry
+
+
+@pytest.fixture
+def registry(tmp_path: Path):
+    from skin.tracking import MLflowRegistry
+
+    return MLflowRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_a_collected_run_is_a_missing_record_not_a_crash(registry) -> None:
+    with pytest.raises(MissingRecordError, match="is gone"):
+        registry.metric("0" * 32, "dev_balanced_accuracy")
+    with pytest.raises(MissingRecordError, match="no source run"):
+        registry.metric(None, "dev_balanced_accuracy")
+
+
+def test_a_missing_alias_is_no_version(registry) -> None:
+    assert registry.by_alias("never-registered", "champion") is None
+    registry.client.create_registered_model("empty")
+    assert registry.by_alias("empty", "champion") is None
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [
+        ("models:/never-registered@champion", "cannot load models:/never-registered@champion"),
+        ("models:/just-a-name", "expected models:/NAME@ALIAS"),
+        ("runs:/", "expected runs:/RUN_ID/model"),
+    ],
+)
+def test_an_unusable_model_reference_is_named(registry, tmp_path: Path, ref: str, why) -> None:
+    with pytest.raises(TrackingError, match=why):
+        registry.checkpoint(ref, tmp_path)

@@ -142,10 +142,17 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    """Evaluation and the notebook's bias/variance reading."""
+    """Evaluation: the notebook's bias/variance reading, intervals, operating points, slices."""
 
     human_level: float = Field(0.90, gt=0.0, le=1.0)
     tta: bool = False
+    bootstrap: int = Field(
+        1000, ge=0, description="bootstrap resamples (of lesions) for 95 % intervals; 0 = off"
+    )
+    malignant: tuple[str, ...] = Field(
+        ("MEL", "BCC", "SCC"), description="classes counted as malignant for operating points"
+    )
+    min_slice_size: int = Field(30, ge=1, description="smaller metadata slices are not scored")
 
 
 class TrackingConfig(_Strict):
@@ -155,6 +162,20 @@ class TrackingConfig(_Strict):
     experiment: str = "skin-lesion"
     registered_model: str = "skin-lesion-classifier"
     log_model: bool = True
+
+
+class RegistryConfig(_Strict):
+    """The promotion gate: how a challenger must beat the champion to take its alias."""
+
+    gate: Literal["paired", "point"] = Field(
+        "paired",
+        description="paired: both models scored on the challenger's dev images, promote when the"
+        " interval of the difference clears min_improvement; point: compare recorded scores",
+    )
+    min_improvement: float = Field(0.0, ge=0.0, lt=1.0)
+    max_slice_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="largest drop allowed on any scored metadata slice"
+    )
 
 
 class SharedConfig(_Strict):
@@ -184,14 +205,18 @@ class PipelineConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     work_dir: str = Field(".skin", description="local folder for manifests, caches and runs")
     shared: SharedConfig = Field(default_factory=SharedConfig)
 
     @model_validator(mode="after")
-    def _majority_is_a_class(self) -> PipelineConfig:
+    def _classes_are_known(self) -> PipelineConfig:
         mc = self.split.majority_class
         if mc is not None and mc not in self.data.classes:
             raise ValueError(f"split.majority_class {mc!r} is not one of {self.data.classes}")
+        unknown = sorted(set(self.evaluate.malignant) - set(self.data.classes))
+        if unknown:
+            raise ValueError(f"evaluate.malignant names {unknown}, not in {self.data.classes}")
         return self
 
     @property

@@ -1,7 +1,11 @@
 """The promotion gate: `champion` moves only to a model that beats it on dev.
 
-The policy (`decide`, `gate`) is pure; `register_and_gate` applies it to the registry through the
-tracking seam (`skin.tracking.MLflowRegistry`).
+Two policies (`registry.gate`): `paired` (default) scores both models on the challenger's dev
+images and promotes when the interval of the difference clears `registry.min_improvement` and no
+scored slice drops by more than `registry.max_slice_drop`; `point` compares the dev scores each
+run recorded (possibly on different dev sets), and is the fallback, said so, when the champion
+cannot be scored. The policies are pure; `register_and_gate` applies them through the tracking
+seam (`skin.tracking.MLflowRegistry`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from skin.compare import Comparison
 from skin.tracking import MissingRecordError, MLflowRegistry
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,29 @@ def gate(score: float, champion: Champion | None, metric: str = GATE_METRIC) -> 
     return alias, f"{metric} {score:.4f} vs champion v{champion.version} {champion.score:.4f}"
 
 
+def paired_gate(
+    comparison: Comparison, min_improvement: float = 0.0, max_slice_drop: float = 0.05
+) -> tuple[str, str]:
+    """(alias, reason) from both models on the same images: the lower bound of the difference
+    must clear `min_improvement`, and no scored slice may drop by more than `max_slice_drop`."""
+    d = comparison.difference
+    on = f"paired on {d.n} dev images vs champion v{comparison.champion_version}"
+    worst = comparison.worst_slice()
+    if worst is not None and worst.drop > max_slice_drop:
+        return CHALLENGER, (
+            f"{on}: balanced accuracy on slice {worst.dimension}/{worst.value} (n={worst.n})"
+            f" falls {worst.drop:.4f} below the champion's, more than registry.max_slice_drop"
+            f" {max_slice_drop}"
+        )
+    bound, what = (d.low, "lower bound") if d.low == d.low else (d.difference, "difference")
+    verdict = "clears" if bound > min_improvement else "does not clear"
+    alias = CHAMPION if bound > min_improvement else CHALLENGER
+    return alias, (
+        f"{on}: difference {d.difference:+.4f} (95 % CI {d.low:+.4f} to {d.high:+.4f}); its"
+        f" {what} {verdict} registry.min_improvement {min_improvement}"
+    )
+
+
 def read_champion(registry: MLflowRegistry, name: str, metric: str) -> Champion | None:
     """The champion of `name`, with its score or the reason it cannot be read; None if none."""
     current = registry.by_alias(name, CHAMPION)
@@ -81,8 +109,33 @@ def read_champion(registry: MLflowRegistry, name: str, metric: str) -> Champion 
         return Champion(current.version, None, str(err))
 
 
+@dataclass(frozen=True)
+class GatePolicy:
+    """How the gate decides: `paired` with its evidence (or why there is none), or `point`."""
+
+    policy: str = "point"
+    comparison: Comparison | None = None
+    no_comparison: str = ""  # why the champion could not be scored on the same images
+    min_improvement: float = 0.0
+    max_slice_drop: float = 0.05
+
+    def decide(self, score: float, champion: Champion | None, metric: str) -> tuple[str, str]:
+        """(alias, reason): paired when it can be, else the point rule, saying why."""
+        if champion is None or self.policy == "point":
+            return gate(score, champion, metric)
+        if self.comparison is None:
+            alias, reason = gate(score, champion, metric)
+            return alias, f"paired gate impossible ({self.no_comparison}); point gate: {reason}"
+        return paired_gate(self.comparison, self.min_improvement, self.max_slice_drop)
+
+
 def register_and_gate(
-    tracking_uri: str, name: str, model_uri: str, run_id: str, metric: str = GATE_METRIC
+    tracking_uri: str,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    metric: str = GATE_METRIC,
+    policy: GatePolicy | None = None,
 ) -> Registration:
     """Register `model_uri` as a new version of `name`, then move `champion` or `challenger`."""
     registry = MLflowRegistry(tracking_uri)
@@ -94,13 +147,15 @@ def register_and_gate(
         ) from err
     champion = read_champion(registry, name, metric)
     version = registry.create_version(name, model_uri, run_id, DESCRIPTION)
-    alias, reason = gate(score, champion, metric)
+    policy = policy or GatePolicy()
+    alias, reason = policy.decide(score, champion, metric)
     registry.set_alias(name, alias, version)
     champion_score = champion.score if champion else None
-    registry.set_version_tags(
-        name, version, {"gate": f"{metric}={score:.4f} vs {champion_score}", "gate_reason": reason}
-    )
-    blocked = champion is not None and champion.score is None
+    tags = {"gate": f"{metric}={score:.4f} vs {champion_score}", "gate_reason": reason}
+    if policy.comparison is not None and champion is not None:
+        tags |= policy.comparison.tags()
+    registry.set_version_tags(name, version, tags)
+    blocked = champion is not None and alias == CHALLENGER
     (log.warning if blocked else log.info)(
         "registered %s v%s as %s: %s", name, version, alias, reason
     )

@@ -1,0 +1,95 @@
+"""Champion against challenger on the same images (skin/compare.py) and the paired gate policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skin.compare import compare, probabilities, promotion_markdown
+from skin.registry import CHALLENGER, CHAMPION, Champion, GatePolicy, paired_gate
+
+CLASSES = ("MEL", "NV", "BCC")
+
+
+def model_probs(y: np.ndarray, accuracy: float, rng: np.random.Generator) -> np.ndarray:
+    """A model right with probability `accuracy` per image, else a uniformly wrong class."""
+    n, c = len(y), len(CLASSES)
+    right = rng.random(n) < accuracy
+    wrong = (y + rng.integers(1, c, size=n)) % c
+    pred = np.where(right, y, wrong)
+    probs = np.full((n, c), 0.1)
+    probs[np.arange(n), pred] = 0.8
+    return probs
+
+
+def dev_frame(n: int, rng: np.random.Generator, probs: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame({"key": [f"k{i}" for i in range(n)],
+                          "label": np.array(CLASSES)[y],
+                          "lesion_id": [f"L{i // 2}" if i % 7 == 0 else None for i in range(n)],
+                          "anatom_site_general": rng.choice(["head/neck", "anterior torso"], n),
+                          "sex": rng.choice(["male", "female"], n)})  # fmt: skip
+    for j, c in enumerate(CLASSES):
+        frame[f"prob_{c}"] = probs[:, j]
+    return frame
+
+
+def test_equal_models_are_rarely_promoted_and_a_clearly_better_one_is() -> None:
+    promoted_equal = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 3, size=400)
+        champion, challenger = model_probs(y, 0.7, rng), model_probs(y, 0.7, rng)
+        c = compare(dev_frame(400, rng, challenger, y).drop(columns="lesion_id"), champion,
+                    CLASSES, champion_version="1", dataset="h", n_resamples=500, seed=seed)  # fmt: skip
+        promoted_equal += paired_gate(c)[0] == CHAMPION
+    assert promoted_equal <= 3, f"equal-in-truth challengers promoted {promoted_equal}/20 times"
+
+    rng = np.random.default_rng(99)
+    y = rng.integers(0, 3, size=400)
+    champion, challenger = model_probs(y, 0.6, rng), model_probs(y, 0.85, rng)
+    c = compare(dev_frame(400, rng, challenger, y).drop(columns="lesion_id"), champion, CLASSES,
+                champion_version="3", dataset="h", n_resamples=500)  # fmt: skip
+    alias, reason = paired_gate(c)
+    assert alias == CHAMPION, reason
+    assert c.difference.low > 0 and "champion v3" in reason
+    assert paired_gate(c, min_improvement=0.5)[0] == CHALLENGER, "a bar it cannot clear"
+
+
+def test_a_slice_that_gets_much_worse_blocks_promotion() -> None:
+    rng = np.random.default_rng(5)
+    n = 600
+    y = rng.integers(0, 3, size=n)
+    frame = dev_frame(n, rng, np.zeros((n, 3)), y).drop(columns="lesion_id")
+    head = rng.random(n) < 0.2  # a rarer site, where the challenger is much worse
+    frame["anatom_site_general"] = np.where(head, "head/neck", "anterior torso")
+    champion = model_probs(y, 0.7, rng)
+    challenger = np.where(head[:, None], model_probs(y, 0.35, rng), model_probs(y, 0.95, rng))
+    for j, c in enumerate(CLASSES):
+        frame[f"prob_{c}"] = challenger[:, j]
+    comparison = compare(frame, champion, CLASSES, champion_version="2", dataset="h",
+                         n_resamples=200)  # fmt: skip
+    assert comparison.difference.difference > 0, "better on the whole dev set"
+    worst = comparison.worst_slice()
+    assert worst is not None and (worst.dimension, worst.value) == ("site", "head-neck")
+    alias, reason = paired_gate(comparison, max_slice_drop=0.05)
+    assert alias == CHALLENGER and "site/head-neck" in reason, reason
+    assert paired_gate(comparison, max_slice_drop=0.9)[0] == CHAMPION
+    tags = comparison.tags()
+    assert tags["gate.champion_version"] == "2" and "head-neck" in tags["gate.worst_slice"]
+    assert "site/head-neck" in promotion_markdown(comparison, alias, reason)
+
+
+def test_without_a_comparison_the_gate_falls_back_to_point_and_says_so() -> None:
+    policy = GatePolicy("paired", None, no_comparison="champion has other classes")
+    alias, reason = policy.decide(0.8, Champion("4", 0.7), "dev_balanced_accuracy")
+    assert alias == CHAMPION and reason.startswith("paired gate impossible (champion has other")
+    alias, reason = policy.decide(0.4, Champion("4", None, "run deleted"), "dev_balanced_accuracy")
+    assert alias == CHALLENGER, "a champion it cannot score is never replaced blindly"
+    assert GatePolicy("paired").decide(0.1, None, "m")[0] == CHAMPION, "no champion yet"
+
+
+def test_a_champion_with_another_class_set_cannot_be_compared() -> None:
+    frame = pd.DataFrame({"prob_MEL": [0.5], "prob_NV": [0.5]})
+    with pytest.raises(ValueError, match="another class set"):
+        probabilities(frame, CLASSES)

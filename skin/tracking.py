@@ -60,6 +60,8 @@ class Tracker(Protocol):
         registered_name: str | None,
         checkpoint: Path | None = None,
     ) -> str | None: ...
+    def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None: ...
+    def set_description(self, text: str) -> None: ...
     def url(self) -> str | None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
@@ -72,6 +74,7 @@ class NullTracker:
         self.metrics: dict[str, float] = {}
         self.params: dict[str, str] = {}
         self.tags: dict[str, str] = {}
+        self.datasets: list[tuple[str, str, str, int]] = []
 
     def log_params(self, params: dict[str, str]) -> None:
         self.params.update(params)
@@ -93,6 +96,12 @@ class NullTracker:
         checkpoint: Path | None = None,
     ) -> str | None:
         return None
+
+    def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None:
+        self.datasets.append((name, digest, context, len(frame)))
+
+    def set_description(self, text: str) -> None:
+        self.tags["mlflow.note.content"] = text
 
     def url(self) -> str | None:
         return None
@@ -230,6 +239,18 @@ class MLflowTracker:
         client.set_logged_model_tags(
             model_id, {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: digest}
         )
+
+    def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None:
+        """The data version as an MLflow dataset input (the UI's Datasets column): `name` is the
+        data URI, `digest` the manifest hash, `context` train/dev/test."""
+        import mlflow.data
+
+        dataset = mlflow.data.from_pandas(frame, source=name, name=name, digest=digest)
+        self._mlflow.log_input(dataset, context=context)
+
+    def set_description(self, text: str) -> None:
+        """The run's description in the UI (MLflow's `mlflow.note.content` tag)."""
+        self._mlflow.set_tag("mlflow.note.content", text)
 
     def url(self) -> str | None:
         if not self.uri.startswith(("http://", "https://")):

@@ -128,3 +128,22 @@ def test_a_missing_alias_is_no_version(registry) -> None:
 def test_an_unusable_model_reference_is_named(registry, tmp_path: Path, ref: str, why) -> None:
     with pytest.raises(TrackingError, match=why):
         registry.checkpoint(ref, tmp_path)
+
+
+def test_the_data_version_is_a_dataset_input_and_the_summary_a_description(tmp_path: Path) -> None:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from skin.tracking import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowTracker(uri, "datasets")
+    frame = pd.DataFrame({"key": ["a.jpg", "b.jpg"], "label": ["MEL", "NV"]})
+    tracker.log_dataset(frame, "s3://bucket/isic", "abc123", "test")
+    tracker.set_description("# skin run\nbalanced accuracy 0.71")
+    tracker.close()
+    run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
+    (inp,) = run.inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.digest) == ("s3://bucket/isic", "abc123")
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "test"
+    assert run.data.tags["mlflow.note.content"].startswith("# skin run")

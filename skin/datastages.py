@@ -96,20 +96,38 @@ class ListingRef:
     images: int
     counts: dict[str, int]
     skipped: dict[str, int]
+    skipped_uri: str = ""  # every object that did not make it in, with the reason (CSV)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
+def listings_root(work_dir: str, data_uri: str) -> str:
+    return join_uri(work_dir, "listings", dataset_id(data_uri))
+
+
+def skipped_uri(work_dir: str, data_uri: str, fingerprint: str) -> str:
+    """Where the listing with this fingerprint keeps its skipped objects (key, reason)."""
+    return join_uri(listings_root(work_dir, data_uri), f"{fingerprint}.skipped.csv")
+
+
+def read_skipped(uri: str) -> pd.DataFrame:
+    """The skipped objects of a listing; an empty table when none were recorded."""
+    try:
+        return pd.read_csv(io.BytesIO(read_uri(uri)), dtype=str, keep_default_na=False)
+    except (FileNotFoundError, StorageError, pd.errors.EmptyDataError):
+        return pd.DataFrame(columns=["key", "reason"])
+
+
 def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
     """Keep what was listed (and what was skipped, with why) under its own fingerprint."""
-    root = join_uri(work_dir, "listings", dataset_id(data_uri))
     fp = listing.fingerprint
-    uri = join_uri(root, f"{fp}.parquet")
+    uri = join_uri(listings_root(work_dir, data_uri), f"{fp}.parquet")
     buf = io.BytesIO()
     listing.images.to_parquet(buf, index=False)
     write_uri(uri, buf.getvalue())
-    write_uri(join_uri(root, f"{fp}.skipped.csv"), listing.skipped.to_csv(index=False).encode())
+    skipped = skipped_uri(work_dir, data_uri, fp)
+    write_uri(skipped, listing.skipped.to_csv(index=False).encode())
     return ListingRef(
         uri=uri,
         fingerprint=fp,
@@ -117,6 +135,7 @@ def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
         images=len(listing.images),
         counts={k: int(v) for k, v in listing.counts().items()},
         skipped={k: int(v) for k, v in listing.skip_counts().items()},
+        skipped_uri=skipped,
     )
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -63,22 +64,16 @@ def previous_for(
 
 def dataset_id(data_uri: str) -> str:
     """A readable, unique folder name for a dataset URI (manifests and caches live under it)."""
-    normal = data_uri.rstrip("/")
-    if not is_s3(normal):
-        from pathlib import Path
-
-        normal = str(Path(normal).expanduser().resolve())
+    normal = source_uri(data_uri)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", normal.split("://")[-1]).strip("-")[-40:]
     return f"{slug}-{hashlib.sha256(normal.encode()).hexdigest()[:8]}"
 
 
 def source_uri(uri: str) -> str:
-    """The data root as manifests record it: S3 URIs as given, folders made absolute."""
+    """The data root as manifests record it: S3 URIs as given, folders (or file://) absolute."""
     if is_s3(uri):
         return uri.rstrip("/")
-    from pathlib import Path
-
-    return str(Path(uri).expanduser().resolve())
+    return str(Path(uri.removeprefix("file://")).expanduser().resolve())
 
 
 def list_images(data: DataConfig) -> Listing:

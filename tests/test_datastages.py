@@ -93,11 +93,6 @@ def test_source_uri_keeps_s3_and_makes_folders_absolute(
     assert source_uri("~/data") == str(tmp_path / "home" / "data"), "~ is expanded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_store accepts file:// URIs, but source_uri/dataset_id treat 'file:///x' as a"
-    " relative path: the manifest records <cwd>/file:/x as its source",
-)
 def test_a_file_uri_names_the_same_folder_as_its_path(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     assert source_uri(f"file://{folder}") == str(folder), "file:// must record the folder itself"

@@ -93,6 +93,24 @@ def compare(
     return Comparison(champion_version, dataset, diff, drops)
 
 
+def score_champion(
+    ref: str, dev: pd.DataFrame, classes: Sequence[str], *, tta: bool, tracking_uri: str | None
+) -> np.ndarray:
+    """The champion's probabilities for the challenger's dev images, decoded and cropped the
+    way the champion itself was evaluated (its own input size); NaN rows where an image failed."""
+    from skin.predict import load_predictor
+    from skin.storage import open_store
+
+    champion = load_predictor(ref, tta=tta, tracking_uri=tracking_uri)
+    if tuple(champion.classes) != tuple(classes):
+        raise ValueError(f"champion {ref} predicts {champion.classes}, not {tuple(classes)}")
+    probs = np.full((len(dev), len(classes)), np.nan)
+    for source, rows in dev.groupby("source").indices.items():
+        scored = champion.score(dev["key"].iloc[rows].tolist(), open_store(str(source)).get)
+        probs[rows] = probabilities(scored, classes)
+    return probs
+
+
 def slice_drops(
     meta: pd.DataFrame,
     y: np.ndarray,

@@ -81,7 +81,12 @@ def compare(
     min_slice_size: int = 30,
 ) -> Comparison:
     """Challenger (`dev`'s own `prob_*` columns) against the champion's probabilities on the same
-    rows: the paired bootstrap of balanced accuracy and every scored slice's drop."""
+    rows: the paired bootstrap of balanced accuracy and every scored slice's drop. Rows the
+    champion could not score (NaN) are left out of both."""
+    scored = np.isfinite(champion_probs).all(axis=1)
+    if not scored.any():
+        raise ValueError("the champion could not score any of the dev images")
+    dev, champion_probs = dev[scored].reset_index(drop=True), champion_probs[scored]
     codes = dev["label"].map({c: i for i, c in enumerate(classes)})
     if codes.isna().any():
         raise ValueError(f"dev labels {sorted(set(dev['label']) - set(classes))} not in {classes}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -17,6 +16,7 @@ from skin.config import DataConfig, SplitConfig, config_digest
 from skin.listing import Listing, list_dataset
 from skin.split import split_with_moves
 from skin.storage import StorageError, is_s3, join_uri, open_store, read_uri, write_uri
+from skin.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,8 @@ def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
     root = join_uri(work_dir, "listings", dataset_id(data_uri))
     fp = listing.fingerprint
     uri = join_uri(root, f"{fp}.parquet")
-    buf = io.BytesIO()
-    listing.images.to_parquet(buf, index=False)
-    write_uri(uri, buf.getvalue())
-    write_uri(join_uri(root, f"{fp}.skipped.csv"), listing.skipped.to_csv(index=False).encode())
+    write_table(listing.images, uri)
+    write_table(listing.skipped, join_uri(root, f"{fp}.skipped.csv"))
     return ListingRef(
         uri=uri,
         fingerprint=fp,
@@ -121,7 +119,7 @@ def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
 
 
 def read_listing(uri: str) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(read_uri(uri)))
+    return read_table(uri)
 
 
 def split_images(

@@ -107,7 +107,7 @@ def _s3_opener(store: S3Store) -> Opener:
 
     def opener(key: str, fingerprint: str) -> Chunks:
         def chunks() -> Iterator[bytes]:
-            full = f"{store.prefix}/{safe_key(key)}" if store.prefix else safe_key(key)
+            full = store.full_key(key)
             etag = '"' + str(fingerprint).strip('"') + '"'
             try:
                 body = client.get_object(Bucket=bucket, Key=full, IfMatch=etag)["Body"]

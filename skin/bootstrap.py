@@ -103,18 +103,14 @@ def _draw_kinds(rng: np.random.Generator, kind: np.ndarray, n_kinds: int, b: int
 
 
 def resample_sums(
-    features: np.ndarray,
-    y: np.ndarray,
-    groups: Groups = None,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    x: np.ndarray, y: np.ndarray, groups: Groups = None, n_resamples: int = 1000, seed: int = 0
 ) -> np.ndarray:
-    """Sums of per-image `features` [N, k] over the images of each resample: [n_resamples, k]."""
+    """Sums of per-image features `x` [N, k] over the images of each resample: [n_resamples, k]."""
     codes = group_codes(y, groups)
-    per_group = np.zeros((int(codes.max()) + 1, features.shape[1]))
-    np.add.at(per_group, codes, features)
+    per_group = np.zeros((int(codes.max()) + 1, x.shape[1]))
+    np.add.at(per_group, codes, x)
     rng = np.random.default_rng(seed)
-    sums = np.zeros((n_resamples, features.shape[1]))
+    sums = np.zeros((n_resamples, x.shape[1]))
     for members in _strata(y, codes):
         kinds, kind = np.unique(per_group[members], axis=0, return_inverse=True)
         start = 0

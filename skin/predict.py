@@ -35,10 +35,10 @@ class ModelSource:
     ref: str
     resolved: str
     checkpoint: str
-    epoch: int
     run_id: str | None = None
     version: str | None = None
     sha256: str | None = None  # of the checkpoint, where a registry version pinned it
+    epoch: int = 0  # the checkpoint's, once it is loaded
 
 
 class Predictor:
@@ -190,7 +190,7 @@ def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
     if is_s3(ref):
         local = tmp / "checkpoint.pt"
         local.write_bytes(read_uri(ref))
-        return local, ModelSource(ref, ref, ref, 0)
+        return local, ModelSource(ref, ref, ref)
     path = Path(ref).expanduser()
     if not path.is_file():
         raise PredictError(
@@ -198,7 +198,7 @@ def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
             " runs:/RUN_ID/model, or a .pt checkpoint path"
         )
     resolved = str(path.resolve())
-    return path, ModelSource(ref, resolved, resolved, 0)
+    return path, ModelSource(ref, resolved, resolved)
 
 
 def mlflow_checkpoint(
@@ -222,7 +222,7 @@ def mlflow_checkpoint(
     except TrackingError as err:
         raise PredictError(str(err)) from err
     source = ModelSource(
-        ref, found.resolved, found.artifact, 0, found.run_id, found.version, found.sha256
+        ref, found.resolved, found.artifact, found.run_id, found.version, found.sha256
     )
     return found.path, source
 

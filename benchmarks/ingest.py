@@ -46,7 +46,7 @@ def serial(uri: str, keys: list[str]) -> int:
     total = 0
     for key in keys:
         total += len(
-            client.get_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}")["Body"].read()
+            client.get_object(Bucket=store.bucket, Key=store.full_key(key))["Body"].read()
         )
     return total
 

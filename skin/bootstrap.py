@@ -103,18 +103,14 @@ def _draw_kinds(rng: np.random.Generator, kind: np.ndarray, n_kinds: int, b: int
 
 
 def resample_sums(
-    features: np.ndarray,
-    y: np.ndarray,
-    groups: Groups = None,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    x: np.ndarray, y: np.ndarray, groups: Groups = None, n_resamples: int = 1000, seed: int = 0
 ) -> np.ndarray:
-    """Sums of per-image `features` [N, k] over the images of each resample: [n_resamples, k]."""
+    """Sums of per-image features `x` [N, k] over the images of each resample: [n_resamples, k]."""
     codes = group_codes(y, groups)
-    per_group = np.zeros((int(codes.max()) + 1, features.shape[1]))
-    np.add.at(per_group, codes, features)
+    per_group = np.zeros((int(codes.max()) + 1, x.shape[1]))
+    np.add.at(per_group, codes, x)
     rng = np.random.default_rng(seed)
-    sums = np.zeros((n_resamples, features.shape[1]))
+    sums = np.zeros((n_resamples, x.shape[1]))
     for members in _strata(y, codes):
         kinds, kind = np.unique(per_group[members], axis=0, return_inverse=True)
         start = 0
@@ -199,10 +195,9 @@ def confidence_intervals(
     groups: Groups = None,
     n_resamples: int = 1000,
     seed: int = 0,
-    level: float = LEVEL,
     auc: bool = True,
 ) -> Intervals:
-    """Intervals for accuracy, balanced accuracy, macro AUC and each present class's recall.
+    """LEVEL intervals for accuracy, balanced accuracy, macro AUC and each present class's recall.
 
     Macro AUC (image weights, a rank statistic) costs most of the time: `auc=False` skips it."""
     check_predictions(y, probs)
@@ -222,7 +217,7 @@ def confidence_intervals(
     if auc and len(present) > 1:
         weights = resample_weights(y, groups, n_resamples, seed)
         cols["macro_auc"] = np.concatenate([macro_auc(w, y, probs) for w in weights])
-    low, high = percentile_interval(np.column_stack([*cols.values(), recall[:, present]]), level)
+    low, high = percentile_interval(np.column_stack([*cols.values(), recall[:, present]]))
     pairs = [(float(lo), float(hi)) for lo, hi in zip(low, high, strict=True)]
     return Intervals(
         dict(zip(cols, pairs[: len(cols)], strict=True)),
@@ -249,9 +244,9 @@ def paired_bootstrap(
     groups: Groups = None,
     n_resamples: int = 1000,
     seed: int = 0,
-    level: float = LEVEL,
 ) -> PairedDifference:
-    """Challenger minus champion balanced accuracy, both scored on the same resampled images."""
+    """Challenger minus champion balanced accuracy, both scored on the same resampled images,
+    with its LEVEL interval."""
     check_predictions(y, champion, "champion")
     check_predictions(y, challenger, "challenger")
     if champion.shape != challenger.shape:
@@ -269,5 +264,5 @@ def paired_bootstrap(
     low = high = float("nan")
     if n_resamples > 0:
         both = scores(resample_sums(features, y, groups, n_resamples, seed))
-        low, high = (float(v) for v in percentile_interval(both[:, 1] - both[:, 0], level))
+        low, high = (float(v) for v in percentile_interval(both[:, 1] - both[:, 0]))
     return PairedDifference(float(a), float(b), float(b - a), low, high, len(y), units, n_resamples)

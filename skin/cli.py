@@ -586,7 +586,6 @@ def _mlflow_hint(uri: str) -> str:
 
 # --------------------------------------------------------------------------- prediction
 
-DEFAULT_MODEL_REF = "models:/skin-lesion-classifier@champion"
 _ORDINAL = ("1st", "2nd", "3rd")
 
 
@@ -594,10 +593,10 @@ def _is_batch(target: str) -> bool:
     """A folder or an s3:// prefix (not an image object) is predicted by the batch flow."""
     from pathlib import Path
 
-    from skin.predict import IMAGE_SUFFIXES
+    from skin.images import is_image_name
 
     if target.startswith("s3://"):
-        return not target.lower().endswith(IMAGE_SUFFIXES)
+        return not is_image_name(target)
     return Path(target).is_dir()
 
 
@@ -677,12 +676,13 @@ def predict_cmd(
         ),
     ],
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--model",
-            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint.",
+            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint"
+            " (default: the registered model's champion).",
         ),
-    ] = DEFAULT_MODEL_REF,
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes shown per image.")] = 3,
     tta: Annotated[
         bool, typer.Option("--tta/--no-tta", help="Average over flips and 90° rotations.")
@@ -704,6 +704,9 @@ def predict_cmd(
 
     Examples: skin predict lesion.jpg --top-k 3 · skin predict s3://bucket/incoming --tta
     """
+    from skin.config import DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
     if not any(_is_batch(t) for t in targets):
         _predict_images(targets, model, top_k, tta, out, tracking_uri)
         return

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from skin.labels import CLASSES
 
+REGISTERED_MODEL = "skin-lesion-classifier"
+DEFAULT_MODEL = f"models:/{REGISTERED_MODEL}@champion"  # what prediction serves unless told
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
@@ -160,7 +163,7 @@ class TrackingConfig(_Strict):
 
     tracking_uri: str | None = Field(None, description="None = $MLFLOW_TRACKING_URI or sqlite")
     experiment: str = "skin-lesion"
-    registered_model: str = "skin-lesion-classifier"
+    registered_model: str = REGISTERED_MODEL
     log_model: bool = True
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -11,15 +10,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from skin.config import AugmentConfig
-from skin.imagecache import ImageCache
+from skin.imagecache import ImageCache, cpu_workers
+from skin.images import centre_crop
 from skin.model import InputSpec
-
-
-def _centre(images: np.ndarray, size: int) -> np.ndarray:
-    """Centre crop [.., S, S, 3] → [.., size, size, 3] by slicing (no copy until needed)."""
-    s = images.shape[-2]
-    o = (s - size) // 2
-    return images[..., o : o + size, o : o + size, :]
 
 
 class EvalImages(Dataset):
@@ -45,7 +38,7 @@ class EvalImages(Dataset):
         rows = self.rows[idx]
         order = np.argsort(rows)  # sorted reads are sequential on disk
         batch = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
-        batch[order] = _centre(self.cache.images[rows[order]], self.size)
+        batch[order] = centre_crop(self.cache.images[rows[order]], self.size)
         x = torch.from_numpy(batch).permute(0, 3, 1, 2)
         return x, torch.as_tensor(self.labels[idx], dtype=torch.long)
 
@@ -93,7 +86,7 @@ def default_workers(per_image_augment: bool, device: torch.device) -> int:
     memmap reads and batched augmentation are cheap enough in the main process; only the
     per-image torchvision path needs them.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = cpu_workers()
     if device.type == "cuda":
         return min(8, max(1, cpus - 1))
     return min(2, max(1, cpus - 1)) if per_image_augment else 0

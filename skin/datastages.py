@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -18,6 +17,7 @@ from skin.config import DataConfig, SplitConfig, config_digest
 from skin.listing import Listing, list_dataset
 from skin.split import split_with_moves
 from skin.storage import StorageError, is_s3, join_uri, open_store, read_uri, write_uri
+from skin.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def skipped_uri(work_dir: str, data_uri: str, fingerprint: str) -> str:
 def read_skipped(uri: str) -> pd.DataFrame:
     """The skipped objects of a listing; an empty table when none were recorded."""
     try:
-        return pd.read_csv(io.BytesIO(read_uri(uri)), dtype=str, keep_default_na=False)
+        return read_table(uri, csv_dtype={"key": "string", "reason": "string"})
     except (FileNotFoundError, StorageError, pd.errors.EmptyDataError):
         return pd.DataFrame(columns=["key", "reason"])
 
@@ -118,11 +118,9 @@ def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
     """Keep what was listed (and what was skipped, with why) under its own fingerprint."""
     fp = listing.fingerprint
     uri = join_uri(listings_root(work_dir, data_uri), f"{fp}.parquet")
-    buf = io.BytesIO()
-    listing.images.to_parquet(buf, index=False)
-    write_uri(uri, buf.getvalue())
+    write_table(listing.images, uri)
     skipped = skipped_uri(work_dir, data_uri, fp)
-    write_uri(skipped, listing.skipped.to_csv(index=False).encode())
+    write_table(listing.skipped, skipped)
     return ListingRef(
         uri=uri,
         fingerprint=fp,
@@ -135,7 +133,7 @@ def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
 
 
 def read_listing(uri: str) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(read_uri(uri)))
+    return read_table(uri)
 
 
 def split_images(

@@ -27,10 +27,6 @@ Chunks = Callable[[], Iterable[bytes]]
 Opener = Callable[[str, str], Chunks]  # (key, fingerprint) -> chunks
 
 
-class FetchError(RuntimeError):
-    """One object could not be fetched or does not match its fingerprint; says which and why."""
-
-
 @dataclass(frozen=True)
 class Fetched:
     """One requested object: its local file, or why there is none."""
@@ -49,6 +45,10 @@ class FetchStats:
     local: int = 0
     failed: int = 0
     bytes: int = 0
+
+
+class FetchError(RuntimeError):
+    """One object could not be fetched or does not match its fingerprint; says which and why."""
 
 
 class ObjectCache:
@@ -107,7 +107,7 @@ def _s3_opener(store: S3Store) -> Opener:
 
     def opener(key: str, fingerprint: str) -> Chunks:
         def chunks() -> Iterator[bytes]:
-            full = f"{store.prefix}/{safe_key(key)}" if store.prefix else safe_key(key)
+            full = store.full_key(key)
             etag = '"' + str(fingerprint).strip('"') + '"'
             try:
                 body = client.get_object(Bucket=bucket, Key=full, IfMatch=etag)["Body"]

@@ -11,6 +11,7 @@ manifest or another decode size never downloads an object twice.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,7 @@ from filelock import FileLock
 from skin.fetch import Fetched, Fetcher
 from skin.images import ImageDecodeError, decode_file
 from skin.manifest import manifest_hash
-from skin.storage import open_store
+from skin.storage import LocalStore, Store, open_store
 
 log = logging.getLogger(__name__)
 # 2: centre square resampled in one pass (box resize) instead of resize-then-crop.
@@ -74,7 +76,7 @@ def in_key_order(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def cpu_workers() -> int:
-    """Decode threads: the cores this process may use (threads ≈ processes on 2 cores, measured)."""
+    """The cores this process may use: one decode thread each (threads ≈ processes, measured)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -88,16 +90,10 @@ def objects_dir(root: str | Path) -> Path:
 
 
 def open_cache(path: Path) -> ImageCache:
-    meta = json.loads((path / "meta.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"image cache {path} has format {meta.get('format')}, expected {FORMAT}")
+    meta, ok, errors, keys = read_meta(LocalStore(path))
     n, s = meta["count"], meta["size"]
-    keys = np.asarray(json.loads((path / "keys.json").read_text()), dtype=object)
-    if len(keys) != n:
-        raise ValueError(f"image cache {path} holds {n} images but {len(keys)} keys: rebuild it")
     images = np.memmap(path / "images.u8", dtype=np.uint8, mode="r", shape=(n, s, s, 3))
-    ok = np.load(path / "ok.npy")
-    return ImageCache(path, images, ok, pd.read_csv(path / "errors.csv"), keys)
+    return ImageCache(path, images, ok, errors, np.asarray(keys, dtype=object))
 
 
 def build_cache(
@@ -178,7 +174,7 @@ def _fill(
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(n, size, size, 3))
     ok, errors = decode_rows(manifest, size, images, fetcher, decode_workers, progress)
     images.flush()
-    write_meta(folder, size, manifest["key"].tolist(), ok, errors)
+    write_meta(LocalStore(folder), size, manifest["key"].tolist(), ok, errors)
     log.info("image cache %s: %s", folder.name, fetcher.stats)
 
 
@@ -224,13 +220,44 @@ def decode_rows(
 
 
 def write_meta(
-    folder: Path, size: int, keys: list[str], ok: np.ndarray, errors: list[tuple[str, str]]
-) -> None:
-    """Everything beside `images.u8` (whose rows are `keys`, sorted); meta.json last."""
+    store: Store,
+    size: int,
+    keys: list[str],
+    ok: np.ndarray,
+    errors: list[tuple[str, str]],
+    **extra: int,
+) -> dict[str, Any]:
+    """Everything beside the images (whose rows are `keys`, sorted), local or shared; meta.json
+    last, so a reader never sees half a cache."""
     if keys != sorted(keys):
-        raise ValueError(f"{folder}: cache rows must be in key order")
-    np.save(folder / "ok.npy", ok)
-    pd.DataFrame(errors, columns=["key", "error"]).to_csv(folder / "errors.csv", index=False)
-    (folder / "keys.json").write_text(json.dumps(keys))
-    meta = {"format": FORMAT, "count": len(keys), "size": size, "bad": len(errors)}
-    (folder / "meta.json").write_text(json.dumps(meta))
+        raise ValueError(f"{store.uri}: cache rows must be in key order")
+    store.put("keys.json", json.dumps(keys).encode())
+    store.put("ok.npy", npy_bytes(ok))
+    table = pd.DataFrame(errors, columns=["key", "error"]).to_csv(index=False)
+    store.put("errors.csv", table.encode())
+    meta = {"format": FORMAT, "count": len(keys), "size": size, **extra, "bad": len(errors)}
+    store.put("meta.json", json.dumps(meta).encode())
+    return meta
+
+
+def read_meta(store: Store) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame, list[str]]:
+    """What `write_meta` wrote: meta.json (its format checked), ok mask, errors and row keys."""
+    meta = json.loads(store.get("meta.json"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"image cache {store.uri} has format {meta.get('format')}, expected {FORMAT}"
+        )
+    keys = json.loads(store.get("keys.json"))
+    if len(keys) != meta["count"]:
+        raise ValueError(
+            f"image cache {store.uri} holds {meta['count']} images but {len(keys)} keys: rebuild it"
+        )
+    ok = np.load(io.BytesIO(store.get("ok.npy")))
+    return meta, ok, pd.read_csv(io.BytesIO(store.get("errors.csv"))), keys
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as the bytes of a .npy file (no pickles)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()

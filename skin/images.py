@@ -1,20 +1,26 @@
-"""Decode one image safely and fast: DCT-domain downscale, EXIF orientation, any mode to RGB."""
+"""Image files: which names are images, a safe fast decode (DCT downscale, EXIF, RGB), the crop."""
 
 from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what listing and prediction take for an image
 MAX_PIXELS = 90_000_000  # ISIC's largest photos are ~24 MP; far beyond that is a decompression bomb
 _ORIENTATION = 0x0112  # EXIF tag; 1 = upright, anything else needs a transpose
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not a usable image; the message says why (truncated, bomb, not an image)."""
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name, key or URI names an image, by its suffix in any case."""
+    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
 
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")  # 16-bit grey (Pillow opens some as 32-bit I)
@@ -85,3 +91,9 @@ def decode_file(path: str | Path, size: int) -> np.ndarray:
     except OSError as err:
         raise ImageDecodeError(f"cannot read {path}: {err}") from err
     return decode(data, size)
+
+
+def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
+    """The evaluation crop: [..., S, S, 3] → [..., size, size, 3] around the centre (a view)."""
+    o = (images.shape[-2] - size) // 2
+    return images[..., o : o + size, o : o + size, :]

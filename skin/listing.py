@@ -10,12 +10,12 @@ from pathlib import PurePosixPath
 
 import pandas as pd
 
+from skin.images import is_image_name
 from skin.labels import CLASSES
 from skin.storage import ObjectInfo, StorageError, Store, safe_key
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 METADATA = "ISIC_2019_Training_Metadata.csv"
 IMAGE_COLUMNS = ["key", "label", "size", "fingerprint", "image_id", "lesion_id"]
@@ -46,10 +46,6 @@ class Listing:
         from skin.manifest import frame_hash
 
         return frame_hash(self.images.astype("string"))
-
-
-def _is_image(key: str) -> bool:
-    return PurePosixPath(key).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _image_id(key: str) -> str:
@@ -104,7 +100,7 @@ def _key_problem(key: str) -> str | None:
         safe_key(key)
     except StorageError:
         return "unsafe key"
-    return None if _is_image(key) else "not an image file"
+    return None if is_image_name(key) else "not an image file"
 
 
 def _rows(objs: Iterable[tuple[ObjectInfo, str]]) -> pd.DataFrame:

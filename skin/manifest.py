@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import pandas as pd
 
 from skin.labels import CLASSES
-from skin.storage import is_s3, read_uri, write_uri
+from skin.storage import is_s3
+from skin.tables import is_csv, read_table, write_table
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 REQUIRED = ["key", "label", "split", "keep", "fingerprint", "source"]
@@ -81,14 +81,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write(df: pd.DataFrame, uri: str) -> str:
-    """Write Parquet (or CSV by suffix) to a path or s3:// URI; returns the manifest hash."""
+    """Check, then write Parquet (or CSV by suffix) to a path or s3:// URI; returns the hash."""
     validate(df)
-    buf = io.BytesIO()
-    if uri.endswith(".csv"):
-        df.to_csv(buf, index=False)
-    else:
-        df.to_parquet(buf, index=False)
-    write_uri(uri, buf.getvalue())
+    write_table(df, uri)
     return manifest_hash(df)
 
 
@@ -96,11 +91,8 @@ def read(uri: str) -> pd.DataFrame:
     """Read a manifest written as Parquet or CSV, and check it."""
     if not is_s3(uri) and not Path(uri).is_file():
         raise ManifestError(f"manifest not found: {uri}")
-    data = read_uri(uri)
-    if uri.endswith(".csv"):
-        df = pd.read_csv(io.BytesIO(data), dtype={"lesion_id": "string"})
+    df = read_table(uri, csv_dtype={"lesion_id": "string"})
+    if is_csv(uri):
         df["keep"] = df["keep"].astype(str).str.lower().isin(["true", "1"])
-    else:
-        df = pd.read_parquet(io.BytesIO(data))
     validate(df)
     return df

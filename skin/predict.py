@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,20 +13,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skin.config import PipelineConfig
+from skin.config import DEFAULT_MODEL, PipelineConfig
 from skin.data import DIHEDRAL, Normalize, dihedral_view
-from skin.images import ImageDecodeError, decode
+from skin.images import ImageDecodeError, centre_crop, decode, is_image_name
 from skin.labels import CLASSES
 from skin.model import InputSpec, input_spec
 from skin.pipeline import load_model_from_checkpoint
-from skin.storage import S3Store, StorageError, is_s3, join_uri, open_store, read_uri, write_uri
+from skin.storage import StorageError, exists_uri, is_s3, join_uri, open_store, read_uri
+from skin.tables import TABLE_SUFFIXES, write_table
 from skin.train import amp_dtype, pick_device
-
-DEFAULT_MODEL = "models:/skin-lesion-classifier@champion"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-OUTPUT_SUFFIXES = (".parquet", ".csv")
-# The dihedral group of the square (4 rotations × optional transpose), identity first. A mean over
-# a whole group is exactly invariant to flipping or rotating the input by 90°; a subset is not.
 
 
 class PredictError(ValueError):
@@ -41,16 +35,10 @@ class ModelSource:
     ref: str
     resolved: str
     checkpoint: str
-    epoch: int
     run_id: str | None = None
     version: str | None = None
     sha256: str | None = None  # of the checkpoint, where a registry version pinned it
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The evaluation crop: [S, S, 3] → [size, size, 3] around the centre (as skin.data does)."""
-    o = (image.shape[0] - size) // 2
-    return image[o : o + size, o : o + size, :]
+    epoch: int = 0  # the checkpoint's, once it is loaded
 
 
 class Predictor:
@@ -202,7 +190,7 @@ def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
     if is_s3(ref):
         local = tmp / "checkpoint.pt"
         local.write_bytes(read_uri(ref))
-        return local, ModelSource(ref, ref, ref, 0)
+        return local, ModelSource(ref, ref, ref)
     path = Path(ref).expanduser()
     if not path.is_file():
         raise PredictError(
@@ -210,7 +198,7 @@ def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
             " runs:/RUN_ID/model, or a .pt checkpoint path"
         )
     resolved = str(path.resolve())
-    return path, ModelSource(ref, resolved, resolved, 0)
+    return path, ModelSource(ref, resolved, resolved)
 
 
 def mlflow_checkpoint(
@@ -234,7 +222,7 @@ def mlflow_checkpoint(
     except TrackingError as err:
         raise PredictError(str(err)) from err
     source = ModelSource(
-        ref, found.resolved, found.artifact, 0, found.run_id, found.version, found.sha256
+        ref, found.resolved, found.artifact, found.run_id, found.version, found.sha256
     )
     return found.path, source
 
@@ -242,10 +230,9 @@ def mlflow_checkpoint(
 # --------------------------------------------------------------------------- batch prediction
 
 
-def list_images(uri: str) -> list[str]:
+def image_keys(uri: str) -> list[str]:
     """Keys of the .jpg/.jpeg/.png objects under a folder or s3:// prefix, sorted."""
-    store = open_store(uri)
-    return sorted(o.key for o in store.list() if o.key.lower().endswith(IMAGE_SUFFIXES))
+    return sorted(o.key for o in open_store(uri).list() if is_image_name(o.key))
 
 
 def output_uri(source: str) -> str:
@@ -254,19 +241,11 @@ def output_uri(source: str) -> str:
     return join_uri(source.removeprefix("file://"), "predictions", f"predictions-{stamp}.parquet")
 
 
-def exists(uri: str) -> bool:
-    """Whether a local file or an s3:// object is already there."""
-    if is_s3(uri):
-        parent, _, name = uri.rpartition("/")
-        return S3Store(parent).exists(name)
-    return Path(uri).exists()
-
-
 def check_output(uri: str) -> None:
     """Refuse an output that is not .parquet/.csv or that already exists (nothing is overwritten)."""
-    if not uri.lower().endswith(OUTPUT_SUFFIXES):
+    if not uri.lower().endswith(TABLE_SUFFIXES):
         raise PredictError(f"output {uri!r} must end in .parquet or .csv")
-    if exists(uri):
+    if exists_uri(uri):
         raise PredictError(
             f"output {uri} already exists: choose another --out (nothing overwritten)"
         )
@@ -275,12 +254,7 @@ def check_output(uri: str) -> None:
 def write_frame(frame: pd.DataFrame, uri: str) -> None:
     """Write Parquet or CSV (by suffix) to a path or s3:// URI; refuses to overwrite."""
     check_output(uri)
-    buf = io.BytesIO()
-    if uri.lower().endswith(".csv"):
-        frame.to_csv(buf, index=False)
-    else:
-        frame.to_parquet(buf, index=False)
-    write_uri(uri, buf.getvalue())
+    write_table(frame, uri)
 
 
 def predict_store(
@@ -294,7 +268,7 @@ def predict_store(
     (default: `output_uri(uri)`, next to the inputs). Inputs are only read."""
     target = out_uri or output_uri(uri)
     check_output(target)
-    keys = list_images(uri)
+    keys = image_keys(uri)
     if not keys:
         raise PredictError(f"no .jpg/.jpeg/.png images under {uri}")
     store = open_store(uri)

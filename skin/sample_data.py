@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from skin.labels import CLASSES
 from skin.listing import GROUND_TRUTH, METADATA
 from skin.storage import open_store
 from skin.synthetic import iter_sample_images
@@ -60,7 +61,7 @@ def write_sample_dataset(
     written = pd.DataFrame(rows)
     if layout == "isic":
         truth = pd.DataFrame({"image": written["image"]})
-        for c in ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]:
+        for c in CLASSES:
             truth[c] = (written["label"] == c).astype(float)
         truth["UNK"] = 0.0
         store.put(GROUND_TRUTH, truth.to_csv(index=False).encode())

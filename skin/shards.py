@@ -46,14 +46,16 @@ from skin.imagecache import (
     cpu_workers,
     decode_rows,
     in_key_order,
+    npy_bytes,
     objects_dir,
     open_cache,
+    read_meta,
     write_meta,
 )
 from skin.manifest import manifest_hash
 from skin.progress import Factory as Progress
 from skin.progress import silent
-from skin.storage import join_uri, open_store
+from skin.storage import LocalStore, join_uri, open_store
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +84,6 @@ def is_complete(uri: str) -> bool:
     return open_store(uri).exists("meta.json")
 
 
-def _put_array(store: Any, name: str, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    store.put(name, buf.getvalue())
-
-
 def build_shard(
     manifest: pd.DataFrame,
     size: int,
@@ -112,7 +108,7 @@ def build_shard(
     images = np.zeros((hi - lo, size, size, 3), dtype=np.uint8)
     fetcher = Fetcher(objects_dir(fetch_root))
     ok, errors = decode_rows(part, size, images, fetcher, decode_workers or cpu_workers())
-    _put_array(store, f"{name}.npy", images)
+    store.put(f"{name}.npy", npy_bytes(images))
     _put_part(store, name, part["key"].tolist(), ok, errors)
     return ShardInfo(index, hi - lo, len(errors), reused=False)
 
@@ -142,17 +138,7 @@ def finish(uri: str, n: int, size: int, shard_rows: int) -> dict[str, Any]:
         errors += [tuple(e) for e in part["errors"]]
     if len(keys) != n or keys != sorted(keys):
         raise ValueError(f"{uri}: the shards hold {len(keys)} keys, not {n} in key order")
-    store.put("keys.json", json.dumps(keys).encode())
-    buf = io.BytesIO()
-    np.save(buf, ok)
-    store.put("ok.npy", buf.getvalue())
-    store.put(
-        "errors.csv", pd.DataFrame(errors, columns=["key", "error"]).to_csv(index=False).encode()
-    )
-    meta = {"format": FORMAT, "count": n, "size": size, "shard_rows": shard_rows,
-            "bad": len(errors)}  # fmt: skip
-    store.put("meta.json", json.dumps(meta).encode())
-    return meta
+    return write_meta(store, size, keys, ok, errors, shard_rows=shard_rows)
 
 
 def publish_shards(
@@ -190,7 +176,7 @@ def publish_cache(cache: ImageCache, uri: str, shard_rows: int) -> dict[str, Any
         if store.exists(f"{name}.json"):
             continue
         lo, hi = i * shard_rows, min(n, (i + 1) * shard_rows)
-        _put_array(store, f"{name}.npy", cache.images[lo:hi])
+        store.put(f"{name}.npy", npy_bytes(cache.images[lo:hi]))
         keys = cache.keys[lo:hi].tolist()
         _put_part(store, name, keys, cache.ok[lo:hi], [(k, failed[k]) for k in keys if k in failed])
     return finish(uri, n, cache.size, shard_rows)
@@ -200,15 +186,7 @@ def _read_meta(uri: str) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame, list
     store = open_store(uri)
     if not store.exists("meta.json"):
         raise FileNotFoundError(f"no complete shared image cache at {uri} (meta.json missing)")
-    meta = json.loads(store.get("meta.json"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"shared cache {uri} has format {meta.get('format')}, expected {FORMAT}")
-    ok = np.load(io.BytesIO(store.get("ok.npy")))
-    errors = pd.read_csv(io.BytesIO(store.get("errors.csv")))
-    keys = json.loads(store.get("keys.json"))
-    if len(keys) != meta["count"]:
-        raise ValueError(f"shared cache {uri} has {meta['count']} images but {len(keys)} keys")
-    return meta, ok, errors, keys
+    return read_meta(store)
 
 
 def mirror(uri: str, local: Path) -> ImageCache:
@@ -222,7 +200,8 @@ def mirror(uri: str, local: Path) -> ImageCache:
         for i in range(shard_count(n, r)):
             images[i * r : (i + 1) * r] = np.load(io.BytesIO(store.get(f"{shard_name(i)}.npy")))
         images.flush()
-        write_meta(folder, s, keys, ok, list(errors.itertuples(index=False, name=None)))
+        errors_list = list(errors.itertuples(index=False, name=None))
+        write_meta(LocalStore(folder), s, keys, ok, errors_list)
 
     return build_once(local, fill)
 

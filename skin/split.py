@@ -89,17 +89,6 @@ def _targets(n: int, fractions: tuple[float, float, float]) -> np.ndarray:
     return out
 
 
-def assign_splits(
-    df: pd.DataFrame,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 42,
-    previous: pd.DataFrame | None = None,
-    group_by_lesion: bool = True,
-) -> pd.Series:
-    """Return a split name per row of `df` (columns key, label, fingerprint[, lesion_id])."""
-    return split_with_moves(df, fractions, seed, previous, group_by_lesion).split
-
-
 def split_with_moves(
     df: pd.DataFrame,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),

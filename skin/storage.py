@@ -164,9 +164,13 @@ class S3Store:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def _full(self, key: str) -> str:
+    def full_key(self, key: str) -> str:
+        """The bucket key of `key` under this prefix (unsafe keys refused)."""
         safe_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.full_key(key)}"
 
     def list(self) -> Iterator[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -187,27 +191,27 @@ class S3Store:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"].read()
         except (BotoCoreError, ClientError) as err:
-            raise StorageError(f"cannot read s3://{self.bucket}/{self._full(key)}: {err}") from err
+            raise StorageError(f"cannot read {self._where(key)}: {err}") from err
 
     def put(self, key: str, data: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data)
         except (BotoCoreError, ClientError) as err:
-            raise StorageError(f"cannot write s3://{self.bucket}/{self._full(key)}: {err}") from err
+            raise StorageError(f"cannot write {self._where(key)}: {err}") from err
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise StorageError(f"cannot check s3://{self.bucket}/{self._full(key)}: {err}") from err
+            raise StorageError(f"cannot check {self._where(key)}: {err}") from err
         return True
 
 
@@ -235,20 +239,34 @@ def join_uri(base: str, *parts: str) -> str:
     return str(Path(base).joinpath(*parts))
 
 
+def _s3_object(uri: str) -> tuple[S3Store, str]:
+    """The store and key of one object named as s3://bucket/key."""
+    parent, _, name = uri.rpartition("/")
+    return S3Store(parent), name
+
+
 def read_uri(uri: str) -> bytes:
     """Read one file given as a local path or s3://bucket/key."""
     if is_s3(uri):
-        parent, _, name = uri.rpartition("/")
-        return S3Store(parent).get(name)
+        store, key = _s3_object(uri)
+        return store.get(key)
     return Path(uri).read_bytes()
 
 
 def write_uri(uri: str, data: bytes) -> None:
     """Write one file atomically to a local path or s3://bucket/key."""
     if is_s3(uri):
-        parent, _, name = uri.rpartition("/")
-        S3Store(parent).put(name, data)
+        store, key = _s3_object(uri)
+        store.put(key, data)
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     LocalStore(path.parent).put(path.name, data)
+
+
+def exists_uri(uri: str) -> bool:
+    """Whether a local file or an s3:// object is already there."""
+    if is_s3(uri):
+        store, key = _s3_object(uri)
+        return store.exists(key)
+    return Path(uri).exists()

@@ -45,7 +45,9 @@ class MissingRecordError(TrackingError):
 
 
 class Tracker(Protocol):
-    """What the pipeline records: the library returns values, this seam writes them down."""
+    """What the pipeline records: the library returns values, this seam writes them down.
+
+    An explicit subclass inherits these bodies, which record nothing and return None."""
 
     run_id: str
 
@@ -54,11 +56,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_model(
-        self,
-        model: Any,
-        input_example: Any,
-        registered_name: str | None,
-        checkpoint: Path | None = None,
+        self, model: Any, example: Any, registered_name: str | None, checkpoint: Path | None = None
     ) -> str | None: ...
     def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None: ...
     def set_description(self, text: str) -> None: ...
@@ -66,8 +64,9 @@ class Tracker(Protocol):
     def close(self, status: str = "FINISHED") -> None: ...
 
 
-class NullTracker:
-    """Records nothing (a GPU box without MLflow, unit tests); keeps metrics for inspection."""
+class NullTracker(Tracker):
+    """Records nothing (a GPU box without MLflow, unit tests); keeps metrics, params and tags for
+    inspection. Artifacts and models are dropped, there is no URL, and closing does nothing."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
@@ -82,32 +81,14 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.metrics.update(metrics)
 
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        return None
-
     def set_tags(self, tags: dict[str, str]) -> None:
         self.tags.update(tags)
-
-    def log_model(
-        self,
-        model: Any,
-        input_example: Any,
-        registered_name: str | None,
-        checkpoint: Path | None = None,
-    ) -> str | None:
-        return None
 
     def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None:
         self.datasets.append((name, digest, context, len(frame)))
 
     def set_description(self, text: str) -> None:
         self.tags["mlflow.note.content"] = text
-
-    def url(self) -> str | None:
-        return None
-
-    def close(self, status: str = "FINISHED") -> None:
-        return None
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -207,20 +188,17 @@ class MLflowTracker:
         self._mlflow.set_tags(scrub(tags))
 
     def log_model(
-        self,
-        model: Any,
-        input_example: Any,
-        registered_name: str | None,
-        checkpoint: Path | None = None,
+        self, model: Any, example: Any, registered_name: str | None, checkpoint: Path | None = None
     ) -> str | None:
-        """Log the model; with `checkpoint`, also the exact weights it was made from (and their
-        hash) inside the model's own artifacts: what a registry version of it will serve."""
+        """Log the model (`example`: an input batch for its signature); with `checkpoint`, also
+        the exact weights it was made from (and their hash) inside the model's own artifacts:
+        what a registry version of it will serve."""
         import mlflow.pytorch
 
         info = mlflow.pytorch.log_model(
             model,
             name="model",
-            input_example=input_example,
+            input_example=example,
             registered_model_name=registered_name,
             pip_requirements=["torch", "timm"],
         )
@@ -429,7 +407,9 @@ class MLflowRegistry:
         dst: Path,
     ) -> LocalCheckpoint:
         if model_id and CHECKPOINT_SHA_TAG in tags:
-            return self._pinned(model_id, tags, resolved, version, run_id, dst)
+            local, artifact, digest = self._pinned(model_id, tags, resolved, dst)
+            pinned = f"models:/{model_id}/{artifact}"
+            return LocalCheckpoint(local, resolved, pinned, run_id, version, digest)
         log.warning(
             "%s records no checkpoint (logged before skin kept one with each model): loading"
             " its run's current best epoch, which a later evaluation may have changed;"
@@ -443,14 +423,10 @@ class MLflowRegistry:
         return self._best_epoch(run_id, resolved, version, dst)
 
     def _pinned(
-        self,
-        model_id: str,
-        tags: dict[str, str],
-        resolved: str,
-        version: str | None,
-        run_id: str | None,
-        dst: Path,
-    ) -> LocalCheckpoint:
+        self, model_id: str, tags: dict[str, str], resolved: str, dst: Path
+    ) -> tuple[Path, str, str]:
+        """The checkpoint logged inside a model, checked against its recorded sha256: (the file,
+        its artifact path, its sha256)."""
         import mlflow.artifacts
 
         artifact = tags.get(CHECKPOINT_TAG, CHECKPOINT_ARTIFACT)
@@ -466,9 +442,7 @@ class MLflowRegistry:
                 f"{resolved}: {artifact} of model {model_id} has sha256 {digest}, not the"
                 f" {expected} recorded with it; its weights were changed, refusing to load them"
             )
-        return LocalCheckpoint(
-            local, resolved, f"models:/{model_id}/{artifact}", run_id, version, digest
-        )
+        return local, artifact, digest
 
     def _best_epoch(
         self, run_id: str, resolved: str, version: str | None, dst: Path

@@ -132,15 +132,8 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def dev_scores(
-    net: nn.Module,
-    batches: Batches,
-    prep: Callable[[torch.Tensor], torch.Tensor],
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> tuple[float, float, float]:
-    """Dev loss, accuracy and balanced accuracy (the model-selection score)."""
-    probs, labels = evaluate_batches(net, batches, prep, device, dtype)
+def dev_scores(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """Dev loss, accuracy and balanced accuracy (the model-selection score) of probabilities."""
     pred = probs.argmax(1)
     loss = nn.functional.nll_loss(
         torch.log(torch.as_tensor(probs).clamp_min(1e-12)), torch.as_tensor(labels)
@@ -281,16 +274,12 @@ def train_epoch(
 
 
 def dev_metrics(
-    net: nn.Module,
-    batches: Callable[[], Batches],
-    prep: Callable[[torch.Tensor], torch.Tensor],
-    device: torch.device,
-    dtype: torch.dtype | None,
-    is_main: bool,
+    dev: tuple[np.ndarray, np.ndarray] | None, device: torch.device
 ) -> dict[str, float]:
-    """Rank 0's dev scores on every rank (the weights are the same everywhere: one scoring)."""
-    dev = dev_scores(net, batches(), prep, device, dtype) if is_main else (0.0, 0.0, 0.0)
-    loss, accuracy, balanced = distributed.from_main(dev, device)
+    """Dev metrics on every rank from rank 0's probabilities and labels (None on the others: the
+    weights are the same everywhere, so one rank scores)."""
+    scores = dev_scores(*dev) if dev is not None else (0.0, 0.0, 0.0)
+    loss, accuracy, balanced = distributed.from_main(scores, device)
     return {"dev_loss": loss, "dev_accuracy": accuracy, "dev_balanced_accuracy": balanced}
 
 
@@ -409,7 +398,12 @@ def fit(
         t0 = time.perf_counter()
         set_train_mode()
         metrics = train_epoch(step_net, train_batches(epoch), train_prep or prep, optim, device)
-        metrics |= dev_metrics(net, dev_batches, prep, device, optim.dtype, world.is_main)
+        dev = (
+            evaluate_batches(net, dev_batches(), prep, device, optim.dtype)
+            if world.is_main
+            else None
+        )
+        metrics |= dev_metrics(dev, device)
         metrics |= {"lr": optim.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         is_best = record_epoch(result, epoch, metrics, params.best_by)
         if world.is_main:

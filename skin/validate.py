@@ -43,11 +43,7 @@ def _short(reason: str) -> str:
 
 
 def decode_problems(
-    listing: Listing,
-    store_uri: str,
-    *,
-    workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    listing: Listing, store_uri: str, *, progress: Callable[[int], None] | None = None
 ) -> pd.DataFrame:
     """Fetch and decode every listed image (threads); return the ones that fail and why."""
     store = open_store(store_uri)
@@ -63,7 +59,7 @@ def decode_problems(
                 progress(1)
         return key, None
 
-    with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 2) * 4)) as pool:
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 2) * 4)) as pool:
         bad = [(k, e) for k, e in pool.map(check, keys) if e is not None]
     return pd.DataFrame(bad, columns=["key", "reason"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import torch
 
 from benchmarks.proxy import DelayProxy
 from skin.config import PipelineConfig
-from skin.imagecache import ImageCache, build_cache, in_key_order, objects_dir
+from skin.imagecache import (
+    FORMAT,
+    ImageCache,
+    build_cache,
+    in_key_order,
+    objects_dir,
+    read_meta,
+    write_meta,
+)
 from skin.images import decode
 from skin.pipeline import prepare
 from tests.helpers import (
@@ -153,3 +162,20 @@ def test_rows_are_found_by_key_and_an_unknown_key_is_an_error(tmp_path: Path) ->
     twice = pd.DataFrame({"key": ["NV/c.jpg", "AK/a.jpg", "NV/c.jpg"]})
     with pytest.raises(ValueError, match="duplicate keys"):
         in_key_order(twice)
+
+
+def test_cache_meta_reads_back_as_written_and_another_format_is_refused(tmp_path: Path) -> None:
+    from skin.storage import LocalStore
+
+    store = LocalStore(tmp_path)
+    ok = np.array([True, False, True])
+    written = write_meta(store, 16, ["a", "b", "c"], ok, [("b", "truncated")], shard_rows=2)
+    meta, ok_read, errors, keys = read_meta(store)
+    assert meta == written and meta["shard_rows"] == 2 and meta["bad"] == 1, meta
+    assert np.array_equal(ok_read, ok) and keys == ["a", "b", "c"]
+    assert errors.to_dict("records") == [{"key": "b", "error": "truncated"}]
+    with pytest.raises(ValueError, match="key order"):
+        write_meta(store, 16, ["b", "a"], ok[:2], [])
+    store.put("meta.json", json.dumps({**meta, "format": FORMAT - 1}).encode())
+    with pytest.raises(ValueError, match=f"format {FORMAT - 1}, expected {FORMAT}"):
+        read_meta(store)

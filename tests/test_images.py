@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skin.images import _to_rgb, decode
+from skin.images import _to_rgb, centre_crop, decode, is_image_name
 
 
 def encoded(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -58,3 +58,21 @@ def test_every_16_bit_mode_is_scaled_by_257(mode: str) -> None:
     rgb = np.asarray(_to_rgb(img))
     assert rgb.shape == (*pixels.shape, 3)
     assert_same(rgb, np.repeat(pixels[..., None], 3, axis=2), mode)
+
+
+@pytest.mark.parametrize(("side", "size"), [(8, 4), (9, 4), (8, 8)])
+def test_the_centre_crop_is_the_same_for_one_image_and_a_batch(side: int, size: int) -> None:
+    batch = np.random.default_rng(side).integers(0, 256, (3, side, side, 3), dtype=np.uint8)
+    crops = centre_crop(batch, size)
+    o = (side - size) // 2
+    assert crops.shape == (3, size, size, 3)
+    assert np.array_equal(crops, batch[:, o : o + size, o : o + size]), "the middle of each"
+    for image, crop in zip(batch, crops, strict=True):
+        assert np.array_equal(centre_crop(image, size), crop), "one image as in a batch"
+
+
+def test_image_names_are_known_by_suffix_in_any_case() -> None:
+    for name in ("a/ISIC_1.jpg", "b.JPEG", "s3://bucket/x/c.Png"):
+        assert is_image_name(name), name
+    for name in ("a/ISIC_1.jpg.txt", "ISIC_2019_Training_GroundTruth.csv", "s3://bucket/x", "jpg"):
+        assert not is_image_name(name), name

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from skin.balance import BalanceError, undersample
 from skin.labels import ISIC2019_COUNTS
 from skin.manifest import SPLITS, ManifestError, validate
-from skin.split import SplitError, SplitResult, assign_splits, split_report, split_with_moves
+from skin.split import SplitError, SplitResult, split_report, split_with_moves
+from tests.helpers import assign_splits
 
 
 def make_images(counts: dict[str, int], start: int = 0, lesion_every: int = 0) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from skin import checkpoint as ckpt
 from skin.model import apply_freeze, build_model, is_head_only, train_mode
 from skin.pipeline import evaluate_stage, train_stage
 from skin.tracking import NullTracker
-from skin.train import CRASH_AFTER_EPOCH, FitParams, Selection, fit
+from skin.train import CRASH_AFTER_EPOCH, FitParams, Selection, dev_metrics, dev_scores, fit
 from skin.weights import WeightsError
 from tests.helpers import make_manifest, tiny_config
 
@@ -294,3 +294,17 @@ def test_retention_keeps_the_best_and_the_newest(tmp_path: Path) -> None:
     assert ckpt.load(tmp_path / "last.pt")["epoch"] == 4
     assert not list(tmp_path.glob(".*.tmp")), "no temp files left behind"
     assert np.isclose(float(ckpt.load(tmp_path / "last.pt")["model"]["w"]), 4.0)
+
+
+def test_dev_scores_are_the_loss_accuracy_and_balanced_accuracy_of_the_probabilities() -> None:
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7]])
+    labels = np.array([0, 0, 0, 1])  # right, right, wrong; right
+    loss, accuracy, balanced = dev_scores(probs, labels)
+    assert loss == pytest.approx(-np.log([0.9, 0.6, 0.2, 0.7]).mean()), "mean -log p(true class)"
+    assert accuracy == pytest.approx(3 / 4) and balanced == pytest.approx((2 / 3 + 1) / 2)
+    cpu = torch.device("cpu")
+    assert dev_metrics((probs, labels), cpu) == {
+        "dev_loss": loss,
+        "dev_accuracy": accuracy,
+        "dev_balanced_accuracy": balanced,
+    }, "one process: its own scores"

@@ -16,7 +16,7 @@ from skin.data import make_loader
 from skin.datastages import build_manifest, list_images, source_uri
 from skin.features import FeatureSet
 from skin.launch import launch
-from skin.pipeline import TrainOutcome, train_stage
+from skin.stages import TrainOutcome, train_stage
 from skin.tracking import NullTracker
 from tests.helpers import tiny_config
 

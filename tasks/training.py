@@ -1,4 +1,4 @@
-"""Prefect tasks for the model stages: decode cache, train, evaluate. Logic lives in skin."""
+"""Prefect tasks for the model stages (decode, train, evaluate, register); the logic lives in skin."""
 
 from __future__ import annotations
 

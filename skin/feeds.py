@@ -192,10 +192,9 @@ def _image_batches(
             **order,
         )
 
-    # Workers that only read (no per-image randomness) live across epochs.
-    kept = loader(1, persistent=True) if keep_workers else None
-    if kept is None:
+    if not keep_workers:
         return loader
+    kept = loader(1, persistent=True)  # workers that only read live across epochs
     return lambda epoch: set_epoch(kept, epoch)
 
 
@@ -217,7 +216,7 @@ def image_feeds(
     pin = place.device.type == "cuda"
     train_ds = _train_images(data, aug, per_image)
     order = _train_order(train, world)
-    keep = workers > 0 and not per_image
+    keep = workers > 0 and not per_image  # no per-image randomness: workers may outlive epochs
     train_batches = _image_batches(train_ds, data, order, window, workers, pin, keep)
     train_prep: Prep = normalize
     if aug.enabled and not per_image:

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainOutcome:
+    """What a training left: its run folder, best checkpoint, epochs and history (JSON-able)."""
+
     run_id: str
     run_dir: str
     best_checkpoint: str
@@ -77,6 +79,8 @@ class TrainOutcome:
 
 @dataclass
 class EvalOutcome:
+    """What an evaluation found: metrics, the bias/variance reading, reports, the logged model."""
+
     run_id: str
     metrics: dict[str, float]
     diagnosis: str
@@ -89,6 +93,7 @@ class EvalOutcome:
 
 
 def fit_params(cfg: PipelineConfig, train_labels: np.ndarray, n_classes: int) -> FitParams:
+    """The train section as `fit`'s explicit values; class weights from the train labels."""
     t = cfg.train
     weights = None
     if t.class_weighted_loss:
@@ -111,6 +116,7 @@ def fit_params(cfg: PipelineConfig, train_labels: np.ndarray, n_classes: int) ->
 
 
 def make_model(cfg: PipelineConfig) -> torch.nn.Module:
+    """The configured model, seeded (same initial head every time) and frozen as asked."""
     m = cfg.model
     seed_everything(cfg.train.seed)
     model = build_model(
@@ -234,6 +240,7 @@ def _epoch_recorder(
 def _train_outcome(
     result: FitResult, paths: RunPaths, feature_path: bool, bad_images: int
 ) -> TrainOutcome:
+    """The fit's result with where its files are."""
     return TrainOutcome(
         run_id=paths.run_id,
         run_dir=str(paths.root),
@@ -384,6 +391,7 @@ def _tta_gain(
 
 
 def _run_facts(cfg: PipelineConfig, manifest: pd.DataFrame) -> report.RunFacts:
+    """The data and recipe the run summary names."""
     return report.RunFacts(
         dataset=str(manifest["source"].iloc[0]),
         manifest_hash=mf.manifest_hash(manifest),

@@ -168,8 +168,8 @@ def throughput(name: str, cache: ImageCache, labels: np.ndarray, plan: Plan) -> 
 
 
 def head_only(folder: Path, work: Path, plan: Plan) -> dict[str, Any]:
-    """The notebook recipe through skin.pipeline.train_stage (features once, head 50 epochs)."""
-    from skin.pipeline import train_stage
+    """The notebook recipe through skin.stages.train_stage (features once, head 50 epochs)."""
+    from skin.stages import train_stage
     from skin.tracking import NullTracker
 
     m = manifest(str(folder))
@@ -215,7 +215,7 @@ def head_only(folder: Path, work: Path, plan: Plan) -> dict[str, Any]:
 def train_stage_rate(folder: Path, work: Path, plan: Plan) -> dict[str, Any]:
     """The real training loop (`train_stage`: augmentation on the GPU, 8 workers, AMP,
     channels_last, dev scoring each epoch): train images/s per epoch after the first."""
-    from skin.pipeline import train_stage
+    from skin.stages import train_stage
     from skin.tracking import NullTracker
 
     m = manifest(str(folder))

@@ -1,5 +1,5 @@
 """GPU smoke test of the real stages: a full fine-tune (AMP, channels_last, augmentation, workers)
-then evaluation with TTA, through skin.pipeline exactly as the pipeline runs them.
+then evaluation with TTA, through skin.stages exactly as the pipeline runs them.
 
 `python -m benchmarks.gpu_smoke` on a GPU machine (no Prefect, MLflow or boto3 needed); prints and
 writes $OUT/gpu_smoke.json.
@@ -24,7 +24,7 @@ from benchmarks.data import isic_like  # noqa: E402
 from skin import manifest as mf  # noqa: E402
 from skin.config import load_config  # noqa: E402
 from skin.datastages import build_manifest, list_images, source_uri  # noqa: E402
-from skin.pipeline import evaluate_stage, train_stage  # noqa: E402
+from skin.stages import evaluate_stage, train_stage  # noqa: E402
 from skin.tracking import NullTracker  # noqa: E402
 
 

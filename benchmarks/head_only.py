@@ -1,7 +1,7 @@
 """head_only: the notebook recipe (tf_mixnet_s, head only, Adam 1e-3, batch 128, 50 epochs).
 
 The notebook ran the frozen backbone on every image every epoch with BatchNorm in train mode;
-ours (skin.pipeline.train_stage) decodes once, computes pooled features once, trains the head on
+ours (skin.stages.train_stage) decodes once, computes pooled features once, trains the head on
 them, then scores the test split with the full model, as the evaluate stage does.
 No tf_mixnet_s ImageNet weights offline: both start from the same random tf_mixnet_s (the
 timed recipe). The same comparison then runs with tf_efficientnet_lite0 and the ImageNet
@@ -27,14 +27,10 @@ from benchmarks.common import Context, result
 from benchmarks.data import isic_like, manifest
 from skin import manifest as mf
 from skin.config import PipelineConfig, load_config
-from skin.model import input_spec
-from skin.pipeline import (
-    load_model_from_checkpoint,
-    make_model,
-    predict_split,
-    prepare,
-    train_stage,
-)
+from skin.feeds import index_splits
+from skin.model import input_spec, load_model_from_checkpoint
+from skin.runs import RunPaths
+from skin.stages import make_model, predict_split, train_stage
 from skin.tracking import NullTracker
 from skin.weights import PACKAGE_SPEC
 
@@ -130,8 +126,10 @@ def ours(uri: str, cfg: PipelineConfig) -> dict[str, float]:
     t0 = time.perf_counter()
     out = train_stage(uri, cfg, NullTracker("bench-head-only"))
     device = torch.device("cpu")
-    model, _ = load_model_from_checkpoint(Path(out.run_dir) / "checkpoints" / "last.pt", device)
-    data = prepare(mf.read(uri), cfg, input_spec(model, cfg.train.image_size))
+    model, _ = load_model_from_checkpoint(
+        RunPaths(cfg.work_dir, out.run_id).last_checkpoint, device
+    )
+    data = index_splits(mf.read(uri), cfg, input_spec(model, cfg.train.image_size))
     probs, labels = predict_split(model, data, "test", device, cfg.train.batch_size)
     pred = probs.argmax(1)
     return {

@@ -18,7 +18,7 @@ from skin.config import AugmentConfig, load_config
 from skin.data import EvalImages, Normalize, TrainImages, default_workers, make_loader
 from skin.imagecache import ImageCache, build_cache
 from skin.model import InputSpec, input_spec, train_mode
-from skin.pipeline import make_model
+from skin.stages import make_model
 
 NAME = "loader"
 TARGET = 0.9

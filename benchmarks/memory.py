@@ -57,7 +57,7 @@ def child(mode: str, manifest_path: str, root: str, steps: int) -> dict[str, Any
     import torch
 
     from skin.config import load_config
-    from skin.pipeline import make_model
+    from skin.stages import make_model
 
     peaks = Peaks()
     peaks.start()

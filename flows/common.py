@@ -16,13 +16,13 @@ from skin.datastages import (
     previous_for,
     set_latest,
 )
-from skin.pipeline import TrainOutcome
+from skin.stages import TrainOutcome
 from skin.storage import check_reachable as check_data_reachable
 from skin.tracking import check_reachable as check_tracking_reachable
 from skin.tracking import resolve_tracking_uri
 from tasks.data import list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
-from tasks.training import prepare_images_task, train_task
+from tasks.training import decode_images_task, train_task
 
 
 def resolve_config(
@@ -126,7 +126,7 @@ def model_stages(
     """[Shards →] decode → train; returns the image-cache report and the training outcome."""
     if cfg.shared.uri:  # decode once for every machine, fanned out over the task runner
         shard_stages(cfg, manifest, stages)
-    images = call(prepare_images_task, stages, refresh=refresh, manifest=manifest, config=cfg)
+    images = call(decode_images_task, stages, refresh=refresh, manifest=manifest, config=cfg)
     trained = call(
         train_task,
         stages,

@@ -8,12 +8,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, data_stages, model_stages, preflight, resolve_config
-from skin.report import metrics_table
+from skin.report import bias_variance_line, metrics_table
 from tasks.training import evaluate_task, register_task
 
 
-def summary_markdown(result: dict[str, Any]) -> str:
-    """The Prefect artifact: where the MLflow run is, and the key numbers."""
+def artifact_markdown(result: dict[str, Any]) -> str:
+    """The Prefect artifact `skin-run-summary`: where the MLflow run is, and the key numbers."""
     metrics = result["metrics"]
     table = metrics_table(metrics).to_markdown(floatfmt=".4f")
     link = (
@@ -32,8 +32,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "",
             _registration_line(result.get("registration")),
             "",
-            f"bias {metrics['bias']:+.4f} · variance {metrics['variance']:+.4f} ·"
-            f" variance_test {metrics['variance_test']:+.4f} → **{result['diagnosis']}**",
+            bias_variance_line(metrics, result["diagnosis"]),
         ]
     )
 
@@ -122,7 +121,7 @@ def pipeline_flow(
     }
     create_markdown_artifact(
         key="skin-run-summary",
-        markdown=summary_markdown(result),
+        markdown=artifact_markdown(result),
         description=f"skin pipeline run {trained.run_id}",
     )
     return result

@@ -1,7 +1,7 @@
 """skin-prepare: decode a manifest's images once into shared shards, fanned out over workers.
 
 The default task runner uses threads in the flow's process. For a large dataset, run the same
-flow on a Dask cluster (`prepare_flow_on_dask`, or `skin prepare --dask tcp://scheduler:8786`):
+flow on a Dask cluster (`build_shards_flow_on_dask`, or `skin prepare --dask tcp://scheduler:8786`):
 each shard is one task that fetches, decodes and uploads its images, so the decode spreads over
 every Dask worker, and a worker that dies only costs its shard (retried; finished shards are
 kept in the store and skipped).
@@ -19,7 +19,7 @@ from flows.common import preflight, resolve_config, resolve_manifest, shard_stag
 
 
 @flow(name="skin-prepare", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def prepare_flow(
+def build_shards_flow(
     manifest: str = "latest",
     data_uri: str | None = None,
     config_path: str | None = None,
@@ -44,13 +44,13 @@ def dask_runner(address: str | None = None, workers: int = 2) -> Any:
     )
 
 
-def prepare_flow_on_dask(address: str | None = None, workers: int = 2):
+def build_shards_flow_on_dask(address: str | None = None, workers: int = 2):
     """skin-prepare with its shards spread over a Dask cluster."""
-    return prepare_flow.with_options(task_runner=dask_runner(address, workers))
+    return build_shards_flow.with_options(task_runner=dask_runner(address, workers))
 
 
 # For deployments: the Dask scheduler comes from the worker's environment.
-prepare_dask_flow = prepare_flow.with_options(
+build_shards_dask_flow = build_shards_flow.with_options(
     name="skin-prepare-dask",
     task_runner=dask_runner(
         os.environ.get("SKIN_DASK_ADDRESS"), int(os.environ.get("SKIN_DASK_WORKERS", "2"))

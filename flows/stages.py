@@ -16,6 +16,7 @@ from flows.common import (
     resolve_manifest,
 )
 from skin.datastages import manifest_ref
+from skin.runs import RunPaths
 from tasks.data import list_task
 from tasks.training import evaluate_task
 
@@ -82,17 +83,15 @@ def evaluate_flow(
 
     The run's own saved config is the base; `config_path`/`overrides` adjust evaluation settings.
     """
-    from pathlib import Path
-
     base = resolve_config(config_path, overrides, None)
-    run_dir = Path(base.work_dir) / "runs" / run_id
-    saved = run_dir / "config.yaml"
+    run = RunPaths(base.work_dir, run_id)
     cfg = (
-        resolve_config(str(saved), overrides, None) if saved.exists() and not config_path else base
+        resolve_config(str(run.config), overrides, None)
+        if run.config.exists() and not config_path
+        else base
     )
-    manifest_uri = manifest or str(run_dir / "manifest.parquet")
-    ref = manifest_ref(manifest_uri)
-    ckpt = checkpoint or str(run_dir / "checkpoints" / "best.pt")
+    ref = manifest_ref(manifest or str(run.manifest))
+    ckpt = checkpoint or str(run.best_checkpoint)
     stages: dict[str, str] = {}
     outcome = call(
         evaluate_task,

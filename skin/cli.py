@@ -125,13 +125,10 @@ def _count_table(title: str, column: str, counts: Mapping[str, int]) -> Table:
 
 
 def _metrics_table(metrics: dict[str, float], title: str) -> Table:
-    from skin.report import metrics_table
+    from skin.report import bias_variance_line, metrics_table
 
     table = _frame_table(metrics_table(metrics), title)
-    table.caption = (
-        f"bias {metrics['bias']:+.4f} · variance {metrics['variance']:+.4f}"
-        f" · variance_test {metrics['variance_test']:+.4f}"
-    )
+    table.caption = bias_variance_line(metrics)
     return table
 
 
@@ -415,13 +412,13 @@ def prepare_cmd(
 
     Example: skin prepare --data s3://isic/2019 --shared s3://team/skin --dask tcp://sched:8786
     """
-    from flows.prepare import prepare_flow, prepare_flow_on_dask
+    from flows.prepare import build_shards_flow, build_shards_flow_on_dask
 
     overrides = {"shared.uri": shared, **overrides}
     _validate(config, overrides, data)
-    flow_fn = prepare_flow
+    flow_fn = build_shards_flow
     if dask is not None:
-        flow_fn = prepare_flow_on_dask(None if dask == "local" else dask, dask_workers)
+        flow_fn = build_shards_flow_on_dask(None if dask == "local" else dask, dask_workers)
     result = flow_fn(manifest=manifest, data_uri=data, config_path=config, overrides=overrides)
     emit(result)
     info(

@@ -17,13 +17,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from skin import distributed
 from skin.config import PipelineConfig, config_to_yaml, load_config
-from skin.pipeline import TrainOutcome, train_stage
+from skin.runs import RunPaths
+from skin.stages import TrainOutcome, train_stage
 from skin.tracking import MLflowTracker, NullTracker, Tracker, tracked_run
 from skin.train import pick_device
 
@@ -87,11 +87,11 @@ def launch(
     The config travels as YAML in the run folder; torchrun's output goes to `launch.log` there.
     With `tracking`, rank 0 reopens MLflow run `run_id` (the caller's open run).
     """
-    run_dir = Path(cfg.work_dir) / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "launch-config.yaml"  # not config.yaml: rank 0 rewrites that one
+    paths = RunPaths(cfg.work_dir, run_id)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    cfg_path = paths.launch_config
     cfg_path.write_text(config_to_yaml(cfg))
-    outcome_path = run_dir / "train_outcome.json"
+    outcome_path = paths.outcome
     outcome_path.unlink(missing_ok=True)  # a stale outcome must never pass for this run's
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -101,7 +101,7 @@ def launch(
     ]  # fmt: skip
     if tracking:
         cmd.append("--tracking")
-    log_path = run_dir / "launch.log"
+    log_path = paths.launch_log
     log.info("launching %d training processes; output in %s", nproc, log_path)
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

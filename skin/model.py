@@ -1,14 +1,18 @@
-"""Build a timm classifier with its weights, freeze what should not train, and describe its input."""
+"""A timm classifier: built with its weights or rebuilt from a checkpoint, frozen, its input described."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
+from skin import checkpoint as ckpt
+from skin.config import PipelineConfig
 from skin.weights import WeightsError, apply_weights, load_weights_file
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,17 @@ def build_model(
             f"{type(err).__name__}: {err}. Offline? Supply --weights FILE (a .pth/.pt/.safetensors "
             "path or s3:// URI), or pass --no-pretrained to train from random weights."
         ) from err
+
+
+def load_model_from_checkpoint(
+    path: str | Path, device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from a checkpoint's own config (no network: weights come from the file)."""
+    state = ckpt.load(path, map_location="cpu")
+    cfg = PipelineConfig.model_validate(state["config"])
+    model = timm.create_model(cfg.model.name, pretrained=False, num_classes=len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
 
 
 def classifier_of(model: nn.Module) -> nn.Module:

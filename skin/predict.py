@@ -17,8 +17,7 @@ from skin.config import DEFAULT_MODEL, PipelineConfig
 from skin.data import DIHEDRAL, Normalize, dihedral_view
 from skin.images import ImageDecodeError, centre_crop, decode, is_image_name
 from skin.labels import CLASSES
-from skin.model import InputSpec, input_spec
-from skin.pipeline import load_model_from_checkpoint
+from skin.model import InputSpec, input_spec, load_model_from_checkpoint
 from skin.storage import StorageError, exists_uri, is_s3, join_uri, open_store, read_uri
 from skin.tables import TABLE_SUFFIXES, write_table
 from skin.train import amp_dtype, pick_device
@@ -65,7 +64,7 @@ class Predictor:
         self._norm = Normalize(spec).to(device)
         self._dtype = amp_dtype(device, True)  # as evaluation: bf16/fp16 on GPU, fp32 on CPU
 
-    def prepare(self, data: bytes) -> np.ndarray:
+    def to_input(self, data: bytes) -> np.ndarray:
         """Bytes → uint8 [size, size, 3], exactly as evaluation decodes and crops."""
         return centre_crop(decode(data, self.spec.cache_size), self.spec.size)
 
@@ -73,7 +72,7 @@ class Predictor:
         """Class probabilities [N, classes]; raises ImageDecodeError on an undecodable image."""
         if not images:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return self.predict_arrays(np.stack([self.prepare(b) for b in images]))
+        return self.predict_arrays(np.stack([self.to_input(b) for b in images]))
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for decoded, cropped uint8 images [N, size, size, 3], in batches."""
@@ -113,7 +112,7 @@ def _load(
     predictor: Predictor, fetch: Callable[[str], bytes], key: str
 ) -> tuple[np.ndarray | None, str | None]:
     try:
-        return predictor.prepare(fetch(key)), None
+        return predictor.to_input(fetch(key)), None
     except (ImageDecodeError, StorageError, OSError) as err:
         return None, f"{type(err).__name__}: {err}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,6 @@ from skin.evaluate import SplitMetrics
 
 if TYPE_CHECKING:
     from skin.config import PipelineConfig
-    from skin.pipeline import Prepared
 
 
 def _plt():
@@ -181,69 +181,106 @@ def metrics_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def summary_markdown(
-    metrics: Mapping[str, float], reading: str, cfg: PipelineConfig, manifest: pd.DataFrame
-) -> str:
-    from skin import manifest as mf
+def bias_variance_line(metrics: Mapping[str, float], reading: str | None = None) -> str:
+    """The bias/variance reading in one line (CLI caption, run summary, Prefect artifact)."""
+    line = (
+        f"bias {metrics['bias']:+.4f} · variance {metrics['variance']:+.4f}"
+        f" · variance_test {metrics['variance_test']:+.4f}"
+    )
+    return f"{line} → **{reading}**" if reading else line
 
-    table = metrics_table(metrics)
-    counts = mf.summary(manifest)
+
+def recipe_line(cfg: PipelineConfig) -> str:
+    """The training recipe as the run summary states it."""
+    m, t = cfg.model, cfg.train
+    return (
+        f"`{m.name}` (pretrained={m.pretrained}, weights={m.weights}), freeze `{m.freeze}`,"
+        f" {t.optimizer} lr {t.lr}, batch {t.batch_size}, {t.epochs} epochs,"
+        f" balance `{cfg.split.balance}`"
+    )
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the summary says of a run besides its scores: the data, its version, the recipe."""
+
+    dataset: str
+    manifest_hash: str
+    counts: pd.DataFrame  # images per split and class
+    recipe: str
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Evaluation's output per split: metrics, and (probabilities, true labels); plus the decoded
+    images of the test rows (`images[test_rows[i]]` is row i's) for the page of mistakes."""
+
+    classes: tuple[str, ...]
+    results: Mapping[str, SplitMetrics]
+    probs: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    images: np.ndarray
+    test_rows: np.ndarray
+
+
+def report_summary_markdown(metrics: Mapping[str, float], reading: str, facts: RunFacts) -> str:
+    """The report's summary.md: data, recipe, metrics per split and the bias/variance reading."""
     lines = [
         "# Run summary",
         "",
-        f"- Dataset: `{manifest['source'].iloc[0]}` · manifest version `{mf.manifest_hash(manifest)}`",
-        f"- Recipe: `{cfg.model.name}` (pretrained={cfg.model.pretrained}, weights={cfg.model.weights}),"
-        f" freeze `{cfg.model.freeze}`, {cfg.train.optimizer} lr {cfg.train.lr},"
-        f" batch {cfg.train.batch_size}, {cfg.train.epochs} epochs, balance `{cfg.split.balance}`",
+        f"- Dataset: `{facts.dataset}` · manifest version `{facts.manifest_hash}`",
+        f"- Recipe: {facts.recipe}",
         "",
         "## Images per split",
         "",
-        counts.to_markdown(),
+        facts.counts.to_markdown(),
         "",
         "## Metrics (best checkpoint)",
         "",
-        table.to_markdown(floatfmt=".4f"),
+        metrics_table(metrics).to_markdown(floatfmt=".4f"),
         "",
         "## Bias and variance (the notebook's reading)",
         "",
         f"- human level: {metrics['human_level']:.2f}",
-        f"- bias = human level − train accuracy = {metrics['bias']:+.4f}",
-        f"- variance = train − dev accuracy = {metrics['variance']:+.4f}",
-        f"- variance (test) = train − test accuracy = {metrics['variance_test']:+.4f}",
-        f"- reading: **{reading}**",
+        f"- {bias_variance_line(metrics, reading)}",
+        "",
+        "bias = human level − train accuracy; variance = train − dev accuracy;"
+        " variance_test = train − test accuracy.",
         "",
     ]
     return "\n".join(lines)
 
 
+def _test_pictures(out: Path, scored: Scored) -> None:
+    """Confusion, per-class bars, ROC, reliability and the most confident mistakes on test."""
+    test = scored.results["test"]
+    p, y = scored.probs["test"]
+    confusion_png(test.confusion, out / "confusion_matrix_test.png", "test")
+    per_class_png(test.per_class, out / "per_class_test.png", "test per class")
+    roc_png(y, p, scored.classes, out / "roc_test.png")
+    reliability_png(y, p, out / "reliability_test.png", test.scalars["ece"])
+    misclassified_png(
+        scored.images, scored.test_rows, y, p, scored.classes, out / "misclassified_test.png"
+    )
+
+
 def write_reports(
     out: Path,
-    results: Mapping[str, SplitMetrics],
-    probs_by_split: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    data: Prepared,
+    scored: Scored,
     metrics: Mapping[str, float],
     reading: str,
     history: list[dict[str, Any]],
-    cfg: PipelineConfig,
-    manifest: pd.DataFrame,
+    facts: RunFacts,
 ) -> None:
     """Every file a reader needs, in one folder logged as the run's `report/` artifacts."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(dict(metrics), indent=2, sort_keys=True))
     metrics_table(metrics).to_csv(out / "metrics_table.csv")
-    for split, m in results.items():
+    for split, m in scored.results.items():
         m.per_class.to_csv(out / f"per_class_{split}.csv")
         m.confusion.to_csv(out / f"confusion_matrix_{split}.csv")
-    if "test" in results:
-        confusion_png(results["test"].confusion, out / "confusion_matrix_test.png", "test")
-        per_class_png(results["test"].per_class, out / "per_class_test.png", "test per class")
-        p, y = probs_by_split["test"]
-        roc_png(y, p, data.classes, out / "roc_test.png")
-        reliability_png(y, p, out / "reliability_test.png", results["test"].scalars["ece"])
-        misclassified_png(
-            data.cache.images, data.rows["test"], y, p, data.classes, out / "misclassified_test.png"
-        )
+    if "test" in scored.results:
+        _test_pictures(out, scored)
     if history:
         pd.DataFrame(history).to_csv(out / "history.csv", index=False)
         learning_curves_png(history, out / "learning_curves.png")
-    (out / "summary.md").write_text(summary_markdown(metrics, reading, cfg, manifest))
+    (out / "summary.md").write_text(report_summary_markdown(metrics, reading, facts))

@@ -1,4 +1,4 @@
-"""Prefect tasks for the model stages: decode cache, train, evaluate. Logic lives in skin."""
+"""Prefect tasks for the model stages (decode, train, evaluate, register); the logic lives in skin."""
 
 from __future__ import annotations
 
@@ -14,19 +14,15 @@ from skin.config import PipelineConfig, config_digest, digest
 from skin.datastages import ManifestRef
 from skin.launch import launch
 from skin.model import build_model, input_spec
-from skin.pipeline import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.progress import terminal_bars
 from skin.registry import Registration, register_and_gate
+from skin.runs import run_pointer
 from skin.shards import image_cache
+from skin.stages import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.tracking import MLflowTracker, resolve_tracking_uri, tracked_run
 from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, REGISTRY_CODE, keyed_on
 
 MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir", "shared")
-
-
-def run_pointer(work_dir: str, train_key: str) -> Path:
-    """Where a training attempt records its MLflow run id, so a crashed attempt is resumed."""
-    return Path(work_dir) / "runs" / "by-key" / f"{train_key}.json"
 
 
 def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -46,7 +42,7 @@ def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     ),
     **IO_RETRIES,
 )
-def prepare_images_task(manifest: ManifestRef, config: PipelineConfig) -> dict[str, Any]:
+def decode_images_task(manifest: ManifestRef, config: PipelineConfig) -> dict[str, Any]:
     """Fetch and decode every image once (parallel); the cache folder and the images that failed."""
     skeleton = build_model(config.model.name, len(config.data.classes), pretrained=False)
     spec = input_spec(skeleton, config.train.image_size)

@@ -139,7 +139,7 @@ def test_refuses_what_is_not_a_uint8_rgb_batch() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["device", "workers"])
 def test_augmented_training_learns(tmp_path, sample_data, backend: str) -> None:
-    from skin.pipeline import evaluate_stage, train_stage
+    from skin.stages import evaluate_stage, train_stage
     from skin.tracking import NullTracker
     from tests.helpers import make_manifest
 

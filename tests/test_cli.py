@@ -160,7 +160,7 @@ def test_prepare_passes_its_shared_prefix_and_only_the_flags_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result = {"shards": 1, "uri": "s3://b/p", "built": 1, "reused": 0, "bad": 0}
-    calls = _capture(monkeypatch, "flows.prepare.prepare_flow", result)
+    calls = _capture(monkeypatch, "flows.prepare.build_shards_flow", result)
     invoke("prepare", "--shared", "s3://b/p", "--data", str(tmp_path), "--image-size", "64")
     assert calls[0]["overrides"] == {"shared.uri": "s3://b/p", "train.image_size": 64}, calls
 

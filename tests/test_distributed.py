@@ -16,7 +16,7 @@ from skin.data import make_loader
 from skin.datastages import build_manifest, list_images, source_uri
 from skin.features import FeatureSet
 from skin.launch import launch
-from skin.pipeline import TrainOutcome, train_stage
+from skin.stages import TrainOutcome, train_stage
 from skin.tracking import NullTracker
 from tests.helpers import tiny_config
 
@@ -137,13 +137,15 @@ def test_train_task_with_nproc_records_into_its_one_mlflow_run(
     """train.nproc > 1: the task launches torchrun; rank 0 logs into the task's open run."""
     from mlflow import MlflowClient
 
+    from skin.config import PipelineConfig
+    from skin.datastages import manifest_ref
     from tasks.training import train_task
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = _cfg(manifest_uri, sample_data, 2).model_dump(mode="json")
     config["train"]["nproc"] = 2
     config["tracking"] |= {"tracking_uri": uri, "experiment": "ddp"}
-    out = train_task.fn(manifest_uri, "manifesthash", config, "ddp-task-key")
+    out = train_task.fn(manifest_ref(manifest_uri), PipelineConfig.model_validate(config))
     assert out.last_epoch == 2 and out.feature_path
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(out.run_id)

@@ -11,10 +11,10 @@ import torch
 from skin.config import PipelineConfig
 from skin.data import Normalize
 from skin.features import extract
+from skin.feeds import index_splits
 from skin.images import decode
 from skin.manifest import SPLITS
 from skin.model import build_model, pooled_features
-from skin.pipeline import prepare
 from tests.helpers import (
     SIZE,
     cache_manifest,
@@ -36,14 +36,14 @@ def test_a_reordered_manifest_gets_each_key_its_own_features(tmp_path: Path, ord
     torch.manual_seed(0)
     model = build_model("test_resnet", 8, pretrained=False).eval()
     cpu = torch.device("cpu")
-    first = prepare(m, cfg, spec)
+    first = index_splits(m, cfg, spec)
     feats = extract(model, first.cache, spec, cpu, batch_size=7, folder=first.cache.path)
     assert feats.shape[0] == len(m)
     stored = sorted(first.cache.path.glob("features-*.npy"))
     assert len(stored) == 1, "features are kept beside the image cache"
 
     other = reordered(m, order)
-    again = prepare(other, cfg, spec)
+    again = index_splits(other, cfg, spec)
     reused = extract(model, again.cache, spec, cpu, folder=again.cache.path)
     assert sorted(again.cache.path.glob("features-*.npy")) == stored, "the features are reused"
     normalize = Normalize(spec)

@@ -13,6 +13,7 @@ import torch
 
 from benchmarks.proxy import DelayProxy
 from skin.config import PipelineConfig
+from skin.feeds import index_splits
 from skin.imagecache import (
     FORMAT,
     ImageCache,
@@ -23,7 +24,6 @@ from skin.imagecache import (
     write_meta,
 )
 from skin.images import decode
-from skin.pipeline import prepare
 from tests.helpers import (
     SIZE,
     assert_each_key_reads_its_own_image,
@@ -144,10 +144,10 @@ def test_a_reordered_manifest_reads_each_key_its_own_image(tmp_path: Path, order
     write_data(str(data))
     m = with_splits(cache_manifest(str(data)))
     cfg = PipelineConfig(work_dir=str(tmp_path / "work"))
-    first = prepare(m, cfg, plain_spec(SIZE))
+    first = index_splits(m, cfg, plain_spec(SIZE))
     assert_each_key_reads_its_own_image(first, m, data)
     other = reordered(m, order)
-    again = prepare(other, cfg, plain_spec(SIZE))
+    again = index_splits(other, cfg, plain_spec(SIZE))
     assert again.cache.path == first.cache.path, "the same data reuses its cache"
     assert_each_key_reads_its_own_image(again, other, data)
 

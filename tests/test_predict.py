@@ -106,12 +106,13 @@ def test_predictions_match_the_evaluation(trained: Trained) -> None:
 
     from skin.checkpoint import load
     from skin.config import PipelineConfig
-    from skin.pipeline import predict_split, prepare
+    from skin.feeds import index_splits
+    from skin.stages import predict_split
 
     predictor = load_predictor(str(trained.checkpoint), "cpu")
     cfg = PipelineConfig.model_validate(load(trained.checkpoint)["config"])
     manifest = mf.read(trained.result["manifest_uri"])
-    data = prepare(manifest, cfg, predictor.spec)
+    data = index_splits(manifest, cfg, predictor.spec)
     expected, labels = predict_split(predictor.model, data, "test", predictor.device, 32)
     keys = manifest["key"].iloc[data.rows["test"]]
     ours = predictor.predict([(trained.data / k).read_bytes() for k in keys])
@@ -140,7 +141,7 @@ def test_the_logged_mlflow_model_holds_the_same_weights(
     predictor = load_predictor(str(trained.checkpoint), "cpu")
     norm = Normalize(predictor.spec)
     for image in trained.test_images(3)[1]:
-        x = torch.from_numpy(predictor.prepare(image).copy()).permute(2, 0, 1)[None]
+        x = torch.from_numpy(predictor.to_input(image).copy()).permute(2, 0, 1)[None]
         with torch.no_grad():
             theirs = torch.softmax(exported(norm(x)), dim=1).numpy()
         diff = np.abs(theirs - predictor.predict([image])).max()
@@ -158,7 +159,7 @@ def test_tta_prediction_is_invariant_to_flips_and_quarter_turns(trained: Trained
     jpeg = trained.test_images(1)[1][0]
     decoded = decode(jpeg, plain.spec.cache_size)
     original = png(decoded)
-    assert np.array_equal(plain.prepare(original), plain.prepare(jpeg)), "decoding is exact"
+    assert np.array_equal(plain.to_input(original), plain.to_input(jpeg)), "decoding is exact"
     variants = {
         "h-flip": decoded[:, ::-1],
         "v-flip": decoded[::-1],
@@ -342,7 +343,7 @@ def register_epoch(tmp_path: Path, *, with_checkpoint: bool = True) -> Registere
     """What train, evaluate and register do to MLflow, for a run whose best epoch is 2."""
     import torch
 
-    from skin.pipeline import load_model_from_checkpoint
+    from skin.model import load_model_from_checkpoint
     from skin.registry import GATE_METRIC, register_and_gate
     from skin.tracking import MLflowTracker, tracked_run
 

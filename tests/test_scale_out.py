@@ -23,7 +23,7 @@ def overrides(tmp: Path, bucket: str, **extra: object) -> dict[str, object]:
 def test_prepare_fans_shards_out_over_a_dask_cluster(
     tmp_path: Path, sample_data: Path, bucket: str, s3_client, prefect_api
 ) -> None:
-    from flows.prepare import prepare_flow
+    from flows.prepare import build_shards_flow
 
     shared = f"s3://{bucket}/shared"
     config = tmp_path / "tiny.yaml"
@@ -43,7 +43,7 @@ def test_prepare_fans_shards_out_over_a_dask_cluster(
     keys = snapshot(s3_client, bucket)
     assert len([k for k in keys if "/shard-" in k and k.endswith(".npy")]) == done["shards"]
     # Another machine (its own work_dir) runs the same stage: nothing is decoded again.
-    again = prepare_flow(data_uri=str(sample_data), overrides=overrides(tmp_path / "b", bucket))
+    again = build_shards_flow(data_uri=str(sample_data), overrides=overrides(tmp_path / "b", bucket))
     assert again["built"] == 0 and again["reused"] == done["shards"]
     assert snapshot(s3_client, bucket) == keys, "the shared store is not rewritten"
 

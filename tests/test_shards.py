@@ -111,25 +111,25 @@ def test_open_stream_refuses_a_disk_budget_below_two_shards(
 def test_shards_built_from_one_row_order_serve_each_key_in_another(
     tmp_path: Path, sample_data: Path, decoded_first: bool
 ) -> None:
-    from skin.pipeline import prepare
+    from skin.feeds import index_splits
 
     shared = {"shared.uri": str(tmp_path / "shared"), "shared.shard_rows": 32}
     uri, cfg_a = make_manifest(tmp_path / "a", sample_data, **shared)
     m, spec = mf.read(uri), plain_spec(SIZE)
     if decoded_first:  # machine a decoded alone, then uploads its cache as it is
-        prepare(m, cfg_a.model_copy(update={"shared": SharedConfig()}), spec)
+        index_splits(m, cfg_a.model_copy(update={"shared": SharedConfig()}), spec)
     else:  # one shard built from one row order, the rest from another
         target = shards_uri(str(tmp_path / "shared"), m, SIZE)
         build_shard(reordered(m, "reversed"), SIZE, 0, 32, target, tmp_path / "f")
-    a = prepare(reordered(m, "shuffled"), cfg_a, spec)
+    a = index_splits(reordered(m, "shuffled"), cfg_a, spec)
     assert_each_key_reads_its_own_image(a, reordered(m, "shuffled"), sample_data)
 
     _, cfg_b = make_manifest(tmp_path / "b", sample_data, **shared)
-    b = prepare(reordered(m, "reversed"), cfg_b, spec)  # mirrored
+    b = index_splits(reordered(m, "reversed"), cfg_b, spec)  # mirrored
     assert_each_key_reads_its_own_image(b, reordered(m, "reversed"), sample_data)
     budget = {"shared.stream": True, "shared.local_cache_gb": 3 * shard_bytes(32) / 1e9}
     _, cfg_c = make_manifest(tmp_path / "c", sample_data, **shared, **budget)
-    c = prepare(reordered(m, "reversed"), cfg_c, spec)  # streamed
+    c = index_splits(reordered(m, "reversed"), cfg_c, spec)  # streamed
     assert isinstance(c.cache.images, ShardedImages)
     assert_each_key_reads_its_own_image(c, reordered(m, "reversed"), sample_data)
 
@@ -170,7 +170,7 @@ def test_shard_aware_order_reads_each_shard_in_one_window(weighted: bool) -> Non
 def test_a_second_machine_streams_the_shared_shards_without_the_source(
     tmp_path: Path, sample_data: Path, bucket: str
 ) -> None:
-    from skin.pipeline import evaluate_stage, train_stage
+    from skin.stages import evaluate_stage, train_stage
     from skin.tracking import NullTracker
 
     data = tmp_path / "data"

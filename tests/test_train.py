@@ -17,7 +17,7 @@ from torch import nn
 
 from skin import checkpoint as ckpt
 from skin.model import apply_freeze, build_model, is_head_only, train_mode
-from skin.pipeline import evaluate_stage, train_stage
+from skin.stages import evaluate_stage, train_stage
 from skin.tracking import NullTracker
 from skin.train import CRASH_AFTER_EPOCH, FitParams, Selection, dev_metrics, dev_scores, fit
 from skin.weights import WeightsError
@@ -68,7 +68,7 @@ def test_tiny_model_learns_and_reports_everything(tmp_path: Path, sample_data: P
 def _job(manifest: str, work: Path, epochs: int, run_id: str) -> list[str]:
     code = (
         "import sys, json; from tests.helpers import make_manifest, tiny_config; "
-        "from skin.pipeline import train_stage; from skin.tracking import NullTracker; "
+        "from skin.stages import train_stage; from skin.tracking import NullTracker; "
         f"cfg = tiny_config(__import__('pathlib').Path({str(work)!r}), {manifest!r}, "
         # Augmented (on the device): the resumed run must redraw the very same augmentations.
         f"**{{'train.epochs': {epochs}, 'train.augment.enabled': True}}); "

@@ -1,0 +1,400 @@
+"""The train and evaluate stages: a manifest in, checkpoints, metrics and reports out.
+
+Each stage reads its inputs by reference (a manifest URI, a checkpoint path) and records through a
+Tracker, so it runs the same from the CLI, inside a Prefect task, or alone on a GPU machine. The
+batches come from `skin.feeds`; the files go where `skin.runs.RunPaths` says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from skin import checkpoint as ckpt
+from skin import distributed, report
+from skin import manifest as mf
+from skin.config import PipelineConfig, TrainConfig, config_to_yaml, flatten
+from skin.data import DIHEDRAL, EvalImages, Normalize, dihedral_view, make_loader
+from skin.distributed import World
+from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
+from skin.feeds import (
+    Feeds,
+    SplitImages,
+    backbone_features,
+    feature_feeds,
+    image_feeds,
+    index_splits,
+    place_model,
+)
+from skin.model import (
+    apply_freeze,
+    build_model,
+    input_spec,
+    is_head_only,
+    load_model_from_checkpoint,
+)
+from skin.progress import Factory as Progress
+from skin.progress import silent
+from skin.runs import RunPaths
+from skin.tracking import NullTracker, Tracker, git_commit
+from skin.train import (
+    FitParams,
+    FitResult,
+    amp_dtype,
+    evaluate_batches,
+    fit,
+    pick_device,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    """What a training left: its run folder, best checkpoint, epochs and history (JSON-able)."""
+
+    run_id: str
+    run_dir: str
+    best_checkpoint: str
+    best_epoch: int
+    last_epoch: int
+    resumed_from: int | None
+    stopped_early: bool
+    feature_path: bool
+    bad_images: int
+    history: list[dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalOutcome:
+    """What an evaluation found: metrics, the bias/variance reading, reports, the logged model."""
+
+    run_id: str
+    metrics: dict[str, float]
+    diagnosis: str
+    report_dir: str
+    url: str | None = None
+    model_uri: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_params(cfg: PipelineConfig, train_labels: np.ndarray, n_classes: int) -> FitParams:
+    """The train section as `fit`'s explicit values; class weights from the train labels."""
+    t = cfg.train
+    weights = None
+    if t.class_weighted_loss:
+        counts = np.bincount(train_labels, minlength=n_classes).astype(float)
+        weights = tuple(float(len(train_labels) / (n_classes * max(c, 1))) for c in counts)
+    return FitParams(
+        epochs=t.epochs,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        scheduler=t.scheduler,
+        warmup_epochs=t.warmup_epochs,
+        label_smoothing=t.label_smoothing,
+        class_weights=weights,
+        early_stopping_patience=t.early_stopping_patience,
+        keep_checkpoints=t.keep_checkpoints,
+        amp=t.amp,
+        seed=t.seed,
+    )
+
+
+def make_model(cfg: PipelineConfig) -> torch.nn.Module:
+    """The configured model, seeded (same initial head every time) and frozen as asked."""
+    m = cfg.model
+    seed_everything(cfg.train.seed)
+    model = build_model(
+        m.name,
+        len(cfg.data.classes),
+        pretrained=m.pretrained,
+        weights=m.weights,
+        drop_rate=m.drop_rate,
+    )
+    apply_freeze(model, m.freeze)
+    return model
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_stage(
+    manifest_uri: str,
+    cfg: PipelineConfig,
+    tracker: Tracker,
+    *,
+    progress: Progress = silent,
+) -> TrainOutcome:
+    """Train from a manifest; resumes when the run folder already holds checkpoints.
+
+    Under torchrun every process calls this with the same arguments: each joins the process
+    group and trains on its share of every global batch (train.batch_size / world size); rank 0
+    alone writes the run folder and records through `tracker` (the others get a NullTracker).
+    """
+    device, world = join_processes(cfg.train)
+    if not world.is_main:
+        tracker, progress = NullTracker(tracker.run_id), silent
+    manifest = mf.read(manifest_uri)
+    paths = RunPaths(cfg.work_dir, tracker.run_id)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        paths.config.write_text(config_to_yaml(cfg))
+    model = make_model(cfg)
+    spec = input_spec(model, cfg.train.image_size)
+    place = place_model(model, device, cfg.train)
+    use_features = cfg.train.feature_cache and is_head_only(model) and not cfg.train.augment.enabled
+    # Rank 0 decodes the images and extracts features; the other ranks then read its caches.
+    with distributed.main_first():
+        data = index_splits(manifest, cfg, spec, progress)
+        feats = backbone_features(model, data, place, progress) if use_features else None
+    if world.is_main:
+        _record_inputs(tracker, cfg, manifest, manifest_uri, paths, data)
+    feeds = (
+        feature_feeds(model, feats, data, cfg.train, cfg.model.drop_rate, device, world)
+        if feats is not None
+        else image_feeds(model, data, cfg.train, cfg.shared.shuffle_window, place, world)
+    )
+    on_epoch = _epoch_recorder(tracker, paths, progress("epochs", cfg.train.epochs))
+    result = _fit(feeds, model, cfg, data, manifest, device, paths.checkpoints, on_epoch)
+    tracker.log_metrics({"best_epoch": float(result.best_epoch)})
+    outcome = _train_outcome(result, paths, use_features, int((~data.cache.ok).sum()))
+    if world.is_main:
+        paths.outcome.write_text(json.dumps(outcome.to_dict(), indent=2))
+    return outcome
+
+
+def join_processes(train: TrainConfig) -> tuple[torch.device, World]:
+    """This process's device, in the torchrun process group when there is one."""
+    device = pick_device(train.device)
+    world = distributed.init_from_env(device.type)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    if train.batch_size % world.size:
+        raise ValueError(
+            f"train.batch_size {train.batch_size} is not a multiple of the {world.size}"
+            " training processes; pick a batch size divisible by the process count"
+        )
+    return device, world
+
+
+def _fit(
+    feeds: Feeds,
+    model: torch.nn.Module,
+    cfg: PipelineConfig,
+    data: SplitImages,
+    manifest: pd.DataFrame,
+    device: torch.device,
+    checkpoints: Path,
+    on_epoch: Callable[[int, dict[str, float]], None],
+) -> FitResult:
+    """`fit` on the feeds; every checkpoint carries the config, classes and manifest version."""
+    return fit(
+        feeds.net,
+        train_batches=feeds.train_batches,
+        dev_batches=feeds.dev_batches,
+        prep=feeds.prep,
+        train_prep=feeds.train_prep,
+        set_train_mode=feeds.set_mode,
+        state_module=model,
+        params=fit_params(cfg, data.labels["train"], len(data.classes)),
+        steps_per_epoch=feeds.steps,
+        device=device,
+        checkpoint_dir=checkpoints,
+        on_epoch=on_epoch,
+        extra_state={
+            "config": json.loads(cfg.model_dump_json()),
+            "classes": list(data.classes),
+            "manifest_hash": mf.manifest_hash(manifest),
+        },
+    )
+
+
+def _epoch_recorder(
+    tracker: Tracker, paths: RunPaths, bar: Callable[[int], None]
+) -> Callable[[int, dict[str, float]], None]:
+    """After each epoch: its metrics (at step = epoch) and its checkpoint, then the progress bar."""
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch)
+        tracker.log_artifact(ckpt.epoch_path(paths.checkpoints, epoch), "checkpoints")
+        bar(1)
+
+    return on_epoch
+
+
+def _train_outcome(
+    result: FitResult, paths: RunPaths, feature_path: bool, bad_images: int
+) -> TrainOutcome:
+    """The fit's result with where its files are."""
+    return TrainOutcome(
+        run_id=paths.run_id,
+        run_dir=str(paths.root),
+        best_checkpoint=str(paths.best_checkpoint),
+        best_epoch=result.best_epoch,
+        last_epoch=result.last_epoch,
+        resumed_from=result.resumed_from,
+        stopped_early=result.stopped_early,
+        feature_path=feature_path,
+        bad_images=bad_images,
+        history=result.history,
+    )
+
+
+def _record_inputs(
+    tracker: Tracker,
+    cfg: PipelineConfig,
+    manifest: pd.DataFrame,
+    manifest_uri: str,
+    paths: RunPaths,
+    data: SplitImages,
+) -> None:
+    """Params, tags, the resolved config, the manifest and the bad-image report."""
+    tracker.log_params(flatten(cfg))
+    tags = {
+        "manifest_hash": mf.manifest_hash(manifest),
+        "manifest_uri": manifest_uri,
+        "dataset": str(manifest["source"].iloc[0]),
+    }
+    commit = git_commit()
+    if commit:
+        tags["code_version"] = commit
+    tracker.set_tags(tags)
+    tracker.log_artifact(paths.config, "config")
+    manifest.to_parquet(paths.manifest, index=False)
+    tracker.log_artifact(paths.manifest, "manifest")
+    bad = data.cache.errors
+    if len(bad):
+        bad.to_csv(paths.bad_images, index=False)
+        tracker.log_artifact(paths.bad_images, "data")
+    mf.summary(manifest).to_csv(paths.split_counts)
+    tracker.log_artifact(paths.split_counts, "data")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def predict_split(
+    model: torch.nn.Module,
+    data: SplitImages,
+    split: str,
+    device: torch.device,
+    batch_size: int,
+    tta: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities for one split; with TTA averaged over the 8 flips/rotations of the square."""
+    ds = EvalImages(data.cache, data.rows[split], data.labels[split], data.spec.size)
+    norm = Normalize(data.spec).to(device)
+    views = DIHEDRAL if tta else DIHEDRAL[:1]
+    dtype = amp_dtype(device, True)
+    total = None
+    labels = None
+    for k, transpose in views:
+        loader = make_loader(ds, batch_size=batch_size, shuffle=False, seed=0)
+        probs, labels = evaluate_batches(
+            model, loader, lambda x, k=k, t=transpose: norm(dihedral_view(x, k, t)), device, dtype
+        )
+        total = probs if total is None else total + probs
+    assert total is not None and labels is not None
+    return total / len(views), labels
+
+
+def evaluate_stage(
+    manifest_uri: str,
+    checkpoint_path: str,
+    cfg: PipelineConfig,
+    tracker: Tracker,
+    *,
+    progress: Progress = silent,
+) -> EvalOutcome:
+    """Score the best checkpoint on train, dev and test; log metrics, bias/variance and reports."""
+    manifest = mf.read(manifest_uri)
+    device = pick_device(cfg.train.device)
+    model, state = load_model_from_checkpoint(checkpoint_path, device)
+    data = index_splits(manifest, cfg, input_spec(model, cfg.train.image_size), progress)
+    scored = score_splits(model, data, device, cfg.train.batch_size, cfg.evaluate.tta)
+    metrics = _eval_metrics(scored.results, cfg.evaluate.human_level, state["epoch"])
+    if cfg.evaluate.tta and "test" in scored.results:
+        metrics |= _tta_gain(model, data, device, cfg.train.batch_size, scored.results["test"])
+    tracker.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+    reading = diagnosis(metrics["bias"], metrics["variance"])
+    out_dir = RunPaths(cfg.work_dir, tracker.run_id).report
+    history = state.get("history", [])
+    report.write_reports(out_dir, scored, metrics, reading, history, _run_facts(cfg, manifest))
+    tracker.log_artifact(out_dir, "report")
+    tracker.set_tags({"diagnosis": reading})
+    model_uri = None
+    if cfg.tracking.log_model:
+        size = data.spec.size
+        example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch > 1
+        model_uri = tracker.log_model(  # with the exact weights a registered version serves
+            model.cpu().float(), example, None, checkpoint=Path(checkpoint_path)
+        )
+    return EvalOutcome(tracker.run_id, metrics, reading, str(out_dir), model_uri=model_uri)
+
+
+def score_splits(
+    model: torch.nn.Module, data: SplitImages, device: torch.device, batch_size: int, tta: bool
+) -> report.Scored:
+    """Probabilities, labels and metrics of every split that has images."""
+    probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    results: dict[str, SplitMetrics] = {}
+    for split in mf.SPLITS:
+        if len(data.rows[split]) == 0:
+            continue
+        p, labels = predict_split(model, data, split, device, batch_size, tta=tta)
+        probs[split] = (p, labels)
+        results[split] = split_metrics(labels, p, data.classes)
+    return report.Scored(data.classes, results, probs, data.cache.images, data.rows["test"])
+
+
+def _eval_metrics(
+    results: dict[str, SplitMetrics], human_level: float, best_epoch: int
+) -> dict[str, float]:
+    """Every split's metrics flattened, the bias/variance numbers, human level and best epoch."""
+    metrics: dict[str, float] = {}
+    for split, m in results.items():
+        metrics |= flat_metrics(split, m)
+    acc = {s: results[s].scalars["accuracy"] if s in results else float("nan") for s in mf.SPLITS}
+    metrics |= bias_variance(acc["train"], acc["dev"], acc["test"], human_level)
+    metrics["human_level"] = human_level
+    metrics["best_epoch"] = float(best_epoch)
+    return metrics
+
+
+def _tta_gain(
+    model: torch.nn.Module,
+    data: SplitImages,
+    device: torch.device,
+    batch_size: int,
+    with_tta: SplitMetrics,
+) -> dict[str, float]:
+    """Test balanced accuracy without TTA, and what TTA gained over it."""
+    plain, labels = predict_split(model, data, "test", device, batch_size, tta=False)
+    base = split_metrics(labels, plain, data.classes).scalars["balanced_accuracy"]
+    gain = with_tta.scalars["balanced_accuracy"] - base
+    return {"test_balanced_accuracy_no_tta": base, "tta_gain": gain}
+
+
+def _run_facts(cfg: PipelineConfig, manifest: pd.DataFrame) -> report.RunFacts:
+    """The data and recipe the run summary names."""
+    return report.RunFacts(
+        dataset=str(manifest["source"].iloc[0]),
+        manifest_hash=mf.manifest_hash(manifest),
+        counts=mf.summary(manifest),
+        recipe=report.recipe_line(cfg),
+    )

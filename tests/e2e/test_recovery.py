@@ -25,7 +25,7 @@ from tests import servers
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SKIN = str(Path(sys.executable).parent / "skin")
 
 

@@ -30,7 +30,7 @@ from tests import servers
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(600)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(servers.BIN / "prefect")
 SKIN = str(servers.BIN / "skin")
 

@@ -1,0 +1,1 @@
+"""End-to-end runs: whole flows, deployments, crashes and the UI, against real local servers."""

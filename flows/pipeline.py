@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, data_stages, model_stages, preflight, resolve_config
+from skin.datastages import ListingRef, read_skipped
 from skin.report import bias_variance_line, metrics_table
 from tasks.training import evaluate_task, register_task
 
@@ -37,9 +38,26 @@ def artifact_markdown(result: dict[str, Any]) -> str:
     )
 
 
-def publish_input_report(skipped: dict[str, int], bad: list[dict[str, str]]) -> None:
-    """Bad input as a Prefect table: what the listing skipped (by reason), what failed to decode."""
-    rows = [{"stage": "listing", "what": reason, "count": n} for reason, n in skipped.items()]
+NAMED = 100  # skipped objects named one by one in the Prefect report; the rest are counted
+
+
+def publish_input_report(listing: ListingRef, bad: list[dict[str, str]]) -> None:
+    """Bad input as a Prefect table: what the listing skipped (by reason, then each object by
+    key, the first hundred), what failed to decode. The MLflow run holds the full list."""
+    rows = [
+        {"stage": "listing", "what": reason, "count": n} for reason, n in listing.skipped.items()
+    ]
+    skipped = read_skipped(listing.skipped_uri) if listing.skipped_uri else None
+    if skipped is not None and len(skipped):
+        rows += [
+            {"stage": "listing", "what": f"{r.key}: {r.reason}", "count": 1}
+            for r in skipped.head(NAMED).itertuples(index=False)
+        ]
+        if len(skipped) > NAMED:
+            more = (
+                f"{len(skipped) - NAMED} more skipped objects: data/skipped_objects.csv in the run"
+            )
+            rows.append({"stage": "listing", "what": more, "count": len(skipped) - NAMED})
     rows += [{"stage": "decode", "what": f"{b['key']}: {b['error']}", "count": 1} for b in bad]
     if not rows:
         rows = [{"stage": "all", "what": "no bad input", "count": 0}]
@@ -103,8 +121,9 @@ def pipeline_flow(
             run_id=trained.run_id,
             model_uri=evaluated.model_uri,
             config=cfg,
+            manifest=manifest,
         ).to_dict()
-    publish_input_report(listing.skipped, images["bad"])
+    publish_input_report(listing, images["bad"])
     result = {
         "run_id": trained.run_id,
         "skipped": listing.skipped,

@@ -539,6 +539,11 @@ def _report_run(result: dict[str, Any]) -> None:
     stages = ", ".join(f"{k} {v}" for k, v in result["stages"].items())
     info(f"run [bold]{result['run_id']}[/] · stages: {stages}")
     info(f"reading: [bold]{result['diagnosis']}[/]")
+    reg = result.get("registration")
+    if reg:
+        info(
+            f"registry: {reg['name']} v{reg['version']} → [bold]{reg['alias']}[/]: {reg['reason']}"
+        )
     info(f"reports: {result['report_dir']}")
     if result.get("mlflow_url"):
         info(f"MLflow: {result['mlflow_url']}")

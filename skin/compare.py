@@ -7,8 +7,9 @@ split) cannot be compared. Here both are scored on the challenger's dev images, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,32 @@ def score_champion(
         scored = champion.score(dev["key"].iloc[rows].tolist(), open_store(str(source)).get)
         probs[rows] = probabilities(scored, classes)
     return probs
+
+
+def dev_comparison(
+    predictions: Path,
+    classes: Sequence[str],
+    *,
+    dataset: str,
+    tta: bool,
+    tracking_uri: str | None,
+    n_resamples: int,
+    seed: int,
+    min_slice_size: int,
+) -> Callable[[str], Comparison] | None:
+    """What the gate calls with the champion's reference: the champion scored on the challenger's
+    dev images (`predictions`: the evaluate stage's `predictions_dev.parquet`), then compared."""
+    if not predictions.is_file():
+        return None
+    dev = pd.read_parquet(predictions)
+
+    def run(champion_ref: str) -> Comparison:
+        probs = score_champion(champion_ref, dev, classes, tta=tta, tracking_uri=tracking_uri)
+        version = champion_ref.rsplit("/", 1)[-1]
+        return compare(dev, probs, classes, champion_version=version, dataset=dataset,
+                       n_resamples=n_resamples, seed=seed, min_slice_size=min_slice_size)  # fmt: skip
+
+    return run
 
 
 def slice_drops(

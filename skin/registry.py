@@ -11,10 +11,11 @@ seam (`skin.tracking.MLflowRegistry`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from skin.compare import Comparison
+from skin.compare import Comparison, promotion_markdown
 from skin.tracking import MissingRecordError, MLflowRegistry
 
 log = logging.getLogger(__name__)
@@ -111,22 +112,41 @@ def read_champion(registry: MLflowRegistry, name: str, metric: str) -> Champion 
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """How the gate decides: `paired` with its evidence (or why there is none), or `point`."""
+    """How the gate decides: `paired` (scoring the champion with `compare`) or `point`."""
 
     policy: str = "point"
-    comparison: Comparison | None = None
-    no_comparison: str = ""  # why the champion could not be scored on the same images
     min_improvement: float = 0.0
     max_slice_drop: float = 0.05
+    # Scores the champion (`models:/NAME/VERSION`) on the challenger's dev images.
+    compare: Callable[[str], Comparison] | None = None
 
-    def decide(self, score: float, champion: Champion | None, metric: str) -> tuple[str, str]:
+    def evidence(self, name: str, champion: Champion | None) -> tuple[Comparison | None, str]:
+        """The paired comparison, or why there is none (then the point rule decides, saying so)."""
+        if champion is None or self.policy != "paired":
+            return None, ""
+        if self.compare is None:
+            return None, "the challenger has no dev predictions to compare on"
+        try:
+            return self.compare(f"models:/{name}/{champion.version}"), ""
+        except Exception as err:  # another class set, artefacts gone: reported, never hidden
+            log.warning("champion v%s of %s cannot be scored: %s", champion.version, name, err)
+            return None, f"champion v{champion.version} cannot be scored: {err}"
+
+    def decide(
+        self,
+        score: float,
+        champion: Champion | None,
+        metric: str,
+        comparison: Comparison | None,
+        problem: str = "",
+    ) -> tuple[str, str]:
         """(alias, reason): paired when it can be, else the point rule, saying why."""
-        if champion is None or self.policy == "point":
-            return gate(score, champion, metric)
-        if self.comparison is None:
-            alias, reason = gate(score, champion, metric)
-            return alias, f"paired gate impossible ({self.no_comparison}); point gate: {reason}"
-        return paired_gate(self.comparison, self.min_improvement, self.max_slice_drop)
+        if comparison is not None:
+            return paired_gate(comparison, self.min_improvement, self.max_slice_drop)
+        alias, reason = gate(score, champion, metric)
+        return alias, (
+            f"paired gate impossible ({problem}); point gate: {reason}" if problem else reason
+        )
 
 
 def register_and_gate(
@@ -137,7 +157,8 @@ def register_and_gate(
     metric: str = GATE_METRIC,
     policy: GatePolicy | None = None,
 ) -> Registration:
-    """Register `model_uri` as a new version of `name`, then move `champion` or `challenger`."""
+    """Register `model_uri` as a new version of `name`, then move `champion` or `challenger`;
+    the evidence goes on the version's tags and into the run as `promotion.md`."""
     registry = MLflowRegistry(tracking_uri)
     try:
         score = registry.metric(run_id, metric)
@@ -145,16 +166,16 @@ def register_and_gate(
         raise RegistryError(
             f"cannot register {model_uri} as {name}: {err}; evaluate run {run_id} first"
         ) from err
-    champion = read_champion(registry, name, metric)
-    version = registry.create_version(name, model_uri, run_id, DESCRIPTION)
     policy = policy or GatePolicy()
-    alias, reason = policy.decide(score, champion, metric)
+    champion = read_champion(registry, name, metric)
+    comparison, problem = policy.evidence(name, champion)
+    version = registry.create_version(name, model_uri, run_id, DESCRIPTION)
+    alias, reason = policy.decide(score, champion, metric, comparison, problem)
     registry.set_alias(name, alias, version)
     champion_score = champion.score if champion else None
     tags = {"gate": f"{metric}={score:.4f} vs {champion_score}", "gate_reason": reason}
-    if policy.comparison is not None and champion is not None:
-        tags |= policy.comparison.tags()
-    registry.set_version_tags(name, version, tags)
+    registry.set_version_tags(name, version, tags | (comparison.tags() if comparison else {}))
+    registry.log_text(run_id, promotion_markdown(comparison, alias, reason), "promotion.md")
     blocked = champion is not None and alias == CHALLENGER
     (log.warning if blocked else log.info)(
         "registered %s v%s as %s: %s", name, version, alias, reason

@@ -58,6 +58,11 @@ class RunPaths:
         return self.root / "split_counts.csv"
 
     @property
+    def skipped_objects(self) -> Path:
+        """Every object the listing left out of this run's data, with the reason."""
+        return self.root / "skipped_objects.csv"
+
+    @property
     def launch_config(self) -> Path:
         """The config handed to torchrun; not `config`, which rank 0 rewrites."""
         return self.root / "launch-config.yaml"

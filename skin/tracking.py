@@ -367,6 +367,10 @@ class MLflowRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, value)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """A text artifact (e.g. `promotion.md`) in a run, without reopening the run."""
+        self.client.log_text(run_id, text, artifact_file)
+
     def checkpoint(self, ref: str, dst: Path) -> LocalCheckpoint:
         """Download the weights `ref` names: a registered version's or logged model's own
         (sha256-checked); a run's current best epoch for runs:/RUN_ID/model."""

@@ -111,4 +111,11 @@ MODEL_CODE = (
     "skin.launch",
 )
 EVAL_CODE = (*MODEL_CODE, "skin.evaluate", "skin.report", "skin.tracking")
-REGISTRY_CODE = ("skin.registry", "skin.tracking")
+REGISTRY_CODE = (
+    "skin.registry",
+    "skin.tracking",
+    "skin.compare",
+    "skin.bootstrap",
+    "skin.slices",
+    "skin.predict",
+)

@@ -10,13 +10,14 @@ from filelock import FileLock
 from prefect import runtime, task
 
 from skin import manifest as mf
+from skin.compare import dev_comparison
 from skin.config import PipelineConfig, config_digest, digest
-from skin.datastages import ManifestRef
+from skin.datastages import ManifestRef, read_skipped, skipped_uri
 from skin.launch import launch
 from skin.model import build_model, input_spec
 from skin.progress import terminal_bars
-from skin.registry import Registration, register_and_gate
-from skin.runs import run_pointer
+from skin.registry import GatePolicy, Registration, register_and_gate
+from skin.runs import RunPaths, run_pointer
 from skin.shards import image_cache
 from skin.stages import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.tracking import MLflowTracker, resolve_tracking_uri, tracked_run
@@ -88,12 +89,24 @@ def train_task(
         tmp.replace(pointer)
         with tracked_run(tracker):
             tracker.set_tags(_tags())
+            _log_skipped(tracker, cfg, manifest)
             if cfg.train.nproc > 1:  # torchrun workers; rank 0 logs into this same MLflow run
                 outcome = launch(manifest_uri, cfg, tracker.run_id, cfg.train.nproc, tracking=True)
             else:
                 with terminal_bars() as progress:
                     outcome = train_stage(manifest_uri, cfg, tracker, progress=progress)
     return outcome
+
+
+def _log_skipped(tracker: MLflowTracker, cfg: PipelineConfig, manifest: ManifestRef) -> None:
+    """`data/skipped_objects.csv` in the run: every object that did not make it in, and why."""
+    if manifest.listing_fingerprint is None:  # a hand-made manifest: no listing behind it
+        return
+    uri = skipped_uri(cfg.state_uri, cfg.data.uri, manifest.listing_fingerprint)
+    path = RunPaths(cfg.work_dir, tracker.run_id).skipped_objects
+    path.parent.mkdir(parents=True, exist_ok=True)
+    read_skipped(uri).to_csv(path, index=False)
+    tracker.log_artifact(path, "data")
 
 
 # Everything evaluation reads besides the checkpoint (whose content is keyed, not its path): the
@@ -136,15 +149,33 @@ def evaluate_task(
 
 @task(
     name="register-model",
-    cache_policy=keyed_on("run_id", "model_uri", config_sections=("tracking",), code=REGISTRY_CODE),
+    cache_policy=keyed_on(
+        "run_id",
+        "model_uri",
+        "manifest.hash",
+        config_sections=("tracking", "registry", "evaluate", "data.classes", "split.seed"),
+        code=REGISTRY_CODE,
+    ),
     **IO_RETRIES,
 )
-def register_task(run_id: str, model_uri: str, config: PipelineConfig) -> Registration:
-    """New registry version; `champion` moves only if dev balanced accuracy beats the current one."""
-    cfg = config
+def register_task(
+    run_id: str, model_uri: str, config: PipelineConfig, manifest: ManifestRef | None = None
+) -> Registration:
+    """New registry version; `champion` moves only to a challenger that beats it (paired: both
+    scored on the challenger's dev images; point: the scores each recorded)."""
+    uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    compare = dev_comparison(
+        RunPaths(config.work_dir, run_id).report / "predictions_dev.parquet",
+        config.data.classes,
+        dataset=manifest.hash if manifest else "",
+        tta=config.evaluate.tta,
+        tracking_uri=uri,
+        n_resamples=config.evaluate.bootstrap,
+        seed=config.split.seed,
+        min_slice_size=config.evaluate.min_slice_size,
+    )
+    r = config.registry
+    policy = GatePolicy(r.gate, r.min_improvement, r.max_slice_drop, compare)
     return register_and_gate(
-        resolve_tracking_uri(cfg.tracking.tracking_uri),
-        cfg.tracking.registered_model,
-        model_uri,
-        run_id,
+        uri, config.tracking.registered_model, model_uri, run_id, policy=policy
     )

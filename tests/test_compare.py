@@ -81,12 +81,19 @@ def test_a_slice_that_gets_much_worse_blocks_promotion() -> None:
 
 
 def test_without_a_comparison_the_gate_falls_back_to_point_and_says_so() -> None:
-    policy = GatePolicy("paired", None, no_comparison="champion has other classes")
-    alias, reason = policy.decide(0.8, Champion("4", 0.7), "dev_balanced_accuracy")
-    assert alias == CHAMPION and reason.startswith("paired gate impossible (champion has other")
-    alias, reason = policy.decide(0.4, Champion("4", None, "run deleted"), "dev_balanced_accuracy")
+    def other_classes(ref: str):
+        raise ValueError(f"champion {ref} predicts ('MEL', 'NV'), not the challenger's classes")
+
+    policy = GatePolicy("paired", compare=other_classes)
+    comparison, problem = policy.evidence("skin", Champion("4", 0.7))
+    assert comparison is None and "models:/skin/4 predicts" in problem
+    alias, reason = policy.decide(0.8, Champion("4", 0.7), "dev_balanced_accuracy", None, problem)
+    assert alias == CHAMPION and reason.startswith("paired gate impossible (champion v4 cannot")
+    gone = Champion("4", None, "run deleted")
+    alias, _ = policy.decide(0.4, gone, "dev_balanced_accuracy", *policy.evidence("skin", gone))
     assert alias == CHALLENGER, "a champion it cannot score is never replaced blindly"
-    assert GatePolicy("paired").decide(0.1, None, "m")[0] == CHAMPION, "no champion yet"
+    assert GatePolicy("paired").evidence("skin", None) == (None, ""), "no champion yet"
+    assert GatePolicy("paired").decide(0.1, None, "m", None)[0] == CHAMPION
 
 
 def test_a_champion_with_another_class_set_cannot_be_compared() -> None:

@@ -35,6 +35,20 @@ def resolve_config(
     return load_config(config_path, merged)
 
 
+def flow_config(
+    config_path: str | None,
+    overrides: dict[str, Any] | None,
+    data_uri: str | None,
+    *,
+    tracking: bool = True,
+) -> PipelineConfig:
+    """A flow's one config boundary: validated once, data (and tracking) reachable, then typed
+    sections go to the tasks."""
+    cfg = resolve_config(config_path, overrides, data_uri)
+    preflight(cfg, tracking=tracking)
+    return cfg
+
+
 def preflight(cfg: PipelineConfig, *, tracking: bool = True) -> None:
     """Reachability of the data and the tracking server, checked before any stage runs."""
     check_data_reachable(cfg.data.uri)

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import call, data_stages, model_stages, preflight, resolve_config
+from flows.common import call, data_stages, flow_config, model_stages
 from skin.datastages import ListingRef, read_skipped
 from skin.report import bias_variance_line, metrics_table
 from tasks.training import evaluate_task, register_task
@@ -91,8 +91,7 @@ def pipeline_flow(
     `refresh=True` forces every stage to run again.
     """
     log = get_run_logger()
-    cfg = resolve_config(config_path, overrides, data_uri)
-    preflight(cfg)  # data and tracking reachable, before any work
+    cfg = flow_config(config_path, overrides, data_uri)  # data and tracking reachable first
     stages: dict[str, str] = {}
 
     listing, manifest = data_stages(cfg, stages, refresh=refresh)

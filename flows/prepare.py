@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import preflight, resolve_config, resolve_manifest, shard_stages
+from flows.common import flow_config, resolve_manifest, shard_stages
 
 
 @flow(name="skin-prepare", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -26,8 +26,7 @@ def build_shards_flow(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build every shard of the manifest's decoded images in shared.uri, then its index."""
-    cfg = resolve_config(config_path, overrides, data_uri)
-    preflight(cfg, tracking=False)
+    cfg = flow_config(config_path, overrides, data_uri, tracking=False)
     ref = resolve_manifest(manifest, cfg)
     return shard_stages(cfg, ref, {})
 

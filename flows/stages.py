@@ -10,8 +10,8 @@ from prefect import flow
 from flows.common import (
     call,
     data_stages,
+    flow_config,
     model_stages,
-    preflight,
     resolve_config,
     resolve_manifest,
 )
@@ -28,8 +28,7 @@ def list_flow(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """List a dataset: counts per class, skipped objects with reasons, and its fingerprint."""
-    cfg = resolve_config(config_path, overrides, data_uri)
-    preflight(cfg, tracking=False)
+    cfg = flow_config(config_path, overrides, data_uri, tracking=False)
     return call(list_task, {}, config=cfg).to_dict()
 
 
@@ -45,8 +44,7 @@ def split_flow(
 
     `previous`: 'latest' (default: keep earlier assignments), a manifest URI, or None (fresh).
     """
-    cfg = resolve_config(config_path, overrides, data_uri)
-    preflight(cfg, tracking=False)
+    cfg = flow_config(config_path, overrides, data_uri, tracking=False)
     stages: dict[str, str] = {}
     listing, manifest = data_stages(cfg, stages, refresh=refresh, previous=previous)
     return {"manifest": manifest.to_dict(), "listing": listing.to_dict(), "stages": stages}
@@ -62,8 +60,7 @@ def train_flow(
     refresh: bool = False,
 ) -> dict[str, Any]:
     """Train from a manifest (URI, or 'latest' for the dataset); `run_id` resumes that run."""
-    cfg = resolve_config(config_path, overrides, data_uri)
-    preflight(cfg)
+    cfg = flow_config(config_path, overrides, data_uri)
     ref = resolve_manifest(manifest, cfg)
     stages: dict[str, str] = {}
     _, outcome = model_stages(cfg, stages, ref, refresh=refresh, run_id=run_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,20 +99,8 @@ def fit_params(cfg: PipelineConfig, train_labels: np.ndarray, n_classes: int) ->
     if t.class_weighted_loss:
         counts = np.bincount(train_labels, minlength=n_classes).astype(float)
         weights = tuple(float(len(train_labels) / (n_classes * max(c, 1))) for c in counts)
-    return FitParams(
-        epochs=t.epochs,
-        lr=t.lr,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        scheduler=t.scheduler,
-        warmup_epochs=t.warmup_epochs,
-        label_smoothing=t.label_smoothing,
-        class_weights=weights,
-        early_stopping_patience=t.early_stopping_patience,
-        keep_checkpoints=t.keep_checkpoints,
-        amp=t.amp,
-        seed=t.seed,
-    )
+    same = {f.name for f in fields(FitParams)} & set(type(t).model_fields)  # named alike
+    return FitParams(**{name: getattr(t, name) for name in same}, class_weights=weights)
 
 
 def make_model(cfg: PipelineConfig) -> torch.nn.Module:

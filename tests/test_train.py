@@ -308,3 +308,21 @@ def test_dev_scores_are_the_loss_accuracy_and_balanced_accuracy_of_the_probabili
         "dev_accuracy": accuracy,
         "dev_balanced_accuracy": balanced,
     }, "one process: its own scores"
+
+
+def test_fit_params_carry_every_train_setting_the_loop_reads() -> None:
+    from dataclasses import fields
+
+    from skin.config import load_config
+    from skin.stages import fit_params
+    from skin.train import FitParams
+
+    settings = {"epochs": 3, "lr": 0.01, "optimizer": "adamw", "weight_decay": 0.1,
+                "scheduler": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1,
+                "early_stopping_patience": 2, "keep_checkpoints": 4, "amp": False, "seed": 5,
+                "class_weighted_loss": True}  # fmt: skip
+    cfg = load_config(None, {f"train.{k}": v for k, v in settings.items()})
+    params = fit_params(cfg, np.array([0, 1, 1, 1]), 2)
+    for name in {f.name for f in fields(FitParams)} & set(settings):
+        assert getattr(params, name) == settings[name], f"{name} reaches the loop"
+    assert params.class_weights == (2.0, 2 / 3), "weights: n / (classes × count)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import Task, unmapped
@@ -16,6 +15,7 @@ from skin.datastages import (
     previous_for,
     set_latest,
 )
+from skin.runs import cache_root
 from skin.stages import TrainOutcome
 from skin.storage import check_reachable as check_data_reachable
 from skin.tracking import check_reachable as check_tracking_reachable
@@ -110,7 +110,7 @@ def shard_stages(
         index=list(range(plan["shards"])),
         shard_rows=unmapped(plan["shard_rows"]),
         uri=unmapped(plan["uri"]),
-        fetch_root=unmapped(str(Path(cfg.work_dir) / "cache")),
+        fetch_root=unmapped(str(cache_root(cfg.work_dir))),
     )
     built = [f.result() for f in futures]
     # Decoded in this run: neither a Prefect cache hit nor a shard found complete in the store.

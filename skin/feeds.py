@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from skin.imagecache import ImageCache
 from skin.model import InputSpec, train_mode
 from skin.progress import Factory as Progress
 from skin.progress import silent
+from skin.runs import cache_root
 from skin.shards import ShardedImages, image_cache
 from skin.train import Batches, amp_dtype
 
@@ -50,7 +50,7 @@ def index_splits(
 ) -> SplitImages:
     """Build (or reuse) the decoded-image cache and find each split's rows in it, by key."""
     classes = cfg.data.classes
-    root = Path(cfg.work_dir) / "cache"
+    root = cache_root(cfg.work_dir)
     cache = image_cache(manifest, spec.cache_size, root, cfg.shared, progress)
     at = cache.rows_for(manifest["key"])  # manifest row i is cache row at[i]
     index = {c: i for i, c in enumerate(classes)}

@@ -72,6 +72,11 @@ class RunPaths:
         return self.root / "launch.log"
 
 
+def cache_root(work_dir: Path | str) -> Path:
+    """This machine's caches (fetched objects, decoded images, features), shared by every run."""
+    return Path(work_dir) / "cache"
+
+
 def run_pointer(work_dir: Path | str, train_key: str) -> Path:
     """Where a training attempt records its run id by key, so a crashed attempt is resumed."""
     return Path(work_dir) / "runs" / "by-key" / f"{train_key}.json"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
@@ -17,7 +16,7 @@ from skin.launch import launch
 from skin.model import build_model, input_spec
 from skin.progress import terminal_bars
 from skin.registry import GatePolicy, Registration, register_and_gate
-from skin.runs import RunPaths, run_pointer
+from skin.runs import RunPaths, cache_root, run_pointer
 from skin.shards import image_cache
 from skin.stages import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.tracking import MLflowTracker, resolve_tracking_uri, tracked_run
@@ -47,7 +46,7 @@ def decode_images_task(manifest: ManifestRef, config: PipelineConfig) -> dict[st
     """Fetch and decode every image once (parallel); the cache folder and the images that failed."""
     skeleton = build_model(config.model.name, len(config.data.classes), pretrained=False)
     spec = input_spec(skeleton, config.train.image_size)
-    root = Path(config.work_dir) / "cache"
+    root = cache_root(config.work_dir)
     cache = image_cache(mf.read(manifest.uri), spec.cache_size, root, config.shared)
     return {"path": str(cache.path), "bad": cache.errors.to_dict(orient="records")}
 

@@ -274,9 +274,9 @@ def _record_inputs(
         "manifest_uri": manifest_uri,
         "dataset": str(manifest["source"].iloc[0]),
     }
-    for split in mf.SPLITS:
+    for split in mf.SPLITS:  # MLflow keeps one input per (name, digest): the name says the split
         rows = manifest[manifest["split"] == split]
-        tracker.log_dataset(rows, tags["dataset"], tags["manifest_hash"], split)
+        tracker.log_dataset(rows, f"{tags['dataset']} [{split}]", tags["manifest_hash"], split)
     commit = git_commit()
     if commit:
         tags["code_version"] = commit

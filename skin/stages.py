@@ -414,7 +414,8 @@ def split_rows(manifest: pd.DataFrame, data: SplitImages) -> dict[str, pd.DataFr
 def evaluation_findings(
     scored: report.Scored, rows: dict[str, pd.DataFrame], cfg: PipelineConfig
 ) -> tuple[dict[str, float], report.Findings]:
-    """Intervals on every split, then (with dev and test) calibration, operating points, slices."""
+    """Intervals on every split and the temperature from dev; with test, calibration there,
+    operating points (thresholds from dev) and slices."""
     e, seed = cfg.evaluate, cfg.split.seed
     groups = {s: r.get("lesion_id") for s, r in rows.items()}  # resampled whole
     metrics = interval_metrics(scored, groups, e.bootstrap, seed)
@@ -422,12 +423,15 @@ def evaluation_findings(
         s: report.predictions_frame(rows[s], p, scored.classes)
         for s, (p, _) in scored.probs.items()
     }
+    calibration = _temperature(scored, e.tta)
+    metrics["temperature"] = calibration["temperature"]
     if "test" not in scored.probs:
-        return metrics, report.Findings(predictions)
-    cal, calibration, calibrated = _calibration(scored, e.tta)
+        return metrics, report.Findings(predictions, calibration)
+    cal, calibrated = _test_calibration(scored, calibration)
+    dev_labels, test_labels = scored.probs["dev"][1], scored.probs["test"][1]
     points = operating_points(
-        _dev_test(scored, "dev"),
-        _dev_test(scored, "test"),
+        (dev_labels, scored.probs["dev"][0]),
+        (test_labels, scored.probs["test"][0]),
         scored.classes,
         groups["test"],
         malignant=e.malignant,
@@ -447,12 +451,6 @@ def evaluation_findings(
     return metrics, findings
 
 
-def _dev_test(scored: report.Scored, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of a split, the order operating points take them in."""
-    probs, labels = scored.probs[split]
-    return labels, probs
-
-
 def interval_metrics(
     scored: report.Scored, groups: dict[str, pd.Series | None], n_resamples: int, seed: int
 ) -> dict[str, float]:
@@ -464,27 +462,30 @@ def interval_metrics(
     return out
 
 
-def _calibration(
-    scored: report.Scored, tta: bool
-) -> tuple[dict[str, float], dict[str, Any], np.ndarray]:
-    """Temperature fitted on dev logits; test ECE and log loss after it; calibration.json."""
-    dev_y, test_y = scored.probs["dev"][1], scored.probs["test"][1]
-    temperature = fit_temperature(scored.logits["dev"], dev_y)
-    found = calibration_report(scored.logits["test"], test_y, temperature)
-    metrics = {
-        "temperature": temperature,
-        "test_ece_calibrated": found["ece_after"],
-        "test_log_loss_calibrated": found["log_loss_after"],
-    }
-    doc = {
-        "temperature": temperature,
+def _temperature(scored: report.Scored, tta: bool) -> dict[str, Any]:
+    """The temperature fitted on dev logits, as calibration.json records it."""
+    dev_y = scored.probs["dev"][1]
+    return {
+        "temperature": fit_temperature(scored.logits["dev"], dev_y),
         "fitted_on": "dev",
         "dev_images": len(dev_y),
         "logits": "mean over the 8 TTA views" if tta else "single view",
         "use": "probabilities = softmax(logits / temperature)",
-        "test": found,
     }
-    return metrics, doc, apply_temperature(scored.logits["test"], temperature)
+
+
+def _test_calibration(
+    scored: report.Scored, calibration: dict[str, Any]
+) -> tuple[dict[str, float], np.ndarray]:
+    """Test ECE and log loss after the temperature (added to `calibration`); test probabilities."""
+    t, logits = calibration["temperature"], scored.logits["test"]
+    found = calibration_report(logits, scored.probs["test"][1], t)
+    calibration["test"] = found
+    metrics = {
+        "test_ece_calibrated": found["ece_after"],
+        "test_log_loss_calibrated": found["log_loss_after"],
+    }
+    return metrics, apply_temperature(logits, t)
 
 
 def _slices(

@@ -130,7 +130,7 @@ def ours(uri: str, cfg: PipelineConfig) -> dict[str, float]:
         RunPaths(cfg.work_dir, out.run_id).last_checkpoint, device
     )
     data = index_splits(mf.read(uri), cfg, input_spec(model, cfg.train.image_size))
-    probs, labels = predict_split(model, data, "test", device, cfg.train.batch_size)
+    probs, labels, _ = predict_split(model, data, "test", device, cfg.train.batch_size)
     pred = probs.argmax(1)
     return {
         "seconds": time.perf_counter() - t0,

@@ -125,10 +125,13 @@ def _count_table(title: str, column: str, counts: Mapping[str, int]) -> Table:
 
 
 def _metrics_table(metrics: dict[str, float], title: str) -> Table:
-    from skin.report import bias_variance_line, metrics_table
+    """Metrics per split, each with its 95 % interval in brackets; bias/variance as caption."""
+    from skin.report import bias_variance_line, metrics_table_text
 
-    table = _frame_table(metrics_table(metrics), title)
+    table = _frame_table(metrics_table_text(metrics), title)
     table.caption = bias_variance_line(metrics)
+    if any(k.endswith("_ci_low") for k in metrics):
+        table.caption += " · [95 % bootstrap interval over lesions]"
     return table
 
 

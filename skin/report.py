@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,12 @@ import numpy as np
 import pandas as pd
 
 from skin.evaluate import SplitMetrics
+from skin.operating import OperatingPoint
+
+SPLITS = ("train", "dev", "test")
+METRIC_COLUMNS = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
+METADATA = ("age_approx", "anatom_site_general", "sex")  # patient columns a manifest may carry
+SUMMARY_HEAD = 20  # lines of summary.md that become the MLflow run's description
 
 if TYPE_CHECKING:
     from skin.config import PipelineConfig
@@ -60,10 +67,16 @@ def confusion_png(confusion: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def learning_curves_png(history: list[dict[str, float]], path: Path) -> None:
+def learning_curves_png(
+    history: list[dict[str, float]], path: Path, best_epoch: int | None = None
+) -> None:
+    """Loss and accuracy per epoch over the whole run, the best epoch marked."""
     plt = _plt()
     h = pd.DataFrame(history)
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if best_epoch is not None:
+        for ax in (a, b):
+            ax.axvline(best_epoch, color="grey", ls=":", label=f"best epoch {best_epoch}")
     a.plot(h["epoch"], h["train_loss"], label="train loss")
     a.plot(h["epoch"], h["dev_loss"], label="dev loss")
     a.set_xlabel("epoch")
@@ -79,18 +92,39 @@ def learning_curves_png(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def per_class_png(per_class: pd.DataFrame, path: Path, title: str) -> None:
+def per_class_png(
+    per_class: pd.DataFrame, path: Path, title: str, recall_ci: pd.DataFrame | None = None
+) -> None:
+    """Precision, recall and F1 per class; recall with its 95 % interval (`low`, `high`) if given."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    per_class[["precision", "recall", "f1"]].plot.bar(ax=ax)
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
+    x, width = np.arange(len(per_class)), 0.27
+    for i, metric in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (i - 1) * width, per_class[metric], width, label=metric)
+    if recall_ci is not None:
+        ci = recall_ci.reindex(per_class.index)
+        low = (per_class["recall"] - ci["low"]).clip(lower=0).fillna(0)
+        high = (ci["high"] - per_class["recall"]).clip(lower=0).fillna(0)
+        ax.errorbar(x, per_class["recall"], yerr=[low, high], fmt="none", ecolor="k", capsize=3)
+        ax.set_title(f"{title} (recall: 95 % interval)")
+    else:
+        ax.set_title(title)
+    ax.set_xticks(x, per_class.index)
+    ax.set_ylim(0, 1.05)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def roc_png(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], path: Path) -> None:
+def roc_png(
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: tuple[str, ...],
+    path: Path,
+    points: Sequence[OperatingPoint] = (),
+) -> None:
+    """One-vs-rest ROC per class; melanoma's operating points (thresholds from dev) marked."""
     from sklearn.metrics import roc_curve
 
     plt = _plt()
@@ -99,6 +133,15 @@ def roc_png(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], path: Pa
         if (y == c).any() and (y != c).any():
             fpr, tpr, _ = roc_curve(y == c, probs[:, c])
             ax.plot(fpr, tpr, label=name)
+    for p, marker in zip([p for p in points if p.name == "mel"], "os^v", strict=False):
+        ax.plot(
+            1 - p.specificity,
+            p.sensitivity,
+            marker,
+            color="k",
+            mfc="none",
+            label=f"MEL at dev spec {p.target:.0%}",
+        )
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -109,28 +152,71 @@ def roc_png(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...], path: Pa
     plt.close(fig)
 
 
-def reliability_png(
-    y: np.ndarray, probs: np.ndarray, path: Path, ece: float, bins: int = 15
-) -> None:
-    plt = _plt()
+def reliability_bins(
+    y: np.ndarray, probs: np.ndarray, bins: int = 15
+) -> tuple[list[float], list[float]]:
+    """Mean confidence and accuracy of each non-empty confidence bin (lo, hi]."""
     conf, correct = probs.max(1), probs.argmax(1) == y
-    edges = np.linspace(0, 1, bins + 1)
     mids, accs = [], []
-    for lo, hi in itertools.pairwise(edges):
+    for lo, hi in itertools.pairwise(np.linspace(0, 1, bins + 1)):
         m = (conf > lo) & (conf <= hi)
         if m.any():
-            mids.append(conf[m].mean())
-            accs.append(correct[m].mean())
+            mids.append(float(conf[m].mean()))
+            accs.append(float(correct[m].mean()))
+    return mids, accs
+
+
+def reliability_png(
+    y: np.ndarray,
+    probs: np.ndarray,
+    path: Path,
+    ece: float,
+    bins: int = 15,
+    calibrated: tuple[np.ndarray, float] | None = None,
+) -> None:
+    """Accuracy against confidence; with `calibrated` (probabilities, ECE) after scaling too."""
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
-    ax.plot(mids, accs, "o-", label="model")
+    ax.plot(*reliability_bins(y, probs, bins), "o-", label=f"model (ECE {ece:.3f})")
+    title = f"test reliability (ECE {ece:.3f})"
+    if calibrated is not None:
+        scaled, ece_after = calibrated
+        ax.plot(*reliability_bins(y, scaled, bins), "s-", label=f"calibrated (ECE {ece_after:.3f})")
+        title = f"test reliability (ECE {ece:.3f} → {ece_after:.3f})"
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"test reliability (ECE {ece:.3f})")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def slices_png(table: pd.DataFrame, path: Path, overall: float | None = None) -> bool:
+    """Balanced accuracy per scored slice with its 95 % interval; False when none is scored."""
+    scored = table[table["scored"].astype(bool)].reset_index(drop=True)
+    if scored.empty:
+        return False
+    plt = _plt()
+    ba = scored["balanced_accuracy"].astype(float)
+    low = (ba - scored["balanced_accuracy_ci_low"].astype(float)).clip(lower=0).fillna(0)
+    high = (scored["balanced_accuracy_ci_high"].astype(float) - ba).clip(lower=0).fillna(0)
+    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.35 * len(scored)))
+    pos = np.arange(len(scored))[::-1]
+    ax.errorbar(ba, pos, xerr=[low, high], fmt="o", capsize=3)
+    if overall is not None and np.isfinite(overall):
+        ax.axvline(overall, color="grey", ls=":", label=f"all test images {overall:.3f}")
+        ax.legend(fontsize=8)
+    names = [f"{r.dimension}: {r.value} (n={r.n})" for r in scored.itertuples(index=False)]
+    ax.set_yticks(pos, names)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("balanced accuracy (95 % interval)")
+    ax.set_title("test slices")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def misclassified_png(
@@ -171,14 +257,45 @@ def misclassified_png(
     return len(worst)
 
 
-def metrics_table(metrics: Mapping[str, float]) -> pd.DataFrame:
-    """Rows train/dev/test; columns accuracy, balanced accuracy, macro F1, AUC."""
-    cols = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
-    rows = {
-        s: {c: metrics.get(f"{s}_{c}", float("nan")) for c in cols}
-        for s in ("train", "dev", "test")
-    }
+def metrics_table(metrics: Mapping[str, float], intervals: bool = False) -> pd.DataFrame:
+    """Rows train/dev/test; columns accuracy, balanced accuracy, macro F1, AUC (numbers);
+    with `intervals`, each followed by its `_ci_low` and `_ci_high` (nan where not computed)."""
+    suffixes = ("", "_ci_low", "_ci_high") if intervals else ("",)
+    cols = [f"{c}{s}" for c in METRIC_COLUMNS for s in suffixes]
+    rows = {s: {c: metrics.get(f"{s}_{c}", float("nan")) for c in cols} for s in SPLITS}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def with_interval(value: float, low: float | None, high: float | None) -> str:
+    """`0.7120 [0.680, 0.740]`, or `0.7120` alone when no interval is known."""
+    text = f"{value:.4f}"
+    if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def metrics_table_text(metrics: Mapping[str, float]) -> pd.DataFrame:
+    """metrics_table as text, each number with its 95 % interval in brackets (terminal, summary)."""
+
+    def cell(name: str) -> str:
+        return with_interval(
+            metrics.get(name, float("nan")),
+            metrics.get(f"{name}_ci_low"),
+            metrics.get(f"{name}_ci_high"),
+        )
+
+    rows = {s: {c: cell(f"{s}_{c}") for c in METRIC_COLUMNS} for s in SPLITS}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def intervals_line(n_resamples: int) -> str:
+    """How the bracketed intervals were made (or that they were not)."""
+    if n_resamples <= 0:
+        return "no intervals (evaluate.bootstrap = 0)"
+    return (
+        f"[low, high]: 95 % bootstrap interval, {n_resamples} resamples of lesions"
+        " (images of one lesion drawn together, within their class)"
+    )
 
 
 def bias_variance_line(metrics: Mapping[str, float], reading: str | None = None) -> str:
@@ -208,35 +325,147 @@ class RunFacts:
     manifest_hash: str
     counts: pd.DataFrame  # images per split and class
     recipe: str
+    n_resamples: int = 0  # bootstrap resamples behind the intervals (0: none)
 
 
 @dataclass(frozen=True)
 class Scored:
     """Evaluation's output per split: metrics, and (probabilities, true labels); plus the decoded
-    images of the test rows (`images[test_rows[i]]` is row i's) for the page of mistakes."""
+    images of the test rows (`images[test_rows[i]]` is row i's) for the page of mistakes, and
+    each split's logits (the mean over TTA views) for temperature scaling."""
 
     classes: tuple[str, ...]
     results: Mapping[str, SplitMetrics]
     probs: Mapping[str, tuple[np.ndarray, np.ndarray]]
     images: np.ndarray
     test_rows: np.ndarray
+    logits: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
-def report_summary_markdown(metrics: Mapping[str, float], reading: str, facts: RunFacts) -> str:
-    """The report's summary.md: data, recipe, metrics per split and the bias/variance reading."""
+@dataclass(frozen=True)
+class Findings:
+    """What evaluation adds to the point metrics: predictions per split, the temperature fitted on
+    dev (and test probabilities after it), operating points chosen on dev, and test slices."""
+
+    predictions: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    calibration: Mapping[str, Any] = field(default_factory=dict)  # calibration.json
+    calibrated_test: np.ndarray | None = None
+    operating: Sequence[OperatingPoint] = ()
+    positives: Mapping[str, list[str]] = field(default_factory=dict)  # question -> its classes
+    slices: pd.DataFrame | None = None
+
+
+def predictions_frame(
+    rows: pd.DataFrame, probs: np.ndarray, classes: Sequence[str]
+) -> pd.DataFrame:
+    """One split's predictions: key, source, label, lesion_id, metadata present, `prob_<CLASS>`."""
+    if len(rows) != len(probs):
+        raise ValueError(f"predictions: {len(rows)} manifest rows for {len(probs)} predictions")
+    columns = ["key", "source", "label", "lesion_id", *(c for c in METADATA if c in rows)]
+    out = rows.reindex(columns=columns).reset_index(drop=True)
+    scores = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes])
+    return pd.concat([out, scores], axis=1)
+
+
+def operating_points_json(
+    points: Sequence[OperatingPoint], positives: Mapping[str, list[str]]
+) -> dict[str, Any]:
+    """The thresholds chosen on dev with what they gave on test (for `report/operating_points.json`)."""
+    return {
+        "chosen_on": "dev",
+        "score": "sum of the positive classes' probabilities (uncalibrated, as predictions_*)",
+        "rule": "positive when score >= threshold",
+        "points": [
+            {**_jsonable(asdict(p)), "positive_classes": list(positives.get(p.name, []))}
+            for p in points
+        ],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN as null, tuples as lists: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _ci(metrics: Mapping[str, float], name: str) -> str:
+    return with_interval(
+        metrics.get(name, float("nan")),
+        metrics.get(f"{name}_ci_low"),
+        metrics.get(f"{name}_ci_high"),
+    )
+
+
+def _calibration_lines(metrics: Mapping[str, float]) -> list[str]:
+    if "temperature" not in metrics:
+        return []
+    line = f"- temperature T = {metrics['temperature']:.3f} (fitted on dev logits)"
+    if "test_ece_calibrated" in metrics:
+        line += (
+            f"; test ECE {metrics['test_ece']:.4f} → {metrics['test_ece_calibrated']:.4f},"
+            f" log loss {metrics['test_log_loss']:.4f} → {metrics['test_log_loss_calibrated']:.4f}"
+        )
+    return ["## Calibration", "", line, ""]
+
+
+def _operating_lines(points: Sequence[OperatingPoint]) -> list[str]:
+    if not points:
+        return []
+    rows = [
+        {
+            "question": p.name,
+            "target specificity": f"{p.target:.2f}",
+            "threshold (dev)": f"{p.threshold:.4f}",
+            "test sensitivity": with_interval(p.sensitivity, *p.sensitivity_ci),
+            "test specificity": with_interval(p.specificity, *p.specificity_ci),
+            "test positives / negatives": f"{p.n_positive} / {p.n_negative}",
+        }
+        for p in points
+    ]
+    table = pd.DataFrame(rows).to_markdown(index=False)
+    return ["## Operating points (thresholds chosen on dev, read on test)", "", table, ""]
+
+
+def _slice_lines(slices: pd.DataFrame | None) -> list[str]:
+    if slices is None or slices.empty:
+        return []
+    scored = slices[slices["scored"].astype(bool)]
+    line = f"- {len(scored)} of {len(slices)} slices scored (the others are too small)"
+    if len(scored):
+        worst = scored.loc[scored["balanced_accuracy"].astype(float).idxmin()]
+        ba = with_interval(
+            worst["balanced_accuracy"],
+            worst["balanced_accuracy_ci_low"],
+            worst["balanced_accuracy_ci_high"],
+        )
+        line += f"; lowest balanced accuracy: {worst['dimension']} {worst['value']} {ba}"
+    return ["## Slices (test)", "", f"{line}; see `slices_test.csv`", ""]
+
+
+def report_summary_markdown(
+    metrics: Mapping[str, float],
+    reading: str,
+    facts: RunFacts,
+    findings: Findings | None = None,
+) -> str:
+    """The report's summary.md: data, recipe, metrics with intervals per split, bias/variance,
+    then calibration, operating points and slices when measured, and the images per split."""
+    findings = findings or Findings()
     lines = [
         "# Run summary",
         "",
         f"- Dataset: `{facts.dataset}` · manifest version `{facts.manifest_hash}`",
         f"- Recipe: {facts.recipe}",
-        "",
-        "## Images per split",
-        "",
-        facts.counts.to_markdown(),
+        f"- {intervals_line(facts.n_resamples)}",
         "",
         "## Metrics (best checkpoint)",
         "",
-        metrics_table(metrics).to_markdown(floatfmt=".4f"),
+        metrics_table_text(metrics).to_markdown(),
         "",
         "## Bias and variance (the notebook's reading)",
         "",
@@ -246,21 +475,69 @@ def report_summary_markdown(metrics: Mapping[str, float], reading: str, facts: R
         "bias = human level − train accuracy; variance = train − dev accuracy;"
         " variance_test = train − test accuracy.",
         "",
+        *_calibration_lines(metrics),
+        *_operating_lines(findings.operating),
+        *_slice_lines(findings.slices),
+        "## Images per split",
+        "",
+        facts.counts.to_markdown(),
+        "",
     ]
     return "\n".join(lines)
 
 
-def _test_pictures(out: Path, scored: Scored) -> None:
+def summary_head(path: Path, lines: int = SUMMARY_HEAD) -> str:
+    """The first lines of summary.md (the MLflow run's description)."""
+    return "\n".join(path.read_text().splitlines()[:lines])
+
+
+def recall_intervals(
+    metrics: Mapping[str, float], split: str, classes: Sequence[str]
+) -> pd.DataFrame | None:
+    """Per-class recall intervals (`low`, `high`) from the flat metrics; None when there are none."""
+    rows = {
+        c: (metrics[f"{split}_recall_{c}_ci_low"], metrics[f"{split}_recall_{c}_ci_high"])
+        for c in classes
+        if f"{split}_recall_{c}_ci_low" in metrics
+    }
+    if not rows:
+        return None
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["low", "high"])
+
+
+def _test_pictures(
+    out: Path, scored: Scored, metrics: Mapping[str, float], findings: Findings
+) -> None:
     """Confusion, per-class bars, ROC, reliability and the most confident mistakes on test."""
     test = scored.results["test"]
     p, y = scored.probs["test"]
     confusion_png(test.confusion, out / "confusion_matrix_test.png", "test")
-    per_class_png(test.per_class, out / "per_class_test.png", "test per class")
-    roc_png(y, p, scored.classes, out / "roc_test.png")
-    reliability_png(y, p, out / "reliability_test.png", test.scalars["ece"])
+    ci = recall_intervals(metrics, "test", scored.classes)
+    per_class_png(test.per_class, out / "per_class_test.png", "test per class", ci)
+    roc_png(y, p, scored.classes, out / "roc_test.png", findings.operating)
+    calibrated = None
+    if findings.calibrated_test is not None and "test_ece_calibrated" in metrics:
+        calibrated = (findings.calibrated_test, metrics["test_ece_calibrated"])
+    reliability_png(y, p, out / "reliability_test.png", test.scalars["ece"], calibrated=calibrated)
     misclassified_png(
         scored.images, scored.test_rows, y, p, scored.classes, out / "misclassified_test.png"
     )
+
+
+def _write_findings(out: Path, findings: Findings, metrics: Mapping[str, float]) -> None:
+    """Predictions per split, the temperature, the thresholds and the slice table (and chart)."""
+    for split, frame in findings.predictions.items():
+        frame.to_parquet(out / f"predictions_{split}.parquet", index=False)
+    if findings.calibration:
+        text = json.dumps(_jsonable(dict(findings.calibration)), indent=2)
+        (out / "calibration.json").write_text(text)
+    if findings.operating:
+        doc = operating_points_json(findings.operating, findings.positives)
+        (out / "operating_points.json").write_text(json.dumps(doc, indent=2))
+    if findings.slices is not None:
+        findings.slices.to_csv(out / "slices_test.csv", index=False)
+        overall = metrics.get("test_balanced_accuracy")
+        slices_png(findings.slices, out / "slices_test.png", overall)
 
 
 def write_reports(
@@ -270,17 +547,22 @@ def write_reports(
     reading: str,
     history: list[dict[str, Any]],
     facts: RunFacts,
+    findings: Findings | None = None,
 ) -> None:
     """Every file a reader needs, in one folder logged as the run's `report/` artifacts."""
+    findings = findings or Findings()
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(dict(metrics), indent=2, sort_keys=True))
-    metrics_table(metrics).to_csv(out / "metrics_table.csv")
+    metrics_table(metrics, intervals=True).to_csv(out / "metrics_table.csv")
     for split, m in scored.results.items():
         m.per_class.to_csv(out / f"per_class_{split}.csv")
         m.confusion.to_csv(out / f"confusion_matrix_{split}.csv")
     if "test" in scored.results:
-        _test_pictures(out, scored)
+        _test_pictures(out, scored, metrics, findings)
+    _write_findings(out, findings, metrics)
     if history:
         pd.DataFrame(history).to_csv(out / "history.csv", index=False)
-        learning_curves_png(history, out / "learning_curves.png")
-    (out / "summary.md").write_text(report_summary_markdown(metrics, reading, facts))
+        best = metrics.get("best_epoch")
+        best_epoch = int(best) if best is not None and math.isfinite(best) else None
+        learning_curves_png(history, out / "learning_curves.png", best_epoch)
+    (out / "summary.md").write_text(report_summary_markdown(metrics, reading, facts, findings))

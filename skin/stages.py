@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,8 @@ import torch
 from skin import checkpoint as ckpt
 from skin import distributed, report
 from skin import manifest as mf
+from skin.bootstrap import confidence_intervals, flat_intervals
+from skin.calibration import apply_temperature, calibration_report, fit_temperature
 from skin.config import PipelineConfig, TrainConfig, config_to_yaml, flatten
 from skin.data import DIHEDRAL, EvalImages, Normalize, dihedral_view, make_loader
 from skin.distributed import World
@@ -41,15 +43,16 @@ from skin.model import (
     is_head_only,
     load_model_from_checkpoint,
 )
+from skin.operating import flat_operating, operating_points, questions
 from skin.progress import Factory as Progress
 from skin.progress import silent
 from skin.runs import RunPaths
+from skin.slices import slice_metrics, slice_table
 from skin.tracking import NullTracker, Tracker, git_commit
 from skin.train import (
     FitParams,
     FitResult,
     amp_dtype,
-    evaluate_batches,
     fit,
     pick_device,
     seed_everything,
@@ -251,13 +254,17 @@ def _record_inputs(
     paths: RunPaths,
     data: SplitImages,
 ) -> None:
-    """Params, tags, the resolved config, the manifest and the bad-image report."""
+    """Params, tags, the resolved config, the manifest (also as dataset inputs, one per split)
+    and the bad-image report."""
     tracker.log_params(flatten(cfg))
     tags = {
         "manifest_hash": mf.manifest_hash(manifest),
         "manifest_uri": manifest_uri,
         "dataset": str(manifest["source"].iloc[0]),
     }
+    for split in mf.SPLITS:  # MLflow keeps one input per (name, digest): the name says the split
+        rows = manifest[manifest["split"] == split]
+        tracker.log_dataset(rows, f"{tags['dataset']} [{split}]", tags["manifest_hash"], split)
     commit = git_commit()
     if commit:
         tags["code_version"] = commit
@@ -276,6 +283,35 @@ def _record_inputs(
 # --------------------------------------------------------------------------- evaluate
 
 
+class Predicted(NamedTuple):
+    """One split's predictions in image order: probabilities and logits, each the mean over the
+    TTA views (mean logits are what temperature scaling is fitted on), and the true labels."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+
+
+@torch.no_grad()
+def _logits_and_probs(
+    net: torch.nn.Module,
+    batches: Any,
+    prep: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, softmax probabilities and labels for every batch (net in eval mode)."""
+    net.eval()
+    logits, probs, labels = [], [], []
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            z = net(prep(x.to(device, non_blocking=True))).float()
+        logits.append(z.cpu())
+        probs.append(torch.softmax(z, dim=1).cpu())
+        labels.append(y)
+    return torch.cat(logits).numpy(), torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
 def predict_split(
     model: torch.nn.Module,
     data: SplitImages,
@@ -283,22 +319,22 @@ def predict_split(
     device: torch.device,
     batch_size: int,
     tta: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities for one split; with TTA averaged over the 8 flips/rotations of the square."""
+) -> Predicted:
+    """Probabilities and logits for one split; with TTA each averaged over the 8 flips/rotations."""
     ds = EvalImages(data.cache, data.rows[split], data.labels[split], data.spec.size)
     norm = Normalize(data.spec).to(device)
     views = DIHEDRAL if tta else DIHEDRAL[:1]
     dtype = amp_dtype(device, True)
-    total = None
-    labels = None
+    total_logits = total_probs = labels = None
     for k, transpose in views:
         loader = make_loader(ds, batch_size=batch_size, shuffle=False, seed=0)
-        probs, labels = evaluate_batches(
+        z, p, labels = _logits_and_probs(
             model, loader, lambda x, k=k, t=transpose: norm(dihedral_view(x, k, t)), device, dtype
         )
-        total = probs if total is None else total + probs
-    assert total is not None and labels is not None
-    return total / len(views), labels
+        total_logits = z if total_logits is None else total_logits + z
+        total_probs = p if total_probs is None else total_probs + p
+    assert total_probs is not None and total_logits is not None and labels is not None
+    return Predicted(total_probs / len(views), labels, total_logits / len(views))
 
 
 def evaluate_stage(
@@ -309,7 +345,8 @@ def evaluate_stage(
     *,
     progress: Progress = silent,
 ) -> EvalOutcome:
-    """Score the best checkpoint on train, dev and test; log metrics, bias/variance and reports."""
+    """Score the best checkpoint on train, dev and test: metrics with intervals, calibration,
+    operating points and slices; log them, write the reports, describe the run."""
     manifest = mf.read(manifest_uri)
     device = pick_device(cfg.train.device)
     model, state = load_model_from_checkpoint(checkpoint_path, device)
@@ -318,13 +355,17 @@ def evaluate_stage(
     metrics = _eval_metrics(scored.results, cfg.evaluate.human_level, state["epoch"])
     if cfg.evaluate.tta and "test" in scored.results:
         metrics |= _tta_gain(model, data, device, cfg.train.batch_size, scored.results["test"])
+    found, findings = evaluation_findings(scored, split_rows(manifest, data), cfg)
+    metrics |= found
     tracker.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
     reading = diagnosis(metrics["bias"], metrics["variance"])
-    out_dir = RunPaths(cfg.work_dir, tracker.run_id).report
-    history = state.get("history", [])
-    report.write_reports(out_dir, scored, metrics, reading, history, _run_facts(cfg, manifest))
-    tracker.log_artifact(out_dir, "report")
+    paths = RunPaths(cfg.work_dir, tracker.run_id)
+    history = run_history(paths, state)
+    facts = _run_facts(cfg, manifest)
+    report.write_reports(paths.report, scored, metrics, reading, history, facts, findings)
+    tracker.log_artifact(paths.report, "report")
     tracker.set_tags({"diagnosis": reading})
+    tracker.set_description(report.summary_head(paths.report / "summary.md"))
     model_uri = None
     if cfg.tracking.log_model:
         size = data.spec.size
@@ -332,7 +373,7 @@ def evaluate_stage(
         model_uri = tracker.log_model(  # with the exact weights a registered version serves
             model.cpu().float(), example, None, checkpoint=Path(checkpoint_path)
         )
-    return EvalOutcome(tracker.run_id, metrics, reading, str(out_dir), model_uri=model_uri)
+    return EvalOutcome(tracker.run_id, metrics, reading, str(paths.report), model_uri=model_uri)
 
 
 def score_splits(
@@ -340,14 +381,136 @@ def score_splits(
 ) -> report.Scored:
     """Probabilities, labels and metrics of every split that has images."""
     probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    logits: dict[str, np.ndarray] = {}
     results: dict[str, SplitMetrics] = {}
     for split in mf.SPLITS:
         if len(data.rows[split]) == 0:
             continue
-        p, labels = predict_split(model, data, split, device, batch_size, tta=tta)
-        probs[split] = (p, labels)
+        p, labels, z = predict_split(model, data, split, device, batch_size, tta=tta)
+        probs[split], logits[split] = (p, labels), z
         results[split] = split_metrics(labels, p, data.classes)
-    return report.Scored(data.classes, results, probs, data.cache.images, data.rows["test"])
+    images, test_rows = data.cache.images, data.rows["test"]
+    return report.Scored(data.classes, results, probs, images, test_rows, logits)
+
+
+def split_rows(manifest: pd.DataFrame, data: SplitImages) -> dict[str, pd.DataFrame]:
+    """Each split's manifest rows in the order of its predictions (its cache rows' keys)."""
+    by_key = manifest.set_index("key")
+    return {s: by_key.loc[data.cache.keys[r]].reset_index() for s, r in data.rows.items()}
+
+
+def evaluation_findings(
+    scored: report.Scored, rows: dict[str, pd.DataFrame], cfg: PipelineConfig
+) -> tuple[dict[str, float], report.Findings]:
+    """Intervals on every split and the temperature from dev; with test, calibration there,
+    operating points (thresholds from dev) and slices."""
+    e, seed = cfg.evaluate, cfg.split.seed
+    groups = {s: r.get("lesion_id") for s, r in rows.items()}  # resampled whole
+    metrics = interval_metrics(scored, groups, e.bootstrap, seed)
+    predictions = {
+        s: report.predictions_frame(rows[s], p, scored.classes)
+        for s, (p, _) in scored.probs.items()
+    }
+    calibration = _temperature(scored, e.tta)
+    metrics["temperature"] = calibration["temperature"]
+    if "test" not in scored.probs:
+        return metrics, report.Findings(predictions, calibration)
+    cal, calibrated = _test_calibration(scored, calibration)
+    dev_labels, test_labels = scored.probs["dev"][1], scored.probs["test"][1]
+    points = operating_points(
+        (dev_labels, scored.probs["dev"][0]),
+        (test_labels, scored.probs["test"][0]),
+        scored.classes,
+        groups["test"],
+        malignant=e.malignant,
+        n_resamples=e.bootstrap,
+        seed=seed,
+    )
+    mel90 = next((p.threshold for p in points if p.name == "mel" and p.target == 0.90), None)
+    slices = _slices(scored, rows["test"], groups["test"], cfg, mel90)
+    metrics |= cal | flat_operating(points, "test")
+    if slices is not None:
+        metrics |= slice_metrics(slices, "test")
+    positives = {
+        name: [scored.classes[c] for c in cols]
+        for name, cols in questions(scored.classes, e.malignant).items()
+    }
+    findings = report.Findings(predictions, calibration, calibrated, points, positives, slices)
+    return metrics, findings
+
+
+def interval_metrics(
+    scored: report.Scored, groups: dict[str, pd.Series | None], n_resamples: int, seed: int
+) -> dict[str, float]:
+    """`<split>_<metric>_ci_low/_ci_high` per split (no AUC interval on train: costly, unread)."""
+    out: dict[str, float] = {}
+    for split, (p, y) in scored.probs.items():
+        iv = confidence_intervals(y, p, groups[split], n_resamples, seed, auc=split != "train")
+        out |= flat_intervals(split, iv, scored.classes)
+    return out
+
+
+def _temperature(scored: report.Scored, tta: bool) -> dict[str, Any]:
+    """The temperature fitted on dev logits, as calibration.json records it."""
+    dev_y = scored.probs["dev"][1]
+    return {
+        "temperature": fit_temperature(scored.logits["dev"], dev_y),
+        "fitted_on": "dev",
+        "dev_images": len(dev_y),
+        "logits": "mean over the 8 TTA views" if tta else "single view",
+        "use": "probabilities = softmax(logits / temperature)",
+    }
+
+
+def _test_calibration(
+    scored: report.Scored, calibration: dict[str, Any]
+) -> tuple[dict[str, float], np.ndarray]:
+    """Test ECE and log loss after the temperature (added to `calibration`); test probabilities."""
+    t, logits = calibration["temperature"], scored.logits["test"]
+    found = calibration_report(logits, scored.probs["test"][1], t)
+    calibration["test"] = found
+    metrics = {
+        "test_ece_calibrated": found["ece_after"],
+        "test_log_loss_calibrated": found["log_loss_after"],
+    }
+    return metrics, apply_temperature(logits, t)
+
+
+def _slices(
+    scored: report.Scored,
+    rows: pd.DataFrame,
+    groups: pd.Series | None,
+    cfg: PipelineConfig,
+    mel_threshold: float | None,
+) -> pd.DataFrame | None:
+    """The test slice table when the manifest carries patient metadata, else None."""
+    present = [c for c in report.METADATA if c in rows and rows[c].notna().any()]
+    if not present:
+        return None
+    if rows["source"].nunique() > 1:
+        present.append("source")
+    probs, y = scored.probs["test"]
+    return slice_table(
+        rows[present],
+        y,
+        probs,
+        scored.classes,
+        groups,
+        min_size=cfg.evaluate.min_slice_size,
+        n_resamples=cfg.evaluate.bootstrap,
+        seed=cfg.split.seed,
+        mel_threshold=mel_threshold,
+    )
+
+
+def run_history(paths: RunPaths, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The whole training's history (last.pt's), not only up to the best epoch (best.pt's)."""
+    history = state.get("history", [])
+    if paths.last_checkpoint.is_file():
+        last = ckpt.load(paths.last_checkpoint).get("history", [])
+        if len(last) >= len(history):
+            return last
+    return history
 
 
 def _eval_metrics(
@@ -372,7 +535,7 @@ def _tta_gain(
     with_tta: SplitMetrics,
 ) -> dict[str, float]:
     """Test balanced accuracy without TTA, and what TTA gained over it."""
-    plain, labels = predict_split(model, data, "test", device, batch_size, tta=False)
+    plain, labels, _ = predict_split(model, data, "test", device, batch_size, tta=False)
     base = split_metrics(labels, plain, data.classes).scalars["balanced_accuracy"]
     gain = with_tta.scalars["balanced_accuracy"] - base
     return {"test_balanced_accuracy_no_tta": base, "tta_gain": gain}
@@ -385,4 +548,5 @@ def _run_facts(cfg: PipelineConfig, manifest: pd.DataFrame) -> report.RunFacts:
         manifest_hash=mf.manifest_hash(manifest),
         counts=mf.summary(manifest),
         recipe=report.recipe_line(cfg),
+        n_resamples=cfg.evaluate.bootstrap,
     )

@@ -113,7 +113,7 @@ def test_predictions_match_the_evaluation(trained: Trained) -> None:
     cfg = PipelineConfig.model_validate(load(trained.checkpoint)["config"])
     manifest = mf.read(trained.result["manifest_uri"])
     data = index_splits(manifest, cfg, predictor.spec)
-    expected, labels = predict_split(predictor.model, data, "test", predictor.device, 32)
+    expected, labels, _ = predict_split(predictor.model, data, "test", predictor.device, 32)
     keys = manifest["key"].iloc[data.rows["test"]]
     ours = predictor.predict([(trained.data / k).read_bytes() for k in keys])
     diff = np.abs(ours - expected).max()

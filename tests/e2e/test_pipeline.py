@@ -20,6 +20,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 FINAL = ["train_accuracy", "dev_accuracy", "test_accuracy", "train_balanced_accuracy",
          "dev_balanced_accuracy", "test_balanced_accuracy", "bias", "variance", "variance_test"]
 
+INTERVALS = ["test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
+             "dev_balanced_accuracy_ci_low", "test_recall_MEL_ci_low", "temperature",
+             "test_ece_calibrated", "test_mel_sensitivity_at_spec90", "mel_threshold_at_spec90"]
+
 
 def overrides(tmp_path: Path, server_url: str, **extra: object) -> dict[str, object]:
     return {**TINY, "train.epochs": 10, "work_dir": str(tmp_path / "work"),
@@ -52,11 +56,13 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     client = MlflowClient(tracking_uri=mlflow_server.url)
     run = client.get_run(first["run_id"])
     m = run.data.metrics
-    missing = [k for k in [*FINAL, "test_recall_MEL", "dev_recall_NV"] if k not in m]
+    missing = [k for k in [*FINAL, *INTERVALS, "test_recall_MEL", "dev_recall_NV"] if k not in m]
     assert not missing, f"final metrics missing: {missing}"
     assert m["bias"] + m["train_accuracy"] == pytest.approx(0.90), "bias = human level − train"
     assert m["variance"] == pytest.approx(m["train_accuracy"] - m["dev_accuracy"])
     assert m["test_balanced_accuracy"] > 0.3, f"the model must learn: {m['test_balanced_accuracy']}"
+    low, high = m["test_balanced_accuracy_ci_low"], m["test_balanced_accuracy_ci_high"]
+    assert low <= m["test_balanced_accuracy"] <= high, ("interval around the value", low, high)
     for name in ("epoch/train_loss", "epoch/dev_loss", "epoch/dev_accuracy",
                  "epoch/dev_balanced_accuracy"):
         steps = [p.step for p in client.get_metric_history(run.info.run_id, name)]
@@ -68,6 +74,7 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     expected = {f"checkpoints/epoch_{e:04d}.pt" for e in range(1, 11)} | {
         "manifest/manifest.parquet", "config/config.yaml", "report/confusion_matrix_test.csv",
         "report/confusion_matrix_test.png", "report/per_class_test.csv", "report/summary.md",
+        "report/predictions_dev.parquet", "report/calibration.json", "report/operating_points.json",
     }
     assert expected <= files, f"artifacts missing: {sorted(expected - files)}"
     models = mlflow.search_logged_models(
@@ -75,6 +82,11 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     )
     assert any(lm.source_run_id == run.info.run_id for lm in models), "model logged to MLflow"
     assert run.info.status == "FINISHED"
+    assert "balanced_accuracy" in run.data.tags.get("mlflow.note.content", ""), "run described"
+    contexts = {
+        t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"
+    }
+    assert contexts == {"train", "dev", "test"}, f"manifest as dataset inputs: {contexts}"
 
     again = pipeline_flow(data_uri=str(data), overrides=ov)
     assert again["stages"] == {"list-images": "ran", "split": "cached", "undersample": "cached",

@@ -1,0 +1,138 @@
+"""The evaluate stage on a tiny trained model: intervals, predictions, calibration, operating
+points, slices and the whole learning curve, as metrics and as report files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skin import manifest as mf
+from skin.stages import EvalOutcome, evaluate_stage, train_stage
+from skin.tracking import NullTracker
+from tests.helpers import make_manifest
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+SEXES = ["male", "female"]
+
+
+@dataclass
+class Evaluated:
+    outcome: EvalOutcome
+    tracker: NullTracker
+    manifest: pd.DataFrame
+    report: Path
+    classes: tuple[str, ...]
+
+
+def with_metadata(uri: str) -> pd.DataFrame:
+    """The manifest with patient metadata (sex, age, site) and lesions of two images each."""
+    m = mf.read(uri)
+    n = np.arange(len(m))
+    lesion = m.groupby(["split", "label"]).cumcount() // 2
+    m = m.assign(
+        lesion_id=m["split"] + "-" + m["label"] + "-" + lesion.astype(str),
+        sex=np.resize(SEXES, len(m)),
+        age_approx=(n % 4 * 20 + 5).astype(float),
+        anatom_site_general=np.where(n % 5 == 0, None, "torso"),
+    )
+    mf.write(m, uri)
+    return m
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, sample_data: Path) -> Evaluated:
+    tmp = tmp_path_factory.mktemp("stages")
+    overrides = {"train.epochs": EPOCHS, "evaluate.bootstrap": 200, "evaluate.min_slice_size": 10}
+    uri, cfg = make_manifest(tmp, sample_data, **overrides)
+    manifest = with_metadata(uri)
+    tracker = NullTracker("stages")
+    out = train_stage(uri, cfg, tracker)
+    outcome = evaluate_stage(uri, out.best_checkpoint, cfg, tracker)
+    return Evaluated(outcome, tracker, manifest, Path(outcome.report_dir), cfg.data.classes)
+
+
+def test_every_headline_number_sits_inside_its_interval(evaluated: Evaluated) -> None:
+    m = evaluated.outcome.metrics
+    names = [
+        f"{s}_{metric}" for s in ("dev", "test") for metric in ("accuracy", "balanced_accuracy")
+    ]
+    names += ["dev_macro_auc", "test_macro_auc", "train_balanced_accuracy", "test_recall_MEL"]
+    for name in names:
+        low, high = m[f"{name}_ci_low"], m[f"{name}_ci_high"]
+        assert low <= m[name] <= high, f"{name}: {m[name]} outside [{low}, {high}]"
+        if "recall" not in name:  # a class recall of 0 on every resample is possible
+            assert high - low > 0, f"{name}: an interval of width 0 on 64 images"
+    assert "train_macro_auc_ci_low" not in m, "no AUC interval on train"
+    logged = evaluated.tracker.metrics
+    assert logged["test_balanced_accuracy_ci_low"] == m["test_balanced_accuracy_ci_low"]
+
+
+def test_predictions_of_every_split_carry_the_gate_columns(evaluated: Evaluated) -> None:
+    dev = pd.read_parquet(evaluated.report / "predictions_dev.parquet")
+    probs = [f"prob_{c}" for c in evaluated.classes]
+    want = ["key", "source", "label", "lesion_id", "age_approx", "anatom_site_general", "sex"]
+    assert list(dev.columns) == want + probs, dev.columns
+    manifest = evaluated.manifest
+    assert set(dev["key"]) == set(manifest.loc[manifest["split"] == "dev", "key"])
+    assert np.allclose(dev[probs].sum(axis=1), 1, atol=1e-4), "probabilities sum to one"
+    chosen = np.array(evaluated.classes)[dev[probs].to_numpy().argmax(1)]
+    accuracy = float((chosen == dev["label"]).mean())
+    assert accuracy == pytest.approx(evaluated.outcome.metrics["dev_accuracy"]), "rows line up"
+    for split in ("train", "test"):
+        assert (evaluated.report / f"predictions_{split}.parquet").is_file(), split
+
+
+def test_temperature_is_fitted_on_dev_and_reported_before_and_after(evaluated: Evaluated) -> None:
+    m = evaluated.outcome.metrics
+    saved = json.loads((evaluated.report / "calibration.json").read_text())
+    assert saved["temperature"] == pytest.approx(m["temperature"]) and m["temperature"] > 0
+    assert saved["fitted_on"] == "dev"
+    for name in ("test_ece", "test_log_loss", "test_ece_calibrated", "test_log_loss_calibrated"):
+        assert np.isfinite(m[name]), name
+
+
+def test_operating_thresholds_come_from_dev_and_are_read_on_test(evaluated: Evaluated) -> None:
+    from skin.operating import threshold_at_specificity
+
+    m = evaluated.outcome.metrics
+    dev = pd.read_parquet(evaluated.report / "predictions_dev.parquet")
+    mel = (dev["label"] == "MEL").to_numpy()
+    expected = threshold_at_specificity(dev["prob_MEL"].to_numpy(), mel, 0.90)
+    assert m["mel_threshold_at_spec90"] == pytest.approx(expected), "threshold chosen on dev"
+    for name in ("test_mel_sensitivity_at_spec90", "test_malignant_sensitivity_at_spec95"):
+        assert m[f"{name}_ci_low"] <= m[name] <= m[f"{name}_ci_high"], name
+    saved = json.loads((evaluated.report / "operating_points.json").read_text())
+    by_key = {(p["name"], p["target"]): p for p in saved["points"]}
+    assert by_key[("mel", 0.9)]["threshold"] == pytest.approx(expected)
+    assert by_key[("malignant", 0.95)]["positive_classes"] == ["MEL", "BCC", "SCC"]
+
+
+def test_slices_by_patient_metadata_are_tabled_charted_and_logged(evaluated: Evaluated) -> None:
+    table = pd.read_csv(evaluated.report / "slices_test.csv")
+    assert set(table["dimension"]) == {"sex", "age", "site"}, table
+    assert table.loc[table["scored"], "n"].min() >= 10, "only slices of min size are scored"
+    m = evaluated.outcome.metrics
+    for sex in SEXES:
+        name = f"test_slice/sex/{sex}/balanced_accuracy"
+        assert m[f"{name}_ci_low"] <= m[name] <= m[f"{name}_ci_high"], name
+    assert (evaluated.report / "slices_test.png").stat().st_size > 0
+
+
+def test_the_learning_curve_spans_the_whole_training(evaluated: Evaluated) -> None:
+    history = pd.read_csv(evaluated.report / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, EPOCHS + 1)), history
+
+
+def test_the_run_is_described_by_the_head_of_its_summary(evaluated: Evaluated) -> None:
+    description = evaluated.tracker.tags["mlflow.note.content"]
+    summary = (evaluated.report / "summary.md").read_text()
+    assert summary.startswith(description) and "balanced_accuracy" in description, description
+    contexts = sorted(c for _, _, c, _ in evaluated.tracker.datasets)
+    assert contexts == ["dev", "test", "train"], evaluated.tracker.datasets

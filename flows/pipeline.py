@@ -9,14 +9,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, data_stages, flow_config, model_stages
 from skin.datastages import ListingRef, read_skipped
-from skin.report import bias_variance_line, metrics_table
+from skin.report import bias_variance_line, metrics_table_text
 from tasks.training import evaluate_task, register_task
 
 
 def artifact_markdown(result: dict[str, Any]) -> str:
     """The Prefect artifact `skin-run-summary`: where the MLflow run is, and the key numbers."""
     metrics = result["metrics"]
-    table = metrics_table(metrics).to_markdown(floatfmt=".4f")
+    table = metrics_table_text(metrics).to_markdown()
     link = (
         f"[{result['run_id']}]({result['mlflow_url']})"
         if result.get("mlflow_url")

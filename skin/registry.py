@@ -156,9 +156,11 @@ def register_and_gate(
     run_id: str,
     metric: str = GATE_METRIC,
     policy: GatePolicy | None = None,
+    card: Callable[[str], str] | None = None,
 ) -> Registration:
     """Register `model_uri` as a new version of `name`, then move `champion` or `challenger`;
-    the evidence goes on the version's tags and into the run as `promotion.md`."""
+    the evidence goes on the version's tags and into the run as `promotion.md`; `card(version)`,
+    the model card, becomes the version's description and the run's `model_card.md`."""
     registry = MLflowRegistry(tracking_uri)
     try:
         score = registry.metric(run_id, metric)
@@ -176,6 +178,10 @@ def register_and_gate(
     tags = {"gate": f"{metric}={score:.4f} vs {champion_score}", "gate_reason": reason}
     registry.set_version_tags(name, version, tags | (comparison.tags() if comparison else {}))
     registry.log_text(run_id, promotion_markdown(comparison, alias, reason), "promotion.md")
+    if card is not None:
+        text = card(version)
+        registry.describe_version(name, version, text)
+        registry.log_text(run_id, text, "model_card.md")
     blocked = champion is not None and alias == CHALLENGER
     (log.warning if blocked else log.info)(
         "registered %s v%s as %s: %s", name, version, alias, reason

@@ -367,6 +367,10 @@ class MLflowRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, value)
 
+    def describe_version(self, name: str, version: str, text: str) -> None:
+        """The version's description: what the registry page shows (its model card)."""
+        self.client.update_model_version(name, version, description=text)
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """A text artifact (e.g. `promotion.md`) in a run, without reopening the run."""
         self.client.log_text(run_id, text, artifact_file)

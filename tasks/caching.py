@@ -113,6 +113,7 @@ MODEL_CODE = (
 EVAL_CODE = (*MODEL_CODE, "skin.evaluate", "skin.report", "skin.tracking")
 REGISTRY_CODE = (
     "skin.registry",
+    "skin.modelcard",
     "skin.tracking",
     "skin.compare",
     "skin.bootstrap",

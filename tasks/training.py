@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from filelock import FileLock
@@ -14,6 +15,7 @@ from skin.config import PipelineConfig, config_digest, digest
 from skin.datastages import ManifestRef, read_skipped, skipped_uri
 from skin.launch import launch
 from skin.model import build_model, input_spec
+from skin.modelcard import model_card
 from skin.progress import terminal_bars
 from skin.registry import GatePolicy, Registration, register_and_gate
 from skin.runs import RunPaths, cache_root, run_pointer
@@ -163,8 +165,9 @@ def register_task(
     """New registry version; `champion` moves only to a challenger that beats it (paired: both
     scored on the challenger's dev images; point: the scores each recorded)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    run = RunPaths(config.work_dir, run_id)
     compare = dev_comparison(
-        RunPaths(config.work_dir, run_id).report / "predictions_dev.parquet",
+        run.report / "predictions_dev.parquet",
         config.data.classes,
         dataset=manifest.hash if manifest else "",
         tta=config.evaluate.tta,
@@ -173,8 +176,7 @@ def register_task(
         seed=config.split.seed,
         min_slice_size=config.evaluate.min_slice_size,
     )
-    r = config.registry
+    r, name = config.registry, config.tracking.registered_model
     policy = GatePolicy(r.gate, r.min_improvement, r.max_slice_drop, compare)
-    return register_and_gate(
-        uri, config.tracking.registered_model, model_uri, run_id, policy=policy
-    )
+    card = partial(model_card, run, name=name)
+    return register_and_gate(uri, name, model_uri, run_id, policy=policy, card=card)

@@ -47,6 +47,9 @@ def test_paired_gate_promotes_only_a_clearly_better_challenger(
     promotion = client.download_artifacts(client.get_model_version(
         strong["name"], strong["version"]).run_id, "promotion.md", str(tmp_path))  # fmt: skip
     assert "**champion**" in Path(promotion).read_text()
+    card = client.get_model_version(strong["name"], strong["version"]).description
+    assert card.startswith(f"# Model card: {strong['name']} v{strong['version']}"), card[:80]
+    assert "Not a diagnosis" in card and "## Known limitations" in card
 
     # The data grows: the champion, trained on the older manifest, is re-scored on the new dev set.
     write_sample_dataset(str(tmp_path / "more"), class_counts(per_class=8), size=40, seed=11)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,10 @@ class Predictor:
         *,
         tta: bool = False,
         batch_size: int = 64,
+        temperature: float = 1.0,
     ) -> None:
+        if not temperature > 0:
+            raise PredictError(f"temperature must be positive, not {temperature!r}")
         self.model = model.eval()
         self.spec = spec
         self.classes = tuple(classes)
@@ -61,8 +65,15 @@ class Predictor:
         self.source = source
         self.tta = tta
         self.batch_size = batch_size
+        self.temperature = float(temperature)  # softmax(logits / T): calibration's T, 1 = raw
         self._norm = Normalize(spec).to(device)
         self._dtype = amp_dtype(device, True)  # as evaluation: bf16/fp16 on GPU, fp32 on CPU
+
+    def using(self, *, tta: bool) -> Predictor:
+        """The same model with TTA on or off: a per-request copy, the shared one is untouched."""
+        other = copy.copy(self)
+        other.tta = tta
+        return other
 
     def to_input(self, data: bytes) -> np.ndarray:
         """Bytes → uint8 [size, size, 3], exactly as evaluation decodes and crops."""
@@ -89,7 +100,7 @@ class Predictor:
                 self.device.type, dtype=self._dtype, enabled=self._dtype is not None
             ):
                 logits = self.model(self._norm(dihedral_view(x, k, transpose)))
-            total += torch.softmax(logits.float(), dim=1)
+            total += torch.softmax(logits.float() / self.temperature, dim=1)
         return (total / len(views)).cpu().numpy()
 
     def top_k(self, probs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:

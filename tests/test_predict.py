@@ -407,9 +407,9 @@ def test_a_changed_registered_checkpoint_is_refused(tmp_path: Path) -> None:
 
     reg = register_epoch(tmp_path)
     client = MlflowClient(tracking_uri=reg.uri)
-    model_id = client.get_model_version(reg.name, reg.version).tags["skin.model_id"]
-    location = client.get_logged_model(model_id).artifact_location.removeprefix("file://")
-    stored = Path(location) / "skin" / "checkpoint.pt"
+    tags = client.get_model_version(reg.name, reg.version).tags
+    location = client.get_logged_model(tags["skin.model_id"]).artifact_location
+    stored = Path(location.removeprefix("file://")) / tags["skin.checkpoint"]
     assert stored.is_file(), f"the checkpoint is logged inside the model: {stored}"
     stored.write_bytes(reg.checkpoints[1].read_bytes())
     with pytest.raises(PredictError, match="sha256"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -189,11 +190,32 @@ def load_predictor(
         else:
             path, source = _checkpoint_file(ref, Path(tmp))
         model, state = load_model_from_checkpoint(path, dev)
+        temperature = calibrated_temperature(path)
     cfg = PipelineConfig.model_validate(state["config"])
     spec = input_spec(model, cfg.train.image_size)
     classes = state.get("classes") or list(CLASSES)
     source = replace(source, epoch=int(state["epoch"]))
-    return Predictor(model, spec, classes, dev, source, tta=tta, batch_size=batch_size)
+    return Predictor(
+        model, spec, classes, dev, source, tta=tta, batch_size=batch_size, temperature=temperature
+    )
+
+
+CALIBRATION_FILE = "calibration.json"  # {"temperature": T}, written by the evaluate stage
+
+
+def calibrated_temperature(checkpoint: Path) -> float:
+    """The temperature stored with a checkpoint: beside it (inside a logged model) or in its run
+    folder's report/ (for runs/<id>/checkpoints/*.pt); 1.0 (raw softmax) when there is none."""
+    candidates = [checkpoint.parent / CALIBRATION_FILE]
+    if checkpoint.parent.name == "checkpoints":
+        candidates.append(checkpoint.parent.parent / "report" / CALIBRATION_FILE)
+    for path in candidates:
+        if path.is_file():
+            try:
+                return float(json.loads(path.read_text())["temperature"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise PredictError(f"{path}: no usable temperature: {err}") from err
+    return 1.0
 
 
 def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:

@@ -40,10 +40,9 @@ class Served:
 
 
 def load_served(artifacts: Mapping[str, str], device: str = "auto") -> Served:
-    """The model from its artifacts: checkpoint, and the calibration and operating points if any."""
+    """The model from its artifacts: the checkpoint (with the calibration MLflow keeps beside
+    it, which `load_predictor` applies as `skin predict` does) and the operating points if any."""
     predictor = load_predictor(artifacts[CHECKPOINT], device)
-    temperature = _read_json(artifacts.get(CALIBRATION)).get("temperature", 1.0)
-    predictor.temperature = float(temperature)
     threshold = mel_threshold(_read_json(artifacts.get(OPERATING_POINTS)))
     return Served(predictor, threshold)
 

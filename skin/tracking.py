@@ -445,16 +445,20 @@ class MLflowRegistry:
         self, model_id: str, tags: dict[str, str], resolved: str, dst: Path
     ) -> tuple[Path, str, str]:
         """The checkpoint logged inside a model, checked against its recorded sha256: (the file,
-        its artifact path, its sha256)."""
+        its artifact path, its sha256). Its folder comes along: the calibration logged beside it."""
         import mlflow.artifacts
 
         artifact = tags.get(CHECKPOINT_TAG, CHECKPOINT_ARTIFACT)
+        folder, name = artifact.rsplit("/", 1) if "/" in artifact else ("", artifact)
         location = self.client.get_logged_model(model_id).artifact_location.rstrip("/")
         local = Path(
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{location}/{artifact}", dst_path=str(dst), tracking_uri=self.uri
+                artifact_uri=f"{location}/{folder}".rstrip("/"),
+                dst_path=str(dst),
+                tracking_uri=self.uri,
             )
         )
+        local = local / name
         digest, expected = sha256_file(local), tags[CHECKPOINT_SHA_TAG]
         if digest != expected:
             raise TrackingError(

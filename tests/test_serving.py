@@ -65,7 +65,7 @@ def log_run(tmp: Path, report: dict[str, dict] | None = None) -> Logged:
     tracker = MLflowTracker(uri, "serving")
     with tracked_run(tracker):
         if report:
-            folder = tmp / "report"
+            folder = tmp / "logged-report"  # not the run folder's report/: only MLflow has it
             folder.mkdir()
             for name, content in report.items():
                 (folder / name).write_text(json.dumps(content))
@@ -150,7 +150,9 @@ def test_the_signature_takes_image_or_uri_and_a_tta_param(logged: Logged) -> Non
     assert meta.saved_input_example_info is not None, "the model carries an input example"
 
 
-def test_calibration_and_operating_points_travel_with_the_model(tmp_path: Path) -> None:
+def test_calibration_and_operating_points_travel_with_the_model_to_every_path(
+    tmp_path: Path,
+) -> None:
     report = {
         "calibration.json": {"temperature": 0.05},
         "operating_points.json": {"mel_threshold_at_spec95": 0.2, "mel_threshold_at_spec90": 0.1},
@@ -167,6 +169,8 @@ def test_calibration_and_operating_points_travel_with_the_model(tmp_path: Path) 
     sharpened = np.exp(np.log(raw.predict(images)) / 0.05)
     np.testing.assert_allclose(expected, sharpened / sharpened.sum(1, keepdims=True), atol=1e-4)
     assert not np.allclose(expected, raw.predict(images), atol=1e-3), "T changed nothing"
+    registered = load_predictor(logged.model_uri, "cpu", tracking_uri=logged.uri)
+    np.testing.assert_allclose(registered.predict(images), expected, atol=ATOL)
     mel = CLASSES.index("MEL")
     assert out["melanoma_suspected"][:3].tolist() == list(expected[:, mel] >= 0.1), out
     assert out["melanoma_suspected"][3] is None, "no answer for a bad row"
@@ -179,3 +183,14 @@ def test_the_mel_threshold_is_read_at_90_percent_specificity_or_the_lowest_store
     )
     assert mel_threshold({"malignant_threshold_at_spec90": 0.2}) is None
     assert mel_threshold({}) is None
+
+
+def test_a_run_folder_checkpoint_uses_its_runs_calibration(tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "checkpoints")
+    image = [encoded("PNG", 11)]
+    raw = load_predictor(str(checkpoint), "cpu").predict(image)
+    (tmp_path / "run" / "report").mkdir()
+    (tmp_path / "run" / "report" / "calibration.json").write_text('{"temperature": 0.05}')
+    calibrated = load_predictor(str(checkpoint), "cpu")
+    assert calibrated.temperature == 0.05, calibrated.temperature
+    assert not np.allclose(calibrated.predict(image), raw, atol=1e-3), "T=0.05 changed nothing"

@@ -242,10 +242,9 @@ def mlflow_checkpoint(
     was evaluated, checked against the sha256 recorded with it: later evaluations of the same
     run cannot change it. `runs:/RUN_ID/model` follows the run's current best epoch.
 
-    Why not `mlflow.pytorch.load_model`: our models are logged as torch.export (pt2) programs,
-    which torch unpickles with weights_only=False unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is
-    false; they are fixed to the CPU and to the example's batch size, and carry no input spec.
-    The checkpoint holds the same weights as plain tensors plus the config that made them.
+    Why not `mlflow.pyfunc.load_model`: the logged model (skin.serving) is this same
+    checkpoint behind a DataFrame interface, unpickled with cloudpickle; loading the checkpoint
+    itself runs no pickled code, and keeps the registry's sha256 check and the run's record.
     """
     from skin.tracking import MLflowRegistry, TrackingError
 

@@ -720,5 +720,42 @@ def predict_cmd(
     _predict_batch(targets[0], model, tta, out, tracking_uri)
 
 
+@app.command("export")
+@friendly_errors
+def export_cmd(
+    out: Annotated[str, typer.Argument(metavar="OUT", help="The file to write (.onnx).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint"
+            " (default: the registered model's champion).",
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Only onnx.")] = "onnx",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)."),
+    ] = None,
+) -> None:
+    """Export the model's network to ONNX: logits from normalised input, any batch size, the
+    preprocessing constants and class order in the graph's metadata.
+
+    Example: skin export --model models:/skin-lesion-classifier@champion --format onnx model.onnx
+    """
+    from pathlib import Path
+
+    from skin.config import DEFAULT_MODEL
+    from skin.export import export_onnx
+    from skin.predict import load_predictor
+
+    if fmt.lower() != "onnx":
+        raise typer.BadParameter(f"format {fmt!r}: only onnx is supported", param_hint="--format")
+    predictor = load_predictor(model or DEFAULT_MODEL, "cpu", tracking_uri=tracking_uri)
+    path = export_onnx(predictor, Path(out))
+    emit({"model": predictor.source.resolved, "format": "onnx", "output": str(path)})
+    info(f"{predictor.source.resolved} (epoch {predictor.source.epoch}) → [bold]{path}[/]")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

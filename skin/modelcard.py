@@ -23,7 +23,7 @@ INTENDED_USE = (
 ISIC_CLASSES = ("AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC")
 
 
-def model_card(run: RunPaths, *, name: str, version: str) -> str:
+def model_card(run: RunPaths, version: str, *, name: str) -> str:
     """`model_card.md` for version `version` of `name`, from the run folder `run`."""
     cfg = load_config(run.config) if run.config.is_file() else None
     counts = _read_csv(run.split_counts, index_col=0)

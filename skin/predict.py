@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +55,10 @@ class Predictor:
         *,
         tta: bool = False,
         batch_size: int = 64,
+        temperature: float = 1.0,
     ) -> None:
+        if not temperature > 0:
+            raise PredictError(f"temperature must be positive, not {temperature!r}")
         self.model = model.eval()
         self.spec = spec
         self.classes = tuple(classes)
@@ -61,8 +66,15 @@ class Predictor:
         self.source = source
         self.tta = tta
         self.batch_size = batch_size
+        self.temperature = float(temperature)  # softmax(logits / T): calibration's T, 1 = raw
         self._norm = Normalize(spec).to(device)
         self._dtype = amp_dtype(device, True)  # as evaluation: bf16/fp16 on GPU, fp32 on CPU
+
+    def using(self, *, tta: bool) -> Predictor:
+        """The same model with TTA on or off: a per-request copy, the shared one is untouched."""
+        other = copy.copy(self)
+        other.tta = tta
+        return other
 
     def to_input(self, data: bytes) -> np.ndarray:
         """Bytes → uint8 [size, size, 3], exactly as evaluation decodes and crops."""
@@ -89,7 +101,7 @@ class Predictor:
                 self.device.type, dtype=self._dtype, enabled=self._dtype is not None
             ):
                 logits = self.model(self._norm(dihedral_view(x, k, transpose)))
-            total += torch.softmax(logits.float(), dim=1)
+            total += torch.softmax(logits.float() / self.temperature, dim=1)
         return (total / len(views)).cpu().numpy()
 
     def top_k(self, probs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
@@ -178,11 +190,32 @@ def load_predictor(
         else:
             path, source = _checkpoint_file(ref, Path(tmp))
         model, state = load_model_from_checkpoint(path, dev)
+        temperature = calibrated_temperature(path)
     cfg = PipelineConfig.model_validate(state["config"])
     spec = input_spec(model, cfg.train.image_size)
     classes = state.get("classes") or list(CLASSES)
     source = replace(source, epoch=int(state["epoch"]))
-    return Predictor(model, spec, classes, dev, source, tta=tta, batch_size=batch_size)
+    return Predictor(
+        model, spec, classes, dev, source, tta=tta, batch_size=batch_size, temperature=temperature
+    )
+
+
+CALIBRATION_FILE = "calibration.json"  # {"temperature": T}, written by the evaluate stage
+
+
+def calibrated_temperature(checkpoint: Path) -> float:
+    """The temperature stored with a checkpoint: beside it (inside a logged model) or in its run
+    folder's report/ (for runs/<id>/checkpoints/*.pt); 1.0 (raw softmax) when there is none."""
+    candidates = [checkpoint.parent / CALIBRATION_FILE]
+    if checkpoint.parent.name == "checkpoints":
+        candidates.append(checkpoint.parent.parent / "report" / CALIBRATION_FILE)
+    for path in candidates:
+        if path.is_file():
+            try:
+                return float(json.loads(path.read_text())["temperature"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise PredictError(f"{path}: no usable temperature: {err}") from err
+    return 1.0
 
 
 def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
@@ -209,10 +242,9 @@ def mlflow_checkpoint(
     was evaluated, checked against the sha256 recorded with it: later evaluations of the same
     run cannot change it. `runs:/RUN_ID/model` follows the run's current best epoch.
 
-    Why not `mlflow.pytorch.load_model`: our models are logged as torch.export (pt2) programs,
-    which torch unpickles with weights_only=False unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is
-    false; they are fixed to the CPU and to the example's batch size, and carry no input spec.
-    The checkpoint holds the same weights as plain tensors plus the config that made them.
+    Why not `mlflow.pyfunc.load_model`: the logged model (skin.serving) is this same
+    checkpoint behind a DataFrame interface, unpickled with cloudpickle; loading the checkpoint
+    itself runs no pickled code, and keeps the registry's sha256 check and the run's record.
     """
     from skin.tracking import MLflowRegistry, TrackingError
 

@@ -28,7 +28,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _SECRET_NAME = re.compile(r"(secret|password|token|key_id|access_key|credential)", re.I)
 # The exact weights of a logged model live inside its own artifacts, named by these tags (copied
 # onto a registry version when it is created): a version is immutable, whatever its run does later.
-CHECKPOINT_ARTIFACT = "skin/checkpoint.pt"
+CHECKPOINT_ARTIFACT = "artifacts/checkpoint.pt"  # where pyfunc keeps it ("skin/…" before)
 CHECKPOINT_TAG = "skin.checkpoint"
 CHECKPOINT_SHA_TAG = "skin.checkpoint_sha256"
 MODEL_ID_TAG = "skin.model_id"  # on a version: the logged model it was made from
@@ -190,33 +190,48 @@ class MLflowTracker:
     def log_model(
         self, model: Any, example: Any, registered_name: str | None, checkpoint: Path | None = None
     ) -> str | None:
-        """Log the model (`example`: an input batch for its signature); with `checkpoint`, also
-        the exact weights it was made from (and their hash) inside the model's own artifacts:
-        what a registry version of it will serve."""
-        import mlflow.pytorch
+        """Log the image-in pyfunc (`skin.serving.SkinModel`, name "model") made from
+        `checkpoint`: the exact weights (and their hash) travel inside the model's artifacts,
+        with the run's report/calibration.json and report/operating_points.json where they
+        exist. `model` and `example` (the network and a tensor batch) are not needed by it."""
+        import mlflow.pyfunc
 
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            input_example=example,
-            registered_model_name=registered_name,
-            pip_requirements=["torch", "timm"],
-        )
-        if checkpoint is not None:
-            self._attach_checkpoint(info.model_id, Path(checkpoint))
+        from skin import serving
+
+        if checkpoint is None:
+            raise TrackingError("log_model needs the checkpoint the model was made from")
+        with tempfile.TemporaryDirectory(prefix="skin-model-") as tmp:
+            artifacts, tags = self._attach_checkpoint(Path(checkpoint), Path(tmp))
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=serving.SkinModel(),
+                artifacts=artifacts,
+                signature=serving.signature(),
+                input_example=serving.example_frame(),
+                registered_model_name=registered_name,
+                pip_requirements=_serving_requirements(),
+                tags=tags,
+            )
         return info.model_uri
 
-    def _attach_checkpoint(self, model_id: str, checkpoint: Path) -> None:
+    def _attach_checkpoint(
+        self, checkpoint: Path, tmp: Path
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The model's artifacts (a copy of the checkpoint, the run's calibration and operating
+        points) and the tags that pin the checkpoint by path and sha256."""
+        from skin import serving
+
+        copy = tmp / Path(CHECKPOINT_ARTIFACT).name  # hash the bytes uploaded, not a moving file
+        shutil.copyfile(checkpoint, copy)
+        report = tmp / "report"
+        report.mkdir()
         client = self._mlflow.MlflowClient(tracking_uri=self.uri)
-        folder, name = CHECKPOINT_ARTIFACT.rsplit("/", 1)
-        with tempfile.TemporaryDirectory(prefix="skin-ckpt-") as tmp:
-            copy = Path(tmp) / name  # hash the bytes that are uploaded, not a file that may move
-            shutil.copyfile(checkpoint, copy)
-            digest = sha256_file(copy)
-            client.log_model_artifact(model_id, str(copy), folder)
-        client.set_logged_model_tags(
-            model_id, {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: digest}
-        )
+        logged = {Path(a.path).name for a in client.list_artifacts(self.run_id, "report")}
+        for name in (serving.CALIBRATION, serving.OPERATING_POINTS):
+            if f"{name}.json" in logged:
+                client.download_artifacts(self.run_id, f"report/{name}.json", str(report))
+        tags = {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: sha256_file(copy)}
+        return serving.artifacts_of(copy, report), tags
 
     def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None:
         """The data version as an MLflow dataset input (the UI's Datasets column): `name` is the
@@ -434,16 +449,20 @@ class MLflowRegistry:
         self, model_id: str, tags: dict[str, str], resolved: str, dst: Path
     ) -> tuple[Path, str, str]:
         """The checkpoint logged inside a model, checked against its recorded sha256: (the file,
-        its artifact path, its sha256)."""
+        its artifact path, its sha256). Its folder comes along: the calibration logged beside it."""
         import mlflow.artifacts
 
         artifact = tags.get(CHECKPOINT_TAG, CHECKPOINT_ARTIFACT)
+        folder, name = artifact.rsplit("/", 1) if "/" in artifact else ("", artifact)
         location = self.client.get_logged_model(model_id).artifact_location.rstrip("/")
         local = Path(
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{location}/{artifact}", dst_path=str(dst), tracking_uri=self.uri
+                artifact_uri=f"{location}/{folder}".rstrip("/"),
+                dst_path=str(dst),
+                tracking_uri=self.uri,
             )
         )
+        local = local / name
         digest, expected = sha256_file(local), tags[CHECKPOINT_SHA_TAG]
         if digest != expected:
             raise TrackingError(
@@ -465,6 +484,14 @@ class MLflowRegistry:
         return LocalCheckpoint(
             Path(local), resolved, f"runs:/{run_id}/{artifact}", run_id, version, None
         )
+
+
+def _serving_requirements() -> list[str]:
+    """What the served model imports, pinned to this environment (skin itself must be installed
+    where it is served: `--env-manager local` or the project's image)."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("torch", "torchvision", "timm", "pillow", "pandas")]
 
 
 def _model_id(uri: str) -> str | None:

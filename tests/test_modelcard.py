@@ -33,7 +33,7 @@ def make_run(tmp_path: Path, *, slices: bool) -> RunPaths:
 
 
 def test_card_states_use_data_recipe_results_and_limits(tmp_path: Path) -> None:
-    card = model_card(make_run(tmp_path, slices=True), name="skin-lesion-classifier", version="7")
+    card = model_card(make_run(tmp_path, slices=True), "7", name="skin-lesion-classifier")
     assert card.startswith("# Model card: skin-lesion-classifier v7")
     assert "**Not a diagnosis**" in card, "intended use says what it is not"
     assert "`s3://bucket/isic`" in card and "| NV" in card, "data and images per split"
@@ -46,5 +46,5 @@ def test_card_states_use_data_recipe_results_and_limits(tmp_path: Path) -> None:
 
 
 def test_card_without_metadata_says_slices_were_never_evaluated(tmp_path: Path) -> None:
-    card = model_card(make_run(tmp_path, slices=False), name="m", version="1")
+    card = model_card(make_run(tmp_path, slices=False), "1", name="m")
     assert "Never evaluated by body site, sex or age" in card

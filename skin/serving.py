@@ -1,0 +1,144 @@
+"""The registered model as MLflow serves it: images in (base64 bytes or a URI), diagnoses out.
+
+Imported only to log or serve a model (it subclasses MLflow's PythonModel). The weights travel
+inside the model as the training checkpoint, loaded with weights_only=True; preprocessing and
+the forward pass are `Predictor`'s, the one path `skin predict` and evaluation share.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+from skin.images import ImageDecodeError
+from skin.predict import Predictor, load_predictor
+from skin.storage import read_uri
+
+# Artifact names inside the logged model (MLflow stores each under `artifacts/<file name>`).
+CHECKPOINT = "checkpoint"
+CALIBRATION = "calibration"  # the evaluate stage's report/calibration.json: {"temperature": T}
+OPERATING_POINTS = "operating_points"  # report/operating_points.json: {"mel_threshold_at_…": t}
+MEL_THRESHOLD = "mel_threshold_at_spec90"
+INPUTS = ("image", "uri")
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a loaded model answers with: the predictor (with its temperature) and MEL threshold."""
+
+    predictor: Predictor
+    mel_threshold: float | None = None
+
+
+def load_served(artifacts: Mapping[str, str], device: str = "auto") -> Served:
+    """The model from its artifacts: the checkpoint (with the calibration MLflow keeps beside
+    it, which `load_predictor` applies as `skin predict` does) and the operating points if any."""
+    predictor = load_predictor(artifacts[CHECKPOINT], device)
+    threshold = mel_threshold(_read_json(artifacts.get(OPERATING_POINTS)))
+    return Served(predictor, threshold)
+
+
+def mel_threshold(points: Mapping[str, Any]) -> float | None:
+    """The MEL threshold at 90 % specificity, else at the lowest target stored, else None."""
+    found = {k: v for k, v in points.items() if k.startswith("mel_threshold_at_spec")}
+    key = MEL_THRESHOLD if MEL_THRESHOLD in found else min(found, default=None)
+    return None if key is None else float(found[key])
+
+
+def _read_json(path: str | None) -> dict[str, Any]:
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def row_bytes(frame: pd.DataFrame, i: int) -> bytes:
+    """Row i's image: its base64 `image`, or the file its `uri` names (s3:// or a local path)."""
+    image, uri = (_cell(frame, column, i) for column in INPUTS)
+    if image and uri:
+        raise ImageDecodeError(f"row {i}: give `image` or `uri`, not both")
+    if image:
+        try:
+            return base64.b64decode("".join(image.split()), validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ImageDecodeError(f"row {i}: `image` is not base64: {err}") from err
+    if uri:
+        return read_uri(uri)
+    raise ImageDecodeError(f"row {i}: neither `image` (base64 bytes) nor `uri` is given")
+
+
+def _cell(frame: pd.DataFrame, column: str, i: int) -> str | None:
+    value = frame[column].iloc[i] if column in frame.columns else None
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def predict_frame(served: Served, frame: pd.DataFrame, *, tta: bool = False) -> pd.DataFrame:
+    """One row per input: p_<CLASS>…, label, confidence, melanoma_suspected (with a threshold)
+    and error; a row that fails has its error and NaN probabilities, the others their answer."""
+    predictor = served.predictor.using(tta=tta)
+    keys = [str(i) for i in range(len(frame))]
+    scored = predictor.score(keys, lambda key: row_bytes(frame, int(key)))
+    out = pd.DataFrame({f"p_{c}": scored[f"prob_{c}"].to_numpy() for c in predictor.classes})
+    out["label"] = _nullable(scored["predicted_label"])
+    out["confidence"] = scored["probability"]
+    if served.mel_threshold is not None and "p_MEL" in out.columns:
+        suspected = out["p_MEL"] >= served.mel_threshold
+        out["melanoma_suspected"] = suspected.astype(object).where(out["p_MEL"].notna(), None)
+    out["error"] = _nullable(scored["error"])
+    return out
+
+
+def _nullable(column: pd.Series) -> pd.Series:
+    """Strings or None (JSON null), not pandas' NaN-filled string dtype."""
+    return column.astype(object).where(column.notna(), None)
+
+
+class SkinModel(mlflow.pyfunc.PythonModel):
+    """The image-in pyfunc: `image` (base64) or `uri` columns in, our classes' answer out."""
+
+    def load_context(self, context: Any) -> None:
+        self.served = load_served(context.artifacts)
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        tta = bool((params or {}).get("tta", False))
+        return predict_frame(self.served, pd.DataFrame(model_input), tta=tta)
+
+
+def signature() -> Any:
+    """Inputs `image` and `uri` (strings, each optional), output columns, param `tta`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("string", name, required=False) for name in INPUTS])
+    params = ParamSchema([ParamSpec("tta", "boolean", False)])
+    return ModelSignature(inputs=inputs, params=params)
+
+
+def example_frame(size: int = 32) -> pd.DataFrame:
+    """A small real PNG (a brown disc on skin tone) as base64: the model's input example."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (224, 172, 150))
+    ImageDraw.Draw(img).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), (110, 70, 50))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")]})
+
+
+def artifacts_of(checkpoint: Path, report: Path | None) -> dict[str, str]:
+    """The model's artifacts: the checkpoint, and report/calibration.json and
+    report/operating_points.json where the evaluate stage wrote them."""
+    out = {CHECKPOINT: str(checkpoint)}
+    for name in (CALIBRATION, OPERATING_POINTS):
+        path = report / f"{name}.json" if report else None
+        if path is not None and path.is_file():
+            out[name] = str(path)
+    return out

@@ -1,0 +1,196 @@
+"""The image-in pyfunc: logged with its weights, it answers as `skin predict` does, row by row."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skin.labels import CLASSES
+from skin.predict import Predictor, load_predictor
+from skin.serving import mel_threshold
+from tests.recipes import TINY
+
+ATOL = 1e-5
+
+
+def tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A random-weight TINY model saved as skin saves checkpoints."""
+    import timm
+    import torch
+
+    from skin import checkpoint as ckpt
+    from skin.config import load_config
+
+    torch.manual_seed(seed)
+    model = timm.create_model(TINY["model.name"], pretrained=False, num_classes=len(CLASSES))
+    cfg = load_config(None, dict(TINY)).model_dump(mode="json")
+    state = {"model": model.state_dict(), "config": cfg, "classes": list(CLASSES)}
+    return ckpt.save(folder, 1, state, is_best=True, keep=None)
+
+
+def encoded(fmt: str, seed: int, size: tuple[int, int] = (61, 47)) -> bytes:
+    """A real image file (JPEG or PNG) of random-ish content, not square."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Logged:
+    uri: str  # the tracking store
+    model_uri: str
+    checkpoint: Path
+
+
+def log_run(tmp: Path, report: dict[str, dict] | None = None) -> Logged:
+    """A run that logged the report files given, then the model (as the evaluate stage does)."""
+    from skin.tracking import MLflowTracker, tracked_run
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    checkpoint = tiny_checkpoint(tmp / "checkpoints")
+    tracker = MLflowTracker(uri, "serving")
+    with tracked_run(tracker):
+        if report:
+            folder = tmp / "logged-report"  # not the run folder's report/: only MLflow has it
+            folder.mkdir()
+            for name, content in report.items():
+                (folder / name).write_text(json.dumps(content))
+            tracker.log_artifact(folder, "report")
+        model_uri = tracker.log_model(None, None, None, checkpoint=checkpoint)
+    assert model_uri is not None
+    return Logged(uri, model_uri, checkpoint)
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Logged:
+    return log_run(tmp_path_factory.mktemp("serving"))
+
+
+def load(logged: Logged):
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(logged.uri)
+    return mlflow.pyfunc.load_model(logged.model_uri)
+
+
+def probs_of(frame: pd.DataFrame) -> np.ndarray:
+    return frame[[f"p_{c}" for c in CLASSES]].to_numpy(dtype=np.float64)
+
+
+def test_the_served_model_answers_as_skin_predict_does(logged: Logged, tmp_path: Path) -> None:
+    images = [encoded("JPEG", 1), encoded("PNG", 2), encoded("JPEG", 3)]
+    on_disk = tmp_path / "lesion.png"
+    on_disk.write_bytes(images[1])
+    frame = pd.DataFrame(
+        {"image": [b64(images[0]), b64(images[1]), None], "uri": [None, None, str(on_disk)]}
+    )
+    out = load(logged).predict(frame)
+    expected = load_predictor(str(logged.checkpoint), "cpu").predict(
+        [images[0], images[1], images[1]]
+    )
+    assert len(out) == 3, out
+    assert out["error"].isna().all(), out["error"].tolist()
+    np.testing.assert_allclose(probs_of(out), expected, atol=ATOL)
+    assert out["label"].tolist() == [CLASSES[j] for j in expected.argmax(1)], out
+    np.testing.assert_allclose(out["confidence"], expected.max(1), atol=ATOL)
+    assert "melanoma_suspected" not in out.columns, "no operating points were logged"
+
+
+def test_a_bad_row_gets_an_error_and_the_others_their_answer(logged: Logged) -> None:
+    good = encoded("PNG", 4)
+    bad = {
+        "not an image": b64(b"hello, this is text"),
+        "truncated": b64(encoded("JPEG", 5)[:200]),
+        "not base64": "%%% not base64 %%%",
+        "nothing": None,
+    }
+    frame = pd.DataFrame({"image": [b64(good), *bad.values(), b64(good)]})
+    out = load(logged).predict(frame)
+    assert len(out) == len(frame), "one row per input"
+    for i, what in enumerate(bad, start=1):
+        assert isinstance(out["error"][i], str) and out["error"][i], f"{what}: {out.iloc[i]}"
+        assert np.isnan(probs_of(out)[i]).all(), f"{what}: probabilities must be NaN"
+        assert out["label"][i] is None, what
+    assert out["error"][[0, 5]].isna().all(), out["error"].tolist()
+    np.testing.assert_allclose(probs_of(out)[[0, 5]].sum(1), 1.0, atol=ATOL)
+
+
+def test_tta_is_a_request_param_that_matches_skin_predict_tta(logged: Logged) -> None:
+    images = [encoded("JPEG", 6), encoded("PNG", 7)]
+    frame = pd.DataFrame({"image": [b64(b) for b in images]})
+    model = load(logged)
+    plain, tta = model.predict(frame), model.predict(frame, params={"tta": True})
+    predictor = load_predictor(str(logged.checkpoint), "cpu", tta=True)
+    np.testing.assert_allclose(probs_of(tta), predictor.predict(images), atol=ATOL)
+    assert not np.allclose(probs_of(plain), probs_of(tta), atol=1e-6), "TTA changed nothing"
+    np.testing.assert_allclose(probs_of(model.predict(frame)), probs_of(plain), atol=0)
+
+
+def test_the_signature_takes_image_or_uri_and_a_tta_param(logged: Logged) -> None:
+    meta = load(logged).metadata
+    inputs = {c["name"]: c for c in meta.get_input_schema().to_dict()}
+    assert set(inputs) == {"image", "uri"}, inputs
+    assert all(c["type"] == "string" and not c["required"] for c in inputs.values()), inputs
+    params = {p.name: p for p in meta.get_params_schema().params}
+    assert params["tta"].dtype.name == "boolean" and params["tta"].default is False, params
+    assert meta.saved_input_example_info is not None, "the model carries an input example"
+
+
+def test_calibration_and_operating_points_travel_with_the_model_to_every_path(
+    tmp_path: Path,
+) -> None:
+    report = {
+        "calibration.json": {"temperature": 0.05},
+        "operating_points.json": {"mel_threshold_at_spec95": 0.2, "mel_threshold_at_spec90": 0.1},
+    }
+    logged = log_run(tmp_path, report)
+    images = [encoded("JPEG", 8), encoded("PNG", 9), encoded("JPEG", 10)]
+    out = load(logged).predict(pd.DataFrame({"image": [b64(b) for b in images] + ["x"]}))
+    raw = load_predictor(str(logged.checkpoint), "cpu")
+    calibrated = Predictor(
+        raw.model, raw.spec, raw.classes, raw.device, raw.source, temperature=0.05
+    )
+    expected = calibrated.predict(images)
+    np.testing.assert_allclose(probs_of(out)[:3], expected, atol=ATOL)
+    sharpened = np.exp(np.log(raw.predict(images)) / 0.05)
+    np.testing.assert_allclose(expected, sharpened / sharpened.sum(1, keepdims=True), atol=1e-4)
+    assert not np.allclose(expected, raw.predict(images), atol=1e-3), "T changed nothing"
+    registered = load_predictor(logged.model_uri, "cpu", tracking_uri=logged.uri)
+    np.testing.assert_allclose(registered.predict(images), expected, atol=ATOL)
+    mel = CLASSES.index("MEL")
+    assert out["melanoma_suspected"][:3].tolist() == list(expected[:, mel] >= 0.1), out
+    assert out["melanoma_suspected"][3] is None, "no answer for a bad row"
+
+
+def test_the_mel_threshold_is_read_at_90_percent_specificity_or_the_lowest_stored() -> None:
+    assert mel_threshold({"mel_threshold_at_spec95": 0.4, "mel_threshold_at_spec90": 0.3}) == 0.3
+    assert (
+        mel_threshold({"mel_threshold_at_spec95": 0.4, "malignant_threshold_at_spec90": 1}) == 0.4
+    )
+    assert mel_threshold({"malignant_threshold_at_spec90": 0.2}) is None
+    assert mel_threshold({}) is None
+
+
+def test_a_run_folder_checkpoint_uses_its_runs_calibration(tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "checkpoints")
+    image = [encoded("PNG", 11)]
+    raw = load_predictor(str(checkpoint), "cpu").predict(image)
+    (tmp_path / "run" / "report").mkdir()
+    (tmp_path / "run" / "report" / "calibration.json").write_text('{"temperature": 0.05}')
+    calibrated = load_predictor(str(checkpoint), "cpu")
+    assert calibrated.temperature == 0.05, calibrated.temperature
+    assert not np.allclose(calibrated.predict(image), raw, atol=1e-3), "T=0.05 changed nothing"

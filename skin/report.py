@@ -358,7 +358,8 @@ class Findings:
 def predictions_frame(
     rows: pd.DataFrame, probs: np.ndarray, classes: Sequence[str]
 ) -> pd.DataFrame:
-    """One split's predictions: key, source, label, lesion_id, metadata present, `prob_<CLASS>`."""
+    """One split's predictions: key, source, label, lesion_id, metadata present, `prob_<CLASS>`
+    (calibrated, as served)."""
     if len(rows) != len(probs):
         raise ValueError(f"predictions: {len(rows)} manifest rows for {len(probs)} predictions")
     columns = ["key", "source", "label", "lesion_id", *(c for c in METADATA if c in rows)]
@@ -373,7 +374,8 @@ def operating_points_json(
     """The thresholds chosen on dev with what they gave on test (for `report/operating_points.json`)."""
     return {
         "chosen_on": "dev",
-        "score": "sum of the positive classes' probabilities (uncalibrated, as predictions_*)",
+        "score": "sum of the positive classes' calibrated probabilities"
+        " (softmax(logits / temperature), as skin predict and the served model give them)",
         "rule": "positive when score >= threshold",
         "points": [
             {**_jsonable(asdict(p)), "positive_classes": list(positives.get(p.name, []))}

@@ -407,19 +407,21 @@ def evaluation_findings(
     e, seed = cfg.evaluate, cfg.split.seed
     groups = {s: r.get("lesion_id") for s, r in rows.items()}  # resampled whole
     metrics = interval_metrics(scored, groups, e.bootstrap, seed)
-    predictions = {
-        s: report.predictions_frame(rows[s], p, scored.classes)
-        for s, (p, _) in scored.probs.items()
-    }
     calibration = _temperature(scored, e.tta)
-    metrics["temperature"] = calibration["temperature"]
+    metrics["temperature"] = t = calibration["temperature"]
+    predictions = {  # calibrated: the probabilities `skin predict` and the served model give
+        s: report.predictions_frame(rows[s], apply_temperature(scored.logits[s], t), scored.classes)
+        for s in scored.probs
+    }
     if "test" not in scored.probs:
         return metrics, report.Findings(predictions, calibration)
     cal, calibrated = _test_calibration(scored, calibration)
     dev_labels, test_labels = scored.probs["dev"][1], scored.probs["test"][1]
+    # Thresholds on the calibrated probabilities: what `skin predict` and the served model output.
+    dev_calibrated = apply_temperature(scored.logits["dev"], t)
     points = operating_points(
-        (dev_labels, scored.probs["dev"][0]),
-        (test_labels, scored.probs["test"][0]),
+        (dev_labels, dev_calibrated),
+        (test_labels, calibrated),
         scored.classes,
         groups["test"],
         malignant=e.malignant,
@@ -427,7 +429,7 @@ def evaluation_findings(
         seed=seed,
     )
     mel90 = next((p.threshold for p in points if p.name == "mel" and p.target == 0.90), None)
-    slices = _slices(scored, rows["test"], groups["test"], cfg, mel90)
+    slices = _slices(scored, calibrated, rows["test"], groups["test"], cfg, mel90)
     metrics |= cal | flat_operating(points, "test")
     if slices is not None:
         metrics |= slice_metrics(slices, "test")
@@ -478,18 +480,20 @@ def _test_calibration(
 
 def _slices(
     scored: report.Scored,
+    probs: np.ndarray,
     rows: pd.DataFrame,
     groups: pd.Series | None,
     cfg: PipelineConfig,
     mel_threshold: float | None,
 ) -> pd.DataFrame | None:
-    """The test slice table when the manifest carries patient metadata, else None."""
+    """The test slice table (on `probs`, the calibrated test probabilities) when the manifest
+    carries patient metadata, else None."""
     present = [c for c in report.METADATA if c in rows and rows[c].notna().any()]
     if not present:
         return None
     if rows["source"].nunique() > 1:
         present.append("source")
-    probs, y = scored.probs["test"]
+    y = scored.probs["test"][1]
     return slice_table(
         rows[present],
         y,

@@ -23,6 +23,7 @@ ORDER = (
     "memory",
     "eval_ci",
     "render",
+    "serve",
 )
 
 

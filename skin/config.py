@@ -165,6 +165,7 @@ class TrackingConfig(_Strict):
     experiment: str = "skin-lesion"
     registered_model: str = REGISTERED_MODEL
     log_model: bool = True
+    export_onnx: bool = Field(False, description="also log the model as ONNX (onnx/model.onnx)")
 
 
 class RegistryConfig(_Strict):

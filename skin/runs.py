@@ -58,6 +58,11 @@ class RunPaths:
         return self.root / "split_counts.csv"
 
     @property
+    def onnx(self) -> Path:
+        """The model as ONNX (logits from normalised input), when tracking.export_onnx is on."""
+        return self.root / "model.onnx"
+
+    @property
     def skipped_objects(self) -> Path:
         """Every object the listing left out of this run's data, with the reason."""
         return self.root / "skipped_objects.csv"

@@ -373,7 +373,19 @@ def evaluate_stage(
         model_uri = tracker.log_model(  # with the exact weights a registered version serves
             model.cpu().float(), example, None, checkpoint=Path(checkpoint_path)
         )
+    if cfg.tracking.export_onnx:
+        _export_onnx(Path(checkpoint_path), paths, tracker)
     return EvalOutcome(tracker.run_id, metrics, reading, str(paths.report), model_uri=model_uri)
+
+
+def _export_onnx(checkpoint: Path, paths: RunPaths, tracker: Tracker) -> None:
+    """The evaluated weights as ONNX in the run (`onnx/model.onnx`), calibration included."""
+    from skin.export import export_onnx
+    from skin.predict import load_predictor
+
+    paths.onnx.unlink(missing_ok=True)  # a re-evaluation replaces the run's own export
+    export_onnx(load_predictor(str(checkpoint), "cpu"), paths.onnx)
+    tracker.log_artifact(paths.onnx, "onnx")
 
 
 def score_splits(

@@ -49,7 +49,8 @@ def with_metadata(uri: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory, sample_data: Path) -> Evaluated:
     tmp = tmp_path_factory.mktemp("stages")
-    overrides = {"train.epochs": EPOCHS, "evaluate.bootstrap": 200, "evaluate.min_slice_size": 10}
+    overrides = {"train.epochs": EPOCHS, "evaluate.bootstrap": 200, "evaluate.min_slice_size": 10,
+                 "tracking.export_onnx": True}  # fmt: skip
     uri, cfg = make_manifest(tmp, sample_data, **overrides)
     manifest = with_metadata(uri)
     tracker = NullTracker("stages")
@@ -136,3 +137,15 @@ def test_the_run_is_described_by_the_head_of_its_summary(evaluated: Evaluated) -
     assert summary.startswith(description) and "balanced_accuracy" in description, description
     contexts = sorted(c for _, _, c, _ in evaluated.tracker.datasets)
     assert contexts == ["dev", "test", "train"], evaluated.tracker.datasets
+
+
+def test_the_evaluated_weights_are_exported_as_onnx_when_asked(evaluated: Evaluated) -> None:
+    import onnxruntime as ort
+
+    path = evaluated.report.parent / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    x = np.zeros((3, 3, shape[2], shape[3]), dtype=np.float32)
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    assert logits.shape == (3, 8), "a dynamic batch of 3, one logit per class"
+    assert "skin.classes" in session.get_modelmeta().custom_metadata_map, "preprocessing travels"

@@ -684,7 +684,7 @@ def predict_cmd(
         str | None,
         typer.Option(
             "--model",
-            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint"
+            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id or a checkpoint"
             " (default: the registered model's champion).",
         ),
     ] = None,
@@ -728,7 +728,7 @@ def export_cmd(
         str | None,
         typer.Option(
             "--model",
-            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a checkpoint"
+            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id or a checkpoint"
             " (default: the registered model's champion).",
         ),
     ] = None,

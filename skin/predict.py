@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -168,6 +169,16 @@ def predictions_frame(
 # --------------------------------------------------------------------------- loading models
 
 
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id
+
+
+def model_reference(ref: str) -> str:
+    """A bare MLflow run id means that run's model (`runs:/ID/model`); anything else as given."""
+    if RUN_ID.fullmatch(ref) and not Path(ref).exists():
+        return f"runs:/{ref}/model"
+    return ref
+
+
 def load_predictor(
     ref: str = DEFAULT_MODEL,
     device: str | torch.device = "auto",
@@ -177,13 +188,14 @@ def load_predictor(
     batch_size: int = 64,
 ) -> Predictor:
     """A Predictor from `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-ID`,
-    `runs:/RUN_ID/model`, or a checkpoint file (path or s3:// URI).
+    `runs:/RUN_ID/model`, a bare run id, or a checkpoint file (path or s3:// URI).
 
     MLflow references resolve to a checkpoint (a registry version's own, pinned when it was
     logged), downloaded and loaded with weights_only=True (no pickled code runs); see
     `mlflow_checkpoint`.
     """
     dev = pick_device(device) if isinstance(device, str) else device
+    ref = model_reference(ref)
     with tempfile.TemporaryDirectory(prefix="skin-predict-") as tmp:
         if ref.startswith(("models:/", "runs:/")):
             path, source = mlflow_checkpoint(ref, Path(tmp), tracking_uri)

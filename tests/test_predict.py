@@ -421,3 +421,12 @@ def test_a_version_without_a_recorded_checkpoint_falls_back_to_the_runs_best_epo
         predictor = load_predictor(f"models:/{reg.name}@champion", "cpu", tracking_uri=reg.uri)
     assert same_weights(predictor.model, reg.checkpoints[2]), "the run's best epoch"
     assert "records no checkpoint" in caplog.text, caplog.text
+
+
+def test_a_bare_run_id_means_that_runs_model(tmp_path) -> None:
+    from skin.predict import model_reference
+
+    run_id = "0123456789abcdef0123456789abcdef"
+    assert model_reference(run_id) == f"runs:/{run_id}/model"
+    assert model_reference("models:/m@champion") == "models:/m@champion"
+    assert model_reference("best.pt") == "best.pt"

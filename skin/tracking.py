@@ -481,6 +481,9 @@ class MLflowRegistry:
             )
         artifact = f"checkpoints/epoch_{int(epoch):04d}.pt"
         local = self.client.download_artifacts(run_id, artifact, str(dst))
+        report = {Path(a.path).name for a in self.client.list_artifacts(run_id, "report")}
+        if "calibration.json" in report:  # lands at dst/report/, where the predictor looks
+            self.client.download_artifacts(run_id, "report/calibration.json", str(dst))
         return LocalCheckpoint(
             Path(local), resolved, f"runs:/{run_id}/{artifact}", run_id, version, None
         )

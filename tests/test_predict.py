@@ -97,6 +97,8 @@ def test_registry_run_and_checkpoint_give_the_same_probabilities(trained: Traine
     assert alias.epoch == trained.result["best_epoch"], f"the best epoch is loaded: {alias}"
     assert alias.sha256 and alias.checkpoint.endswith("/checkpoint.pt"), f"pinned: {alias}"
     assert predictors["file"].classes == predictors["alias"].classes, "one class order"
+    temperatures = {k: p.temperature for k, p in predictors.items()}
+    assert len(set(temperatures.values())) == 1, f"one calibration on every path: {temperatures}"
 
 
 @e2e

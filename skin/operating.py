@@ -153,12 +153,17 @@ def _intervals(
     ]
 
 
+def threshold_name(point: OperatingPoint) -> str:
+    """`mel_threshold_at_spec90`: how a threshold is named in metrics and beside the model."""
+    return f"{point.name}_threshold_at_spec{round(point.target * 100)}"
+
+
 def flat_operating(points: Sequence[OperatingPoint], split: str = "test") -> dict[str, float]:
     """`test_mel_sensitivity_at_spec90` (+ `_ci_low/_ci_high`), specificity, `mel_threshold_at_spec90`."""
     out: dict[str, float] = {}
     for p in points:
         at = f"at_spec{round(p.target * 100)}"
-        out[f"{p.name}_threshold_{at}"] = p.threshold
+        out[threshold_name(p)] = p.threshold
         out[f"dev_{p.name}_sensitivity_{at}"] = p.dev_sensitivity
         for metric, value, (low, high) in (
             ("sensitivity", p.sensitivity, p.sensitivity_ci),

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from skin.evaluate import SplitMetrics
-from skin.operating import OperatingPoint
+from skin.operating import OperatingPoint, threshold_name
 
 SPLITS = ("train", "dev", "test")
 METRIC_COLUMNS = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
@@ -377,6 +377,8 @@ def operating_points_json(
         "score": "sum of the positive classes' calibrated probabilities"
         " (softmax(logits / temperature), as skin predict and the served model give them)",
         "rule": "positive when score >= threshold",
+        # What prediction reads: `mel_threshold_at_spec90` and the like.
+        **{threshold_name(p): _jsonable(p.threshold) for p in points},
         "points": [
             {**_jsonable(asdict(p)), "positive_classes": list(positives.get(p.name, []))}
             for p in points

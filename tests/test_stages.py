@@ -112,6 +112,10 @@ def test_operating_thresholds_come_from_dev_and_are_read_on_test(evaluated: Eval
     saved = json.loads((evaluated.report / "operating_points.json").read_text())
     by_key = {(p["name"], p["target"]): p for p in saved["points"]}
     assert by_key[("mel", 0.9)]["threshold"] == pytest.approx(expected)
+    assert saved["mel_threshold_at_spec90"] == pytest.approx(expected), "what prediction reads"
+    from skin.serving import mel_threshold
+
+    assert mel_threshold(saved) == pytest.approx(expected), "the served model finds it"
     assert by_key[("malignant", 0.95)]["positive_classes"] == ["MEL", "BCC", "SCC"]
 
 

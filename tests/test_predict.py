@@ -106,6 +106,7 @@ def test_predictions_match_the_evaluation(trained: Trained) -> None:
     from mlflow import MlflowClient
     from sklearn.metrics import balanced_accuracy_score
 
+    from skin.calibration import apply_temperature
     from skin.checkpoint import load
     from skin.config import PipelineConfig
     from skin.feeds import index_splits
@@ -115,7 +116,10 @@ def test_predictions_match_the_evaluation(trained: Trained) -> None:
     cfg = PipelineConfig.model_validate(load(trained.checkpoint)["config"])
     manifest = mf.read(trained.result["manifest_uri"])
     data = index_splits(manifest, cfg, predictor.spec)
-    expected, labels, _ = predict_split(predictor.model, data, "test", predictor.device, 32)
+    _, labels, logits = predict_split(predictor.model, data, "test", predictor.device, 32)
+    expected = apply_temperature(logits, predictor.temperature)  # evaluation's calibration
+    saved = json.loads((trained.checkpoint.parent.parent / "report" / "calibration.json").read_text())
+    assert predictor.temperature == pytest.approx(saved["temperature"]), "the run's temperature"
     keys = manifest["key"].iloc[data.rows["test"]]
     ours = predictor.predict([(trained.data / k).read_bytes() for k in keys])
     diff = np.abs(ours - expected).max()

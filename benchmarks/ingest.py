@@ -45,9 +45,7 @@ def serial(uri: str, keys: list[str]) -> int:
     client = boto3.client("s3")
     total = 0
     for key in keys:
-        total += len(
-            client.get_object(Bucket=store.bucket, Key=store.full_key(key))["Body"].read()
-        )
+        total += len(client.get_object(Bucket=store.bucket, Key=store.full_key(key))["Body"].read())
     return total
 
 

@@ -91,11 +91,25 @@ def start_mlflow(log_dir: Path, port: int | None = None) -> Server:
     port = port or free_port()
     db = log_dir / "mlflow.db"
     return start(
-        [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{db}",
-         "--artifacts-destination", str(log_dir / "mlartifacts")],
-        f"http://127.0.0.1:{port}", "/health", log_dir / f"mlflow-{time.time_ns()}.log",
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, timeout=120,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            str(log_dir / "mlartifacts"),
+        ],
+        f"http://127.0.0.1:{port}",
+        "/health",
+        log_dir / f"mlflow-{time.time_ns()}.log",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        timeout=120,
     )
 
 
@@ -105,8 +119,13 @@ def start_prefect(log_dir: Path) -> Server:
     home = log_dir / "prefect-home"
     return start(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        f"http://127.0.0.1:{port}", "/api/health", log_dir / "prefect-server.log",
-        env={"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"},
+        f"http://127.0.0.1:{port}",
+        "/api/health",
+        log_dir / "prefect-server.log",
+        env={
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        },
         timeout=120,
     )

@@ -36,7 +36,9 @@ def png_bomb(side: int = 30_000) -> bytes:
     """A few hundred bytes whose header claims side × side pixels (a decompression bomb)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * (side + 1) * 4, 9)
@@ -57,7 +59,9 @@ def exif_rotated() -> bytes:
 GOOD = {
     "AK/png_with_alpha.png": png(Image.new("RGBA", (40, 40), (200, 30, 30, 120))),
     "BCC/cmyk.jpg": jpeg(Image.new("CMYK", (40, 40), (0, 120, 120, 30))),
-    "BKL/sixteen_bit.png": png(Image.fromarray((np.arange(1600).reshape(40, 40) * 40).astype(np.uint16))),
+    "BKL/sixteen_bit.png": png(
+        Image.fromarray((np.arange(1600).reshape(40, 40) * 40).astype(np.uint16))
+    ),
     "DF/grayscale.jpg": jpeg(Image.new("L", (40, 40), 90)),
     "MEL/exif_rotated.jpg": exif_rotated(),
     "NV/with spaces and ünïcödé.jpg": jpeg(lesion(8)),
@@ -80,8 +84,12 @@ def test_decode_handles_every_kind_of_image() -> None:
     rotated = decode(GOOD["MEL/exif_rotated.jpg"], 32)
     upright = decode(jpeg(lesion(7).transpose(Image.Transpose.ROTATE_270)), 32)
     assert np.abs(rotated.astype(int) - upright.astype(int)).mean() < 12, "EXIF orientation applied"
-    expectations = {"SCC/truncated.jpg": "truncated", "SCC/zero_bytes.jpg": "empty",
-                    "VASC/text_named.jpg": "not a usable image", "VASC/bomb.png": "limit|bomb"}
+    expectations = {
+        "SCC/truncated.jpg": "truncated",
+        "SCC/zero_bytes.jpg": "empty",
+        "VASC/text_named.jpg": "not a usable image",
+        "VASC/bomb.png": "limit|bomb",
+    }
     for key, pattern in expectations.items():
         with pytest.raises(ImageDecodeError, match=pattern):
             decode(BAD[key], 32)
@@ -95,8 +103,12 @@ def test_bad_bucket_is_reported_and_the_pipeline_trains_on_the_rest(
     from flows.pipeline import pipeline_flow
 
     data = f"s3://{bucket}/isic"
-    write_sample_dataset(data, dict.fromkeys(["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"], 10),
-                         size=32, seed=3)
+    write_sample_dataset(
+        data,
+        dict.fromkeys(["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"], 10),
+        size=32,
+        seed=3,
+    )
     for key, body in {**GOOD, **BAD}.items():
         s3_client.put_object(Bucket=bucket, Key=f"isic/{key}", Body=body)
     before = snapshot(s3_client, bucket)
@@ -115,8 +127,13 @@ def test_bad_bucket_is_reported_and_the_pipeline_trains_on_the_rest(
     assert not set(GOOD) & set(reasons), f"good images reported bad: {set(GOOD) & set(reasons)}"
     assert sum(report["good"].values()) == 80 + len(GOOD)
 
-    ov = {**TINY, "train.epochs": 2, "work_dir": str(tmp_path / "work"),
-          "tracking.tracking_uri": mlflow_server.url, "tracking.experiment": "bad-input"}
+    ov = {
+        **TINY,
+        "train.epochs": 2,
+        "work_dir": str(tmp_path / "work"),
+        "tracking.tracking_uri": mlflow_server.url,
+        "tracking.experiment": "bad-input",
+    }
     out = pipeline_flow(data_uri=data, overrides=ov)
     assert out["bad_images"] == 3, out["bad_images"]
     from mlflow import MlflowClient

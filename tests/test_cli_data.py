@@ -11,6 +11,8 @@ from skin import manifest as mf
 from tests.helpers import invoke, snapshot
 
 pytestmark = pytest.mark.server
+
+
 def test_sample_data_to_s3_then_list_split_and_grow(
     s3_client, bucket: str, tmp_path: Path, prefect_api
 ) -> None:
@@ -24,7 +26,9 @@ def test_sample_data_to_s3_then_list_split_and_grow(
     code, out = invoke("--json", "list", "--data", data, *work)
     assert code == 0, out
     listed = json.loads(out)
-    assert listed["counts"] == dict.fromkeys(["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"], 12)
+    assert listed["counts"] == dict.fromkeys(
+        ["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"], 12
+    )
 
     manifest = tmp_path / "m.parquet"
     code, out = invoke("split", "--data", data, "--out", str(manifest), *work)
@@ -39,13 +43,15 @@ def test_sample_data_to_s3_then_list_split_and_grow(
     assert mf.manifest_hash(mf.read(str(csv))) == mf.manifest_hash(df), "CSV reads back the same"
 
     # 10 % more images arrive; the new manifest keeps every earlier assignment.
-    code, out = invoke("sample-data", f"s3://{bucket}/isic", "--per-class", "2", "--size", "32",
-                       "--seed", "5")
+    code, out = invoke(
+        "sample-data", f"s3://{bucket}/isic", "--per-class", "2", "--size", "32", "--seed", "5"
+    )
     assert code == 0, out
     grown_before = snapshot(s3_client, bucket)
     grown = tmp_path / "grown.parquet"
-    code, out = invoke("split", "--data", data, "--out", str(grown), "--previous", str(manifest),
-                       *work)
+    code, out = invoke(
+        "split", "--data", data, "--out", str(grown), "--previous", str(manifest), *work
+    )
     assert code == 0, out
     new = mf.read(str(grown)).set_index("key")["split"]
     old = df.set_index("key")["split"]
@@ -62,7 +68,9 @@ def _config(tmp_path: Path) -> Path:
 
 def test_isic_layout_sample_data_is_detected(tmp_path: Path, prefect_api) -> None:
     root = tmp_path / "isic"
-    code, out = invoke("sample-data", str(root), "--total", "200", "--layout", "isic", "--size", "24")
+    code, out = invoke(
+        "sample-data", str(root), "--total", "200", "--layout", "isic", "--size", "24"
+    )
     assert code == 0, out
     assert (root / "ISIC_2019_Training_GroundTruth.csv").exists()
     code, out = invoke("--json", "list", "--data", str(root), "--config", str(_config(tmp_path)))
@@ -84,22 +92,28 @@ def test_isic_layout_sample_data_is_detected(tmp_path: Path, prefect_api) -> Non
 def test_bad_split_options_fail_fast_with_the_field_named(
     tmp_path: Path, sample_data: Path, args: list[str], message: str
 ) -> None:
-    code, out = invoke("split", "--data", str(sample_data), "--out", str(tmp_path / "m.parquet"),
-                       *args)
+    code, out = invoke(
+        "split", "--data", str(sample_data), "--out", str(tmp_path / "m.parquet"), *args
+    )
     assert code != 0, out
     assert message in out, out
     assert not (tmp_path / "m.parquet").exists(), "nothing written on a bad setting"
 
 
-def test_tiny_class_and_empty_dataset_are_clear_errors(
-    tmp_path: Path, prefect_api
-) -> None:
+def test_tiny_class_and_empty_dataset_are_clear_errors(tmp_path: Path, prefect_api) -> None:
     from skin.sample_data import write_sample_dataset
 
     data = tmp_path / "data"
     write_sample_dataset(str(data), {"NV": 20, "DF": 2}, size=24, seed=0, repeat_fraction=0.0)
-    code, out = invoke("split", "--data", str(data), "--out", str(tmp_path / "m.parquet"),
-                       "--config", str(_config(tmp_path)))
+    code, out = invoke(
+        "split",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "m.parquet"),
+        "--config",
+        str(_config(tmp_path)),
+    )
     assert code == 1 and "class DF is too small" in out, out
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -17,13 +17,19 @@ pytestmark = pytest.mark.server
 
 def put_all(s3_client, bucket: str, objects: dict[str, bytes]) -> None:
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda kv: s3_client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]),
-                      objects.items()))
+        list(
+            pool.map(
+                lambda kv: s3_client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]),
+                objects.items(),
+            )
+        )
 
 
 def test_folder_layout_counts_and_reports_every_skip(s3_client, bucket: str) -> None:
-    objects = {f"isic/{c}/ISIC_{i:07d}.jpg": f"{c}{i}".encode() for i, c in
-               enumerate(["AK", "BCC", "NV", "NV", "MEL"])}
+    objects = {
+        f"isic/{c}/ISIC_{i:07d}.jpg": f"{c}{i}".encode()
+        for i, c in enumerate(["AK", "BCC", "NV", "NV", "MEL"])
+    }
     objects |= {
         "isic/VASC/ISIC_0000100.JPEG": b"upper-case suffix",
         "isic/DF/ISIC_0000101.png": b"png",
@@ -67,10 +73,15 @@ def isic_tables(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         truth[c] = 0.0
     for i in range(n):
         truth.loc[i, classes[i % len(classes)]] = 1.0
-    meta = pd.DataFrame({"image": truth["image"], "age_approx": 40.0,
-                         "anatom_site_general": "head/neck",
-                         "lesion_id": [f"HAM_{i // 2:07d}" if i < n - 4 else "" for i in range(n)],
-                         "sex": "male"})
+    meta = pd.DataFrame(
+        {
+            "image": truth["image"],
+            "age_approx": 40.0,
+            "anatom_site_general": "head/neck",
+            "lesion_id": [f"HAM_{i // 2:07d}" if i < n - 4 else "" for i in range(n)],
+            "sex": "male",
+        }
+    )
     return truth, meta
 
 
@@ -79,8 +90,11 @@ def test_isic_layout_with_ground_truth_and_metadata(s3_client, bucket: str) -> N
     truth.loc[3, ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]] = 0.0  # no class
     truth.loc[3, "UNK"] = 1.0
     truth.loc[5, "NV"] = 1.0  # two classes (row 5 is DF)
-    objects = {f"data/ISIC_2019_Training_Input/{img}.jpg": img.encode()
-               for img in truth["image"] if img != "ISIC_0000007"}  # 7: listed, missing
+    objects = {
+        f"data/ISIC_2019_Training_Input/{img}.jpg": img.encode()
+        for img in truth["image"]
+        if img != "ISIC_0000007"
+    }  # 7: listed, missing
     objects["data/ISIC_2019_Training_Input/ISIC_9999999.jpg"] = b"not in csv"
     objects[f"data/{GROUND_TRUTH}"] = truth.to_csv(index=False).encode()
     objects[f"data/{METADATA}"] = meta.to_csv(index=False).encode()
@@ -89,7 +103,9 @@ def test_isic_layout_with_ground_truth_and_metadata(s3_client, bucket: str) -> N
 
     listing = list_dataset(open_store(f"s3://{bucket}/data"))
     assert listing.layout == "isic", "the ground-truth CSV selects the ISIC layout"
-    assert len(listing.images) == 37, f"40 rows - no class - two classes - missing: {len(listing.images)}"
+    assert len(listing.images) == 37, (
+        f"40 rows - no class - two classes - missing: {len(listing.images)}"
+    )
     reasons = listing.skip_counts().to_dict()
     assert reasons == {
         "ground-truth row has no known class (UNK)": 1,

@@ -118,7 +118,9 @@ def test_predictions_match_the_evaluation(trained: Trained) -> None:
     data = index_splits(manifest, cfg, predictor.spec)
     _, labels, logits = predict_split(predictor.model, data, "test", predictor.device, 32)
     expected = apply_temperature(logits, predictor.temperature)  # evaluation's calibration
-    saved = json.loads((trained.checkpoint.parent.parent / "report" / "calibration.json").read_text())
+    saved = json.loads(
+        (trained.checkpoint.parent.parent / "report" / "calibration.json").read_text()
+    )
     assert predictor.temperature == pytest.approx(saved["temperature"]), "the run's temperature"
     keys = manifest["key"].iloc[data.rows["test"]]
     ours = predictor.predict([(trained.data / k).read_bytes() for k in keys])

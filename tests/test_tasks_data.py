@@ -56,7 +56,9 @@ def test_edited_previous_manifest_invalidates_the_split(tmp_path: Path, prefect_
 
     # The same file, edited by hand: one dev image of each class goes to test.
     edited = df.copy()
-    alone = ~edited["lesion_id"].duplicated(keep=False) & ~edited["fingerprint"].duplicated(keep=False)
+    alone = ~edited["lesion_id"].duplicated(keep=False) & ~edited["fingerprint"].duplicated(
+        keep=False
+    )
     moved = edited[(edited["split"] == "dev") & alone].groupby("label").head(1).index
     assert len(moved) >= 4
     edited.loc[moved, "split"] = "test"

@@ -17,19 +17,40 @@ from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-FINAL = ["train_accuracy", "dev_accuracy", "test_accuracy", "train_balanced_accuracy",
-         "dev_balanced_accuracy", "test_balanced_accuracy", "bias", "variance", "variance_test"]
+FINAL = [
+    "train_accuracy",
+    "dev_accuracy",
+    "test_accuracy",
+    "train_balanced_accuracy",
+    "dev_balanced_accuracy",
+    "test_balanced_accuracy",
+    "bias",
+    "variance",
+    "variance_test",
+]
 
-INTERVALS = ["test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
-             "dev_balanced_accuracy_ci_low", "test_recall_MEL_ci_low", "temperature",
-             "test_ece_calibrated", "test_mel_sensitivity_at_spec90", "mel_threshold_at_spec90"]
+INTERVALS = [
+    "test_balanced_accuracy_ci_low",
+    "test_balanced_accuracy_ci_high",
+    "dev_balanced_accuracy_ci_low",
+    "test_recall_MEL_ci_low",
+    "temperature",
+    "test_ece_calibrated",
+    "test_mel_sensitivity_at_spec90",
+    "mel_threshold_at_spec90",
+]
 
 
 def overrides(tmp_path: Path, server_url: str, **extra: object) -> dict[str, object]:
-    return {**TINY, "train.epochs": 10, "work_dir": str(tmp_path / "work"),
-            "tracking.tracking_uri": server_url,
-            "tracking.experiment": f"test-{uuid.uuid4().hex[:8]}",
-            "tracking.registered_model": f"skin-test-{uuid.uuid4().hex[:8]}", **extra}
+    return {
+        **TINY,
+        "train.epochs": 10,
+        "work_dir": str(tmp_path / "work"),
+        "tracking.tracking_uri": server_url,
+        "tracking.experiment": f"test-{uuid.uuid4().hex[:8]}",
+        "tracking.registered_model": f"skin-test-{uuid.uuid4().hex[:8]}",
+        **extra,
+    }
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
@@ -63,8 +84,12 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     assert m["test_balanced_accuracy"] > 0.3, f"the model must learn: {m['test_balanced_accuracy']}"
     low, high = m["test_balanced_accuracy_ci_low"], m["test_balanced_accuracy_ci_high"]
     assert low <= m["test_balanced_accuracy"] <= high, ("interval around the value", low, high)
-    for name in ("epoch/train_loss", "epoch/dev_loss", "epoch/dev_accuracy",
-                 "epoch/dev_balanced_accuracy"):
+    for name in (
+        "epoch/train_loss",
+        "epoch/dev_loss",
+        "epoch/dev_accuracy",
+        "epoch/dev_balanced_accuracy",
+    ):
         steps = [p.step for p in client.get_metric_history(run.info.run_id, name)]
         assert sorted(steps) == list(range(1, 11)), f"{name} per epoch: {steps}"
     assert run.data.params["model.name"] == "test_resnet", "flattened config as params"
@@ -72,9 +97,15 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     assert "prefect.flow_run_id" in run.data.tags, "the MLflow run links to its flow run"
     files = artifact_paths(client, run.info.run_id)
     expected = {f"checkpoints/epoch_{e:04d}.pt" for e in range(1, 11)} | {
-        "manifest/manifest.parquet", "config/config.yaml", "report/confusion_matrix_test.csv",
-        "report/confusion_matrix_test.png", "report/per_class_test.csv", "report/summary.md",
-        "report/predictions_dev.parquet", "report/calibration.json", "report/operating_points.json",
+        "manifest/manifest.parquet",
+        "config/config.yaml",
+        "report/confusion_matrix_test.csv",
+        "report/confusion_matrix_test.png",
+        "report/per_class_test.csv",
+        "report/summary.md",
+        "report/predictions_dev.parquet",
+        "report/calibration.json",
+        "report/operating_points.json",
     }
     assert expected <= files, f"artifacts missing: {sorted(expected - files)}"
     models = mlflow.search_logged_models(
@@ -89,15 +120,27 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     assert contexts == {"train", "dev", "test"}, f"manifest as dataset inputs: {contexts}"
 
     again = pipeline_flow(data_uri=str(data), overrides=ov)
-    assert again["stages"] == {"list-images": "ran", "split": "cached", "undersample": "cached",
-                               "prepare-images": "cached", "train": "cached",
-                               "evaluate": "cached", "register-model": "cached"}, again["stages"]
+    assert again["stages"] == {
+        "list-images": "ran",
+        "split": "cached",
+        "undersample": "cached",
+        "prepare-images": "cached",
+        "train": "cached",
+        "evaluate": "cached",
+        "register-model": "cached",
+    }, again["stages"]
     assert again["run_id"] == first["run_id"], "nothing changed: the same run is the answer"
 
     lr = pipeline_flow(data_uri=str(data), overrides={**ov, "train.lr": 0.002})
-    assert lr["stages"] == {"list-images": "ran", "split": "cached", "undersample": "cached",
-                            "prepare-images": "cached", "train": "ran", "evaluate": "ran",
-                            "register-model": "ran"}, lr
+    assert lr["stages"] == {
+        "list-images": "ran",
+        "split": "cached",
+        "undersample": "cached",
+        "prepare-images": "cached",
+        "train": "ran",
+        "evaluate": "ran",
+        "register-model": "ran",
+    }, lr
     assert lr["run_id"] != first["run_id"], "a new training is a new MLflow run"
 
     # The promotion gate: the first model is champion; the second only if strictly better on dev.
@@ -131,8 +174,10 @@ def test_pipeline_publishes_a_markdown_summary(
 
     from flows.pipeline import pipeline_flow
 
-    result = pipeline_flow(data_uri=str(sample_data),
-                           overrides=overrides(tmp_path, mlflow_server.url, **{"train.epochs": 2}))
+    result = pipeline_flow(
+        data_uri=str(sample_data),
+        overrides=overrides(tmp_path, mlflow_server.url, **{"train.epochs": 2}),
+    )
 
     async def latest() -> list:
         async with get_client() as client:

@@ -43,7 +43,9 @@ def test_prepare_fans_shards_out_over_a_dask_cluster(
     keys = snapshot(s3_client, bucket)
     assert len([k for k in keys if "/shard-" in k and k.endswith(".npy")]) == done["shards"]
     # Another machine (its own work_dir) runs the same stage: nothing is decoded again.
-    again = build_shards_flow(data_uri=str(sample_data), overrides=overrides(tmp_path / "b", bucket))
+    again = build_shards_flow(
+        data_uri=str(sample_data), overrides=overrides(tmp_path / "b", bucket)
+    )
     assert again["built"] == 0 and again["reused"] == done["shards"]
     assert snapshot(s3_client, bucket) == keys, "the shared store is not rewritten"
 

@@ -670,6 +670,20 @@ def _predict_batch(
     info(f"predictions: [bold]{result['output']}[/]")
 
 
+ModelRefOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id or a"
+        " checkpoint (default: the registered model's champion).",
+    ),
+]
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)."),
+]
+
+
 @app.command("predict")
 @friendly_errors
 def predict_cmd(
@@ -680,14 +694,7 @@ def predict_cmd(
             help="Image files or s3:// image URIs; or one folder / s3:// prefix (batch flow).",
         ),
     ],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id or a checkpoint"
-            " (default: the registered model's champion).",
-        ),
-    ] = None,
+    model: ModelRefOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes shown per image.")] = 3,
     tta: Annotated[
         bool, typer.Option("--tta/--no-tta", help="Average over flips and 90° rotations.")
@@ -700,10 +707,7 @@ def predict_cmd(
             " <prefix>/predictions/predictions-<time>.parquet.",
         ),
     ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)."),
-    ] = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Predict lesion classes for images, or for every image under a folder or s3:// prefix.
 
@@ -724,19 +728,9 @@ def predict_cmd(
 @friendly_errors
 def export_cmd(
     out: Annotated[str, typer.Argument(metavar="OUT", help="The file to write (.onnx).")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id or a checkpoint"
-            " (default: the registered model's champion).",
-        ),
-    ] = None,
+    model: ModelRefOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="Only onnx.")] = "onnx",
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)."),
-    ] = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Export the model's network to ONNX: logits from normalised input, any batch size, the
     preprocessing constants and class order in the graph's metadata.

@@ -13,6 +13,7 @@ from tests.helpers import invoke, snapshot
 pytestmark = pytest.mark.server
 
 
+@pytest.mark.slow  # tens of seconds: out of `make test-fast`, still in `make test`
 def test_sample_data_to_s3_then_list_split_and_grow(
     s3_client, bucket: str, tmp_path: Path, prefect_api
 ) -> None:

@@ -20,6 +20,7 @@ def small_bucket(s3_client, bucket: str) -> str:
     return bucket
 
 
+@pytest.mark.slow  # tens of seconds: out of `make test-fast`, still in `make test`
 @pytest.mark.parametrize("mode", ["status", "slowdown", "drop"])
 def test_transient_faults_are_retried_and_every_image_arrives(
     moto, small_bucket: str, monkeypatch: pytest.MonkeyPatch, mode: str

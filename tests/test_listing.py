@@ -59,6 +59,7 @@ def test_folder_layout_counts_and_reports_every_skip(s3_client, bucket: str) -> 
     assert row["size"] == 3 and len(row["fingerprint"]) == 32, "size and ETag recorded"
 
 
+@pytest.mark.slow  # tens of seconds: out of `make test-fast`, still in `make test`
 def test_a_class_of_2500_objects_is_listed_whole(s3_client, bucket: str) -> None:
     put_all(s3_client, bucket, {f"NV/ISIC_{i:07d}.jpg": b"x" for i in range(2500)})
     put_all(s3_client, bucket, {f"MEL/ISIC_{i:07d}.jpg": b"y" for i in range(3000, 3010)})

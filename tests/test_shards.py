@@ -45,6 +45,7 @@ def shard_bytes(rows: int) -> int:
     return rows * SIZE * SIZE * 3
 
 
+@pytest.mark.slow  # tens of seconds: out of `make test-fast`, still in `make test`
 @pytest.mark.server
 def test_shards_mirror_and_stream_equal_a_local_decode(
     tmp_path: Path, data_with_a_broken_image: Path, bucket: str, s3_client

@@ -367,12 +367,8 @@ def evaluate_stage(
     tracker.set_tags({"diagnosis": reading})
     tracker.set_description(report.summary_head(paths.report / "summary.md"))
     model_uri = None
-    if cfg.tracking.log_model:
-        size = data.spec.size
-        example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch > 1
-        model_uri = tracker.log_model(  # with the exact weights a registered version serves
-            model.cpu().float(), example, None, checkpoint=Path(checkpoint_path)
-        )
+    if cfg.tracking.log_model:  # the exact weights a registered version will serve
+        model_uri = tracker.log_model(Path(checkpoint_path))
     if cfg.tracking.export_onnx:
         _export_onnx(Path(checkpoint_path), paths, tracker)
     return EvalOutcome(tracker.run_id, metrics, reading, str(paths.report), model_uri=model_uri)

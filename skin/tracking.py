@@ -55,9 +55,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
-    def log_model(
-        self, model: Any, example: Any, registered_name: str | None, checkpoint: Path | None = None
-    ) -> str | None: ...
+    def log_model(self, checkpoint: Path, registered_name: str | None = None) -> str | None: ...
     def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None: ...
     def set_description(self, text: str) -> None: ...
     def url(self) -> str | None: ...
@@ -187,19 +185,15 @@ class MLflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(scrub(tags))
 
-    def log_model(
-        self, model: Any, example: Any, registered_name: str | None, checkpoint: Path | None = None
-    ) -> str | None:
+    def log_model(self, checkpoint: Path, registered_name: str | None = None) -> str | None:
         """Log the image-in pyfunc (`skin.serving.SkinModel`, name "model") made from
         `checkpoint`: the exact weights (and their hash) travel inside the model's artifacts,
         with the run's report/calibration.json and report/operating_points.json where they
-        exist. `model` and `example` (the network and a tensor batch) are not needed by it."""
+        exist."""
         import mlflow.pyfunc
 
         from skin import serving
 
-        if checkpoint is None:
-            raise TrackingError("log_model needs the checkpoint the model was made from")
         with tempfile.TemporaryDirectory(prefix="skin-model-") as tmp:
             artifacts, tags = self._attach_checkpoint(Path(checkpoint), Path(tmp))
             info = mlflow.pyfunc.log_model(

@@ -345,9 +345,7 @@ def tiny_checkpoints(folder: Path) -> dict[int, Path]:
 
 def register_epoch(tmp_path: Path, *, with_checkpoint: bool = True) -> Registered:
     """What train, evaluate and register do to MLflow, for a run whose best epoch is 2."""
-    import torch
 
-    from skin.model import load_model_from_checkpoint
     from skin.registry import GATE_METRIC, register_and_gate
     from skin.tracking import MLflowTracker, tracked_run
 
@@ -359,9 +357,7 @@ def register_epoch(tmp_path: Path, *, with_checkpoint: bool = True) -> Registere
             tracker.log_artifact(path, "checkpoints")
         tracker.log_metrics({"best_epoch": 2.0, GATE_METRIC: 0.5})
         if with_checkpoint:
-            model, _ = load_model_from_checkpoint(paths[2], torch.device("cpu"))
-            example = np.zeros((2, 3, 32, 32), dtype=np.float32)
-            model_uri = tracker.log_model(model, example, None, checkpoint=paths[2])
+            model_uri = tracker.log_model(paths[2])
         else:  # as versions logged before checkpoints were kept (and fast: no pt2 export)
             model_uri = legacy_model(uri, tracker.run_id)
     name = f"skin-unit-{uuid.uuid4().hex[:6]}"

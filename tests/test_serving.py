@@ -70,7 +70,7 @@ def log_run(tmp: Path, report: dict[str, dict] | None = None) -> Logged:
             for name, content in report.items():
                 (folder / name).write_text(json.dumps(content))
             tracker.log_artifact(folder, "report")
-        model_uri = tracker.log_model(None, None, None, checkpoint=checkpoint)
+        model_uri = tracker.log_model(checkpoint)
     assert model_uri is not None
     return Logged(uri, model_uri, checkpoint)
 

@@ -7,11 +7,15 @@ folds, dev = this fold, test = test, and train balanced again by the main pipeli
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from skin.balance import undersample
+from skin.evaluate import split_metrics
 from skin.split import _groups
 
 log = logging.getLogger(__name__)
@@ -93,3 +97,64 @@ def fold_manifest(
     pooled = folds.reindex(out.index).to_numpy() >= 0
     out.loc[pooled, "split"] = np.where(folds.reindex(out.index)[pooled] == fold, "dev", "train")
     return undersample(out, balance, majority_class, seed)
+
+
+# --------------------------------------------------------------------------- scores
+
+FOLD_METRICS = ("balanced_accuracy", "accuracy", "macro_auc")
+
+
+@dataclass
+class CVOutcome:
+    """A cross-validation: its parent run, one row per fold, the cross-validated metrics and
+    where the per-fold table and the out-of-fold predictions were written."""
+
+    parent_run_id: str
+    folds: list[dict[str, Any]]  # fold, run_id, manifest_uri, manifest_hash, dev_/test_ metrics
+    metrics: dict[str, float]  # cv_<metric>_mean/_std over folds, cv_oof_<metric> pooled
+    oof_uri: str
+    table_uri: str
+    manifest_uri: str
+    manifest_hash: str
+
+    @property
+    def score(self) -> float:
+        """The pooled out-of-fold balanced accuracy: what a sweep ranks a config by."""
+        return self.metrics["cv_oof_balanced_accuracy"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def out_of_fold(
+    frames: Sequence[pd.DataFrame], run_ids: Sequence[str], manifest: pd.DataFrame
+) -> pd.DataFrame:
+    """Every fold's predictions on its own validation part, stacked: each train+dev row once,
+    with its fold, the run that scored it and its split in the manifest the folds came from."""
+    split_of = manifest.set_index("key")["split"]
+    parts = [
+        f.assign(fold=i, run_id=r) for i, (f, r) in enumerate(zip(frames, run_ids, strict=True))
+    ]
+    oof = pd.concat(parts, ignore_index=True)
+    if oof["key"].duplicated().any():
+        raise FoldError(f"{oof['key'].duplicated().sum()} rows scored by two folds: folds overlap")
+    return oof.assign(manifest_split=oof["key"].map(split_of).to_numpy())
+
+
+def cv_metrics(table: pd.DataFrame, oof: pd.DataFrame, classes: Sequence[str]) -> dict[str, float]:
+    """Mean and standard deviation (ddof 1) of each fold's dev metrics, and the same metrics on
+    the pooled out-of-fold predictions (every train+dev image scored by the model that never
+    trained on it)."""
+    out: dict[str, float] = {}
+    for name in FOLD_METRICS:
+        values = table.get(f"dev_{name}", pd.Series(dtype=float)).astype(float)
+        out[f"cv_{name}_mean"] = float(values.mean())
+        out[f"cv_{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+    probs = oof[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    pooled = split_metrics(y, probs, classes).scalars
+    out |= {f"cv_oof_{name}": float(pooled[name]) for name in FOLD_METRICS}
+    return {k: v for k, v in out.items() if np.isfinite(v)} | {
+        "cv_folds": float(len(table)),
+        "cv_oof_images": float(len(oof)),
+    }

@@ -126,8 +126,13 @@ def _folds(
     registry: MLflowRegistry,
     parent: str,
 ) -> CVOutcome:
-    """Train, then evaluate, every fold as mapped tasks; nest the runs; score out of fold."""
+    """Train, then evaluate, every fold as mapped tasks; nest the runs; score out of fold.
+
+    A fold's model is not logged as an MLflow model (an ensemble takes its checkpoint)."""
     trained = _gather(train_task, refresh, stages, manifest=refs, config=unmapped(cfg))
+    quiet = cfg.model_copy(
+        update={"tracking": cfg.tracking.model_copy(update={"log_model": False})}
+    )
     evaluated = _gather(
         evaluate_task,
         refresh,
@@ -135,7 +140,7 @@ def _folds(
         manifest=refs,
         run_id=[t.run_id for t in trained],
         checkpoint=[t.best_checkpoint for t in trained],
-        config=unmapped(cfg),
+        config=unmapped(quiet),
     )
     runs = [t.run_id for t in trained]
     for i, run_id in enumerate(runs):

@@ -657,7 +657,10 @@ def ensemble_cmd(
 
 
 def _report_ensemble(result: dict[str, Any]) -> None:
-    emit(result, _metrics_table(result["metrics"], f"ensemble run {result['run_id']}"))
+    from skin.report import metrics_table_text
+
+    title = f"ensemble run {result['run_id']} [95 % bootstrap interval over lesions]"
+    emit(result, _frame_table(metrics_table_text(result["metrics"]).drop(index="train"), title))
     _ensemble_lines(result)
 
 

@@ -426,7 +426,8 @@ class MLflowRegistry:
         for key, value in scrub(tags or {}).items():
             self.client.set_tag(run_id, key, value)
         for folder, path in (files or {}).items():
-            self.client.log_artifact(run_id, str(path), folder or None)
+            log = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
+            log(run_id, str(path), folder or None)
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)

@@ -112,3 +112,34 @@ def test_too_many_folds_for_the_groups_is_a_clear_error() -> None:
     with pytest.raises(FoldError, match="fold 7"):
         fold_manifest(make_manifest(COUNTS, 1, 0, 0), folds, 7)
     assert np.isin(folds, [-1, 0, 1]).all()
+
+
+def test_oof_metrics_pool_every_fold_and_average_the_fold_scores() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from skin.folds import cv_metrics, out_of_fold
+
+    m = make_manifest(COUNTS, lesion_every=2, dup_every=0, seed=4)
+    folds = assign_folds(m, 3, seed=4)
+    classes = sorted(COUNTS)
+    rng = np.random.default_rng(0)
+    frames = []
+    for f in range(3):
+        rows = m[folds == f][["key", "label"]].reset_index(drop=True)
+        p = rng.dirichlet(np.ones(len(classes)), len(rows))
+        frames.append(
+            pd.concat([rows, pd.DataFrame(p, columns=[f"prob_{c}" for c in classes])], axis=1)
+        )
+    oof = out_of_fold(frames, ["r0", "r1", "r2"], m)
+    assert len(oof) == (folds >= 0).sum() and set(oof["manifest_split"]) <= {"train", "dev"}
+    table = pd.DataFrame(
+        {"dev_balanced_accuracy": [0.5, 0.6, 0.7], "dev_accuracy": [0.4, 0.5, 0.6]}
+    )
+    got = cv_metrics(table, oof, classes)
+    assert got["cv_balanced_accuracy_mean"] == pytest.approx(0.6)
+    assert got["cv_balanced_accuracy_std"] == pytest.approx(0.1)
+    y = oof["label"].map({c: i for i, c in enumerate(classes)})
+    pred = oof[[f"prob_{c}" for c in classes]].to_numpy().argmax(1)
+    assert got["cv_oof_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    with pytest.raises(FoldError, match="two folds"):
+        out_of_fold([frames[0], frames[0]], ["a", "b"], m)

@@ -259,7 +259,7 @@ def ensemble_flow(
     manifest: str | None = None,
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
-    register: bool = False,
+    register_model: bool = False,
 ) -> dict[str, Any]:
     """Average runs (or a cross-validation's fold models) into one model, evaluate, gate."""
     cfg = resolve_config(config_path, overrides, None)
@@ -268,10 +268,10 @@ def ensemble_flow(
             "give the members (runs) or a cross-validation's parent run (cv_run), one of them"
         )
     if cv_run:
-        return fold_ensemble(cfg, cv_run, register=register)
+        return fold_ensemble(cfg, cv_run, register=register_model)
     assert runs is not None
     uri = manifest or _run_manifest(cfg, runs[0])
-    return ensemble_run(cfg, runs, manifest_ref(uri), register=register)
+    return ensemble_run(cfg, runs, manifest_ref(uri), register=register_model)
 
 
 def _run_manifest(cfg: PipelineConfig, ref: str) -> str:
@@ -316,9 +316,9 @@ def cv_flow(
     folds: int = 5,
     refresh: bool = False,
     ensemble: bool = False,
-    register: bool = False,
+    register_model: bool = False,
 ) -> dict[str, Any]:
-    """Cross-validate the config on the dataset's train+dev; with `ensemble` (or `register`,
+    """Cross-validate the config on the dataset's train+dev; with `ensemble` (or `register_model`,
     which gates it into the registry) the fold models become one ensemble model.
 
     Folds train one at a time here (one accelerator, one process's seeded RNG); another task
@@ -331,7 +331,7 @@ def cv_flow(
     outcome = cross_validate(cfg, manifest, folds, stages, refresh=refresh)
     result = outcome.to_dict() | {"stages": stages}
     log.info("cross-validated balanced accuracy %.4f (pooled out of fold)", outcome.score)
-    if ensemble or register:
-        result["ensemble"] = fold_ensemble(cfg, outcome.parent_run_id, register=register)
+    if ensemble or register_model:
+        result["ensemble"] = fold_ensemble(cfg, outcome.parent_run_id, register=register_model)
     create_markdown_artifact(key="skin-cv-summary", markdown=summary_markdown(result))
     return result

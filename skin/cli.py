@@ -588,7 +588,7 @@ def cv_cmd(
         folds=folds,
         refresh=refresh,
         ensemble=ensemble,
-        register=register,
+        register_model=register,
     )
     table = Table(title=f"{folds}-fold cross-validation · parent run {result['parent_run_id']}")
     for column in ("fold", "run", "dev balanced acc.", "dev acc.", "dev macro AUC"):
@@ -651,7 +651,7 @@ def ensemble_cmd(
         manifest=manifest,
         config_path=config,
         overrides=overrides,
-        register=register,
+        register_model=register,
     )
     _report_ensemble(result)
 

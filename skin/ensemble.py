@@ -133,6 +133,14 @@ class EnsemblePredictor(Predictor):
         self.batch_size = members[0].batch_size
         self.tta = members[0].tta
 
+    @property
+    def model(self) -> torch.nn.Module:  # type: ignore[override]
+        """No single network: what needs one (ONNX export) must take a member."""
+        raise PredictError(
+            f"{self.source.resolved} is an ensemble of {len(self.members)} models: it has no"
+            " single network (export or inspect one of its members instead)"
+        )
+
     def using(self, *, tta: bool) -> EnsemblePredictor:
         other = copy.copy(self)
         other.members = [m.using(tta=tta) for m in self.members]

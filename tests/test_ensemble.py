@@ -132,3 +132,41 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     np.testing.assert_allclose(answer.filter(like="p_").to_numpy(), want, atol=1e-5)
     listed = json.loads((folder / "members.json").read_text())["members"]
     assert [m["temperature"] for m in listed] == list(TEMPERATURES)
+
+
+def test_cli_cv_and_ensemble_pass_their_options_to_the_flows(monkeypatch, tmp_path: Path) -> None:
+    """`skin cv` prints per-fold and pooled numbers; `skin ensemble` wants --runs or --cv-run."""
+    import flows.cv
+
+    seen: dict[str, object] = {}
+    metrics = {"cv_balanced_accuracy_mean": 0.61, "cv_balanced_accuracy_std": 0.02,
+               "cv_oof_balanced_accuracy": 0.6}  # fmt: skip
+    folds = [
+        {"fold": i, "run_id": f"r{i}", "dev_balanced_accuracy": 0.6 + i / 100} for i in range(3)
+    ]
+
+    def fake_cv(**kwargs: object) -> dict[str, object]:
+        seen["cv"] = kwargs
+        return {"parent_run_id": "p1", "folds": folds, "metrics": metrics}
+
+    def fake_ensemble(**kwargs: object) -> dict[str, object]:
+        seen["ensemble"] = kwargs
+        return {
+            "run_id": "e1",
+            "members": kwargs["runs"],
+            "metrics": {"test_balanced_accuracy": 0.7},
+        }
+
+    monkeypatch.setattr(flows.cv, "cv_flow", fake_cv)
+    monkeypatch.setattr(flows.cv, "ensemble_flow", fake_ensemble)
+    code, text = invoke(
+        "cv", "--data", str(tmp_path), "--folds", "3", "--epochs", "2", "--register"
+    )
+    assert code == 0, text
+    assert seen["cv"]["folds"] == 3 and seen["cv"]["register_model"] is True
+    assert seen["cv"]["overrides"] == {"train.epochs": 2}
+    assert "0.6000" in text and "r2" in text, text
+    code, text = invoke("ensemble", "--runs", "a, b")
+    assert code == 0 and seen["ensemble"]["runs"] == ["a", "b"], text
+    code, text = invoke("ensemble")
+    assert code != 0 and "--runs or --cv-run" in text, text

@@ -45,7 +45,7 @@ def test_cv_folds_are_grouped_scored_out_of_fold_and_ensembled(
         "tracking.experiment": f"test-cv-{uuid.uuid4().hex[:8]}",
         "tracking.registered_model": name,
     }
-    result = cv_flow(data_uri=str(data), overrides=overrides, folds=FOLDS, register=True)
+    result = cv_flow(data_uri=str(data), overrides=overrides, folds=FOLDS, register_model=True)
 
     client = MlflowClient(tracking_uri=mlflow_server.url)
     parent = client.get_run(result["parent_run_id"])

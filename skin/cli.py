@@ -552,6 +552,129 @@ def _report_run(result: dict[str, Any]) -> None:
         info(f"MLflow: {result['mlflow_url']}")
 
 
+@app.command("cv")
+@friendly_errors
+@config_flags(*MODEL_FLAGS)
+def cv_cmd(
+    data: Annotated[
+        str | None, typer.Option("--data", help="s3://bucket/prefix or a folder.")
+    ] = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Folds over train+dev.")] = 5,
+    config: ConfigOpt = None,
+    ensemble: Annotated[
+        bool, typer.Option("--ensemble", help="Average the fold models into one model.")
+    ] = False,
+    register: Annotated[
+        bool, typer.Option("--register", help="The fold ensemble through the promotion gate.")
+    ] = False,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Ignore cached stage results.")
+    ] = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Cross-validate: lesion-grouped folds over train+dev (test held out), a model per fold,
+    per-fold and pooled out-of-fold metrics in one parent MLflow run.
+
+    Example: skin cv --data demo/data --config configs/demo.yaml --folds 5 --ensemble
+    """
+    from flows.cv import cv_flow
+
+    _validate(config, overrides, data)
+    result = cv_flow(
+        data_uri=data,
+        config_path=config,
+        overrides=overrides,
+        folds=folds,
+        refresh=refresh,
+        ensemble=ensemble,
+        register_model=register,
+    )
+    table = Table(title=f"{folds}-fold cross-validation · parent run {result['parent_run_id']}")
+    for column in ("fold", "run", "dev balanced acc.", "dev acc.", "dev macro AUC"):
+        table.add_column(column, justify="right")
+    for f in result["folds"]:
+        cells = [
+            f.get(f"dev_{m}", float("nan")) for m in ("balanced_accuracy", "accuracy", "macro_auc")
+        ]
+        table.add_row(str(f["fold"]), f["run_id"], *(f"{c:.4f}" for c in cells))
+    m = result["metrics"]
+    for name in ("balanced_accuracy", "accuracy", "macro_auc"):
+        mean, std = m.get(f"cv_{name}_mean", float("nan")), m.get(f"cv_{name}_std", float("nan"))
+        table.add_row("", f"{name}: mean ± std", f"{mean:.4f} ± {std:.4f}", "", "")
+        table.add_row(
+            "",
+            f"{name}: pooled out of fold",
+            f"{m.get(f'cv_oof_{name}', float('nan')):.4f}",
+            "",
+            "",
+        )
+    emit(result, table)
+    if result.get("ensemble"):
+        _ensemble_lines(result["ensemble"])
+
+
+@app.command("ensemble")
+@friendly_errors
+@config_flags(flag("evaluate.tta", bool, "--tta/--no-tta", "Test-time augmentation."))
+def ensemble_cmd(
+    runs: Annotated[
+        str | None, typer.Option("--runs", help="Members: run ids or model URIs, comma-separated.")
+    ] = None,
+    cv_run: Annotated[
+        str | None, typer.Option("--cv-run", help="A cross-validation's parent run: its folds.")
+    ] = None,
+    manifest: Annotated[
+        str | None, typer.Option(help="Evaluate on this manifest (default: the first run's).")
+    ] = None,
+    config: ConfigOpt = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="Through the promotion gate into the registry.")
+    ] = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Average models (each with its own calibration) into one, evaluate it like a run and,
+    with --register, gate it into the registry as one image-in model.
+
+    Examples: skin ensemble --cv-run 3f2a0c... --register · skin ensemble --runs RUN1,RUN2,RUN3
+    """
+    from flows.cv import ensemble_flow
+
+    if bool(runs) == bool(cv_run):
+        raise typer.BadParameter("give --runs or --cv-run (one of them)")
+    _validate(config, overrides, None)
+    members = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    result = ensemble_flow(
+        runs=members,
+        cv_run=cv_run,
+        manifest=manifest,
+        config_path=config,
+        overrides=overrides,
+        register_model=register,
+    )
+    _report_ensemble(result)
+
+
+def _report_ensemble(result: dict[str, Any]) -> None:
+    from skin.report import metrics_table_text
+
+    title = f"ensemble run {result['run_id']} [95 % bootstrap interval over lesions]"
+    emit(result, _frame_table(metrics_table_text(result["metrics"]).drop(index="train"), title))
+    _ensemble_lines(result)
+
+
+def _ensemble_lines(result: dict[str, Any]) -> None:
+    info(f"ensemble of {len(result['members'])} models: run [bold]{result['run_id']}[/]")
+    reg = result.get("registration")
+    if reg:
+        info(
+            f"registry: {reg['name']} v{reg['version']} → [bold]{reg['alias']}[/]: {reg['reason']}"
+        )
+    if result.get("model_uri"):
+        info(f"model: {result['model_uri']}")
+
+
 @app.command("demo")
 @friendly_errors
 def demo_cmd(

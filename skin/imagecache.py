@@ -30,7 +30,7 @@ from filelock import FileLock
 
 from skin.fetch import Fetched, Fetcher
 from skin.images import ImageDecodeError, decode_file
-from skin.manifest import manifest_hash
+from skin.manifest import frame_hash
 from skin.storage import LocalStore, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,14 @@ def cpu_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def images_hash(manifest: pd.DataFrame) -> str:
+    """Which images a cache holds (keys and contents), whatever their splits: cross-validation
+    folds and a re-balanced manifest share the decoded images of the manifest they came from."""
+    return frame_hash(manifest[["key", "fingerprint"]])
+
+
 def cache_dir(root: str | Path, manifest: pd.DataFrame, size: int) -> Path:
-    return Path(root) / "images" / f"{manifest_hash(manifest)}-{size}-v{FORMAT}"
+    return Path(root) / "images" / f"{images_hash(manifest)}-{size}-v{FORMAT}"
 
 
 def objects_dir(root: str | Path) -> Path:

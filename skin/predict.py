@@ -188,7 +188,8 @@ def load_predictor(
     batch_size: int = 64,
 ) -> Predictor:
     """A Predictor from `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-ID`,
-    `runs:/RUN_ID/model`, a bare run id, or a checkpoint file (path or s3:// URI).
+    `runs:/RUN_ID/model`, a bare run id, or a checkpoint file (path or s3:// URI). An ensemble
+    (a members.json) gives an `skin.ensemble.EnsemblePredictor` with the same interface.
 
     MLflow references resolve to a checkpoint (a registry version's own, pinned when it was
     logged), downloaded and loaded with weights_only=True (no pickled code runs); see
@@ -201,6 +202,10 @@ def load_predictor(
             path, source = mlflow_checkpoint(ref, Path(tmp), tracking_uri)
         else:
             path, source = _checkpoint_file(ref, Path(tmp))
+        if path.name == MEMBERS_FILE:  # an ensemble: its members, averaged
+            from skin.ensemble import load_ensemble
+
+            return load_ensemble(path, dev, source, tta=tta, batch_size=batch_size)
         model, state = load_model_from_checkpoint(path, dev)
         temperature = calibrated_temperature(path)
     cfg = PipelineConfig.model_validate(state["config"])
@@ -212,6 +217,7 @@ def load_predictor(
     )
 
 
+MEMBERS_FILE = "members.json"  # an ensemble's list of members (skin.ensemble)
 CALIBRATION_FILE = "calibration.json"  # {"temperature": T}, written by the evaluate stage
 
 
@@ -236,6 +242,8 @@ def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
         local.write_bytes(read_uri(ref))
         return local, ModelSource(ref, ref, ref)
     path = Path(ref).expanduser()
+    if path.is_dir() and (path / MEMBERS_FILE).is_file():
+        path = path / MEMBERS_FILE
     if not path.is_file():
         raise PredictError(
             f"model {ref!r} is not a checkpoint file; use models:/NAME@ALIAS, models:/NAME/VERSION,"

@@ -28,6 +28,7 @@ CHECKPOINT = "checkpoint"
 CALIBRATION = "calibration"  # the evaluate stage's report/calibration.json: {"temperature": T}
 OPERATING_POINTS = "operating_points"  # report/operating_points.json: {"mel_threshold_at_…": t}
 MEL_THRESHOLD = "mel_threshold_at_spec90"
+MEMBERS = "members"  # an ensemble's members.json; its members in member_<i>/ beside it
 INPUTS = ("image", "uri")
 
 
@@ -41,8 +42,9 @@ class Served:
 
 def load_served(artifacts: Mapping[str, str], device: str = "auto") -> Served:
     """The model from its artifacts: the checkpoint (with the calibration MLflow keeps beside
-    it, which `load_predictor` applies as `skin predict` does) and the operating points if any."""
-    predictor = load_predictor(artifacts[CHECKPOINT], device)
+    it, which `load_predictor` applies as `skin predict` does), or an ensemble's members.json
+    (each member with its own calibration), and the operating points if any."""
+    predictor = load_predictor(artifacts.get(CHECKPOINT) or artifacts[MEMBERS], device)
     threshold = mel_threshold(_read_json(artifacts.get(OPERATING_POINTS)))
     return Served(predictor, threshold)
 
@@ -141,4 +143,15 @@ def artifacts_of(checkpoint: Path, report: Path | None) -> dict[str, str]:
         path = report / f"{name}.json" if report else None
         if path is not None and path.is_file():
             out[name] = str(path)
+    return out
+
+
+def ensemble_artifacts_of(members: Path, report: Path | None) -> dict[str, str]:
+    """An ensemble's artifacts: members.json, every member_<i>/ folder beside it, and
+    report/operating_points.json where the ensemble's evaluation wrote it."""
+    folders = sorted(members.parent.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
+    out = {MEMBERS: str(members), **{p.name: str(p) for p in folders}}
+    path = report / f"{OPERATING_POINTS}.json" if report else None
+    if path is not None and path.is_file():
+        out[OPERATING_POINTS] = str(path)
     return out

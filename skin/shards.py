@@ -45,6 +45,7 @@ from skin.imagecache import (
     cache_dir,
     cpu_workers,
     decode_rows,
+    images_hash,
     in_key_order,
     npy_bytes,
     objects_dir,
@@ -52,7 +53,6 @@ from skin.imagecache import (
     read_meta,
     write_meta,
 )
-from skin.manifest import manifest_hash
 from skin.progress import Factory as Progress
 from skin.progress import silent
 from skin.storage import LocalStore, join_uri, open_store
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 
 def shards_uri(shared_uri: str, manifest: pd.DataFrame, size: int) -> str:
-    return join_uri(shared_uri, "images", f"{manifest_hash(manifest)}-{size}-v{FORMAT}")
+    return join_uri(shared_uri, "images", f"{images_hash(manifest)}-{size}-v{FORMAT}")
 
 
 def shard_name(index: int) -> str:

@@ -33,6 +33,7 @@ CHECKPOINT_TAG = "skin.checkpoint"
 CHECKPOINT_SHA_TAG = "skin.checkpoint_sha256"
 MODEL_ID_TAG = "skin.model_id"  # on a version: the logged model it was made from
 BEST_EPOCH = "best_epoch"
+ENSEMBLE_MODEL_TAG = "skin.ensemble_model"  # on an ensemble's run: the logged model it serves
 _MODEL_VERSIONS = "mlflow.modelVersions"
 
 
@@ -190,22 +191,43 @@ class MLflowTracker:
         `checkpoint`: the exact weights (and their hash) travel inside the model's artifacts,
         with the run's report/calibration.json and report/operating_points.json where they
         exist."""
+        with tempfile.TemporaryDirectory(prefix="skin-model-") as tmp:
+            artifacts, tags = self._attach_checkpoint(Path(checkpoint), Path(tmp))
+            return self._log_pyfunc(artifacts, tags, registered_name)
+
+    def log_ensemble(
+        self, members: Path, report: Path | None, registered_name: str | None = None
+    ) -> str | None:
+        """Log an ensemble as the same image-in pyfunc: `members` is the members.json that
+        `skin.ensemble.write_members` wrote beside the member_<i>/ folders (each a checkpoint with
+        its calibration); the file is pinned by sha256 and lists each member's. The run is
+        tagged with the model's id, so `runs:/RUN_ID/model` serves the ensemble."""
+        from skin import serving
+
+        artifacts = serving.ensemble_artifacts_of(Path(members), report)
+        tags = {CHECKPOINT_TAG: f"artifacts/{Path(members).name}"}
+        tags[CHECKPOINT_SHA_TAG] = sha256_file(Path(members))
+        uri = self._log_pyfunc(artifacts, tags, registered_name)
+        self.set_tags({ENSEMBLE_MODEL_TAG: _model_id(uri) or uri})
+        return uri
+
+    def _log_pyfunc(
+        self, artifacts: dict[str, str], tags: dict[str, str], registered_name: str | None
+    ) -> str:
         import mlflow.pyfunc
 
         from skin import serving
 
-        with tempfile.TemporaryDirectory(prefix="skin-model-") as tmp:
-            artifacts, tags = self._attach_checkpoint(Path(checkpoint), Path(tmp))
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=serving.SkinModel(),
-                artifacts=artifacts,
-                signature=serving.signature(),
-                input_example=serving.example_frame(),
-                registered_model_name=registered_name,
-                pip_requirements=_serving_requirements(),
-                tags=tags,
-            )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=serving.SkinModel(),
+            artifacts=artifacts,
+            signature=serving.signature(),
+            input_example=serving.example_frame(),
+            registered_model_name=registered_name,
+            pip_requirements=_serving_requirements(),
+            tags=tags,
+        )
         return info.model_uri
 
     def _attach_checkpoint(
@@ -380,6 +402,43 @@ class MLflowRegistry:
         """The version's description: what the registry page shows (its model card)."""
         self.client.update_model_version(name, version, description=text)
 
+    def create_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+        """A new run, made through the client (any thread, whatever run is active there)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        _ensure_experiment(mlflow, self.uri, experiment)
+        found = self.client.get_experiment_by_name(experiment)
+        exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        return self.client.create_run(exp_id, run_name=run_name, tags=scrub(tags)).info.run_id
+
+    def record(
+        self,
+        run_id: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        files: dict[str, Path] | None = None,
+    ) -> None:
+        """Metrics, tags and files (artifact folder → local path) into a run, without opening it."""
+        for key, value in (metrics or {}).items():
+            self.client.log_metric(run_id, key, float(value))
+        for key, value in scrub(tags or {}).items():
+            self.client.set_tag(run_id, key, value)
+        for folder, path in (files or {}).items():
+            log = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
+            log(run_id, str(path), folder or None)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def download(self, run_id: str, artifact: str, dst: Path) -> Path:
+        """One artifact of a run, downloaded under `dst`."""
+        return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """A text artifact (e.g. `promotion.md`) in a run, without reopening the run."""
         self.client.log_text(run_id, text, artifact_file)
@@ -399,6 +458,10 @@ class MLflowRegistry:
             run_id = ref.removeprefix("runs:/").split("/", 1)[0]
             if not run_id:
                 raise TrackingError(f"{ref!r}: expected runs:/RUN_ID/model")
+            ensemble = self.client.get_run(run_id).data.tags.get(ENSEMBLE_MODEL_TAG)
+            if ensemble:  # an ensemble's run has no checkpoints of its own: serve its model
+                logged = self.client.get_logged_model(ensemble)
+                return self._of_model(ensemble, logged.tags, ref, None, run_id, dst)
             return self._best_epoch(run_id, f"runs:/{run_id}/model", None, dst)
         rest = ref.removeprefix("models:/").strip("/")
         if model_id := _model_id(ref):

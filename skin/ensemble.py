@@ -1,0 +1,379 @@
+"""Ensembles: several trained models averaged as one (each with its own calibration and input).
+
+An ensemble is a folder: `members.json` (each member's checkpoint and sha256) beside
+`member_<i>/checkpoint.pt` and `member_<i>/calibration.json`. `EnsemblePredictor` answers like a
+`Predictor`: every member decodes the image its own way, applies its own temperature, and the
+probabilities are averaged. The same folder travels inside the logged MLflow model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from skin import manifest as mf
+from skin.bootstrap import confidence_intervals, flat_intervals
+from skin.compare import probabilities
+from skin.config import PipelineConfig, config_to_yaml
+from skin.evaluate import flat_metrics, split_metrics
+from skin.images import ImageDecodeError
+from skin.operating import operating_points, questions
+from skin.predict import (
+    CALIBRATION_FILE,
+    MEMBERS_FILE,
+    ModelSource,
+    PredictError,
+    Predictor,
+    calibrated_temperature,
+    load_predictor,
+    predictions_frame,
+    top_k,
+)
+from skin.report import metrics_table_text, operating_points_json
+from skin.report import predictions_frame as split_predictions
+from skin.runs import RunPaths
+from skin.stages import EvalOutcome
+from skin.storage import StorageError, open_store
+from skin.tracking import Tracker
+from skin.train import pick_device
+
+MEMBER_CHECKPOINT = "checkpoint.pt"
+
+
+class EnsembleError(ValueError):
+    """Members cannot be averaged (other classes, a changed file); says which member and why."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model going into an ensemble: its checkpoint, its temperature and where it came from."""
+
+    checkpoint: Path
+    temperature: float
+    origin: str  # the reference it was loaded from (runs:/…, models:/…, a path)
+
+
+def write_members(members: Sequence[Member], dst: Path) -> Path:
+    """The ensemble folder under `dst`: member_<i>/ (checkpoint, calibration) and members.json."""
+    from skin.tracking import sha256_file
+
+    if not members:
+        raise EnsembleError("an ensemble needs at least one member")
+    dst.mkdir(parents=True, exist_ok=True)
+    listed = []
+    for i, m in enumerate(members):
+        folder = dst / f"member_{i}"
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(m.checkpoint, folder / MEMBER_CHECKPOINT)
+        (folder / CALIBRATION_FILE).write_text(json.dumps({"temperature": m.temperature}))
+        sha = sha256_file(folder / MEMBER_CHECKPOINT)
+        listed.append(
+            {
+                "checkpoint": f"{folder.name}/{MEMBER_CHECKPOINT}",
+                "sha256": sha,
+                "temperature": m.temperature,
+                "origin": m.origin,
+            }
+        )
+    doc = {"combine": "mean of the members' calibrated probabilities", "members": listed}
+    path = dst / MEMBERS_FILE
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def load_ensemble(
+    members_file: Path,
+    device: torch.device,
+    source: ModelSource,
+    *,
+    tta: bool = False,
+    batch_size: int = 64,
+) -> EnsemblePredictor:
+    """The predictor an ensemble folder describes; each member's file checked against its sha256."""
+    from skin.tracking import sha256_file
+
+    try:
+        listed = json.loads(members_file.read_text())["members"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise EnsembleError(f"{members_file}: not an ensemble's members list: {err}") from err
+    predictors = []
+    for i, entry in enumerate(listed):
+        path = members_file.parent / entry["checkpoint"]
+        if sha256_file(path) != entry["sha256"]:
+            raise EnsembleError(f"{members_file}: member {i} ({path.name}) changed since logged")
+        predictors.append(load_predictor(str(path), device, tta=tta, batch_size=batch_size))
+    return EnsemblePredictor(predictors, source)
+
+
+class EnsemblePredictor(Predictor):
+    """Members averaged: `Predictor`'s interface (predict, predict_arrays, score, top_k, classes),
+    each member with its own preprocessing and temperature."""
+
+    def __init__(self, members: Sequence[Predictor], source: ModelSource) -> None:
+        if not members:
+            raise EnsembleError("an ensemble needs at least one member")
+        classes = members[0].classes
+        for i, m in enumerate(members):
+            if tuple(m.classes) != tuple(classes):
+                raise EnsembleError(f"member {i} predicts {m.classes}, member 0 {classes}")
+        self.members = list(members)
+        self.classes = tuple(classes)
+        self.source = source
+        self.spec = members[0].spec
+        self.device = members[0].device
+        self.batch_size = members[0].batch_size
+        self.tta = members[0].tta
+
+    @property
+    def model(self) -> torch.nn.Module:  # type: ignore[override]
+        """No single network: what needs one (ONNX export) must take a member."""
+        raise PredictError(
+            f"{self.source.resolved} is an ensemble of {len(self.members)} models: it has no"
+            " single network (export or inspect one of its members instead)"
+        )
+
+    def using(self, *, tta: bool) -> EnsemblePredictor:
+        other = copy.copy(self)
+        other.members = [m.using(tta=tta) for m in self.members]
+        other.tta = tta
+        return other
+
+    def to_input(self, data: bytes) -> np.ndarray:
+        """Members may crop to different sizes: only one shared size has one input array."""
+        self._one_size()
+        return self.members[0].to_input(data)
+
+    def predict(self, images: Sequence[bytes]) -> np.ndarray:
+        """Mean of the members' calibrated probabilities [N, classes], each decoding the bytes."""
+        return np.mean([m.predict(images) for m in self.members], axis=0)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """For decoded, cropped images: every member must take the same input size."""
+        self._one_size()
+        return np.mean([m.predict_arrays(images) for m in self.members], axis=0)
+
+    def _one_size(self) -> None:
+        sizes = {m.spec.size for m in self.members}
+        if len(sizes) > 1:
+            raise PredictError(f"ensemble members take inputs of sizes {sorted(sizes)}: use bytes")
+
+    def top_k(self, probs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        return top_k(probs, self.classes, k)
+
+    def score(self, keys: Sequence[str], fetch: Callable[[str], bytes]) -> pd.DataFrame:
+        """Fetch each key once; every member decodes and scores it; probabilities averaged. A key
+        that fails gets a row with its error."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            fetched = dict(zip(keys, pool.map(lambda k: _fetch(fetch, k), keys), strict=True))
+
+        def cached(key: str) -> bytes:
+            data = fetched[key]
+            if isinstance(data, Exception):
+                raise data
+            return data
+
+        frames = [m.score(keys, cached) for m in self.members]
+        columns = [f"prob_{c}" for c in self.classes]
+        probs = np.mean([f[columns].to_numpy(dtype=np.float64) for f in frames], axis=0)
+        errors = [
+            next((e for e in row if isinstance(e, str)), None)
+            for row in zip(*(f["error"] for f in frames), strict=True)
+        ]
+        probs[[e is not None for e in errors]] = np.nan
+        return predictions_frame(keys, probs, errors, self.classes, self.source.resolved)
+
+
+def _fetch(fetch: Callable[[str], bytes], key: str) -> bytes | Exception:
+    try:
+        return fetch(key)
+    except (ImageDecodeError, StorageError, OSError) as err:
+        return err
+
+
+def member_of(ref: str, dst: Path, tracking_uri: str | None) -> Member:
+    """Download one member (a run id, runs:/, models:/ or a checkpoint path) with its temperature."""
+    from skin.predict import _checkpoint_file, mlflow_checkpoint, model_reference
+
+    ref = model_reference(ref)
+    dst.mkdir(parents=True, exist_ok=True)
+    if ref.startswith(("models:/", "runs:/")):
+        path, source = mlflow_checkpoint(ref, dst, tracking_uri)
+    else:
+        path, source = _checkpoint_file(ref, dst)
+    if path.name == MEMBERS_FILE:
+        raise EnsembleError(f"{ref} is itself an ensemble: give its members instead")
+    return Member(path, calibrated_temperature(path), source.resolved)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EnsembleScores:
+    """An ensemble's evaluation: metrics (with intervals), per-split predictions, thresholds."""
+
+    metrics: dict[str, float]
+    predictions: dict[str, pd.DataFrame]
+    operating: dict[str, object]
+
+
+def score_split(predictor: EnsemblePredictor, rows: pd.DataFrame) -> np.ndarray:
+    """The ensemble's probabilities for manifest rows (fetched from each row's source)."""
+    probs = np.full((len(rows), len(predictor.classes)), np.nan)
+    for source, at in rows.groupby("source").indices.items():
+        scored = predictor.score(rows["key"].iloc[at].tolist(), open_store(str(source)).get)
+        probs[at] = scored[[f"prob_{c}" for c in predictor.classes]].to_numpy()
+    return probs
+
+
+def evaluate_ensemble(
+    probs: Mapping[str, tuple[pd.DataFrame, np.ndarray]],
+    classes: Sequence[str],
+    *,
+    n_resamples: int,
+    seed: int,
+    malignant: Sequence[str],
+) -> EnsembleScores:
+    """Metrics with lesion-resampled intervals per split (rows, probabilities), and the
+    operating points chosen on dev, read on test, as a single run's evaluation gives them."""
+    metrics: dict[str, float] = {}
+    predictions, labelled = {}, {}
+    for split, (rows, p) in probs.items():
+        ok = np.isfinite(p).all(axis=1)
+        rows, p = rows[ok].reset_index(drop=True), p[ok]
+        y = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+        groups = rows.get("lesion_id")
+        metrics |= flat_metrics(split, split_metrics(y, p, classes))
+        iv = confidence_intervals(y, p, groups, n_resamples, seed)
+        metrics |= flat_intervals(split, iv, classes)
+        predictions[split] = split_predictions(rows, p, classes)
+        labelled[split] = (y, p, groups)
+    operating: dict[str, object] = {}
+    if {"dev", "test"} <= set(labelled):
+        (dy, dp, _), (ty, tp, tg) = labelled["dev"], labelled["test"]
+        points = operating_points(
+            (dy, dp), (ty, tp), classes, tg, malignant=malignant, n_resamples=n_resamples, seed=seed
+        )
+        positives = {
+            n: [classes[c] for c in cols] for n, cols in questions(classes, malignant).items()
+        }
+        operating = operating_points_json(points, positives)
+    return EnsembleScores(metrics, predictions, operating)
+
+
+def summary_markdown(metrics: Mapping[str, float], members: Sequence[str], dev_note: str) -> str:
+    """The ensemble run's `report/summary.md`: what was averaged, on what dev, and the numbers."""
+    lines = [
+        f"# Ensemble of {len(members)} models",
+        "",
+        "Probabilities: the mean of each member's calibrated probabilities.",
+        "",
+        *[f"- member {i}: `{m}`" for i, m in enumerate(members)],
+        "",
+        f"Dev: {dev_note}",
+        "",
+        metrics_table_text(metrics).to_markdown(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+OOF_DEV = (
+    "out-of-fold: the manifest's dev images, each scored by the one fold model that never"
+    " trained on it (calibrated by its own temperature); a lower bound on the ensemble itself"
+)
+SAME_DEV = "the manifest's dev images, scored by the ensemble"
+
+
+def ensemble_stage(
+    refs: Sequence[str],
+    manifest_uri: str,
+    cfg: PipelineConfig,
+    tracker: Tracker,
+    *,
+    oof: pd.DataFrame | None = None,
+) -> EvalOutcome:
+    """Average `refs` (run ids, runs:/ or models:/ URIs) into one model, evaluate it on the
+    manifest's dev and test like a run (metrics with intervals, operating points, predictions),
+    log it as one image-in model. With `oof` (a cross-validation's out-of-fold predictions), dev
+    is the out-of-fold dev: the fold models trained on every train+dev image."""
+    from skin.tracking import resolve_tracking_uri
+
+    paths = RunPaths(cfg.work_dir, tracker.run_id)
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    members = [member_of(r, paths.root / "download" / str(i), uri) for i, r in enumerate(refs)]
+    members_file = write_members(members, paths.root / "ensemble")
+    source = ModelSource(
+        f"runs:/{tracker.run_id}/model", str(members_file), str(members_file), tracker.run_id
+    )
+    predictor = load_ensemble(
+        members_file,
+        pick_device(cfg.train.device),
+        source,
+        tta=cfg.evaluate.tta,
+        batch_size=cfg.train.batch_size,
+    )
+    manifest = mf.read(manifest_uri)
+    rows = {s: manifest[manifest["split"] == s].reset_index(drop=True) for s in ("dev", "test")}
+    if oof is None:
+        dev = (rows["dev"], score_split(predictor, rows["dev"]))
+    else:
+        part = oof[oof["key"].isin(rows["dev"]["key"])].reset_index(drop=True)
+        dev = (part, probabilities(part, predictor.classes))
+    test = (rows["test"], score_split(predictor, rows["test"]))
+    e = cfg.evaluate
+    scores = evaluate_ensemble(
+        {"dev": dev, "test": test},
+        predictor.classes,
+        n_resamples=e.bootstrap,
+        seed=cfg.split.seed,
+        malignant=e.malignant,
+    )
+    note = OOF_DEV if oof is not None else SAME_DEV
+    _write_report(paths, cfg, manifest, scores, [m.origin for m in members], note)
+    tracker.log_metrics({k: v for k, v in scores.metrics.items() if np.isfinite(v)})
+    tracker.log_artifact(paths.report, "report")
+    tracker.set_tags(
+        {
+            "skin.ensemble": str(len(members)),
+            "skin.ensemble_dev": note[:250],
+            "manifest_uri": manifest_uri,
+            "manifest_hash": mf.manifest_hash(manifest),
+        }
+    )
+    tracker.set_description(summary_markdown(scores.metrics, [m.origin for m in members], note))
+    model_uri = None
+    if cfg.tracking.log_model and hasattr(tracker, "log_ensemble"):
+        model_uri = tracker.log_ensemble(members_file, paths.report)
+    return EvalOutcome(
+        tracker.run_id, scores.metrics, "ensemble", str(paths.report), model_uri=model_uri
+    )
+
+
+def _write_report(
+    paths: RunPaths,
+    cfg: PipelineConfig,
+    manifest: pd.DataFrame,
+    scores: EnsembleScores,
+    members: Sequence[str],
+    note: str,
+) -> None:
+    """The run folder as a run's: config, split counts, report/ (metrics, predictions, summary)."""
+    paths.report.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(config_to_yaml(cfg))
+    mf.summary(manifest).to_csv(paths.split_counts)
+    (paths.report / "metrics.json").write_text(json.dumps(scores.metrics, indent=2, sort_keys=True))
+    for split, frame in scores.predictions.items():
+        frame.to_parquet(paths.report / f"predictions_{split}.parquet", index=False)
+    if scores.operating:
+        (paths.report / "operating_points.json").write_text(json.dumps(scores.operating, indent=2))
+    (paths.report / "summary.md").write_text(summary_markdown(scores.metrics, members, note))

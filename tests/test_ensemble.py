@@ -1,0 +1,172 @@
+"""Ensembles: the mean of the members' calibrated probabilities, served like one model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skin.ensemble import EnsembleError, EnsemblePredictor, Member, write_members
+from skin.predict import load_predictor
+from tests.helpers import invoke
+from tests.test_predict import tiny_checkpoints
+
+TEMPERATURES = (1.7, 0.6)
+
+
+def images(n: int = 3, size: int = 40) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def expected(paths: list[Path], data: list[bytes]) -> np.ndarray:
+    """Each member alone, at its own temperature, then the plain mean."""
+    probs = []
+    for path, t in zip(paths, TEMPERATURES, strict=True):
+        p = load_predictor(str(path), "cpu")
+        p.temperature = t
+        probs.append(p.predict(data))
+    return np.mean(probs, axis=0)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
+    """Two tiny models of different weights (the two epochs), and their ensemble folder."""
+    root = tmp_path_factory.mktemp("ensemble")
+    ckpts = tiny_checkpoints(root / "checkpoints")
+    paths = [ckpts[1], ckpts[2]]
+    folder = root / "ens"
+    listed = [
+        Member(p, t, f"m{i}") for i, (p, t) in enumerate(zip(paths, TEMPERATURES, strict=True))
+    ]
+    write_members(listed, folder)
+    return paths, folder
+
+
+def test_an_ensemble_folder_predicts_the_mean_of_its_calibrated_members(members) -> None:
+    paths, folder = members
+    data = images()
+    ens = load_predictor(str(folder), "cpu")
+    assert isinstance(ens, EnsemblePredictor) and len(ens.members) == 2
+    got = ens.predict(data)
+    np.testing.assert_allclose(got, expected(paths, data), atol=1e-5)
+    assert not np.allclose(got, expected(paths[:1] * 2, data), atol=1e-3), "members differ"
+    frame = ens.score(["a", "b", "bad"], {"a": data[0], "b": data[1], "bad": b"nope"}.__getitem__)
+    np.testing.assert_allclose(frame.filter(like="prob_").to_numpy()[:2], got[:2], atol=1e-5)
+    assert frame["error"].iloc[2] and frame["error"].iloc[:2].isna().all(), frame["error"]
+    assert ens.top_k(got, 2)[0][0][1] == pytest.approx(got[0].max())
+
+
+def test_a_changed_member_or_a_mismatched_class_set_is_refused(members, tmp_path: Path) -> None:
+    paths, folder = members
+    import shutil
+
+    copy = tmp_path / "ens"
+    shutil.copytree(folder, copy)
+    (copy / "member_1" / "checkpoint.pt").write_bytes(b"tampered")
+    with pytest.raises(EnsembleError, match="member 1"):
+        load_predictor(str(copy), "cpu")
+    a, b = load_predictor(str(paths[0]), "cpu"), load_predictor(str(paths[1]), "cpu")
+    b.classes = b.classes[:-1]
+    with pytest.raises(EnsembleError, match="member 1 predicts"):
+        EnsemblePredictor([a, b], a.source)
+
+
+@pytest.mark.slow
+def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
+    members, tmp_path: Path
+) -> None:
+    """Logged as one model, registered, then served by `skin predict --model models:/…@champion`
+    and by MLflow's pyfunc with the single model's columns: same probabilities as the members."""
+    import mlflow.pyfunc
+
+    from skin.registry import GATE_METRIC, register_and_gate
+    from skin.tracking import MLflowTracker, tracked_run
+
+    paths, folder = members
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowTracker(uri, "ensemble-unit")
+    with tracked_run(tracker):
+        tracker.log_metrics({GATE_METRIC: 0.5})
+        model_uri = tracker.log_ensemble(folder / "members.json", None)
+    name = f"skin-ens-{uuid.uuid4().hex[:6]}"
+    reg = register_and_gate(uri, name, model_uri, tracker.run_id)
+    assert reg.alias == "champion"
+    data = images()
+    want = expected(paths, data)
+    for ref in (f"models:/{name}@champion", f"runs:/{tracker.run_id}/model", tracker.run_id):
+        served = load_predictor(ref, "cpu", tracking_uri=uri)
+        np.testing.assert_allclose(served.predict(data), want, atol=1e-5, err_msg=ref)
+
+    files = []
+    for i, b in enumerate(data):
+        files.append(tmp_path / f"img{i}.png")
+        files[-1].write_bytes(b)
+    out = tmp_path / "pred.parquet"
+    code, text = invoke(
+        "predict", *map(str, files), "--model", f"models:/{name}@champion",
+        "--tracking-uri", uri, "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+    got = pd.read_parquet(out).filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    frame = pd.DataFrame({"image": [base64.b64encode(b).decode() for b in data]})
+    answer = model.predict(frame)
+    classes = load_predictor(str(paths[0]), "cpu").classes
+    assert list(answer.columns) == [f"p_{c}" for c in classes] + ["label", "confidence", "error"]
+    np.testing.assert_allclose(answer.filter(like="p_").to_numpy(), want, atol=1e-5)
+    listed = json.loads((folder / "members.json").read_text())["members"]
+    assert [m["temperature"] for m in listed] == list(TEMPERATURES)
+
+
+def test_cli_cv_and_ensemble_pass_their_options_to_the_flows(monkeypatch, tmp_path: Path) -> None:
+    """`skin cv` prints per-fold and pooled numbers; `skin ensemble` wants --runs or --cv-run."""
+    import flows.cv
+
+    seen: dict[str, object] = {}
+    metrics = {"cv_balanced_accuracy_mean": 0.61, "cv_balanced_accuracy_std": 0.02,
+               "cv_oof_balanced_accuracy": 0.6}  # fmt: skip
+    folds = [
+        {"fold": i, "run_id": f"r{i}", "dev_balanced_accuracy": 0.6 + i / 100} for i in range(3)
+    ]
+
+    def fake_cv(**kwargs: object) -> dict[str, object]:
+        seen["cv"] = kwargs
+        return {"parent_run_id": "p1", "folds": folds, "metrics": metrics}
+
+    def fake_ensemble(**kwargs: object) -> dict[str, object]:
+        seen["ensemble"] = kwargs
+        return {
+            "run_id": "e1",
+            "members": kwargs["runs"],
+            "metrics": {"test_balanced_accuracy": 0.7},
+        }
+
+    monkeypatch.setattr(flows.cv, "cv_flow", fake_cv)
+    monkeypatch.setattr(flows.cv, "ensemble_flow", fake_ensemble)
+    code, text = invoke(
+        "cv", "--data", str(tmp_path), "--folds", "3", "--epochs", "2", "--register"
+    )
+    assert code == 0, text
+    assert seen["cv"]["folds"] == 3 and seen["cv"]["register_model"] is True
+    assert seen["cv"]["overrides"] == {"train.epochs": 2}
+    assert "0.6000" in text and "r2" in text, text
+    code, text = invoke("ensemble", "--runs", "a, b")
+    assert code == 0 and seen["ensemble"]["runs"] == ["a", "b"], text
+    code, text = invoke("ensemble")
+    assert code != 0 and "--runs or --cv-run" in text, text

@@ -100,6 +100,22 @@ class Setup:
                     f"{self.server.tail(30)}")  # fmt: skip
 
 
+def _prefect_server(tmp: Path) -> servers.Server:
+    """`prefect server` with its own home and database, knowing its UI URL (for links)."""
+    port, home = servers.free_port(), tmp / "prefect-home"
+    url = f"http://127.0.0.1:{port}"
+    return servers.start(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        url,
+        "/api/health",
+        tmp / "prefect-server.log",
+        env={"PREFECT_HOME": str(home), "PREFECT_UI_URL": url,
+             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db"},
+        timeout=120,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """Receiver, a Prefect server of our own, `skin notify setup` run twice (idempotent)."""
@@ -109,7 +125,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     receiver = Receiver()
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
-    server = servers.start_prefect(tmp_path_factory.mktemp("notify"))
+    server = _prefect_server(tmp_path_factory.mktemp("notify"))
     api = f"{server.url}/api"
     env = {**os.environ, "PREFECT_API_URL": api}
     env.pop("SKIN_WEBHOOK_URL", None)
@@ -157,7 +173,8 @@ def posts(setup: Setup) -> Posts:
     test notification as the last post."""
     got: list[dict[str, Any]] = []
     payload = {"name": MODEL, "version": VERSION, "score": 0.81, "champion_score": 0.78,
-               "previous_champion": "6", "reason": "beats v6", "run_id": "abc123"}  # fmt: skip
+               "previous_champion": "6", "reason": "beats v6", "run_id": "abc123",
+               "url": f"http://mlflow.test/#/models/{MODEL}/versions/{VERSION}"}  # fmt: skip
     resource = model_resource(MODEL, VERSION)
     setup.cli(PREFECT, "event", "emit", MODEL_PROMOTED, "--resource", json.dumps(resource),
               "--payload", json.dumps(payload))  # fmt: skip
@@ -186,7 +203,7 @@ def test_each_event_posts_exactly_once(posts: Posts) -> None:
 def test_promotion_post_names_the_model_version_and_scores(posts: Posts) -> None:
     post = posts.promoted
     assert f"{MODEL} v{VERSION} is champion" in post["subject"], post
-    for part in ("0.81", "v6", "0.78", "abc123", "beats v6"):
+    for part in ("0.81", "v6", "0.78", "abc123", "beats v6", f"/versions/{VERSION}"):
         assert part in post["body"], f"{part!r} missing from the promotion post: {post['body']}"
     assert post["text"].startswith(post["subject"]), f"text is subject + body: {post}"
 
@@ -202,3 +219,4 @@ def test_failure_post_names_the_flow_run_and_its_state(posts: Posts) -> None:
     assert "skin-notify-check" in post["subject"] and run.name in post["subject"], post
     assert "Failed" in post["subject"], post
     assert "deliberate failure" in post["body"], f"state message missing: {post['body']}"
+    assert f"/runs/flow-run/{run.id}" in post["body"], f"no link to the run: {post['body']}"

@@ -37,12 +37,12 @@ Flow run {{ flow_run.name }} of {{ flow.name }}{% if deployment %} (deployment \
 Parameters: {{ flow_run.parameters }}{% set link = flow_run|ui_url %}{% if link %}
 {{ link }}{% endif %}"""
 _PROMOTED_BODY = """\
-{{ event.payload.name }} v{{ event.resource['skin.version'] }} is the new champion: \
-{{ event.payload.score }} (previous champion: \
-{% if event.payload.previous_champion %}v{{ event.payload.previous_champion }} at \
-{{ event.payload.champion_score }}{% else %}none{% endif %}).
-{{ event.payload.reason }}
-MLflow run {{ event.payload.run_id }}{% if event.payload.url %}: {{ event.payload.url }}{% endif %}"""
+{% set p = event.payload %}{{ event.resource.id | replace('skin.model.', '') }} \
+v{{ event.resource['skin.version'] }} is the new champion (score {{ p.score }}), replacing \
+{% if p.previous_champion %}v{{ p.previous_champion }} ({{ p.champion_score }}){% else %}\
+no earlier champion{% endif %}.
+{{ p.reason }}
+MLflow run {{ p.run_id }}{% if p.url %}: {{ p.url }}{% endif %}"""
 _DRIFTED_BODY = """\
 Dataset {{ event.resource['skin.data_uri'] }} differs from the data the champion was trained on.
 {% for key, value in event.payload.items() %}{{ key }}: {{ value }}
@@ -100,7 +100,8 @@ def automations(block_id: UUID) -> list[AutomationCore]:
             description="The registry gate made a new version champion.",
             trigger=_trigger(MODEL_PROMOTED, "skin.model.*"),
             actions=notify(
-                "skin: {{ event.payload.name }} v{{ event.resource['skin.version'] }} is champion",
+                "skin: {{ event.resource.id | replace('skin.model.', '') }}"
+                " v{{ event.resource['skin.version'] }} is champion",
                 _PROMOTED_BODY,
             ),
         ),

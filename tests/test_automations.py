@@ -189,3 +189,31 @@ def test_register_task_announces_only_a_new_champion(
     reg = training.register_task.fn("run1", "models:/m-1", config)
     assert reg.alias == alias
     assert [s["resource"]["skin.version"] for s in sent] == ["4"] * posts, sent
+
+
+def _render(name: str, event: Event) -> tuple[str, str]:
+    """Subject and body as the server renders them for `event` (no flow-run objects needed)."""
+    from prefect.server.events.schemas.events import Event as ServerEvent
+    from prefect.server.utilities.user_templates import render_user_template_sync
+
+    context = {"event": ServerEvent.model_validate(event.model_dump())}
+    (action,) = _declared()[name].actions
+    return (
+        render_user_template_sync(action.subject, context),
+        render_user_template_sync(action.body, context),
+    )
+
+
+def test_a_promotion_with_a_bare_payload_still_names_the_version() -> None:
+    event = Event(event=events.MODEL_PROMOTED, resource=events.model_resource("skin-clf", "9"))
+    subject, body = _render(au.PROMOTED, event)
+    assert subject == "skin: skin-clf v9 is champion", subject
+    assert "no earlier champion" in body, body
+
+
+def test_a_drift_post_lists_whatever_evidence_the_event_carries() -> None:
+    event = Event(event=events.DRIFT_DETECTED, resource=events.dataset_resource("s3://b/new"),
+                  payload={"mmd_p": 0.01, "drifted": ["brightness"]})  # fmt: skip
+    subject, body = _render(au.DRIFTED, event)
+    assert subject == "skin: drift in s3://b/new", subject
+    assert "mmd_p: 0.01" in body and "drifted: ['brightness']" in body, body

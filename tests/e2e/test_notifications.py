@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -44,6 +45,14 @@ def failing_skin_flow() -> None:
 @flow(name="other-project-flow")
 def failing_other_flow() -> None:
     raise RuntimeError("not ours: must not notify")
+
+
+def run_failing_flows() -> dict[str, str]:
+    """Both flows, in a process of their own (no Prefect services left behind in pytest's)."""
+    other = failing_other_flow(return_state=True)
+    skin = failing_skin_flow(return_state=True)
+    return {"other": str(other.state_details.flow_run_id),
+            "skin": str(skin.state_details.flow_run_id)}  # fmt: skip
 
 
 class Receiver(ThreadingHTTPServer):
@@ -81,9 +90,10 @@ class Setup:
     def cli(self, *args: str) -> str:
         out = subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True,
                              timeout=120, check=False)  # fmt: skip
-        text = out.stdout + out.stderr
-        assert out.returncode == 0, f"{' '.join(args)} exited {out.returncode}:\n{text}"
-        return text
+        assert out.returncode == 0, (
+            f"{' '.join(args)} exited {out.returncode}:\n{out.stdout}{out.stderr}"
+        )
+        return out.stdout
 
     def wait_for(self, subject_part: str, got: list[dict[str, Any]]) -> dict[str, Any]:
         """Collect posts into `got` until one whose subject holds `subject_part` arrives."""
@@ -183,10 +193,10 @@ def posts(setup: Setup) -> Posts:
     setup.cli(PREFECT, "event", "emit", DRIFT_DETECTED, "--resource",
               json.dumps(dataset_resource(DATA_URI)), "--payload", json.dumps(drift))  # fmt: skip
     drifted = setup.wait_for("drift in", got)
-    failing_other_flow(return_state=True)
-    state = failing_skin_flow(return_state=True)
-    assert state.is_failed(), f"the test flow should fail: {state}"
-    flow_run = setup.client.read_flow_run(state.state_details.flow_run_id)
+    ran = setup.cli(sys.executable, "-m", "tests.e2e.test_notifications")
+    ids = json.loads([line for line in ran.splitlines() if line.startswith("{")][-1])
+    flow_run = setup.client.read_flow_run(ids["skin"])
+    assert flow_run.state is not None and flow_run.state.is_failed(), f"should fail: {flow_run}"
     failed = setup.wait_for(flow_run.name, got)
     marker = f"barrier {uuid.uuid4().hex[:8]}"
     setup.cli(SKIN, "notify", "test", "--message", marker)
@@ -220,3 +230,7 @@ def test_failure_post_names_the_flow_run_and_its_state(posts: Posts) -> None:
     assert "Failed" in post["subject"], post
     assert "deliberate failure" in post["body"], f"state message missing: {post['body']}"
     assert f"/runs/flow-run/{run.id}" in post["body"], f"no link to the run: {post['body']}"
+
+
+if __name__ == "__main__":  # the failing runs, against $PREFECT_API_URL; ids on the last line
+    print(json.dumps(run_failing_flows()))

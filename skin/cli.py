@@ -453,6 +453,53 @@ def result_storage_cmd(
     info(f"result storage block [bold]{slug}[/] → {uri}{default}")
 
 
+notify_app = typer.Typer(
+    help="Webhook notifications: failed runs, new champions, drift.", no_args_is_help=True
+)
+app.add_typer(notify_app, name="notify")
+
+
+@notify_app.command("setup")
+@friendly_errors
+def notify_setup_cmd(
+    webhook: Annotated[
+        str,
+        typer.Option(
+            "--webhook",
+            envvar="SKIN_WEBHOOK_URL",
+            help="The URL to POST to (JSON: subject, body, text). Default: $SKIN_WEBHOOK_URL.",
+        ),
+    ],
+) -> None:
+    """Post to a webhook when a skin-* run fails, a model becomes champion, or drift is found.
+
+    Creates or updates the webhook block and the automations on the server at PREFECT_API_URL;
+    safe to re-run after every deploy (automations are updated by name).
+
+    Example: SKIN_WEBHOOK_URL=https://hooks.slack.com/services/… skin notify setup
+    """
+    from flows.automations import deploy_notifications
+
+    result = deploy_notifications(webhook)
+    emit(result.to_dict())
+    info(f"webhook block [bold]{result.to_dict()['block']}[/]; automations:")
+    for name in result.automations:
+        info(f"  {name}")
+
+
+@notify_app.command("test")
+@friendly_errors
+def notify_test_cmd(
+    message: Annotated[str, typer.Option(help="The body of the test post.")] = "skin notify test",
+) -> None:
+    """Emit a test event; the server's automation posts it to the webhook (check it arrives)."""
+    from flows.automations import send_test
+
+    send_test(message)
+    emit({"event": "skin.notify.test", "message": message})
+    info("test event sent: the server posts it to the webhook within seconds")
+
+
 # --------------------------------------------------------------------------- model stages
 
 

@@ -7,9 +7,12 @@ from typing import Any
 
 from prefect.events import emit_event
 
+from skin.registry import CHAMPION, Registration
+
 MODEL_PROMOTED = "skin.model.promoted"  # a version became champion
 DRIFT_DETECTED = "skin.drift.detected"  # the data moved away from the champion's training data
 RETRAIN_SKIPPED = "skin.retrain.skipped"  # the pipeline decided not to retrain, and why
+NOTIFY_TEST = "skin.notify.test"  # `skin notify test`: does a post reach the webhook?
 
 
 def dataset_resource(data_uri: str) -> dict[str, str]:
@@ -27,3 +30,21 @@ def model_resource(name: str, version: str) -> dict[str, str]:
 def emit(event: str, resource: dict[str, str], payload: dict[str, Any] | None = None) -> None:
     """Emit one event; outside a Prefect API (plain unit tests) this is a no-op by Prefect's design."""
     emit_event(event=event, resource=resource, payload=payload or {})
+
+
+def promotion_payload(reg: Registration, run_id: str, tracking_uri: str) -> dict[str, Any]:
+    """What a notification says about a promotion: the scores, the champion it replaced, the run,
+    and the version's page when the tracking server has a UI."""
+    payload: dict[str, Any] = {**reg.to_dict(), "run_id": run_id}
+    if tracking_uri.startswith(("http://", "https://")):
+        payload["url"] = f"{tracking_uri.rstrip('/')}/#/models/{reg.name}/versions/{reg.version}"
+    return payload
+
+
+def emit_promotion(reg: Registration, run_id: str, tracking_uri: str) -> bool:
+    """`skin.model.promoted` when this registration made the new version champion."""
+    if reg.alias != CHAMPION:
+        return False
+    payload = promotion_payload(reg, run_id, tracking_uri)
+    emit(MODEL_PROMOTED, model_resource(reg.name, reg.version), payload)
+    return True

@@ -23,6 +23,7 @@ from skin.shards import image_cache
 from skin.stages import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.tracking import MLflowTracker, resolve_tracking_uri, tracked_run
 from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, REGISTRY_CODE, keyed_on
+from tasks.events import emit_promotion
 
 MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir", "shared")
 
@@ -179,4 +180,6 @@ def register_task(
     r, name = config.registry, config.tracking.registered_model
     policy = GatePolicy(r.gate, r.min_improvement, r.max_slice_drop, compare)
     card = partial(model_card, run, name=name)
-    return register_and_gate(uri, name, model_uri, run_id, policy=policy, card=card)
+    reg = register_and_gate(uri, name, model_uri, run_id, policy=policy, card=card)
+    emit_promotion(reg, run_id, uri)
+    return reg

@@ -28,7 +28,8 @@ def model_resource(name: str, version: str) -> dict[str, str]:
 
 
 def emit(event: str, resource: dict[str, str], payload: dict[str, Any] | None = None) -> None:
-    """Emit one event; outside a Prefect API (plain unit tests) this is a no-op by Prefect's design."""
+    """Emit one event to the Prefect API this process uses (a failure to send is logged, never
+    raised: a lost notification must not fail the stage that announced it)."""
     emit_event(event=event, resource=resource, payload=payload or {})
 
 

@@ -214,7 +214,7 @@ class DriftConfig(_Strict):
     min_images: int = Field(10, ge=2, description="fewer current images than this: nothing tested")
     alpha: float = Field(0.01, gt=0.0, lt=1.0, description="family-wise false-alarm rate (Holm)")
     permutations: int = Field(
-        1000, ge=50, description="permutations for the embedding MMD p-value (its floor: 1/(N+1))"
+        2000, ge=50, description="permutations for the embedding MMD p-value (its floor: 1/(N+1))"
     )
     embeddings: bool = Field(True, description="also compare backbone embeddings (runs the model)")
     seed: int = 0

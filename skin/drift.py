@@ -168,13 +168,14 @@ def _mmd2(k: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return xx + yy - 2.0 * (b * ka).sum(axis=0) / (n * m)
 
 
-def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 1000, seed: int = 0) -> Check:
-    """MMD² with an RBF kernel (bandwidth: the median pairwise squared distance) and a
-    permutation p-value, (1 + #{permuted ≥ observed}) / (1 + permutations): exact under no drift,
-    never below 1 / (1 + permutations)."""
+def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 2000, seed: int = 0) -> Check:
+    """MMD² of the standardised features with an RBF kernel (bandwidth: the median pairwise
+    squared distance) and a permutation p-value, (1 + #{permuted ≥ observed}) / (1 +
+    permutations): exact under no drift, never below 1 / (1 + permutations)."""
     if len(x) < 2 or len(y) < 2:
         raise DriftError(f"MMD needs two or more embeddings per side, got {len(x)} and {len(y)}")
     z = np.vstack([x, y]).astype(np.float64)
+    z = (z - z.mean(axis=0)) / (z.std(axis=0) + 1e-8)  # pooled, so permutations stay exact
     d2 = _sq_dists(z)
     positive = d2[np.triu_indices(len(z), 1)]
     positive = positive[positive > 0]
@@ -310,7 +311,7 @@ class DriftParams:
     sample: int = 300
     min_images: int = 10
     alpha: float = 0.01
-    permutations: int = 1000
+    permutations: int = 2000
     embeddings: bool = True
     seed: int = 0
 
@@ -377,7 +378,9 @@ class Reference:
         return asdict(self)
 
 
-def resolve_reference(against: str, tracking_uri: str | None, dst: Path) -> Reference:
+def resolve_reference(
+    against: str, tracking_uri: str | None, dst: Path, *, checkpoint: bool = True
+) -> Reference:
     """A registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`), a run (`runs:/ID/…` or
     a bare run id) or a manifest file: its manifest, and the model's checkpoint when there is one."""
     from skin import manifest as mf
@@ -390,10 +393,32 @@ def resolve_reference(against: str, tracking_uri: str | None, dst: Path) -> Refe
     registry = MLflowRegistry(tracking_uri)
     run_id = registry.source_run(ref)
     manifest_uri = registry.run_manifest(run_id, dst / "manifest")
+    digest = mf.manifest_hash(mf.read(manifest_uri))
+    if not checkpoint:
+        return Reference(against, manifest_uri, digest, run_id=run_id)
     found = registry.checkpoint(ref, dst / "checkpoint")
     sha = found.sha256 or sha256_of(found.path)
-    digest = mf.manifest_hash(mf.read(manifest_uri))
     return Reference(against, manifest_uri, digest, str(found.path), sha, run_id)
+
+
+def backbone(
+    checkpoint: str | None, model: Any, image_size: int | None, n_classes: int
+) -> tuple[Any, Any]:
+    """(network, input spec) whose pooled features are compared: the reference model's own
+    checkpoint when there is one, else the configured model (`model`: config.model), seeded."""
+    import torch
+
+    from skin.model import build_model, input_spec, load_model_from_checkpoint
+    from skin.train import pick_device
+
+    device = pick_device("auto")
+    if checkpoint:
+        net, state = load_model_from_checkpoint(checkpoint, device)
+        size = (state.get("config") or {}).get("train", {}).get("image_size")
+        return net, input_spec(net, size)
+    torch.manual_seed(0)  # a random backbone (pretrained off) is the same network every time
+    net = build_model(model.name, n_classes, pretrained=model.pretrained, weights=model.weights)
+    return net.to(device).eval(), input_spec(net, image_size)
 
 
 def sha256_of(path: Path) -> str:
@@ -426,3 +451,17 @@ def chart_png(report: DriftReport, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_report(report: DriftReport, folder: Path) -> dict[str, Path]:
+    """The report as files a person opens: the table (CSV), the chart (PNG), the summary (MD)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "table": folder / "drift_report.csv",
+        "chart": folder / "drift_report.png",
+        "summary": folder / "drift_report.md",
+    }
+    report.table().to_csv(files["table"], index=False)
+    chart_png(report, files["chart"])
+    files["summary"].write_text(report.markdown() + "\n")
+    return files

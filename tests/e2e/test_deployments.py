@@ -125,7 +125,16 @@ def _assert_completed(run: Any, what: str, logs: Callable[[], str]) -> None:
     )
 
 
-STAGES = {"pipeline", "list", "split", "train", "evaluate", "prepare", "prepare-dask"}
+STAGES = {
+    "pipeline",
+    "list",
+    "split",
+    "train",
+    "evaluate",
+    "prepare",
+    "prepare-dask",
+    "check-drift",
+}
 EVENT_TRIGGER = "skin-pipeline on skin.dataset.updated"
 CHAIN = "skin-train after split"
 

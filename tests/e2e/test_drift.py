@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from skin.config import dotted_to_nested
 from skin.sample_data import write_sample_dataset
@@ -17,6 +18,26 @@ from tests.recipes import TINY
 from tests.test_drift import tinted_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+
+def _artifact(key: str) -> str:
+    """The latest Prefect artifact under `key`, as text."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def latest() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+
+    found = asyncio.run(latest())
+    return str(found[0].data) if found else ""
 
 
 def test_new_data_policy_skips_one_new_image_and_drift_flags_a_colour_cast(
@@ -47,6 +68,9 @@ def test_new_data_policy_skips_one_new_image_and_drift_flags_a_colour_cast(
     assert second["retrained"] is False, second
     assert "do not exceed retrain.min_new_fraction" in second["reason"], second["reason"]
     assert "train" not in second["stages"], second["stages"]
+    on_drift = pipeline_flow(data_uri=str(data), overrides={**ov, "retrain.when": "drift"})
+    assert on_drift["retrained"] is False and on_drift["stages"]["check-drift"] == "ran", on_drift
+    assert "fewer than drift.min_images" in on_drift["reason"], on_drift["reason"]
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(dotted_to_nested(ov)))
@@ -59,6 +83,12 @@ def test_new_data_policy_skips_one_new_image_and_drift_flags_a_colour_cast(
     flagged = {c["check"] for c in found["checks"] if c["drifted"]}
     assert {"property:red", "embedding_mmd"} <= flagged, found["checks"]
     assert found["reference"]["label"] == f"models:/{name}@champion"
+
+    run = MlflowClient(ov["tracking.tracking_uri"]).get_run(found["mlflow_run_id"])
+    assert run.data.tags["skin.stage"] == "check-drift", run.data.tags
+    assert run.data.metrics["drift_detected"] == 1.0, run.data.metrics
+    assert run.data.metrics["drift_embedding_mmd_p"] < 0.01, run.data.metrics
+    assert "DRIFT" in _artifact("skin-drift-report"), "the report is a Prefect artifact"
 
     code, out = invoke("--json", "drift", "--data", str(cast), "--config", str(config))
     again = json.loads(out)

@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, flow_config
-from skin.config import PipelineConfig
-from skin.datastages import ListingRef, dataset_id
+from skin.config import PipelineConfig, digest
+from skin.datastages import ListingRef
 from skin.drift import Reference, resolve_reference
 from tasks.data import list_task
 from tasks.drift import check_drift_task
@@ -23,10 +23,13 @@ def champion_ref(cfg: PipelineConfig) -> str:
     return f"models:/{cfg.tracking.registered_model}@champion"
 
 
-def reference_for(against: str, cfg: PipelineConfig, *, checkpoint: bool = True) -> Reference:
-    """`against` resolved to a manifest (and checkpoint) kept under work_dir."""
-    dst = Path(cfg.work_dir) / "drift" / "reference" / dataset_id(against)
-    return resolve_reference(against, cfg.tracking.tracking_uri, dst, checkpoint=checkpoint)
+def reference_for(
+    against: str, cfg: PipelineConfig, *, checkpoint: bool | None = None
+) -> Reference:
+    """`against` resolved to a manifest (and, for embeddings, its checkpoint) under work_dir."""
+    dst = Path(cfg.work_dir) / "drift" / "reference" / digest(against)
+    with_model = cfg.drift.embeddings if checkpoint is None else checkpoint
+    return resolve_reference(against, cfg.tracking.tracking_uri, dst, checkpoint=with_model)
 
 
 def drift_stage(

@@ -571,6 +571,7 @@ def _report_run(result: dict[str, Any]) -> None:
     flag("drift.sample", int, "--sample", "Images per side for properties and embeddings."),
     flag("drift.alpha", float, "--alpha", "Family-wise false-alarm rate."),
     flag("drift.embeddings", bool, "--embeddings/--no-embeddings", "Compare backbone embeddings."),
+    flag("drift.permutations", int, "--permutations", "Permutations for the embedding p-value."),
     LAYOUT,
 )
 def drift_cmd(

@@ -72,14 +72,12 @@ class DriftReport:
         return pd.DataFrame([asdict(c) for c in self.checks], columns=cols)
 
     def metrics(self) -> dict[str, float]:
-        """MLflow metrics: `drift_<check>_p` (adjusted), `drift_<check>_stat`, `drift_detected`."""
+        """MLflow metrics: `drift_detected`, and per check `drift_<check>_p` (Holm-adjusted) and
+        `drift_<check>_stat` (class_mix, embedding_mmd, each property by its name)."""
         out = {"drift_detected": float(self.drifted), "drift_current_images": self.n_current}
         for c in self.checks:
-            name = "drift_" + c.check.replace("property:", "").replace("embedding_mmd", "embedding")
-            out[f"{name}_p" if name != "drift_embedding" else "drift_embedding_mmd_p"] = (
-                c.p_adjusted
-            )
-            out[f"{name}_stat"] = c.statistic
+            name = "drift_" + c.check.removeprefix("property:")
+            out |= {f"{name}_p": c.p_adjusted, f"{name}_stat": c.statistic}
         return out
 
     def verdict(self) -> str:

@@ -186,3 +186,33 @@ def test_the_reference_is_the_champions_train_and_dev_rows() -> None:
         }
     )
     assert list(reference_rows(manifest)["key"]) == ["a", "b", "c"], "undersampled rows stay"
+
+
+def test_check_drift_task_records_a_cast_against_a_manifest_in_mlflow(
+    tmp_path: Path, sample_data: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from skin.datastages import list_images, save_listing
+    from skin.drift import resolve_reference
+    from tasks.drift import check_drift_task
+    from tests.helpers import make_manifest, tiny_config
+
+    manifest_uri, _ = make_manifest(tmp_path, sample_data)
+    reference = resolve_reference(manifest_uri, None, tmp_path / "ref")
+    assert reference.checkpoint is None and reference.run_id is None, reference
+    cast = tinted_copy(sample_data, tmp_path / "cast")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(
+        tmp_path, cast, **{"tracking.tracking_uri": tracking, "drift.embeddings": False}
+    )
+    listing = save_listing(list_images(cfg.data), cfg.state_uri, cfg.data.uri)
+    result = check_drift_task.fn(listing=listing, reference=reference, config=cfg)
+    assert result["drifted"], result["checks"]
+    assert "embedding_mmd" not in {c["check"] for c in result["checks"]}, "embeddings off"
+    run = MlflowClient(tracking).get_run(result["mlflow_run_id"])
+    assert run.data.tags["skin.stage"] == "check-drift", run.data.tags
+    assert run.data.metrics["drift_red_p"] < 0.01, run.data.metrics
+    assert run.data.params["reference"] == manifest_uri
+    files = {a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id, "drift")}
+    assert files == {f"drift/drift_report.{x}" for x in ("csv", "png", "md")}, files

@@ -14,6 +14,7 @@ from skin.config import PipelineConfig
 from skin.datastages import ListingRef, ManifestRef, read_listing, read_skipped
 from skin.drift import new_fraction
 from skin.report import bias_variance_line, metrics_table_text
+from skin.tracking import MLflowRegistry
 from tasks.events import RETRAIN_SKIPPED, dataset_resource, emit
 from tasks.training import evaluate_task, register_task
 
@@ -92,8 +93,6 @@ def retrain_decision(
     when = cfg.retrain.when
     if when == "always":
         return True, "retrain.when is always", None
-    from skin.tracking import MLflowRegistry
-
     name = cfg.tracking.registered_model
     if MLflowRegistry(cfg.tracking.tracking_uri).by_alias(name, "champion") is None:
         return True, f"no champion of {name} yet", None

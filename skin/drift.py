@@ -320,7 +320,7 @@ def drift_params(section: Any) -> DriftParams:
 
 
 def check_drift(
-    reference: pd.DataFrame,
+    manifest: pd.DataFrame,
     listing: pd.DataFrame,
     params: DriftParams,
     cache_root: str | Path,
@@ -330,8 +330,10 @@ def check_drift(
     names: tuple[str, str] = ("reference", "current"),
 ) -> DriftReport:
     """Compare the current images (`listing` rows: key, label, fingerprint, source) with the
-    reference rows; embeddings only when a `model` (and its input `spec`) is given."""
-    current = current_rows(listing, reference, params.current)
+    reference manifest's train and dev rows; "new" images are those the whole manifest lacks.
+    Embeddings only when a `model` (and its input `spec`) is given."""
+    reference = reference_rows(manifest)
+    current = current_rows(listing, manifest, params.current)
     report = DriftReport(names[0], names[1], len(reference), len(current), params.alpha)
     if len(current) < params.min_images:
         report.note = (

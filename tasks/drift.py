@@ -17,7 +17,6 @@ from skin.drift import (
     backbone,
     check_drift,
     drift_params,
-    reference_rows,
     write_report,
 )
 from skin.runs import cache_root
@@ -34,14 +33,14 @@ def drift_report(listing: ListingRef, reference: Reference, config: PipelineConf
     """The current listing against the reference's train and dev rows, with the reference
     model's backbone (or the configured one) for embeddings."""
     current = read_listing(listing.uri).assign(source=source_uri(config.data.uri))
-    rows = reference_rows(mf.read(reference.manifest_uri))
+    manifest = mf.read(reference.manifest_uri)
     params = drift_params(config.drift)
     model = spec = None
     if params.embeddings:
         n = len(config.data.classes)
         model, spec = backbone(reference.checkpoint, config.model, config.train.image_size, n)
     return check_drift(
-        rows,
+        manifest,
         current,
         params,
         cache_root(config.work_dir),

@@ -96,8 +96,24 @@ def test_new_images_are_those_the_reference_lacks_by_key_or_content() -> None:
     assert new_fraction(cur, ref) == pytest.approx(0.5)
 
 
+def test_test_rows_of_the_reference_are_not_new(tmp_path: Path) -> None:
+    manifest = pd.DataFrame(
+        {
+            "key": list("abc"),
+            "fingerprint": list("123"),
+            "label": ["A"] * 3,
+            "source": ["x"] * 3,
+            "split": ["train", "dev", "test"],
+        }
+    )
+    report = check_drift(manifest, manifest, DriftParams(min_images=2), tmp_path)
+    assert report.n_current == 0 and report.n_reference == 2, report
+
+
 def test_too_few_new_images_are_not_tested(tmp_path: Path) -> None:
-    ref = pd.DataFrame({"key": ["a"], "fingerprint": ["1"], "label": ["A"], "source": ["x"]})
+    ref = pd.DataFrame(
+        {"key": ["a"], "fingerprint": ["1"], "label": ["A"], "source": ["x"], "split": ["train"]}
+    )
     report = check_drift(ref, ref, DriftParams(), tmp_path)
     assert not report.drifted and not report.checks, report
     assert "fewer than drift.min_images" in report.verdict(), report.verdict()
@@ -140,7 +156,7 @@ def test_a_colour_cast_is_flagged_and_an_independent_sample_is_not(
     from skin.sample_data import write_sample_dataset
     from skin.synthetic import class_counts
 
-    reference = _rows(sample_data)
+    reference = _rows(sample_data).assign(split="train", keep=True)
     params = DriftParams(current="all", sample=120)
     model, spec = tiny_model
     cast = _rows(tinted_copy(sample_data, tmp_path / "cast"))

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy import stats
 
 from skin.fetch import Fetcher
 from skin.imagecache import fetch_rows, objects_dir
@@ -124,6 +123,8 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 def class_mix_test(reference: Sequence[str], current: Sequence[str]) -> Check:
     """Chi-square test of homogeneity on the label counts (classes absent from both dropped)."""
+    from scipy import stats  # ~1 s to import: only when a check runs, not with the config
+
     labels = sorted(set(reference) | set(current))
     ref = pd.Series(list(reference)).value_counts().reindex(labels, fill_value=0)
     cur = pd.Series(list(current)).value_counts().reindex(labels, fill_value=0)
@@ -138,6 +139,8 @@ def class_mix_test(reference: Sequence[str], current: Sequence[str]) -> Check:
 
 def property_tests(reference: pd.DataFrame, current: pd.DataFrame) -> list[Check]:
     """Two-sample Kolmogorov-Smirnov test per image property (PROPERTIES columns)."""
+    from scipy import stats
+
     out = []
     for name in PROPERTIES:
         a, b = reference[name].to_numpy(float), current[name].to_numpy(float)

@@ -99,3 +99,8 @@ def test_new_data_policy_skips_one_new_image_and_drift_flags_a_colour_cast(
     )
     same = json.loads(out)
     assert code == 0 and not same["drifted"] and same["checks"], same["checks"]
+
+    retrained = pipeline_flow(data_uri=str(cast), overrides={**ov, "retrain.when": "drift"})
+    assert retrained["retrained"] and "DRIFT" in retrained["reason"], retrained["reason"]
+    assert retrained["stages"]["check-drift"] == "cached", "the CLI's check is reused"
+    assert retrained["stages"]["train"] == "ran", retrained["stages"]

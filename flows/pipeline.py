@@ -8,8 +8,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, data_stages, flow_config, model_stages
-from skin.datastages import ListingRef, read_skipped
+from flows.drift import champion_ref, drift_stage, reference_for
+from skin import manifest as mf
+from skin.config import PipelineConfig
+from skin.datastages import ListingRef, ManifestRef, read_listing, read_skipped
+from skin.drift import new_fraction
 from skin.report import bias_variance_line, metrics_table_text
+from skin.tracking import MLflowRegistry
+from tasks.events import RETRAIN_SKIPPED, dataset_resource, emit
 from tasks.training import evaluate_task, register_task
 
 
@@ -79,6 +85,75 @@ def _registration_line(reg: dict[str, Any] | None) -> str:
     )
 
 
+def retrain_decision(
+    cfg: PipelineConfig, stages: dict[str, str], listing: ListingRef, *, refresh: bool
+) -> tuple[bool, str, dict[str, Any] | None]:
+    """(retrain?, why, the drift result if check-drift ran) under `retrain.when`; with no
+    champion yet, always retrain."""
+    when = cfg.retrain.when
+    if when == "always":
+        return True, "retrain.when is always", None
+    name = cfg.tracking.registered_model
+    if MLflowRegistry(cfg.tracking.tracking_uri).by_alias(name, "champion") is None:
+        return True, f"no champion of {name} yet", None
+    if when == "new-data":
+        reference = reference_for(champion_ref(cfg), cfg, checkpoint=False)
+        share = new_fraction(read_listing(listing.uri), mf.read(reference.manifest_uri))
+        limit = cfg.retrain.min_new_fraction
+        verdict = "exceed" if share > limit else "do not exceed"
+        why = (
+            f"new images ({share:.1%} of {listing.images}, not in the champion's manifest)"
+            f" {verdict} retrain.min_new_fraction {limit:.1%}"
+        )
+        return share > limit, why, None
+    drift = drift_stage(
+        cfg, stages, listing, reference_for(champion_ref(cfg), cfg), refresh=refresh
+    )
+    return bool(drift["drifted"]), f"check-drift: {drift['verdict']}", drift
+
+
+def not_retrained(
+    cfg: PipelineConfig,
+    listing: ListingRef,
+    manifest: ManifestRef,
+    stages: dict[str, str],
+    reason: str,
+    drift: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Record a stop: the result, a Prefect markdown artifact, a log line, RETRAIN_SKIPPED."""
+    get_run_logger().info("not retrained (retrain.when=%s): %s", cfg.retrain.when, reason)
+    publish_input_report(listing, [])
+    create_markdown_artifact(
+        key="skin-run-summary",
+        markdown="\n".join(
+            [
+                "# skin pipeline: not retrained",
+                "",
+                f"Policy `retrain.when: {cfg.retrain.when}` · manifest `{manifest.hash}`",
+                "",
+                f"Reason: {reason}",
+            ]
+        ),
+        description=f"skin pipeline on {cfg.data.uri}: not retrained",
+    )
+    emit(
+        RETRAIN_SKIPPED,
+        dataset_resource(cfg.data.uri),
+        {"reason": reason, "policy": cfg.retrain.when},
+    )
+    return {
+        "retrained": False,
+        "reason": reason,
+        "policy": cfg.retrain.when,
+        "run_id": None,
+        "skipped": listing.skipped,
+        "manifest_uri": manifest.uri,
+        "manifest_hash": manifest.hash,
+        "drift": drift,
+        "stages": stages,
+    }
+
+
 @flow(name="skin-pipeline", log_prints=True)
 def pipeline_flow(
     data_uri: str | None = None,
@@ -88,7 +163,9 @@ def pipeline_flow(
 ) -> dict[str, Any]:
     """Run every stage; unchanged inputs come from Prefect's cache (see `stages` in the result).
 
-    `refresh=True` forces every stage to run again.
+    `refresh=True` forces every stage to run again. After the data stages, `retrain.when`
+    decides whether the model stages run (`always`, `new-data`, `drift`); a stop returns
+    `retrained: False` with the `reason`.
     """
     log = get_run_logger()
     cfg = flow_config(config_path, overrides, data_uri)  # data and tracking reachable first
@@ -101,6 +178,9 @@ def pipeline_flow(
         listing.layout,
         listing.skipped or "none",
     )
+    retrain, reason, drift = retrain_decision(cfg, stages, listing, refresh=refresh)
+    if not retrain:
+        return not_retrained(cfg, listing, manifest, stages, reason, drift)
     images, trained = model_stages(cfg, stages, manifest, refresh=refresh)
     evaluated = call(
         evaluate_task,
@@ -136,7 +216,11 @@ def pipeline_flow(
         "diagnosis": evaluated.diagnosis,
         "report_dir": evaluated.report_dir,
         "stages": stages,
+        "retrained": True,
+        "reason": reason,
     }
+    if drift is not None:
+        result["drift"] = drift
     create_markdown_artifact(
         key="skin-run-summary",
         markdown=artifact_markdown(result),

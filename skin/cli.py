@@ -561,7 +561,15 @@ def evaluate_cmd(
 
 @app.command("run")
 @friendly_errors
-@config_flags(*MODEL_FLAGS)
+@config_flags(
+    *MODEL_FLAGS,
+    flag(
+        "retrain.when",
+        str,
+        "--retrain-when",
+        "always, new-data or drift (README: When to retrain).",
+    ),
+)
 def run_cmd(
     data: Annotated[
         str | None, typer.Option("--data", help="s3://bucket/prefix or a folder.")
@@ -585,6 +593,10 @@ def run_cmd(
 
 
 def _report_run(result: dict[str, Any]) -> None:
+    if result.get("retrained") is False:  # retrain.when stopped before the model stages
+        emit(result)
+        info(f"[bold]not retrained[/] ({result['policy']}): {result['reason']}")
+        return
     emit(result, _metrics_table(result["metrics"], f"run {result['run_id']}"))
     stages = ", ".join(f"{k} {v}" for k, v in result["stages"].items())
     info(f"run [bold]{result['run_id']}[/] · stages: {stages}")
@@ -720,6 +732,55 @@ def _ensemble_lines(result: dict[str, Any]) -> None:
         )
     if result.get("model_uri"):
         info(f"model: {result['model_uri']}")
+
+
+@app.command("drift")
+@friendly_errors
+@config_flags(
+    flag("drift.current", str, "--current", "new (images the reference lacks) or all."),
+    flag("drift.sample", int, "--sample", "Images per side for properties and embeddings."),
+    flag("drift.alpha", float, "--alpha", "Family-wise false-alarm rate."),
+    flag("drift.embeddings", bool, "--embeddings/--no-embeddings", "Compare backbone embeddings."),
+    flag("drift.permutations", int, "--permutations", "Permutations for the embedding p-value."),
+    LAYOUT,
+)
+def drift_cmd(
+    data: DataOpt,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            "--against",
+            help="models:/NAME@ALIAS (default: the champion), models:/NAME/VERSION, a run id or a"
+            " manifest URI: its train and dev images are the reference.",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="Exit 3 when drift is found.")
+    ] = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Check a dataset for drift against the data the champion was trained on.
+
+    Example: skin drift --data s3://bucket/isic2019 --against models:/skin-lesion-classifier@champion
+    """
+    import pandas as pd
+
+    from flows.drift import check_drift_flow
+
+    _validate(config, overrides, data)
+    result = check_drift_flow(
+        data_uri=data, against=against, config_path=config, overrides=overrides
+    )
+    checks = pd.DataFrame(result["checks"])
+    table = _frame_table(checks.set_index("check"), f"drift of {data}") if len(checks) else None
+    emit(result, table)
+    info(f"[bold]{result['verdict']}[/]")
+    if result.get("mlflow_url"):
+        info(f"MLflow: {result['mlflow_url']}")
+    if fail_on_drift and result["drifted"]:
+        raise typer.Exit(3)
 
 
 @app.command("demo")

@@ -200,6 +200,49 @@ class SharedConfig(_Strict):
     )
 
 
+class DriftConfig(_Strict):
+    """The check-drift stage: how much it samples and how sure it must be to call drift."""
+
+    current: Literal["new", "all"] = Field(
+        "new",
+        description="new: the images the reference does not hold (by key and content); all: every"
+        " image of the current dataset",
+    )
+    sample: int = Field(
+        300, ge=10, description="images per side for image properties and embeddings"
+    )
+    min_images: int = Field(10, ge=2, description="fewer current images than this: nothing tested")
+    alpha: float = Field(0.01, gt=0.0, lt=1.0, description="family-wise false-alarm rate (Holm)")
+    permutations: int = Field(
+        2000, ge=50, description="permutations for the embedding MMD p-value (its floor: 1/(N+1))"
+    )
+    embeddings: bool = Field(True, description="also compare backbone embeddings (runs the model)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _permutations_can_reach_alpha(self) -> DriftConfig:
+        from skin.drift import CHECKS  # the checks Holm corrects over
+
+        if self.embeddings and (self.permutations + 1) * self.alpha <= CHECKS:
+            need = int(CHECKS / self.alpha)
+            raise ValueError(
+                f"drift.permutations {self.permutations} cannot give an embedding p-value below"
+                f" alpha {self.alpha} after Holm's correction over {CHECKS} checks: use ≥ {need}"
+            )
+        return self
+
+
+class RetrainConfig(_Strict):
+    """When the event-triggered pipeline retrains (with no champion yet, it always does)."""
+
+    when: Literal["always", "new-data", "drift"] = Field(
+        "always",
+        description="always; new-data: only when new images exceed min_new_fraction of the"
+        " dataset; drift: only when check-drift finds drift",
+    )
+    min_new_fraction: float = Field(0.05, ge=0.0, le=1.0)
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline: one object, validated once, saved with every run."""
 
@@ -212,6 +255,8 @@ class PipelineConfig(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     work_dir: str = Field(".skin", description="local folder for manifests, caches and runs")
     shared: SharedConfig = Field(default_factory=SharedConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @model_validator(mode="after")
     def _classes_are_known(self) -> PipelineConfig:

@@ -443,6 +443,42 @@ class MLflowRegistry:
         """A text artifact (e.g. `promotion.md`) in a run, without reopening the run."""
         self.client.log_text(run_id, text, artifact_file)
 
+    def source_run(self, ref: str) -> str:
+        """The training run behind `models:/NAME@ALIAS`, `models:/NAME/VERSION` or `runs:/ID/…`."""
+        from mlflow.exceptions import MlflowException
+
+        rest = ref.removeprefix("models:/").strip("/")
+        try:
+            if ref.startswith("runs:/"):
+                run_id = ref.removeprefix("runs:/").split("/", 1)[0]
+            elif "@" in rest:
+                run_id = self.client.get_model_version_by_alias(*rest.rsplit("@", 1)).run_id
+            elif "/" in rest:
+                run_id = self.client.get_model_version(*rest.rsplit("/", 1)).run_id
+            else:
+                raise TrackingError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        except MlflowException as err:
+            raise TrackingError(f"cannot resolve {ref} at {self.uri}: {err}") from err
+        if not run_id:
+            raise TrackingError(f"{ref} has no source run")
+        return run_id
+
+    def run_manifest(self, run_id: str, dst: Path) -> str:
+        """The manifest a training run trained on: its logged copy (manifest/manifest.parquet),
+        else the `manifest_uri` it tagged."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            logged = {Path(a.path).name for a in self.client.list_artifacts(run_id, "manifest")}
+            if "manifest.parquet" in logged:
+                return self.client.download_artifacts(run_id, "manifest/manifest.parquet", str(dst))
+            uri = self.client.get_run(run_id).data.tags.get("manifest_uri")
+        except MlflowException as err:
+            raise TrackingError(f"cannot read run {run_id} at {self.uri}: {err}") from err
+        if not uri:
+            raise MissingRecordError(f"run {run_id} recorded no manifest (not a training run?)")
+        return uri
+
     def checkpoint(self, ref: str, dst: Path) -> LocalCheckpoint:
         """Download the weights `ref` names: a registered version's or logged model's own
         (sha256-checked); a run's current best epoch for runs:/RUN_ID/model."""

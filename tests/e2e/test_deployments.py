@@ -125,7 +125,17 @@ def _assert_completed(run: Any, what: str, logs: Callable[[], str]) -> None:
     )
 
 
-STAGES = {"pipeline", "list", "split", "train", "evaluate", "prepare", "prepare-dask", "cv"}
+STAGES = {
+    "pipeline",
+    "list",
+    "split",
+    "train",
+    "evaluate",
+    "prepare",
+    "prepare-dask",
+    "cv",
+    "check-drift",
+}
 EVENT_TRIGGER = "skin-pipeline on skin.dataset.updated"
 CHAIN = "skin-train after split"
 

@@ -1,0 +1,89 @@
+"""skin-check-drift: is the current dataset still like the data the champion was trained on?"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.common import call, flow_config
+from skin.config import PipelineConfig, digest
+from skin.datastages import ListingRef
+from skin.drift import Reference, resolve_reference
+from tasks.data import list_task
+from tasks.drift import check_drift_task
+from tasks.events import DRIFT_DETECTED, dataset_resource, emit
+
+
+def champion_ref(cfg: PipelineConfig) -> str:
+    """The default reference: the registered model's champion."""
+    return f"models:/{cfg.tracking.registered_model}@champion"
+
+
+def reference_for(
+    against: str, cfg: PipelineConfig, *, checkpoint: bool | None = None
+) -> Reference:
+    """`against` resolved to a manifest (and, for embeddings, its checkpoint) under work_dir."""
+    dst = Path(cfg.work_dir) / "drift" / "reference" / digest(against)
+    with_model = cfg.drift.embeddings if checkpoint is None else checkpoint
+    return resolve_reference(against, cfg.tracking.tracking_uri, dst, checkpoint=with_model)
+
+
+def drift_stage(
+    cfg: PipelineConfig,
+    stages: dict[str, str],
+    listing: ListingRef,
+    reference: Reference,
+    *,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    """Run check-drift, publish the report (Prefect table + markdown), emit DRIFT_DETECTED."""
+    result = call(
+        check_drift_task,
+        stages,
+        refresh=refresh,
+        listing=listing,
+        reference=reference,
+        config=cfg,
+    )
+    rows = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in result["checks"]
+    ] or [{"check": "none", "detail": result["verdict"]}]
+    create_table_artifact(
+        key="skin-drift-table", table=rows, description=f"drift checks of {cfg.data.uri}"
+    )
+    link = f"\n\nMLflow: {result['mlflow_url']}" if result.get("mlflow_url") else ""
+    create_markdown_artifact(
+        key="skin-drift-report",
+        markdown=result["markdown"] + link,
+        description=f"drift of {cfg.data.uri} against {reference.label}",
+    )
+    get_run_logger().info(
+        "drift of %s against %s: %s", cfg.data.uri, reference.label, result["verdict"]
+    )
+    if result["drifted"]:
+        payload = {"verdict": result["verdict"], "reference": reference.label}
+        emit(DRIFT_DETECTED, dataset_resource(cfg.data.uri), payload)
+    return result
+
+
+@flow(name="skin-check-drift", log_prints=True)
+def check_drift_flow(
+    data_uri: str | None = None,
+    against: str | None = None,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    refresh: bool = False,
+) -> dict[str, Any]:
+    """Compare the dataset at `data_uri` with `against` (default: the champion's training data:
+    models:/NAME@champion; also models:/NAME/VERSION, a run id or a manifest URI)."""
+    cfg = flow_config(config_path, overrides, data_uri)
+    stages: dict[str, str] = {}
+    listing = call(list_task, stages, config=cfg)
+    reference = reference_for(against or champion_ref(cfg), cfg)
+    result = drift_stage(cfg, stages, listing, reference, refresh=refresh)
+    return {**result, "reference": reference.to_dict(), "stages": stages}

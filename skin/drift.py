@@ -1,0 +1,470 @@
+"""Data drift: is the current dataset still like the data the champion was trained on?
+
+Three checks, each a two-sample test of reference against current: the class mix (chi-square),
+image properties per image (size, brightness, contrast, colour; Kolmogorov-Smirnov), and the
+distribution of backbone embeddings of a sample (MMD with an RBF kernel, permutation p-value).
+Every p-value joins one Holm correction, so the report's false-alarm rate over all checks
+together is at most `alpha` when nothing changed. The statistics are pure functions of arrays;
+`image_sample` and `embed` read images through the fetch cache, `resolve_reference` the registry.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from skin.fetch import Fetcher
+from skin.imagecache import fetch_rows, objects_dir
+from skin.images import ImageDecodeError, centre_crop, decode
+
+log = logging.getLogger(__name__)
+
+PROPERTIES = ("width", "height", "brightness", "contrast", "red", "green", "blue")
+CHECKS = len(PROPERTIES) + 2  # class mix, each property, embeddings: the Holm family
+THUMB = 64  # side the colour properties are measured at (DCT-downscaled: cheap for big JPEGs)
+REFERENCE_SPLITS = ("train", "dev")  # what the champion learnt from and was selected on
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class DriftError(ValueError):
+    """A drift check cannot run (no reference manifest, no images); says which and why."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One test: its statistic, raw and Holm-adjusted p-values, and the verdict at alpha."""
+
+    check: str  # class_mix, property:<name>, embedding_mmd
+    statistic: float
+    p_value: float
+    p_adjusted: float = float("nan")
+    drifted: bool = False
+    detail: str = ""
+
+
+@dataclass
+class DriftReport:
+    """Every check and the overall verdict (drift when any adjusted p-value is below alpha)."""
+
+    reference: str
+    current: str
+    n_reference: int
+    n_current: int
+    alpha: float
+    checks: list[Check] = field(default_factory=list)
+    note: str = ""  # why nothing was tested, when nothing was
+
+    @property
+    def drifted(self) -> bool:
+        return any(c.drifted for c in self.checks)
+
+    def table(self) -> pd.DataFrame:
+        cols = ["check", "statistic", "p_value", "p_adjusted", "drifted", "detail"]
+        return pd.DataFrame([asdict(c) for c in self.checks], columns=cols)
+
+    def metrics(self) -> dict[str, float]:
+        """MLflow metrics: `drift_detected`, and per check `drift_<check>_p` (Holm-adjusted) and
+        `drift_<check>_stat` (class_mix, embedding_mmd, each property by its name)."""
+        out = {"drift_detected": float(self.drifted), "drift_current_images": self.n_current}
+        for c in self.checks:
+            name = "drift_" + c.check.removeprefix("property:")
+            out |= {f"{name}_p": c.p_adjusted, f"{name}_stat": c.statistic}
+        return out
+
+    def verdict(self) -> str:
+        if not self.checks:
+            return f"not tested: {self.note}"
+        flagged = [c.check for c in self.checks if c.drifted]
+        if flagged:
+            return f"DRIFT in {', '.join(flagged)} (Holm-adjusted p < {self.alpha})"
+        return f"no drift found (every Holm-adjusted p ≥ {self.alpha})"
+
+    def markdown(self) -> str:
+        head = [
+            f"# Drift: {self.verdict()}",
+            "",
+            f"Reference `{self.reference}` ({self.n_reference} images) · current `{self.current}`"
+            f" ({self.n_current} images)",
+            "",
+        ]
+        if self.checks:
+            head.append(self.table().to_markdown(index=False, floatfmt=".4g"))
+        return "\n".join(head)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in asdict(self).items() if k != "checks"},
+            "drifted": self.drifted,
+            "verdict": self.verdict(),
+            "checks": self.table().to_dict(orient="records"),
+        }
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values: family-wise error ≤ alpha, any dependence."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    scaled = (len(p) - np.arange(len(p))) * p[order]
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
+
+
+def class_mix_test(reference: Sequence[str], current: Sequence[str]) -> Check:
+    """Chi-square test of homogeneity on the label counts (classes absent from both dropped)."""
+    from scipy import stats  # ~1 s to import: only when a check runs, not with the config
+
+    labels = sorted(set(reference) | set(current))
+    ref = pd.Series(list(reference)).value_counts().reindex(labels, fill_value=0)
+    cur = pd.Series(list(current)).value_counts().reindex(labels, fill_value=0)
+    if len(labels) < 2:
+        return Check("class_mix", 0.0, 1.0, detail="one class only")
+    res = stats.chi2_contingency(np.vstack([ref.to_numpy(), cur.to_numpy()]))
+    share = cur / max(cur.sum(), 1) - ref / max(ref.sum(), 1)
+    moved = share.abs().idxmax()
+    detail = f"largest change {moved} {share[moved]:+.1%} of images"
+    return Check("class_mix", float(res.statistic), float(res.pvalue), detail=detail)
+
+
+def property_tests(reference: pd.DataFrame, current: pd.DataFrame) -> list[Check]:
+    """Two-sample Kolmogorov-Smirnov test per image property (PROPERTIES columns)."""
+    from scipy import stats
+
+    out = []
+    for name in PROPERTIES:
+        a, b = reference[name].to_numpy(float), current[name].to_numpy(float)
+        res = stats.ks_2samp(a, b)
+        detail = f"median {np.median(a):.4g} → {np.median(b):.4g}"
+        out.append(
+            Check(f"property:{name}", float(res.statistic), float(res.pvalue), detail=detail)
+        )
+    return out
+
+
+def _sq_dists(z: np.ndarray) -> np.ndarray:
+    sq = (z * z).sum(axis=1)
+    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
+
+
+def _mmd2(k: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Unbiased MMD² for each column of `groups` (True: first sample) over the pooled kernel
+    matrix `k` (unit diagonal, as the RBF kernel has), all permutations in one product."""
+    a = groups.astype(np.float64)
+    b = 1.0 - a
+    n, m = a[:, 0].sum(), b[:, 0].sum()
+    ka, kb = k @ a, k @ b
+    xx = ((a * ka).sum(axis=0) - n) / (n * (n - 1))
+    yy = ((b * kb).sum(axis=0) - m) / (m * (m - 1))
+    return xx + yy - 2.0 * (b * ka).sum(axis=0) / (n * m)
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 2000, seed: int = 0) -> Check:
+    """MMD² of the standardised features with an RBF kernel (bandwidth: the median pairwise
+    squared distance) and a permutation p-value, (1 + #{permuted ≥ observed}) / (1 +
+    permutations): exact under no drift, never below 1 / (1 + permutations)."""
+    if len(x) < 2 or len(y) < 2:
+        raise DriftError(f"MMD needs two or more embeddings per side, got {len(x)} and {len(y)}")
+    z = np.vstack([x, y]).astype(np.float64)
+    z = (z - z.mean(axis=0)) / (z.std(axis=0) + 1e-8)  # pooled, so permutations stay exact
+    d2 = _sq_dists(z)
+    positive = d2[np.triu_indices(len(z), 1)]
+    positive = positive[positive > 0]
+    k = np.exp(-d2 / (float(np.median(positive)) if len(positive) else 1.0))
+    first = np.arange(len(z)) < len(x)
+    observed = float(_mmd2(k, first[:, None])[0])
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for chunk in np.array_split(np.arange(permutations), max(1, permutations // 250)):
+        groups = np.stack([rng.permutation(first) for _ in chunk], axis=1)
+        hits += int((_mmd2(k, groups) >= observed).sum())
+    p = (1 + hits) / (1 + permutations)
+    return Check("embedding_mmd", observed, p, detail=f"{len(x)} vs {len(y)} embeddings")
+
+
+def combine(checks: list[Check], alpha: float) -> list[Check]:
+    """Holm across every check: each gets its adjusted p-value and its verdict at alpha."""
+    if not checks:
+        return []
+    adjusted = holm([c.p_value for c in checks])
+    return [
+        Check(c.check, c.statistic, c.p_value, float(a), bool(a < alpha), c.detail)
+        for c, a in zip(checks, adjusted, strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------- images
+
+
+def sample_rows(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """At most n rows, drawn without replacement (the same rows for the same seed)."""
+    if len(rows) <= n:
+        return rows.reset_index(drop=True)
+    return rows.sample(n=n, random_state=seed).reset_index(drop=True)
+
+
+def image_properties(data: bytes) -> tuple[dict[str, float], np.ndarray]:
+    """Width, height (as stored), mean luminance, its spread (contrast) and channel means."""
+    width, height = Image.open(io.BytesIO(data)).size
+    small = decode(data, THUMB).astype(np.float32)
+    luma = small @ _LUMA
+    red, green, blue = small.reshape(-1, 3).mean(axis=0)
+    props = {
+        "width": float(width),
+        "height": float(height),
+        "brightness": float(luma.mean()),
+        "contrast": float(luma.std()),
+        "red": float(red),
+        "green": float(green),
+        "blue": float(blue),
+    }
+    return props, small
+
+
+def read_sample(
+    rows: pd.DataFrame, cache_root: str | Path, size: int | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Properties of every row's image (columns `key` + PROPERTIES) and, with `size`, the images
+    decoded at that side for embeddings. Rows need key, fingerprint and source; unreadable
+    images are left out, with a warning."""
+    fetcher = Fetcher(objects_dir(cache_root))
+    props: dict[int, dict[str, float]] = {}
+    pixels: dict[int, np.ndarray] = {}
+    for row, got in fetch_rows(rows, fetcher):
+        if got.path is None:
+            log.warning("drift: cannot fetch %s: %s", rows["key"].iloc[row], got.error)
+            continue
+        data = got.path.read_bytes()
+        try:
+            props[row], _ = image_properties(data)
+            if size:
+                pixels[row] = decode(data, size)
+        except ImageDecodeError as err:
+            log.warning("drift: cannot decode %s: %s", rows["key"].iloc[row], err)
+    order = sorted(props)
+    frame = pd.DataFrame([props[i] for i in order], columns=list(PROPERTIES))
+    frame.insert(0, "key", rows["key"].to_numpy()[order])
+    return frame, (np.stack([pixels[i] for i in order]) if size and order else None)
+
+
+def embed(model: Any, images: np.ndarray, spec: Any, batch_size: int = 64) -> np.ndarray:
+    """Pooled backbone features of uint8 images (N, S, S, 3) decoded at `spec.cache_size`."""
+    import torch
+
+    from skin.data import Normalize
+    from skin.model import pooled_features
+
+    device = next(model.parameters()).device
+    prep = Normalize(spec).to(device)
+    model.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        crop = centre_crop(images[start : start + batch_size], spec.size)
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).to(device)
+        chunks.append(pooled_features(model, prep(x)).float().cpu().numpy())
+    return np.concatenate(chunks)
+
+
+# --------------------------------------------------------------------------- rows to compare
+
+
+def current_rows(listing: pd.DataFrame, reference: pd.DataFrame, which: str) -> pd.DataFrame:
+    """The current images to test: all of them, or those the reference does not hold (a key it
+    lacks, or a key whose content changed)."""
+    if which == "all":
+        return listing
+    known = set(zip(reference["key"], reference["fingerprint"].astype(str), strict=True))
+    pairs = zip(listing["key"], listing["fingerprint"].astype(str), strict=True)
+    return listing[[pair not in known for pair in pairs]]
+
+
+def new_fraction(listing: pd.DataFrame, reference: pd.DataFrame) -> float:
+    """Share of the current images the reference manifest does not hold."""
+    if not len(listing):
+        return 0.0
+    return len(current_rows(listing, reference, "new")) / len(listing)
+
+
+def reference_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The champion's train and dev rows, undersampled ones included: undersampling is the
+    pipeline's choice, not a property of the data."""
+    return manifest[manifest["split"].isin(REFERENCE_SPLITS)].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- the check
+
+
+@dataclass(frozen=True)
+class DriftParams:
+    """The drift section as explicit values."""
+
+    current: str = "new"
+    sample: int = 300
+    min_images: int = 10
+    alpha: float = 0.01
+    permutations: int = 2000
+    embeddings: bool = True
+    seed: int = 0
+
+
+def drift_params(section: Any) -> DriftParams:
+    """`config.drift` turned into DriftParams (same field names)."""
+    return DriftParams(**{k: getattr(section, k) for k in DriftParams.__dataclass_fields__})
+
+
+def check_drift(
+    manifest: pd.DataFrame,
+    listing: pd.DataFrame,
+    params: DriftParams,
+    cache_root: str | Path,
+    *,
+    model: Any = None,
+    spec: Any = None,
+    names: tuple[str, str] = ("reference", "current"),
+) -> DriftReport:
+    """Compare the current images (`listing` rows: key, label, fingerprint, source) with the
+    reference manifest's train and dev rows; "new" images are those the whole manifest lacks.
+    Embeddings only when a `model` (and its input `spec`) is given."""
+    reference = reference_rows(manifest)
+    current = current_rows(listing, manifest, params.current)
+    report = DriftReport(names[0], names[1], len(reference), len(current), params.alpha)
+    if len(current) < params.min_images:
+        report.note = (
+            f"{len(current)} current images ({params.current}), fewer than drift.min_images"
+            f" {params.min_images}"
+        )
+        return report
+    size = spec.cache_size if model is not None else None
+    ref_props, ref_px = read_sample(
+        sample_rows(reference, params.sample, params.seed), cache_root, size
+    )
+    cur_props, cur_px = read_sample(
+        sample_rows(current, params.sample, params.seed + 1), cache_root, size
+    )
+    if len(ref_props) < 2 or len(cur_props) < 2:
+        raise DriftError(
+            f"too few readable images: {len(ref_props)} reference, {len(cur_props)} current"
+        )
+    checks = [
+        class_mix_test(reference["label"], current["label"]),
+        *property_tests(ref_props, cur_props),
+    ]
+    if model is not None:
+        x, y = embed(model, ref_px, spec), embed(model, cur_px, spec)
+        checks.append(mmd_test(x, y, params.permutations, params.seed))
+    report.checks = combine(checks, params.alpha)
+    return report
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the current data is compared with: a manifest and, for embeddings, a checkpoint."""
+
+    label: str  # what the user named: models:/…@champion, a run id, a manifest URI
+    manifest_uri: str
+    manifest_hash: str
+    checkpoint: str | None = None
+    checkpoint_sha: str | None = None
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_reference(
+    against: str, tracking_uri: str | None, dst: Path, *, checkpoint: bool = True
+) -> Reference:
+    """A registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`), a run (`runs:/ID/…` or
+    a bare run id) or a manifest file: its manifest, and the model's checkpoint when there is one."""
+    from skin import manifest as mf
+    from skin.predict import model_reference
+    from skin.tracking import MLflowRegistry
+
+    ref = model_reference(against)
+    if not ref.startswith(("models:/", "runs:/")):
+        return Reference(against, against, mf.manifest_hash(mf.read(against)))
+    registry = MLflowRegistry(tracking_uri)
+    run_id = registry.source_run(ref)
+    manifest_uri = registry.run_manifest(run_id, dst / "manifest")
+    digest = mf.manifest_hash(mf.read(manifest_uri))
+    if not checkpoint:
+        return Reference(against, manifest_uri, digest, run_id=run_id)
+    found = registry.checkpoint(ref, dst / "checkpoint")
+    sha = found.sha256 or sha256_of(found.path)
+    return Reference(against, manifest_uri, digest, str(found.path), sha, run_id)
+
+
+def backbone(
+    checkpoint: str | None, model: Any, image_size: int | None, n_classes: int
+) -> tuple[Any, Any]:
+    """(network, input spec) whose pooled features are compared: the reference model's own
+    checkpoint when there is one, else the configured model (`model`: config.model), seeded."""
+    import torch
+
+    from skin.model import build_model, input_spec, load_model_from_checkpoint
+    from skin.train import pick_device
+
+    device = pick_device("auto")
+    if checkpoint:
+        net, state = load_model_from_checkpoint(checkpoint, device)
+        size = (state.get("config") or {}).get("train", {}).get("image_size")
+        return net, input_spec(net, size)
+    torch.manual_seed(0)  # a random backbone (pretrained off) is the same network every time
+    net = build_model(model.name, n_classes, pretrained=model.pretrained, weights=model.weights)
+    return net.to(device).eval(), input_spec(net, image_size)
+
+
+def sha256_of(path: Path) -> str:
+    from skin.tracking import sha256_file
+
+    return sha256_file(path)
+
+
+# --------------------------------------------------------------------------- chart
+
+
+def chart_png(report: DriftReport, path: Path) -> Path:
+    """One bar per check: -log10 of its Holm-adjusted p-value against the alpha line."""
+    from skin.report import _plt
+
+    plt = _plt()
+    table = report.table()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(table), 2) + 1.5))
+    if len(table):
+        score = -np.log10(table["p_adjusted"].clip(lower=1e-300).to_numpy(float))
+        colours = ["tab:red" if d else "tab:blue" for d in table["drifted"]]
+        ax.barh(table["check"], score, color=colours)
+        ax.axvline(-np.log10(report.alpha), color="black", linestyle="--", label="alpha")
+        ax.invert_yaxis()
+        ax.legend(loc="lower right")
+    ax.set_xlabel("-log10 Holm-adjusted p-value (right of the line: drift)")
+    ax.set_title(report.verdict(), fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: DriftReport, folder: Path) -> dict[str, Path]:
+    """The report as files a person opens: the table (CSV), the chart (PNG), the summary (MD)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "table": folder / "drift_report.csv",
+        "chart": folder / "drift_report.png",
+        "summary": folder / "drift_report.md",
+    }
+    report.table().to_csv(files["table"], index=False)
+    chart_png(report, files["chart"])
+    files["summary"].write_text(report.markdown() + "\n")
+    return files

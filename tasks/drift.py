@@ -1,0 +1,101 @@
+"""The check-drift task: compare a dataset with the reference model's training data; the logic
+lives in skin.drift, the record goes to its own MLflow run (tagged skin.stage=check-drift)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from skin import manifest as mf
+from skin.config import PipelineConfig, config_digest, digest
+from skin.datastages import ListingRef, read_listing, source_uri
+from skin.drift import (
+    DriftReport,
+    Reference,
+    backbone,
+    check_drift,
+    drift_params,
+    write_report,
+)
+from skin.runs import cache_root
+from skin.tracking import MLflowTracker, tracked_run
+from tasks.caching import IMAGE_CODE, IO_RETRIES, keyed_on
+from tasks.training import _tags
+
+DRIFT_CODE = (*IMAGE_CODE, "skin.drift", "skin.model", "skin.data", "skin.manifest")
+DRIFT_SECTIONS = ("drift", "data", "model", "train.image_size", "tracking", "work_dir")
+STAGE_TAG = "skin.stage"
+
+
+def drift_report(listing: ListingRef, reference: Reference, config: PipelineConfig) -> DriftReport:
+    """The current listing against the reference's train and dev rows, with the reference
+    model's backbone (or the configured one) for embeddings."""
+    current = read_listing(listing.uri).assign(source=source_uri(config.data.uri))
+    manifest = mf.read(reference.manifest_uri)
+    params = drift_params(config.drift)
+    model = spec = None
+    if params.embeddings:
+        n = len(config.data.classes)
+        model, spec = backbone(reference.checkpoint, config.model, config.train.image_size, n)
+    return check_drift(
+        manifest,
+        current,
+        params,
+        cache_root(config.work_dir),
+        model=model,
+        spec=spec,
+        names=(reference.label, config.data.uri),
+    )
+
+
+@task(
+    name="check-drift",
+    cache_policy=keyed_on(
+        "listing.fingerprint",
+        "reference.manifest_hash",
+        "reference.checkpoint_sha",
+        config_sections=DRIFT_SECTIONS,
+        code=DRIFT_CODE,
+    ),
+    **IO_RETRIES,
+)
+def check_drift_task(
+    listing: ListingRef, reference: Reference, config: PipelineConfig
+) -> dict[str, Any]:
+    """Run the drift checks and record the report (table, chart, metrics) in an MLflow run."""
+    report = drift_report(listing, reference, config)
+    key = digest(listing.fingerprint, reference.manifest_hash, config_digest(config, ("drift",)))
+    files = write_report(report, Path(config.work_dir) / "drift" / key)
+    tracker = MLflowTracker(
+        config.tracking.tracking_uri,
+        config.tracking.experiment,
+        run_name=f"check-drift-{listing.fingerprint[:8]}",
+        tags=_tags({STAGE_TAG: "check-drift", "skin.drift.reference": reference.label}),
+    )
+    with tracked_run(tracker):
+        tracker.log_params(_params(config, reference, listing))
+        tracker.log_metrics(report.metrics())
+        for path in files.values():
+            tracker.log_artifact(path, "drift")
+        tracker.set_tags({"drift_detected": str(report.drifted).lower()})
+        tracker.set_description(report.markdown())
+    return {
+        **report.to_dict(),
+        "markdown": report.markdown(),
+        "mlflow_run_id": tracker.run_id,
+        "mlflow_url": tracker.url(),
+        "files": {k: str(v) for k, v in files.items()},
+    }
+
+
+def _params(config: PipelineConfig, reference: Reference, listing: ListingRef) -> dict[str, str]:
+    params = {f"drift.{k}": str(v) for k, v in config.drift.model_dump().items()}
+    return params | {
+        "data.uri": config.data.uri,
+        "listing_fingerprint": listing.fingerprint,
+        "reference": reference.label,
+        "reference_manifest_hash": reference.manifest_hash,
+        "reference_run_id": str(reference.run_id),
+    }

@@ -1,0 +1,234 @@
+"""Drift checks: the tests hold their false-alarm rate under no drift and find a colour cast."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skin.datastages import source_uri
+from skin.drift import (
+    PROPERTIES,
+    DriftParams,
+    DriftReport,
+    chart_png,
+    check_drift,
+    class_mix_test,
+    combine,
+    current_rows,
+    holm,
+    mmd_test,
+    new_fraction,
+    property_tests,
+    reference_rows,
+)
+from skin.listing import list_dataset
+from skin.storage import open_store
+
+CLASSES = list("ABCDEFGH")
+MIX = np.array([40, 15, 12, 10, 4, 3, 1, 1], dtype=float) / 86
+
+
+def _props(rng: np.random.Generator, n: int, red_shift: float = 0.0) -> pd.DataFrame:
+    frame = pd.DataFrame({name: rng.normal(size=n) for name in PROPERTIES})
+    frame["red"] += red_shift
+    return frame
+
+
+def test_holm_adjusts_like_the_textbook() -> None:
+    got = holm([0.01, 0.04, 0.03, 0.005])
+    # sorted 0.005·4=0.02, 0.01·3=0.03, 0.03·2=0.06, 0.04·1=0.04 → running max 0.02 0.03 0.06 0.06
+    assert np.allclose(got, [0.03, 0.06, 0.06, 0.02]), got
+
+
+def test_mmd_p_values_are_uniform_without_drift_and_small_with_it() -> None:
+    rng = np.random.default_rng(0)
+    null = np.array(
+        [
+            mmd_test(rng.normal(size=(30, 8)), rng.normal(size=(30, 8)), 99, seed=i).p_value
+            for i in range(120)
+        ]
+    )
+    assert 0.4 < null.mean() < 0.6, f"p-values under no drift should average ~0.5: {null.mean()}"
+    assert (null < 0.1).mean() < 0.2, f"false alarms at 0.1: {(null < 0.1).mean()}"
+    shifted = [
+        mmd_test(rng.normal(size=(30, 8)), rng.normal(size=(30, 8)) + 0.6, 99, seed=i).p_value
+        for i in range(20)
+    ]
+    assert np.mean(np.array(shifted) < 0.05) > 0.9, shifted
+
+
+def test_the_family_false_alarm_rate_stays_near_alpha_over_all_checks() -> None:
+    rng = np.random.default_rng(1)
+    alarms = []
+    for _ in range(300):
+        checks = property_tests(_props(rng, 80), _props(rng, 80))
+        ref, cur = rng.choice(CLASSES, 300, p=MIX), rng.choice(CLASSES, 100, p=MIX)
+        checks.append(class_mix_test(ref, cur))
+        alarms.append(any(c.drifted for c in combine(checks, 0.05)))
+    rate = float(np.mean(alarms))
+    assert rate <= 0.09, f"Holm keeps the family-wise rate ≤ alpha 0.05 (noise allowed): {rate}"
+
+
+def test_a_colour_shift_and_a_new_class_mix_are_detected() -> None:
+    rng = np.random.default_rng(2)
+    found = [
+        c.check
+        for c in combine(property_tests(_props(rng, 150), _props(rng, 150, 1.0)), 0.01)
+        if c.drifted
+    ]
+    assert found == ["property:red"], found
+    flipped = MIX[::-1]
+    mix = class_mix_test(rng.choice(CLASSES, 300, p=MIX), rng.choice(CLASSES, 100, p=flipped))
+    assert mix.p_value < 1e-6, mix
+
+
+def test_new_images_are_those_the_reference_lacks_by_key_or_content() -> None:
+    ref = pd.DataFrame({"key": ["a", "b", "c"], "fingerprint": ["1", "2", "3"]})
+    cur = pd.DataFrame({"key": ["a", "b", "c", "d"], "fingerprint": ["1", "9", "3", "4"]})
+    assert list(current_rows(cur, ref, "new")["key"]) == ["b", "d"], "changed b, added d"
+    assert len(current_rows(cur, ref, "all")) == 4
+    assert new_fraction(cur, ref) == pytest.approx(0.5)
+
+
+def test_test_rows_of_the_reference_are_not_new(tmp_path: Path) -> None:
+    manifest = pd.DataFrame(
+        {
+            "key": list("abc"),
+            "fingerprint": list("123"),
+            "label": ["A"] * 3,
+            "source": ["x"] * 3,
+            "split": ["train", "dev", "test"],
+        }
+    )
+    report = check_drift(manifest, manifest, DriftParams(min_images=2), tmp_path)
+    assert report.n_current == 0 and report.n_reference == 2, report
+
+
+def test_too_few_new_images_are_not_tested(tmp_path: Path) -> None:
+    ref = pd.DataFrame(
+        {"key": ["a"], "fingerprint": ["1"], "label": ["A"], "source": ["x"], "split": ["train"]}
+    )
+    report = check_drift(ref, ref, DriftParams(), tmp_path)
+    assert not report.drifted and not report.checks, report
+    assert "fewer than drift.min_images" in report.verdict(), report.verdict()
+
+
+# --------------------------------------------------------------------------- real images
+
+
+def _rows(root: Path) -> pd.DataFrame:
+    images = list_dataset(open_store(str(root)), "folders").images
+    return images.assign(source=source_uri(str(root)))
+
+
+def tinted_copy(src: Path, dst: Path, red: float = 1.35) -> Path:
+    """The same images with a warm colour cast (red up, blue down): a new camera or light."""
+    shutil.copytree(src, dst)
+    for path in dst.rglob("*.jpg"):
+        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        rgb[..., 0] *= red
+        rgb[..., 2] *= 0.85
+        buf = io.BytesIO()
+        Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+        path.write_bytes(buf.getvalue())
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from skin.model import build_model, input_spec
+    from skin.train import seed_everything
+
+    seed_everything(0)
+    model = build_model("test_resnet", 8, pretrained=False)
+    return model.eval(), input_spec(model, 32)
+
+
+def test_a_colour_cast_is_flagged_and_an_independent_sample_is_not(
+    tmp_path: Path, sample_data: Path, tiny_model
+) -> None:
+    from skin.sample_data import write_sample_dataset
+    from skin.synthetic import class_counts
+
+    reference = _rows(sample_data).assign(split="train", keep=True)
+    params = DriftParams(current="all", sample=120)
+    model, spec = tiny_model
+    cast = _rows(tinted_copy(sample_data, tmp_path / "cast"))
+    report = check_drift(reference, cast, params, tmp_path / "cache", model=model, spec=spec)
+    flagged = {c.check for c in report.checks if c.drifted}
+    assert report.drifted, report.table()
+    assert {"property:red", "embedding_mmd"} <= flagged, report.table()
+    assert "class_mix" not in flagged, "same labels: the class mix has not moved"
+
+    fresh = tmp_path / "fresh"  # new images from the same generator: no drift
+    write_sample_dataset(str(fresh), class_counts(per_class=15), size=40, seed=7)
+    same = check_drift(reference, _rows(fresh), params, tmp_path / "cache", model=model, spec=spec)
+    assert len(same.checks) == 1 + len(PROPERTIES) + 1, same.table()
+    assert not same.drifted, same.table()
+
+
+def test_the_report_has_a_table_metrics_markdown_and_a_chart(tmp_path: Path) -> None:
+    checks = combine(
+        [
+            class_mix_test(list("AABB"), list("ABBB")),
+            *property_tests(
+                _props(np.random.default_rng(3), 20), _props(np.random.default_rng(4), 20, 3.0)
+            ),
+        ],
+        0.01,
+    )
+    report = DriftReport("models:/m@champion", "data", 100, 20, 0.01, checks)
+    assert report.drifted and "property:red" in report.verdict()
+    metrics = report.metrics()
+    assert metrics["drift_detected"] == 1.0 and "drift_class_mix_p" in metrics, metrics
+    assert metrics["drift_red_p"] < 0.01, metrics
+    assert "| property:red" in report.markdown()
+    png = chart_png(report, tmp_path / "drift.png")
+    assert png.stat().st_size > 1000
+
+
+def test_the_reference_is_the_champions_train_and_dev_rows() -> None:
+    manifest = pd.DataFrame(
+        {
+            "key": list("abcd"),
+            "split": ["train", "train", "dev", "test"],
+            "keep": [True, False, True, True],
+        }
+    )
+    assert list(reference_rows(manifest)["key"]) == ["a", "b", "c"], "undersampled rows stay"
+
+
+def test_check_drift_task_records_a_cast_against_a_manifest_in_mlflow(
+    tmp_path: Path, sample_data: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from skin.datastages import list_images, save_listing
+    from skin.drift import resolve_reference
+    from tasks.drift import check_drift_task
+    from tests.helpers import make_manifest, tiny_config
+
+    manifest_uri, _ = make_manifest(tmp_path, sample_data)
+    reference = resolve_reference(manifest_uri, None, tmp_path / "ref")
+    assert reference.checkpoint is None and reference.run_id is None, reference
+    cast = tinted_copy(sample_data, tmp_path / "cast")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(
+        tmp_path, cast, **{"tracking.tracking_uri": tracking, "drift.embeddings": False}
+    )
+    listing = save_listing(list_images(cfg.data), cfg.state_uri, cfg.data.uri)
+    result = check_drift_task.fn(listing=listing, reference=reference, config=cfg)
+    assert result["drifted"], result["checks"]
+    assert "embedding_mmd" not in {c["check"] for c in result["checks"]}, "embeddings off"
+    run = MlflowClient(tracking).get_run(result["mlflow_run_id"])
+    assert run.data.tags["skin.stage"] == "check-drift", run.data.tags
+    assert run.data.metrics["drift_red_p"] < 0.01, run.data.metrics
+    assert run.data.params["reference"] == manifest_uri
+    files = {a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id, "drift")}
+    assert files == {f"drift/drift_report.{x}" for x in ("csv", "png", "md")}, files

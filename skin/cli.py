@@ -126,12 +126,15 @@ def _count_table(title: str, column: str, counts: Mapping[str, int]) -> Table:
 
 def _metrics_table(metrics: dict[str, float], title: str) -> Table:
     """Metrics per split, each with its 95 % interval in brackets; bias/variance as caption."""
-    from skin.report import bias_variance_line, metrics_table_text
+    from skin.report import abstention_line, bias_variance_line, metrics_table_text
 
     table = _frame_table(metrics_table_text(metrics), title)
     table.caption = bias_variance_line(metrics)
     if any(k.endswith("_ci_low") for k in metrics):
         table.caption += " · [95 % bootstrap interval over lesions]"
+    unk = abstention_line(metrics)
+    if unk:
+        table.caption += f"\n{unk}"
     return table
 
 
@@ -512,9 +515,17 @@ def evaluate_cmd(
     info(f"reading: [bold]{result['diagnosis']}[/]; reports in {result['report_dir']}")
 
 
+HOLDOUT = flag(
+    "data.holdout_class",
+    str,
+    "--holdout-class",
+    "Train without this class; evaluate its images as unknown (UNK AUROC, recall).",
+)
+
+
 @app.command("run")
 @friendly_errors
-@config_flags(*MODEL_FLAGS)
+@config_flags(*MODEL_FLAGS, HOLDOUT)
 def run_cmd(
     data: Annotated[
         str | None, typer.Option("--data", help="s3://bucket/prefix or a folder.")

@@ -617,13 +617,19 @@ def _is_batch(target: str) -> bool:
 
 
 def _top_rows(frame: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
-    """Per image: its top-k classes with probabilities, or its error."""
+    """Per image: its top-k classes with probabilities, or its error; with an abstention rule
+    also its answer (UNK past the threshold) and OOD score."""
     probs = frame[[f"prob_{c}" for c in predictor.classes]].to_numpy()
     rows = []
     for (_, row), best in zip(frame.iterrows(), predictor.top_k(probs, k), strict=True):
         error = row["error"] if isinstance(row["error"], str) else None
         top = [] if error else [{"label": c, "probability": p} for c, p in best]
-        rows.append({"image": row["key"], "top_k": top, "error": error})
+        out = {"image": row["key"], "top_k": top, "error": error}
+        if "ood_score" in frame.columns:
+            ok = error is None
+            out |= {"answer": row["predicted_label"] if ok else None,
+                    "ood_score": float(row["ood_score"]) if ok else None}  # fmt: skip
+        rows.append(out)
     return rows
 
 
@@ -632,6 +638,9 @@ def _predictions_table(rows: list[dict[str, Any]], k: int, title: str) -> Table:
 
     table = Table(title=title)
     table.add_column("image", style="bold", overflow="fold")
+    answers = any("answer" in row for row in rows)  # the model abstains: UNK or a class
+    if answers:
+        table.add_column("answer")
     for i in range(k):
         table.add_column(_ORDINAL[i] if i < len(_ORDINAL) else f"{i + 1}th", justify="right")
     for row in rows:
@@ -639,6 +648,8 @@ def _predictions_table(rows: list[dict[str, Any]], k: int, title: str) -> Table:
             table.add_row(row["image"], Text(row["error"], style="red", justify="left"))
             continue
         cells = [f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]]
+        if answers:
+            cells.insert(0, f"{row['answer']} (ood {row['ood_score']:.3f})")
         table.add_row(row["image"], *cells)
     return table
 

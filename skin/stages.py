@@ -489,33 +489,50 @@ def evaluation_findings(
 def abstention_findings(
     scored: report.Scored, unknown: dict[str, np.ndarray], temperature: float, cfg: PipelineConfig
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """The UNK threshold chosen on dev known images for `predict.abstain_coverage`, read on every
-    scored split (with the held-out class's images as unknowns); abstention.json's content.
-    With unknowns, both score kinds' AUROC is logged too (`_unk_auroc_energy`, `_msp`)."""
+    """The UNK threshold chosen on dev known images for `predict.abstain_coverage`, read on dev
+    and test (with the held-out class's images as unknowns); abstention.json's content."""
     kind, coverage = cfg.predict.ood_score, cfg.predict.abstain_coverage
-    scores = {s: abstain.ood_scores(scored.logits[s], temperature, kind) for s in scored.logits}
-    rule = abstain.Abstention(kind, abstain.coverage_threshold(scores["dev"], coverage))
+    dev_scores = abstain.ood_scores(scored.logits["dev"], temperature, kind)
+    rule = abstain.Abstention(kind, abstain.coverage_threshold(dev_scores, coverage))
     metrics = {"dev_abstain_threshold": rule.threshold}
-    for split, (p, y) in scored.probs.items():
-        unk = unknown.get(split)
-        unk_scores = None if unk is None else abstain.ood_scores(unk, temperature, kind)
-        metrics |= abstain.abstention_metrics(split, rule, (y, p, scores[split]), unk_scores)
-        for other in abstain.SCORE_KINDS if unk is not None else ():
-            metrics[f"{split}_unk_auroc_{other}"] = abstain.auroc(
-                abstain.ood_scores(scored.logits[split], temperature, other),
-                abstain.ood_scores(unk, temperature, other),
-            )
+    for split in ("dev", "test"):
+        if split in scored.probs:
+            metrics |= _abstention_on(scored, split, rule, temperature, unknown.get(split))
     metrics["dev_abstain_coverage"] = 1.0 - metrics["dev_abstain_rate"]
     doc = abstain.abstention_json(
         rule,
         coverage,
         temperature,
-        scores["dev"],
+        dev_scores,
         holdout_class=cfg.data.holdout_class,
         unknown_images={s: len(u) for s, u in unknown.items()},
-        measured={k: v for k, v in metrics.items() if k.split("_", 1)[0] in ("dev", "test")},
+        measured=metrics,
     )
     return metrics, doc
+
+
+def _abstention_on(
+    scored: report.Scored,
+    split: str,
+    rule: abstain.Abstention,
+    temperature: float,
+    unknown: np.ndarray | None,
+) -> dict[str, float]:
+    """One split's abstention metrics; with unknown logits, also every score kind's AUROC
+    (`<split>_unk_auroc_energy`, `_msp`: the evidence for the choice of score)."""
+    p, y = scored.probs[split]
+    logits = scored.logits[split]
+
+    def score(z: np.ndarray, kind: str = rule.kind) -> np.ndarray:
+        return abstain.ood_scores(z, temperature, kind)
+
+    unknown_scores = None if unknown is None else score(unknown)
+    metrics = abstain.abstention_metrics(split, rule, (y, p, score(logits)), unknown_scores)
+    for kind in abstain.SCORE_KINDS if unknown is not None else ():
+        metrics[f"{split}_unk_auroc_{kind}"] = abstain.auroc(
+            score(logits, kind), score(unknown, kind)
+        )
+    return metrics
 
 
 def interval_metrics(

@@ -216,7 +216,16 @@ def test_batch_prediction_on_an_s3_prefix_writes_next_to_the_inputs(
     body = s3_client.get_object(Bucket=bucket, Key=new[0])["Body"].read()
     frame = pd.read_parquet(io.BytesIO(body))
     prob_cols = [f"prob_{c}" for c in ("AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC")]
-    expected_cols = ["key", "predicted_label", "probability", *prob_cols, "model", "error"]
+    abstention = ["ood_score", "abstained"]  # every evaluated model stores its UNK rule
+    expected_cols = [
+        "key",
+        "predicted_label",
+        "probability",
+        *prob_cols,
+        *abstention,
+        "model",
+        "error",
+    ]
     assert list(frame.columns) == expected_cols, f"columns: {list(frame.columns)}"
     wanted = sorted(
         k.removeprefix("incoming/")
@@ -234,7 +243,8 @@ def test_batch_prediction_on_an_s3_prefix_writes_next_to_the_inputs(
     probs = good[prob_cols].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5), "probabilities sum to one"
     labels = [c.removeprefix("prob_") for c in np.array(prob_cols)[probs.argmax(axis=1)]]
-    assert list(good["predicted_label"]) == labels, "the label is the most likely class"
+    labels = ["UNK" if out else c for c, out in zip(labels, good["abstained"], strict=True)]
+    assert list(good["predicted_label"]) == labels, "the most likely class, or UNK"
     assert np.allclose(good["probability"], probs.max(axis=1)), "probability of that label"
 
     predictor = load_predictor(model, "cpu", tracking_uri=trained.tracking_uri)

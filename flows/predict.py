@@ -29,6 +29,8 @@ def predict_task(
         "images": len(frame),
         "predicted": int(ok.sum()),
         "errors": int((~ok).sum()),
+        "abstains": predictor.abstention is not None,  # UNK past the stored OOD threshold
+        "abstained": int(frame["abstained"].eq(True).sum()) if "abstained" in frame else 0,
         "counts": {
             str(k): int(v) for k, v in frame.loc[ok, "predicted_label"].value_counts().items()
         },

@@ -126,12 +126,15 @@ def _count_table(title: str, column: str, counts: Mapping[str, int]) -> Table:
 
 def _metrics_table(metrics: dict[str, float], title: str) -> Table:
     """Metrics per split, each with its 95 % interval in brackets; bias/variance as caption."""
-    from skin.report import bias_variance_line, metrics_table_text
+    from skin.report import abstention_line, bias_variance_line, metrics_table_text
 
     table = _frame_table(metrics_table_text(metrics), title)
     table.caption = bias_variance_line(metrics)
     if any(k.endswith("_ci_low") for k in metrics):
         table.caption += " · [95 % bootstrap interval over lesions]"
+    unk = abstention_line(metrics)
+    if unk:
+        table.caption += f"\n{unk}"
     return table
 
 
@@ -559,10 +562,19 @@ def evaluate_cmd(
     info(f"reading: [bold]{result['diagnosis']}[/]; reports in {result['report_dir']}")
 
 
+HOLDOUT = flag(
+    "data.holdout_class",
+    str,
+    "--holdout-class",
+    "Train without this class; evaluate its images as unknown (UNK AUROC, recall).",
+)
+
+
 @app.command("run")
 @friendly_errors
 @config_flags(
     *MODEL_FLAGS,
+    HOLDOUT,
     flag(
         "retrain.when",
         str,
@@ -837,13 +849,19 @@ def _is_batch(target: str) -> bool:
 
 
 def _top_rows(frame: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
-    """Per image: its top-k classes with probabilities, or its error."""
+    """Per image: its top-k classes with probabilities, or its error; with an abstention rule
+    also its answer (UNK past the threshold) and OOD score."""
     probs = frame[[f"prob_{c}" for c in predictor.classes]].to_numpy()
     rows = []
     for (_, row), best in zip(frame.iterrows(), predictor.top_k(probs, k), strict=True):
         error = row["error"] if isinstance(row["error"], str) else None
         top = [] if error else [{"label": c, "probability": p} for c, p in best]
-        rows.append({"image": row["key"], "top_k": top, "error": error})
+        out = {"image": row["key"], "top_k": top, "error": error}
+        if "ood_score" in frame.columns:
+            ok = error is None
+            out |= {"answer": row["predicted_label"] if ok else None,
+                    "ood_score": float(row["ood_score"]) if ok else None}  # fmt: skip
+        rows.append(out)
     return rows
 
 
@@ -852,6 +870,9 @@ def _predictions_table(rows: list[dict[str, Any]], k: int, title: str) -> Table:
 
     table = Table(title=title)
     table.add_column("image", style="bold", overflow="fold")
+    answers = any("answer" in row for row in rows)  # the model abstains: UNK or a class
+    if answers:
+        table.add_column("answer")
     for i in range(k):
         table.add_column(_ORDINAL[i] if i < len(_ORDINAL) else f"{i + 1}th", justify="right")
     for row in rows:
@@ -859,6 +880,8 @@ def _predictions_table(rows: list[dict[str, Any]], k: int, title: str) -> Table:
             table.add_row(row["image"], Text(row["error"], style="red", justify="left"))
             continue
         cells = [f"{t['label']} {t['probability']:.3f}" for t in row["top_k"]]
+        if answers:
+            cells.insert(0, f"{row['answer']} (ood {row['ood_score']:.3f})")
         table.add_row(row["image"], *cells)
     return table
 

@@ -33,6 +33,15 @@ class DataConfig(_Strict):
     uri: str = Field("demo/data", description="s3://bucket/prefix or a local folder")
     layout: Literal["auto", "folders", "isic"] = "auto"
     classes: tuple[str, ...] = CLASSES
+    holdout_class: str | None = Field(
+        None,
+        description="train without this class and evaluate its images as unknown (UNK)",
+    )
+
+    @property
+    def known_classes(self) -> tuple[str, ...]:
+        """The classes the model learns: `classes` less the held-out one."""
+        return tuple(c for c in self.classes if c != self.holdout_class)
 
 
 class SplitConfig(_Strict):
@@ -182,6 +191,17 @@ class RegistryConfig(_Strict):
     )
 
 
+class PredictConfig(_Strict):
+    """Abstention: when prediction answers UNK instead of one of the classes (skin.abstain)."""
+
+    abstain_coverage: float = Field(
+        0.95, gt=0.0, le=1.0, description="share of known dev images the threshold accepts"
+    )
+    ood_score: Literal["energy", "msp"] = Field(
+        "msp", description="OOD score on calibrated logits: msp or energy (README)"
+    )
+
+
 class SharedConfig(_Strict):
     """State shared by every machine: listings, manifests and decoded-image shards.
 
@@ -253,6 +273,7 @@ class PipelineConfig(_Strict):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
     work_dir: str = Field(".skin", description="local folder for manifests, caches and runs")
     shared: SharedConfig = Field(default_factory=SharedConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
@@ -266,6 +287,9 @@ class PipelineConfig(_Strict):
         unknown = sorted(set(self.evaluate.malignant) - set(self.data.classes))
         if unknown:
             raise ValueError(f"evaluate.malignant names {unknown}, not in {self.data.classes}")
+        held = self.data.holdout_class
+        if held is not None and held not in self.data.classes:
+            raise ValueError(f"data.holdout_class {held!r} is not one of {self.data.classes}")
         return self
 
     @property

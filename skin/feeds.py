@@ -36,30 +36,37 @@ Prep = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class SplitImages:
     """A manifest over its decoded-image cache: per split, the cache rows (in manifest order) of
-    its usable images and their class indices."""
+    its usable images and their class indices; with a held-out class, its dev and test images
+    apart in `unknown` (never trained on, scored as unknown)."""
 
     cache: ImageCache
     spec: InputSpec
     classes: tuple[str, ...]
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    unknown: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def index_splits(
     manifest: pd.DataFrame, cfg: PipelineConfig, spec: InputSpec, progress: Progress = silent
 ) -> SplitImages:
-    """Build (or reuse) the decoded-image cache and find each split's rows in it, by key."""
-    classes = cfg.data.classes
+    """Build (or reuse) the decoded-image cache and find each split's rows in it, by key.
+
+    The cache (and the split) cover every class; a held-out class is set apart only here."""
+    classes = cfg.data.known_classes
     root = cache_root(cfg.work_dir)
     cache = image_cache(manifest, spec.cache_size, root, cfg.shared, progress)
     at = cache.rows_for(manifest["key"])  # manifest row i is cache row at[i]
     index = {c: i for i, c in enumerate(classes)}
+    held = (manifest["label"] == cfg.data.holdout_class).to_numpy()
     found = SplitImages(cache, spec, classes)
     for split in mf.SPLITS:
         mask = (manifest["split"] == split).to_numpy() & cache.ok[at]
+        if split != "train" and cfg.data.holdout_class is not None:
+            found.unknown[split] = at[np.flatnonzero(mask & held)]
         if split == "train":
             mask &= manifest["keep"].to_numpy().astype(bool)
-        rows = np.flatnonzero(mask)
+        rows = np.flatnonzero(mask & ~held)
         found.rows[split] = at[rows]
         found.labels[split] = manifest["label"].iloc[rows].map(index).to_numpy().astype(np.int64)
     if len(found.rows["train"]) == 0 or len(found.rows["dev"]) == 0:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from skin.abstain import UNK, Abstention, ood_scores, read_abstention
 from skin.config import DEFAULT_MODEL, PipelineConfig
 from skin.data import DIHEDRAL, Normalize, dihedral_view
 from skin.images import ImageDecodeError, centre_crop, decode, is_image_name
@@ -44,7 +45,10 @@ class ModelSource:
 
 
 class Predictor:
-    """A model in eval mode with its input spec and classes; turns image bytes into probabilities."""
+    """A model in eval mode with its input spec and classes; turns image bytes into probabilities.
+
+    With an `abstention` rule (abstention.json, stored with the model) `score` also gives each
+    image's OOD score and answers UNK past the threshold; `predict` stays probabilities."""
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 64,
         temperature: float = 1.0,
+        abstention: Abstention | None = None,
     ) -> None:
         if not temperature > 0:
             raise PredictError(f"temperature must be positive, not {temperature!r}")
@@ -68,6 +73,7 @@ class Predictor:
         self.tta = tta
         self.batch_size = batch_size
         self.temperature = float(temperature)  # softmax(logits / T): calibration's T, 1 = raw
+        self.abstention = abstention  # None: always one of the classes (no abstention.json)
         self._norm = Normalize(spec).to(device)
         self._dtype = amp_dtype(device, True)  # as evaluation: bf16/fp16 on GPU, fp32 on CPU
 
@@ -89,21 +95,35 @@ class Predictor:
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for decoded, cropped uint8 images [N, size, size, 3], in batches."""
+        return self.probs_and_logits(images)[0]
+
+    def probs_and_logits(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and raw logits (each the mean over the TTA views), in batches."""
         batches = range(0, len(images), self.batch_size)
-        return np.concatenate([self._forward(images[i : i + self.batch_size]) for i in batches])
+        out = [self._forward(images[i : i + self.batch_size]) for i in batches]
+        return np.concatenate([p for p, _ in out]), np.concatenate([z for _, z in out])
+
+    def ood_scores(self, logits: np.ndarray) -> np.ndarray:
+        """The abstention rule's OOD score of these logits (calibrated by this temperature)."""
+        if self.abstention is None:
+            raise PredictError("this model has no abstention rule (no abstention.json)")
+        return ood_scores(logits, self.temperature, self.abstention.kind)
 
     @torch.inference_mode()
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(self.device)
         views = DIHEDRAL if self.tta else DIHEDRAL[:1]
         total = torch.zeros((len(batch), len(self.classes)), device=self.device)
+        total_logits = torch.zeros_like(total)
         for k, transpose in views:
             with torch.autocast(
                 self.device.type, dtype=self._dtype, enabled=self._dtype is not None
             ):
                 logits = self.model(self._norm(dihedral_view(x, k, transpose)))
             total += torch.softmax(logits.float() / self.temperature, dim=1)
-        return (total / len(views)).cpu().numpy()
+            total_logits += logits.float()
+        n = len(views)
+        return (total / n).cpu().numpy(), (total_logits / n).cpu().numpy()
 
     def top_k(self, probs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
         """The k most likely classes of each row, best first."""
@@ -115,10 +135,15 @@ class Predictor:
             loaded = list(pool.map(lambda key: _load(self, fetch, key), keys))
         good = [i for i, (arr, _) in enumerate(loaded) if arr is not None]
         probs = np.full((len(keys), len(self.classes)), np.nan, dtype=np.float32)
+        scores = np.full(len(keys), np.nan)
         if good:
-            probs[good] = self.predict_arrays(np.stack([loaded[i][0] for i in good]))
+            p, z = self.probs_and_logits(np.stack([loaded[i][0] for i in good]))
+            probs[good] = p
+            if self.abstention is not None:
+                scores[good] = self.ood_scores(z)
         errors = [err for _, err in loaded]
-        return predictions_frame(keys, probs, errors, self.classes, self.source.resolved)
+        frame = predictions_frame(keys, probs, errors, self.classes, self.source.resolved)
+        return frame if self.abstention is None else with_abstention(frame, scores, self.abstention)
 
 
 def _load(
@@ -166,6 +191,19 @@ def predictions_frame(
     return frame
 
 
+def with_abstention(frame: pd.DataFrame, scores: np.ndarray, rule: Abstention) -> pd.DataFrame:
+    """`predicted_label` UNK where the OOD score is past the threshold; `ood_score` and
+    `abstained` (None for a failed image) added before `model`; the probabilities are kept."""
+    ok = ~np.isnan(scores)
+    out = rule.abstains(np.where(ok, scores, -np.inf))
+    frame = frame.copy()
+    frame.loc[out, "predicted_label"] = UNK
+    at = frame.columns.get_loc("model")
+    frame.insert(at, "ood_score", scores)
+    frame.insert(at + 1, "abstained", pd.Series(out, dtype=object).where(ok, None))
+    return frame
+
+
 # --------------------------------------------------------------------------- loading models
 
 
@@ -208,32 +246,58 @@ def load_predictor(
             return load_ensemble(path, dev, source, tta=tta, batch_size=batch_size)
         model, state = load_model_from_checkpoint(path, dev)
         temperature = calibrated_temperature(path)
+        abstention = stored_abstention(path)
     cfg = PipelineConfig.model_validate(state["config"])
     spec = input_spec(model, cfg.train.image_size)
     classes = state.get("classes") or list(CLASSES)
     source = replace(source, epoch=int(state["epoch"]))
     return Predictor(
-        model, spec, classes, dev, source, tta=tta, batch_size=batch_size, temperature=temperature
+        model,
+        spec,
+        classes,
+        dev,
+        source,
+        tta=tta,
+        batch_size=batch_size,
+        temperature=temperature,
+        abstention=abstention,
     )
 
 
 MEMBERS_FILE = "members.json"  # an ensemble's list of members (skin.ensemble)
 CALIBRATION_FILE = "calibration.json"  # {"temperature": T}, written by the evaluate stage
+ABSTENTION_FILE = "abstention.json"  # {"score": kind, "threshold": t, …}, the evaluate stage's
+
+
+def stored_with(checkpoint: Path, name: str) -> Path | None:
+    """The report file `name` stored with a checkpoint: beside it (inside a logged model) or in
+    its run folder's report/ (for runs/<id>/checkpoints/*.pt); None when there is none."""
+    candidates = [checkpoint.parent / name]
+    if checkpoint.parent.name == "checkpoints":
+        candidates.append(checkpoint.parent.parent / "report" / name)
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def calibrated_temperature(checkpoint: Path) -> float:
-    """The temperature stored with a checkpoint: beside it (inside a logged model) or in its run
-    folder's report/ (for runs/<id>/checkpoints/*.pt); 1.0 (raw softmax) when there is none."""
-    candidates = [checkpoint.parent / CALIBRATION_FILE]
-    if checkpoint.parent.name == "checkpoints":
-        candidates.append(checkpoint.parent.parent / "report" / CALIBRATION_FILE)
-    for path in candidates:
-        if path.is_file():
-            try:
-                return float(json.loads(path.read_text())["temperature"])
-            except (ValueError, KeyError, TypeError) as err:
-                raise PredictError(f"{path}: no usable temperature: {err}") from err
-    return 1.0
+    """The temperature stored with a checkpoint; 1.0 (raw softmax) when there is none."""
+    path = stored_with(checkpoint, CALIBRATION_FILE)
+    if path is None:
+        return 1.0
+    try:
+        return float(json.loads(path.read_text())["temperature"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise PredictError(f"{path}: no usable temperature: {err}") from err
+
+
+def stored_abstention(checkpoint: Path) -> Abstention | None:
+    """The UNK rule stored with a checkpoint; None (never abstain) when there is none."""
+    path = stored_with(checkpoint, ABSTENTION_FILE)
+    if path is None:
+        return None
+    try:
+        return read_abstention(json.loads(path.read_text()), str(path))
+    except ValueError as err:  # JSONDecodeError too
+        raise PredictError(str(err)) from err
 
 
 def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:

@@ -353,6 +353,7 @@ class Findings:
     operating: Sequence[OperatingPoint] = ()
     positives: Mapping[str, list[str]] = field(default_factory=dict)  # question -> its classes
     slices: pd.DataFrame | None = None
+    abstention: Mapping[str, Any] = field(default_factory=dict)  # abstention.json
 
 
 def predictions_frame(
@@ -415,6 +416,51 @@ def _calibration_lines(metrics: Mapping[str, float]) -> list[str]:
             f" log loss {metrics['test_log_loss']:.4f} → {metrics['test_log_loss_calibrated']:.4f}"
         )
     return ["## Calibration", "", line, ""]
+
+
+def abstention_line(metrics: Mapping[str, float]) -> str | None:
+    """The UNK answer in one line (CLI caption, run summary); None when not measured."""
+    if "dev_abstain_threshold" not in metrics:
+        return None
+    line = (
+        f"UNK above {metrics['dev_abstain_threshold']:.4f} (dev coverage"
+        f" {metrics['dev_abstain_coverage']:.3f})"
+    )
+    if "test_abstain_rate" in metrics:
+        line += (
+            f" · test: {metrics['test_abstain_rate']:.3f} of known answered UNK, accuracy of"
+            f" accepted {metrics['test_accepted_accuracy']:.4f} vs all {metrics['test_known_accuracy']:.4f}"
+        )
+    if "test_unk_auroc" in metrics:
+        line += (
+            f" · held-out class: AUROC {metrics['test_unk_auroc']:.4f}, UNK recall"
+            f" {metrics['test_unk_recall']:.4f}, balanced accuracy with UNK"
+            f" {metrics['test_balanced_accuracy_9']:.4f}"
+        )
+    return line
+
+
+def _abstention_lines(metrics: Mapping[str, float], doc: Mapping[str, Any]) -> list[str]:
+    line = abstention_line(metrics)
+    if line is None:
+        return []
+    lines = ["## Unknown lesions (abstention)", "", f"- {line}"]
+    if doc:
+        lines.append(
+            f"- score: {doc['score']} = {doc['formula']}, threshold chosen on dev known images"
+            f" for coverage {doc['coverage_target']}; see `abstention.json`"
+        )
+    if doc.get("holdout_class"):
+        both = ", ".join(
+            f"{k} {metrics[f'test_unk_auroc_{k}']:.4f}"
+            for k in ("energy", "msp")
+            if f"test_unk_auroc_{k}" in metrics
+        )
+        lines.append(
+            f"- held out of training: {doc['holdout_class']} (its test images are the unknowns);"
+            f" test AUROC by score: {both}"
+        )
+    return [*lines, ""]
 
 
 def _operating_lines(points: Sequence[OperatingPoint]) -> list[str]:
@@ -480,6 +526,7 @@ def report_summary_markdown(
         " variance_test = train − test accuracy.",
         "",
         *_calibration_lines(metrics),
+        *_abstention_lines(metrics, findings.abstention),
         *_operating_lines(findings.operating),
         *_slice_lines(findings.slices),
         "## Images per split",
@@ -535,6 +582,9 @@ def _write_findings(out: Path, findings: Findings, metrics: Mapping[str, float])
     if findings.calibration:
         text = json.dumps(_jsonable(dict(findings.calibration)), indent=2)
         (out / "calibration.json").write_text(text)
+    if findings.abstention:
+        text = json.dumps(_jsonable(dict(findings.abstention)), indent=2)
+        (out / "abstention.json").write_text(text)
     if findings.operating:
         doc = operating_points_json(findings.operating, findings.positives)
         (out / "operating_points.json").write_text(json.dumps(doc, indent=2))

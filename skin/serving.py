@@ -27,6 +27,8 @@ from skin.storage import read_uri
 CHECKPOINT = "checkpoint"
 CALIBRATION = "calibration"  # the evaluate stage's report/calibration.json: {"temperature": T}
 OPERATING_POINTS = "operating_points"  # report/operating_points.json: {"mel_threshold_at_…": t}
+ABSTENTION = "abstention"  # report/abstention.json: {"score": kind, "threshold": t, …}
+REPORT_FILES = (CALIBRATION, OPERATING_POINTS, ABSTENTION)  # travel with the model
 MEL_THRESHOLD = "mel_threshold_at_spec90"
 MEMBERS = "members"  # an ensemble's members.json; its members in member_<i>/ beside it
 INPUTS = ("image", "uri")
@@ -81,8 +83,9 @@ def _cell(frame: pd.DataFrame, column: str, i: int) -> str | None:
 
 
 def predict_frame(served: Served, frame: pd.DataFrame, *, tta: bool = False) -> pd.DataFrame:
-    """One row per input: p_<CLASS>…, label, confidence, melanoma_suspected (with a threshold)
-    and error; a row that fails has its error and NaN probabilities, the others their answer."""
+    """One row per input: p_<CLASS>…, label, confidence, melanoma_suspected (with a threshold),
+    ood_score and abstained (with an abstention rule: label UNK past its threshold) and error;
+    a row that fails has its error and NaN probabilities, the others their answer."""
     predictor = served.predictor.using(tta=tta)
     keys = [str(i) for i in range(len(frame))]
     scored = predictor.score(keys, lambda key: row_bytes(frame, int(key)))
@@ -92,6 +95,9 @@ def predict_frame(served: Served, frame: pd.DataFrame, *, tta: bool = False) -> 
     if served.mel_threshold is not None and "p_MEL" in out.columns:
         suspected = out["p_MEL"] >= served.mel_threshold
         out["melanoma_suspected"] = suspected.astype(object).where(out["p_MEL"].notna(), None)
+    if "ood_score" in scored.columns:
+        out["ood_score"] = scored["ood_score"]
+        out["abstained"] = scored["abstained"]
     out["error"] = _nullable(scored["error"])
     return out
 
@@ -136,10 +142,10 @@ def example_frame(size: int = 32) -> pd.DataFrame:
 
 
 def artifacts_of(checkpoint: Path, report: Path | None) -> dict[str, str]:
-    """The model's artifacts: the checkpoint, and report/calibration.json and
-    report/operating_points.json where the evaluate stage wrote them."""
+    """The model's artifacts: the checkpoint, and report/calibration.json,
+    report/operating_points.json and report/abstention.json where the evaluate stage wrote them."""
     out = {CHECKPOINT: str(checkpoint)}
-    for name in (CALIBRATION, OPERATING_POINTS):
+    for name in REPORT_FILES:
         path = report / f"{name}.json" if report else None
         if path is not None and path.is_file():
             out[name] = str(path)

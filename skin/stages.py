@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from skin import abstain, distributed, report
 from skin import checkpoint as ckpt
-from skin import distributed, report
 from skin import manifest as mf
 from skin.bootstrap import confidence_intervals, flat_intervals
 from skin.calibration import apply_temperature, calibration_report, fit_temperature
@@ -112,7 +112,7 @@ def make_model(cfg: PipelineConfig) -> torch.nn.Module:
     seed_everything(cfg.train.seed)
     model = build_model(
         m.name,
-        len(cfg.data.classes),
+        len(cfg.data.known_classes),  # without a held-out class
         pretrained=m.pretrained,
         weights=m.weights,
         drop_rate=m.drop_rate,
@@ -321,7 +321,20 @@ def predict_split(
     tta: bool = False,
 ) -> Predicted:
     """Probabilities and logits for one split; with TTA each averaged over the 8 flips/rotations."""
-    ds = EvalImages(data.cache, data.rows[split], data.labels[split], data.spec.size)
+    return predict_rows(model, data, data.rows[split], data.labels[split], device, batch_size, tta)
+
+
+def predict_rows(
+    model: torch.nn.Module,
+    data: SplitImages,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    tta: bool = False,
+) -> Predicted:
+    """`predict_split` for any cache rows (the held-out class's images, say)."""
+    ds = EvalImages(data.cache, rows, labels, data.spec.size)
     norm = Normalize(data.spec).to(device)
     views = DIHEDRAL if tta else DIHEDRAL[:1]
     dtype = amp_dtype(device, True)
@@ -355,7 +368,8 @@ def evaluate_stage(
     metrics = _eval_metrics(scored.results, cfg.evaluate.human_level, state["epoch"])
     if cfg.evaluate.tta and "test" in scored.results:
         metrics |= _tta_gain(model, data, device, cfg.train.batch_size, scored.results["test"])
-    found, findings = evaluation_findings(scored, split_rows(manifest, data), cfg)
+    unknown = _unknown_logits(model, data, device, cfg.train.batch_size, cfg.evaluate.tta)
+    found, findings = evaluation_findings(scored, split_rows(manifest, data), cfg, unknown)
     metrics |= found
     tracker.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
     reading = diagnosis(metrics["bias"], metrics["variance"])
@@ -367,7 +381,9 @@ def evaluate_stage(
     tracker.set_tags({"diagnosis": reading})
     tracker.set_description(report.summary_head(paths.report / "summary.md"))
     model_uri = None
-    if cfg.tracking.log_model:  # the exact weights a registered version will serve
+    # The exact weights a registered version will serve; a held-out-class model (fewer
+    # classes) is an experiment, never a candidate for the registry.
+    if cfg.tracking.log_model and cfg.data.holdout_class is None:
         model_uri = tracker.log_model(Path(checkpoint_path))
     if cfg.tracking.export_onnx:
         _export_onnx(Path(checkpoint_path), paths, tracker)
@@ -401,6 +417,19 @@ def score_splits(
     return report.Scored(data.classes, results, probs, images, test_rows, logits)
 
 
+def _unknown_logits(
+    model: torch.nn.Module, data: SplitImages, device: torch.device, batch_size: int, tta: bool
+) -> dict[str, np.ndarray]:
+    """Logits of the held-out class's dev and test images (none without a held-out class)."""
+    return {
+        split: predict_rows(
+            model, data, rows, np.zeros(len(rows), np.int64), device, batch_size, tta
+        ).logits
+        for split, rows in data.unknown.items()
+        if len(rows)
+    }
+
+
 def split_rows(manifest: pd.DataFrame, data: SplitImages) -> dict[str, pd.DataFrame]:
     """Each split's manifest rows in the order of its predictions (its cache rows' keys)."""
     by_key = manifest.set_index("key")
@@ -408,21 +437,27 @@ def split_rows(manifest: pd.DataFrame, data: SplitImages) -> dict[str, pd.DataFr
 
 
 def evaluation_findings(
-    scored: report.Scored, rows: dict[str, pd.DataFrame], cfg: PipelineConfig
+    scored: report.Scored,
+    rows: dict[str, pd.DataFrame],
+    cfg: PipelineConfig,
+    unknown: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, float], report.Findings]:
-    """Intervals on every split and the temperature from dev; with test, calibration there,
-    operating points (thresholds from dev) and slices."""
+    """Intervals on every split and the temperature from dev; the abstention threshold from dev
+    (read on `unknown`, the held-out class's logits per split, when there are any); with test,
+    calibration there, operating points (thresholds from dev) and slices."""
     e, seed = cfg.evaluate, cfg.split.seed
     groups = {s: r.get("lesion_id") for s, r in rows.items()}  # resampled whole
     metrics = interval_metrics(scored, groups, e.bootstrap, seed)
     calibration = _temperature(scored, e.tta)
     metrics["temperature"] = t = calibration["temperature"]
+    found, abstention = abstention_findings(scored, unknown or {}, t, cfg)
+    metrics |= found
     predictions = {  # calibrated: the probabilities `skin predict` and the served model give
         s: report.predictions_frame(rows[s], apply_temperature(scored.logits[s], t), scored.classes)
         for s in scored.probs
     }
     if "test" not in scored.probs:
-        return metrics, report.Findings(predictions, calibration)
+        return metrics, report.Findings(predictions, calibration, abstention=abstention)
     cal, calibrated = _test_calibration(scored, calibration)
     dev_labels, test_labels = scored.probs["dev"][1], scored.probs["test"][1]
     # Thresholds on the calibrated probabilities: what `skin predict` and the served model output.
@@ -445,8 +480,59 @@ def evaluation_findings(
         name: [scored.classes[c] for c in cols]
         for name, cols in questions(scored.classes, e.malignant).items()
     }
-    findings = report.Findings(predictions, calibration, calibrated, points, positives, slices)
+    findings = report.Findings(
+        predictions, calibration, calibrated, points, positives, slices, abstention
+    )
     return metrics, findings
+
+
+def abstention_findings(
+    scored: report.Scored, unknown: dict[str, np.ndarray], temperature: float, cfg: PipelineConfig
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The UNK threshold chosen on dev known images for `predict.abstain_coverage`, read on dev
+    and test (with the held-out class's images as unknowns); abstention.json's content."""
+    kind, coverage = cfg.predict.ood_score, cfg.predict.abstain_coverage
+    dev_scores = abstain.ood_scores(scored.logits["dev"], temperature, kind)
+    rule = abstain.Abstention(kind, abstain.coverage_threshold(dev_scores, coverage))
+    metrics = {"dev_abstain_threshold": rule.threshold}
+    for split in ("dev", "test"):
+        if split in scored.probs:
+            metrics |= _abstention_on(scored, split, rule, temperature, unknown.get(split))
+    metrics["dev_abstain_coverage"] = 1.0 - metrics["dev_abstain_rate"]
+    doc = abstain.abstention_json(
+        rule,
+        coverage,
+        temperature,
+        dev_scores,
+        holdout_class=cfg.data.holdout_class,
+        unknown_images={s: len(u) for s, u in unknown.items()},
+        measured=metrics,
+    )
+    return metrics, doc
+
+
+def _abstention_on(
+    scored: report.Scored,
+    split: str,
+    rule: abstain.Abstention,
+    temperature: float,
+    unknown: np.ndarray | None,
+) -> dict[str, float]:
+    """One split's abstention metrics; with unknown logits, also every score kind's AUROC
+    (`<split>_unk_auroc_energy`, `_msp`: the evidence for the choice of score)."""
+    p, y = scored.probs[split]
+    logits = scored.logits[split]
+
+    def score(z: np.ndarray, kind: str = rule.kind) -> np.ndarray:
+        return abstain.ood_scores(z, temperature, kind)
+
+    unknown_scores = None if unknown is None else score(unknown)
+    metrics = abstain.abstention_metrics(split, rule, (y, p, score(logits)), unknown_scores)
+    for kind in abstain.SCORE_KINDS if unknown is not None else ():
+        metrics[f"{split}_unk_auroc_{kind}"] = abstain.auroc(
+            score(logits, kind), score(unknown, kind)
+        )
+    return metrics
 
 
 def interval_metrics(

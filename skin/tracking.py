@@ -243,7 +243,7 @@ class MLflowTracker:
         report.mkdir()
         client = self._mlflow.MlflowClient(tracking_uri=self.uri)
         logged = {Path(a.path).name for a in client.list_artifacts(self.run_id, "report")}
-        for name in (serving.CALIBRATION, serving.OPERATING_POINTS):
+        for name in serving.REPORT_FILES:
             if f"{name}.json" in logged:
                 client.download_artifacts(self.run_id, f"report/{name}.json", str(report))
         tags = {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: sha256_file(copy)}
@@ -575,8 +575,9 @@ class MLflowRegistry:
         artifact = f"checkpoints/epoch_{int(epoch):04d}.pt"
         local = self.client.download_artifacts(run_id, artifact, str(dst))
         report = {Path(a.path).name for a in self.client.list_artifacts(run_id, "report")}
-        if "calibration.json" in report:  # lands at dst/report/, where the predictor looks
-            self.client.download_artifacts(run_id, "report/calibration.json", str(dst))
+        for name in ("calibration.json", "abstention.json"):  # to dst/report/: the predictor looks
+            if name in report:
+                self.client.download_artifacts(run_id, f"report/{name}", str(dst))
         return LocalCheckpoint(
             Path(local), resolved, f"runs:/{run_id}/{artifact}", run_id, version, None
         )

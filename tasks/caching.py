@@ -110,7 +110,7 @@ MODEL_CODE = (
     "skin.distributed",
     "skin.launch",
 )
-EVAL_CODE = (*MODEL_CODE, "skin.evaluate", "skin.report", "skin.tracking")
+EVAL_CODE = (*MODEL_CODE, "skin.evaluate", "skin.report", "skin.tracking", "skin.abstain")
 REGISTRY_CODE = (
     "skin.registry",
     "skin.modelcard",

@@ -115,6 +115,7 @@ def _log_skipped(tracker: MLflowTracker, cfg: PipelineConfig, manifest: Manifest
 # model comes from the checkpoint, the input size and batch from train, the images from the cache.
 EVAL_SECTIONS = (
     "evaluate",
+    "predict",  # the abstention threshold's coverage and score
     "data",
     "tracking",
     "train.image_size",

@@ -216,7 +216,16 @@ def test_batch_prediction_on_an_s3_prefix_writes_next_to_the_inputs(
     body = s3_client.get_object(Bucket=bucket, Key=new[0])["Body"].read()
     frame = pd.read_parquet(io.BytesIO(body))
     prob_cols = [f"prob_{c}" for c in ("AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC")]
-    expected_cols = ["key", "predicted_label", "probability", *prob_cols, "model", "error"]
+    abstention = ["ood_score", "abstained"]  # every evaluated model stores its UNK rule
+    expected_cols = [
+        "key",
+        "predicted_label",
+        "probability",
+        *prob_cols,
+        *abstention,
+        "model",
+        "error",
+    ]
     assert list(frame.columns) == expected_cols, f"columns: {list(frame.columns)}"
     wanted = sorted(
         k.removeprefix("incoming/")
@@ -234,7 +243,8 @@ def test_batch_prediction_on_an_s3_prefix_writes_next_to_the_inputs(
     probs = good[prob_cols].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5), "probabilities sum to one"
     labels = [c.removeprefix("prob_") for c in np.array(prob_cols)[probs.argmax(axis=1)]]
-    assert list(good["predicted_label"]) == labels, "the label is the most likely class"
+    labels = ["UNK" if out else c for c, out in zip(labels, good["abstained"], strict=True)]
+    assert list(good["predicted_label"]) == labels, "the most likely class, or UNK"
     assert np.allclose(good["probability"], probs.max(axis=1)), "probability of that label"
 
     predictor = load_predictor(model, "cpu", tracking_uri=trained.tracking_uri)
@@ -434,3 +444,102 @@ def test_a_bare_run_id_means_that_runs_model(tmp_path) -> None:
     assert model_reference(run_id) == f"runs:/{run_id}/model"
     assert model_reference("models:/m@champion") == "models:/m@champion"
     assert model_reference("best.pt") == "best.pt"
+
+
+# --------------------------------------------------------------------------- abstention
+
+
+@dataclass(frozen=True)
+class Abstaining:
+    """A run folder whose report holds an abstention rule splitting `images` in two."""
+
+    checkpoint: Path
+    images: Path
+    keys: list[str]
+    scores: np.ndarray  # each image's OOD score (energy, T = 1)
+    threshold: float
+
+
+def abstaining_run(tmp_path: Path) -> Abstaining:
+    from skin.abstain import ood_scores
+
+    checkpoint = tiny_checkpoints(tmp_path / "run" / "checkpoints")[2]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    keys = [f"lesion_{i}.png" for i in range(6)]
+    for key in keys:
+        (folder / key).write_bytes(png(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)))
+    probe = load_predictor(str(checkpoint), "cpu")  # before the report exists: never abstains
+    assert probe.abstention is None
+    arrays = np.stack([probe.to_input((folder / k).read_bytes()) for k in keys])
+    scores = ood_scores(probe.probs_and_logits(arrays)[1], 1.0, "energy")
+    threshold = float(np.median(scores))
+    report = tmp_path / "run" / "report"
+    report.mkdir()
+    (report / "calibration.json").write_text('{"temperature": 1.0}')
+    rule = {"score": "energy", "threshold": threshold}
+    (report / "abstention.json").write_text(json.dumps(rule))
+    return Abstaining(checkpoint, folder, keys, scores, threshold)
+
+
+def test_a_checkpoint_with_abstention_answers_unk_in_image_batch_and_flow_modes(
+    tmp_path: Path,
+) -> None:
+    from flows.predict import predict_task
+    from tests.helpers import invoke
+
+    run = abstaining_run(tmp_path)
+    past = run.scores > run.threshold
+    assert 0 < past.sum() < len(past), run.scores
+    predictor = load_predictor(str(run.checkpoint), "cpu")
+    assert predictor.abstention is not None and predictor.abstention.threshold == run.threshold
+
+    batch = predict_store(str(run.images), predictor, str(tmp_path / "out.csv"))
+    batch = batch.set_index("key").loc[run.keys]
+    np.testing.assert_allclose(batch["ood_score"], run.scores, rtol=1e-4)
+    assert batch["abstained"].tolist() == past.tolist(), batch
+    assert (batch.loc[past, "predicted_label"] == "UNK").all(), batch
+    probs = batch[[f"prob_{c}" for c in predictor.classes]].to_numpy()
+    best = [predictor.classes[j] for j in probs.argmax(1)]
+    assert batch.loc[~past, "predicted_label"].tolist() == [
+        b for b, p in zip(best, past, strict=True) if not p
+    ]
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=ATOL)  # the probabilities stay
+
+    flow = predict_task.fn(
+        str(run.images), str(run.checkpoint), str(tmp_path / "f.csv"), False, None
+    )
+    assert flow["abstains"] and flow["abstained"] == past.sum(), flow
+    assert flow["counts"].get("UNK") == past.sum(), flow["counts"]
+
+    paths = [str(run.images / k) for k in run.keys]
+    code, out = invoke("--json", "predict", *paths, "--model", str(run.checkpoint))
+    assert code == 0, out
+    rows = json.loads(out)["predictions"]
+    assert [r["answer"] == "UNK" for r in rows] == past.tolist(), rows
+    assert all(len(r["top_k"]) == 3 for r in rows), "the classes' probabilities still shown"
+
+
+def test_without_abstention_json_the_frame_is_as_before(tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoints(tmp_path / "checkpoints")[2]
+    predictor = load_predictor(str(checkpoint), "cpu")
+    image = png(np.zeros((40, 40, 3), dtype=np.uint8))
+    frame = predictor.score(["a"], lambda key: image)
+    assert "ood_score" not in frame and "abstained" not in frame, frame.columns
+    assert frame["predicted_label"][0] in predictor.classes
+
+
+def test_a_run_reference_brings_the_runs_abstention_rule(tmp_path: Path) -> None:
+    from skin.tracking import MLflowTracker, tracked_run
+
+    run = abstaining_run(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowTracker(uri, "predict-abstain")
+    with tracked_run(tracker):
+        tracker.log_artifact(run.checkpoint.parent / "epoch_0002.pt", "checkpoints")
+        tracker.log_artifact(run.checkpoint.parent.parent / "report", "report")
+        tracker.log_metrics({"best_epoch": 2.0})
+    predictor = load_predictor(f"runs:/{tracker.run_id}/model", "cpu", tracking_uri=uri)
+    assert predictor.abstention is not None, "abstention.json comes with the run's checkpoint"
+    assert predictor.abstention.threshold == run.threshold

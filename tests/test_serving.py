@@ -194,3 +194,47 @@ def test_a_run_folder_checkpoint_uses_its_runs_calibration(tmp_path: Path) -> No
     calibrated = load_predictor(str(checkpoint), "cpu")
     assert calibrated.temperature == 0.05, calibrated.temperature
     assert not np.allclose(calibrated.predict(image), raw, atol=1e-3), "T=0.05 changed nothing"
+
+
+def raw_ood_scores(checkpoint: Path, images: list[bytes], kind: str) -> np.ndarray:
+    """The OOD score of each image by the uncalibrated model (T = 1), as abstention computes it."""
+    from skin.abstain import ood_scores
+
+    raw = load_predictor(str(checkpoint), "cpu")
+    _, logits = raw.probs_and_logits(np.stack([raw.to_input(b) for b in images]))
+    return ood_scores(logits, 1.0, kind)
+
+
+def test_the_abstention_rule_travels_with_the_model_and_answers_unk_past_its_threshold(
+    tmp_path: Path,
+) -> None:
+    images = [encoded("JPEG", 20 + i) for i in range(6)]
+    checkpoint = tiny_checkpoint(tmp_path / "probe" / "checkpoints")
+    scores = raw_ood_scores(checkpoint, images, "energy")
+    threshold = float(np.median(scores))
+    report = {
+        "calibration.json": {"temperature": 1.0},
+        "abstention.json": {"score": "energy", "threshold": threshold},
+    }
+    logged = log_run(tmp_path, report)  # same seed: the same weights as the probe
+    out = load(logged).predict(pd.DataFrame({"image": [b64(b) for b in images] + ["x"]}))
+    past = scores > threshold
+    assert 0 < past.sum() < len(images), f"the median splits the images: {scores}"
+    np.testing.assert_allclose(out["ood_score"][:6], scores, rtol=1e-4)
+    assert out["abstained"][:6].tolist() == past.tolist(), out
+    probs = probs_of(out)[:6]
+    best = [CLASSES[j] for j in probs.argmax(1)]
+    assert out["label"][:6].tolist() == [
+        "UNK" if p else b for p, b in zip(past, best, strict=True)
+    ], out
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=ATOL)  # the eight probabilities stay
+    assert out["abstained"][6] is None and out["label"][6] is None, "no answer for a bad row"
+    registered = load_predictor(logged.model_uri, "cpu", tracking_uri=logged.uri)
+    assert registered.abstention is not None, "the rule comes with the registered model"
+    assert registered.abstention.threshold == threshold, registered.abstention
+
+
+def test_a_model_without_abstention_answers_one_of_its_classes(logged: Logged) -> None:
+    out = load(logged).predict(pd.DataFrame({"image": [b64(encoded("PNG", 30))]}))
+    assert "ood_score" not in out.columns and "abstained" not in out.columns, out.columns
+    assert out["label"][0] in CLASSES, out

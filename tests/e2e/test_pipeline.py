@@ -106,6 +106,7 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
         "report/predictions_dev.parquet",
         "report/calibration.json",
         "report/operating_points.json",
+        "report/abstention.json",
     }
     assert expected <= files, f"artifacts missing: {sorted(expected - files)}"
     models = mlflow.search_logged_models(

@@ -111,7 +111,9 @@ def test_served_predict_and_batch_flow_give_the_same_probabilities(
     expected = predictor.predict(images)
     assert answer["error"].isna().all(), answer["error"].tolist()
     np.testing.assert_allclose(probs_of(answer), expected, atol=ATOL)
-    assert answer["label"].tolist() == [CLASSES[j] for j in expected.argmax(1)], answer
+    scored = predictor.score(names, champion.files.__getitem__)  # UNK past the stored threshold
+    assert answer["label"].tolist() == scored["predicted_label"].tolist(), answer
+    np.testing.assert_allclose(answer["ood_score"], scored["ood_score"], rtol=1e-4)
 
     folder = tmp_path / "incoming"
     folder.mkdir()
@@ -122,6 +124,7 @@ def test_served_predict_and_batch_flow_give_the_same_probabilities(
     predict_flow(str(folder), champion.ref, str(out), tracking_uri=champion.tracking_uri)
     batch = pd.read_parquet(out).set_index("key").loc[names]
     np.testing.assert_allclose(probs_of(batch, "prob_"), expected, atol=ATOL)
+    assert batch["predicted_label"].tolist() == scored["predicted_label"].tolist(), batch
 
 
 def test_a_broken_image_costs_only_its_own_row(champion: Champion, served: str) -> None:

@@ -21,8 +21,9 @@ from skin.datastages import ManifestRef, set_latest
 from skin.stages import EvalOutcome
 from skin.sweep import (
     PARENT_RUN,
+    Asked,
     Space,
-    ask,
+    ask_trial,
     beating,
     best_trial,
     default_storage,
@@ -31,7 +32,7 @@ from skin.sweep import (
     importance_png,
     load_space,
     open_study,
-    suggest,
+    reopen_trial,
     trials_table,
     trials_to_run,
     validate_space,
@@ -127,17 +128,17 @@ def _mark(cfg: PipelineConfig, run_id: str, state: str) -> None:
 
 
 @task(name="sweep-trial", cache_policy=NO_CACHE)  # every call is a new trial
-def trial_task(ctx: SweepContext) -> dict[str, Any]:
-    """One trial: wait for a `gpu` slot, ask Optuna for parameters, train (pruned early if it
-    lags), evaluate, score and tell Optuna; the trial beats while it runs."""
+def trial_task(ctx: SweepContext, asked: Asked) -> dict[str, Any]:
+    """One trial: wait for a `gpu` slot, train (pruned early if it lags), evaluate, score and
+    tell Optuna; the trial beats while it waits and runs."""
     from prefect.concurrency.sync import concurrency
 
     space = load_space(ctx.space_path)
     study = open_study(ctx.name, ctx.storage, space)
-    with concurrency(GPU_LIMIT, occupy=1, lease_duration=SLOT_LEASE_S):
-        trial = ask(study)
-        with beating(study, trial._trial_id, space.heartbeat):  # Optuna names no public id
-            return _run_trial(ctx, space, study, trial)
+    trial = reopen_trial(study, asked)
+    slot = concurrency(GPU_LIMIT, occupy=1, lease_duration=SLOT_LEASE_S)
+    with beating(study, asked.trial_id, space.heartbeat), slot:
+        return _run_trial(ctx, space, study, trial, asked.overrides)
 
 
 def _trial_manifest(
@@ -151,11 +152,11 @@ def _trial_manifest(
     return manifest
 
 
-def _run_trial(ctx: SweepContext, space: Space, study: Any, trial: Any) -> dict[str, Any]:
+def _run_trial(
+    ctx: SweepContext, space: Space, study: Any, trial: Any, overrides: dict[str, Any]
+) -> dict[str, Any]:
     import optuna
 
-    overrides = suggest(trial, space)
-    trial.set_user_attr("overrides", overrides)
     stages: dict[str, str] = {}
     out = {"number": trial.number, "params": overrides, "stages": stages}
     try:
@@ -205,9 +206,9 @@ def _run_trial(ctx: SweepContext, space: Space, study: Any, trial: Any) -> dict[
     return out | {"state": "COMPLETE", "run_id": trained.run_id, "value": value}
 
 
-def run_trials(ctx: SweepContext, count: int, jobs: int) -> list[Any]:
-    """Submit `count` trials, at most `jobs` in flight (each still waits for a `gpu` slot);
-    a trial asks Optuna when it starts, so it learns from every trial finished before it."""
+def run_trials(ctx: SweepContext, study: Any, space: Space, count: int, jobs: int) -> list[Any]:
+    """Ask and submit `count` trials, at most `jobs` in flight (each still waits for a `gpu`
+    slot); a trial is asked only when it can start, so it learns from every one finished."""
     pending: list[PrefectFuture[dict[str, Any]]] = []
     done: list[PrefectFuture[dict[str, Any]]] = []
     for _ in range(count):
@@ -215,7 +216,7 @@ def run_trials(ctx: SweepContext, count: int, jobs: int) -> list[Any]:
             first = next(as_completed(pending))
             pending.remove(first)
             done.append(first)
-        pending.append(trial_task.submit(ctx))
+        pending.append(trial_task.submit(ctx, ask_trial(study, space)))
     done += pending
     return [f.result(raise_on_failure=False) for f in done]
 
@@ -315,7 +316,7 @@ def sweep_flow(
     count = trials_to_run(study, trials)
     log.info("sweep %s: %d trial(s) to run (of %d) in %s", name, count, trials, storage)
     try:
-        results = run_trials(ctx, count, jobs)
+        results = run_trials(ctx, study, space, count, jobs)
         best = log_summary(parent, study, space, Path(cfg.work_dir) / "sweeps" / name)
         registration = None
         if register and best and best["model_uri"]:

@@ -326,6 +326,32 @@ def ask(study: optuna.Study) -> optuna.trial.Trial:
         return study.ask()
 
 
+@dataclass(frozen=True)
+class Asked:
+    """A trial the sampler has filled in: what a trial task needs to run and report it."""
+
+    number: int
+    trial_id: int
+    overrides: dict[str, Any]
+
+
+def ask_trial(study: optuna.Study, space: Space) -> Asked:
+    """One sampler, one process: the next trial's parameters, its first heartbeat recorded."""
+    trial = ask(study)
+    trial_id = trial._trial_id  # Optuna names no public id; a trial task reopens it by this
+    study._storage.record_heartbeat(trial_id)
+    overrides = suggest(trial, space)
+    trial.set_user_attr("overrides", overrides)
+    return Asked(trial.number, trial_id, overrides)
+
+
+def reopen_trial(study: optuna.Study, asked: Asked) -> optuna.trial.Trial:
+    """The asked trial, in another thread or process, to report epochs and ask the pruner."""
+    import optuna
+
+    return optuna.trial.Trial(study, asked.trial_id)
+
+
 @contextmanager
 def beating(study: optuna.Study, trial_id: int, interval: float) -> Iterator[None]:
     """Record the trial's heartbeat every `interval` s while the block runs."""

@@ -362,3 +362,11 @@ def sweep_flow(
         "data_seconds": data_seconds,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def sweep_flow_on_dask(address: str | None = None, workers: int = 2) -> Any:
+    """skin-sweep with its trials spread over a Dask cluster (each worker's trials still take
+    `gpu` slots; the study must then live in a shared database: --storage postgresql://...)."""
+    from flows.prepare import dask_runner
+
+    return sweep_flow.with_options(task_runner=dask_runner(address, workers))

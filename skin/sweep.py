@@ -15,6 +15,7 @@ Optuna is imported inside the functions that need it; the core training path nev
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
 KINDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step")}
 STUDY_FILE = "sweeps.db"
+STORAGE_ENV = "SKIN_SWEEP_STORAGE"
 PARENT_RUN = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow run
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -248,7 +250,10 @@ def suggest(trial: optuna.trial.Trial, space: Space) -> dict[str, Any]:
 
 
 def default_storage(work_dir: str | Path) -> str:
-    """The study database when none is given: SQLite in the working folder."""
+    """The study database when none is given: $SKIN_SWEEP_STORAGE (the compose stack sets its
+    PostgreSQL), else SQLite in the working folder."""
+    if url := os.environ.get(STORAGE_ENV):
+        return url
     path = Path(work_dir).resolve() / STUDY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"

@@ -125,7 +125,7 @@ def _assert_completed(run: Any, what: str, logs: Callable[[], str]) -> None:
     )
 
 
-STAGES = {"pipeline", "list", "split", "train", "evaluate", "prepare", "prepare-dask"}
+STAGES = {"pipeline", "list", "split", "train", "evaluate", "prepare", "prepare-dask", "sweep"}
 EVENT_TRIGGER = "skin-pipeline on skin.dataset.updated"
 CHAIN = "skin-train after split"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -119,14 +121,22 @@ def skin_sweep(
         "--config",
         str(config),
     ]
-    return subprocess.run(
+    proc = subprocess.Popen(
         [SKIN, "--json", "sweep", *args],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
+        start_new_session=True,
         env={**env, "PREFECT_HOME": str(tmp_path / home)},
     )
+    try:
+        proc.wait(timeout=600)
+    finally:  # a SIGKILLed `skin` leaves its temporary Prefect API running, holding the pipes
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_a_killed_sweep_resumes_its_study_retrying_the_dead_trial(

@@ -33,7 +33,7 @@ import json, sys
 from flows.sweep import sweep_flow
 space, data, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 r = sweep_flow(space_path=space, trials=int(sys.argv[4]), name="bench", data_uri=data,
-               overrides=overrides, register=False)
+               overrides=overrides, register_best=False)
 decodes = [r["stages"].get("prepare-images")] + [t["stages"].get("prepare-images") for t in r["ran"]]
 print("RESULT " + json.dumps({
     "seconds": r["seconds"], "data_seconds": r["data_seconds"], "stages": r["stages"],

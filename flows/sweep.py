@@ -278,7 +278,7 @@ def sweep_flow(
     storage: str | None = None,
     jobs: int = 1,
     cv_folds: int | None = None,
-    register: bool = True,
+    register_best: bool = True,
 ) -> dict[str, Any]:
     """Search the space file's ranges until the study named `name` holds `trials` trials
     (started again with the same name, a sweep resumes). The best trial goes through the
@@ -319,7 +319,7 @@ def sweep_flow(
         results = run_trials(ctx, study, space, count, jobs)
         best = log_summary(parent, study, space, Path(cfg.work_dir) / "sweeps" / name)
         registration = None
-        if register and best and best["model_uri"]:
+        if register_best and best and best["model_uri"]:
             best_cfg = resolve_config(
                 config_path, {**(overrides or {}), **best["overrides"]}, data_uri
             )

@@ -150,3 +150,17 @@ def test_a_stopped_training_closes_its_run_killed_not_failed() -> None:
     with pytest.raises(TrainingStopped), tracked_run(tracker):
         raise TrainingStopped(2, "r1")
     assert tracker.closed == ["KILLED"]
+
+
+def test_cross_validated_scoring_fails_clearly_until_it_is_connected() -> None:
+    from flows.sweep import make_scorer
+
+    try:
+        import flows.cv as cv
+    except ImportError:
+        cv = None
+    if cv is not None and hasattr(cv, "trial_score"):
+        pytest.skip("flows.cv provides trial_score: --cv is connected")
+    with pytest.raises(ValueError, match="--cv 3"):
+        make_scorer("dev_balanced_accuracy", 3)
+    assert make_scorer("dev_balanced_accuracy", None) is not None

@@ -39,6 +39,7 @@ print("RESULT " + json.dumps({
     "seconds": r["seconds"], "data_seconds": r["data_seconds"], "stages": r["stages"],
     "best": r["best"]["value"] if r["best"] else None,
     "states": [t["state"] for t in r["trials"]], "decodes": decodes,
+    "by_trial": sorted([t["number"], t["state"], t["value"]] for t in r["trials"]),
 }))
 """
 
@@ -95,8 +96,10 @@ def run(ctx: Context) -> dict[str, Any]:
         images=sum(class_counts(per_class=40).values()),
         best_plain=plain["best"],
         best_pruned=pruned["best"],
-        states_plain=plain["states"],
-        states_pruned=pruned["states"],
+        trials_plain=plain["by_trial"],
+        trials_pruned=pruned["by_trial"],
+        trials_note="[number, state, value] per trial; a pruned trial's value is its last"
+        " reported epoch's dev balanced accuracy",
         pruned_trials=pruned["states"].count("PRUNED"),
         process_wall_plain_s=round(plain["wall_s"], 1),
         process_wall_pruned_s=round(pruned["wall_s"], 1),

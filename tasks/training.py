@@ -75,8 +75,9 @@ def train_task(
     local DistributedDataParallel processes (torchrun).
 
     `tags` go on the run (a sweep's parent run and trial); `should_stop` may end the training
-    after an epoch (a pruner): the task then fails with `TrainingStopped`, so nothing is cached
-    (neither is in the key: they do not change what a finished training is)."""
+    after an epoch (a pruner; single-process training only, nproc > 1 trains to the end): the
+    task then fails with `TrainingStopped`, so nothing is cached (neither is in the key: they do
+    not change what a finished training is)."""
     cfg = config
     key = train_key(cfg, manifest)
     manifest_uri, manifest_hash = manifest.uri, manifest.hash

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from skin.runs import RunPaths
 from skin.train import CRASH_AFTER_EPOCH
 from tests.recipes import TINY
 
@@ -158,6 +160,5 @@ def test_a_killed_sweep_resumes_its_study_retrying_the_dead_trial(
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 0)
     assert retry.state.name == "COMPLETE" and retry.params == by_number[0].params
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2, "the total is reached"
-    assert retry.user_attrs["run_id"] == by_number[0].user_attrs.get(
-        "run_id", retry.user_attrs["run_id"]
-    )
+    outcome = RunPaths(str(tmp_path / "work"), retry.user_attrs["run_id"]).outcome
+    assert json.loads(outcome.read_text())["resumed_from"] == 1, "the retry resumed the checkpoint"

@@ -23,6 +23,7 @@ from skin.config import PipelineConfig
 from skin.datastages import ManifestRef, manifest_ref, save_manifest
 from skin.folds import CVOutcome, assign_folds, cv_metrics, fold_manifest, out_of_fold
 from skin.runs import RunPaths
+from skin.stages import EvalOutcome
 from skin.tracking import MLflowRegistry, MLflowTracker, tracked_run
 from tasks.caching import DATA_CODE, IO_RETRIES, keyed_on
 from tasks.training import _tags, decode_images_task, evaluate_task, register_task, train_task
@@ -115,6 +116,20 @@ def cv_score(
     """A config's cross-validated score: the pooled out-of-fold dev balanced accuracy over
     `folds` lesion-grouped folds of `manifest`'s train+dev (what `skin sweep --cv K` ranks by)."""
     return cross_validate(cfg, manifest, folds, stages, parent_run_id=parent_run_id).score
+
+
+def trial_score(
+    cfg: PipelineConfig, manifest: ManifestRef, evaluated: EvalOutcome, *, folds: int, metric: str
+) -> float:
+    """A sweep trial's value by cross-validation (`skin sweep --cv K`): the pooled out-of-fold
+    counterpart of the space's dev metric, the fold runs nested under the trial's own run."""
+    name = metric.removeprefix("dev_")
+    outcome = cross_validate(cfg, manifest, folds, parent_run_id=evaluated.run_id)
+    key = f"cv_oof_{name}"
+    if key not in outcome.metrics:
+        known = sorted(k for k in outcome.metrics if k.startswith("cv_oof_"))
+        raise KeyError(f"--cv scores out of fold; {metric!r} has no {key!r} (one of {known})")
+    return float(outcome.metrics[key])
 
 
 def _folds(

@@ -795,6 +795,83 @@ def drift_cmd(
         raise typer.Exit(3)
 
 
+@app.command("sweep")
+@friendly_errors
+@config_flags(*MODEL_FLAGS)
+def sweep_cmd(
+    data: Annotated[
+        str | None, typer.Option("--data", help="s3://bucket/prefix or a folder.")
+    ] = None,
+    space: Annotated[
+        str,
+        typer.Option("--space", help="Space file: config fields to search (configs/sweep.yaml)."),
+    ] = "configs/sweep.yaml",
+    trials: Annotated[
+        int, typer.Option("--trials", min=1, help="Trials the study should hold.")
+    ] = 20,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Study name (default: the space file's); same name resumes."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage", help="Study database URL (default sqlite:///<work_dir>/sweeps.db)."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", min=1, help="Trials in flight; `gpu` slots bound how many train."),
+    ] = 1,
+    cv: Annotated[
+        int | None, typer.Option("--cv", min=2, help="Score each trial by K-fold cross-validation.")
+    ] = None,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Search hyperparameters with Optuna; each trial trains and evaluates like `skin run`.
+
+    Example: skin sweep --data s3://my-bucket/isic2019 --space configs/sweep.yaml --trials 30
+    """
+    from flows.sweep import sweep_flow
+
+    _validate(config, overrides, data)
+    result = sweep_flow(
+        space_path=space,
+        trials=trials,
+        name=name,
+        data_uri=data,
+        config_path=config,
+        overrides=overrides,
+        storage=storage,
+        jobs=jobs,
+        cv_folds=cv,
+    )
+    _report_sweep(result)
+
+
+def _report_sweep(result: dict[str, Any]) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(result["trials"]).drop(columns=["retry_of"], errors="ignore")
+    emit(
+        result,
+        _frame_table(table.set_index("number"), f"sweep {result['name']}: trials, best first"),
+    )
+    best = result.get("best")
+    if best:
+        info(f"best: trial {best['number']} = {best['value']:.4f} · run {best['run_id']}")
+    reg = result.get("registration")
+    if reg:
+        info(
+            f"registry: {reg['name']} v{reg['version']} → [bold]{reg['alias']}[/]: {reg['reason']}"
+        )
+    info(
+        f"study {result['name']} in {result['storage']} · MLflow sweep run {result['parent_run_id']}"
+    )
+
+
 @app.command("demo")
 @friendly_errors
 def demo_cmd(

@@ -52,6 +52,7 @@ from skin.tracking import NullTracker, Tracker, git_commit
 from skin.train import (
     FitParams,
     FitResult,
+    TrainingStopped,
     amp_dtype,
     fit,
     pick_device,
@@ -130,8 +131,12 @@ def train_stage(
     tracker: Tracker,
     *,
     progress: Progress = silent,
+    should_stop: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> TrainOutcome:
     """Train from a manifest; resumes when the run folder already holds checkpoints.
+
+    `should_stop(epoch, metrics)` is asked after each recorded epoch (a sweep's pruner): True
+    raises `TrainingStopped`, the epoch's checkpoint kept.
 
     Under torchrun every process calls this with the same arguments: each joins the process
     group and trains on its share of every global batch (train.batch_size / world size); rank 0
@@ -160,7 +165,8 @@ def train_stage(
         if feats is not None
         else image_feeds(model, data, cfg.train, cfg.shared.shuffle_window, place, world)
     )
-    on_epoch = _epoch_recorder(tracker, paths, progress("epochs", cfg.train.epochs))
+    bar = progress("epochs", cfg.train.epochs)
+    on_epoch = _epoch_recorder(tracker, paths, bar, should_stop)
     result = _fit(feeds, model, cfg, data, manifest, device, paths.checkpoints, on_epoch)
     tracker.log_metrics({"best_epoch": float(result.best_epoch)})
     outcome = _train_outcome(result, paths, use_features, int((~data.cache.ok).sum()))
@@ -216,14 +222,20 @@ def _fit(
 
 
 def _epoch_recorder(
-    tracker: Tracker, paths: RunPaths, bar: Callable[[int], None]
+    tracker: Tracker,
+    paths: RunPaths,
+    bar: Callable[[int], None],
+    should_stop: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> Callable[[int, dict[str, float]], None]:
-    """After each epoch: its metrics (at step = epoch) and its checkpoint, then the progress bar."""
+    """After each epoch: its metrics (at step = epoch) and its checkpoint, then the progress bar;
+    then `should_stop` may end the training."""
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         tracker.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch)
         tracker.log_artifact(ckpt.epoch_path(paths.checkpoints, epoch), "checkpoints")
         bar(1)
+        if should_stop is not None and should_stop(epoch, metrics):
+            raise TrainingStopped(epoch, tracker.run_id)
 
     return on_epoch
 

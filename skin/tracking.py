@@ -273,15 +273,17 @@ class MLflowTracker:
 
 @contextmanager
 def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
-    """Close the run FINISHED on success, FAILED on any error; the error is re-raised, never
-    masked by a tracking server that is itself gone (that only warns)."""
+    """Close the run FINISHED on success, FAILED on any error (or the error's `run_status`,
+    KILLED for a pruned training); the error is re-raised, never masked by a tracking server
+    that is itself gone (that only warns)."""
     try:
         yield tracker
-    except BaseException:
+    except BaseException as failure:
+        status = getattr(failure, "run_status", "FAILED")  # KILLED: stopped on purpose (pruned)
         try:
-            tracker.close("FAILED")
+            tracker.close(status)
         except Exception as err:
-            log.warning("could not mark run %s FAILED: %s", tracker.run_id, err)
+            log.warning("could not mark run %s %s: %s", tracker.run_id, status, err)
         raise
     tracker.close("FINISHED")
 

@@ -87,6 +87,17 @@ class FitResult:
     resumed_from: int | None = None
 
 
+class TrainingStopped(Exception):  # noqa: N818 (a decision, not an error)
+    """A caller's `should_stop` ended training after `epoch`; its checkpoint is kept, and the
+    MLflow run closes as KILLED (stopped on purpose), not FAILED."""
+
+    run_status = "KILLED"
+
+    def __init__(self, epoch: int, run_id: str) -> None:
+        super().__init__(f"training stopped after epoch {epoch} (run {run_id})")
+        self.epoch, self.run_id = epoch, run_id
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

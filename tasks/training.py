@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -64,11 +65,20 @@ def train_key(config: PipelineConfig, manifest: ManifestRef) -> str:
     cache_policy=keyed_on("manifest.hash", config_sections=MODEL_SECTIONS, code=MODEL_CODE),
 )
 def train_task(
-    manifest: ManifestRef, config: PipelineConfig, run_id: str | None = None
+    manifest: ManifestRef,
+    config: PipelineConfig,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    should_stop: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> TrainOutcome:
     """Train in an MLflow run. A crashed attempt with the same key (or `run_id`) is resumed from
     its last complete checkpoint, in the same MLflow run. train.nproc > 1 trains with that many
-    local DistributedDataParallel processes (torchrun)."""
+    local DistributedDataParallel processes (torchrun).
+
+    `tags` go on the run (a sweep's parent run and trial); `should_stop` may end the training
+    after an epoch (a pruner; single-process training only, nproc > 1 trains to the end): the
+    task then fails with `TrainingStopped`, so nothing is cached (neither is in the key: they do
+    not change what a finished training is)."""
     cfg = config
     key = train_key(cfg, manifest)
     manifest_uri, manifest_hash = manifest.uri, manifest.hash
@@ -84,19 +94,21 @@ def train_task(
             cfg.tracking.experiment,
             run_id=run_id,
             run_name=f"{cfg.model.name}-{manifest_hash[:8]}-{key[:6]}",
-            tags=_tags({"skin.train_key": key}),
+            tags=_tags({"skin.train_key": key, **(tags or {})}),
         )
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps({"run_id": tracker.run_id}))
         tmp.replace(pointer)
         with tracked_run(tracker):
-            tracker.set_tags(_tags())
+            tracker.set_tags(_tags(tags))
             _log_skipped(tracker, cfg, manifest)
             if cfg.train.nproc > 1:  # torchrun workers; rank 0 logs into this same MLflow run
                 outcome = launch(manifest_uri, cfg, tracker.run_id, cfg.train.nproc, tracking=True)
             else:
                 with terminal_bars() as progress:
-                    outcome = train_stage(manifest_uri, cfg, tracker, progress=progress)
+                    outcome = train_stage(
+                        manifest_uri, cfg, tracker, progress=progress, should_stop=should_stop
+                    )
     return outcome
 
 

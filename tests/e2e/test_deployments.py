@@ -135,6 +135,7 @@ STAGES = {
     "prepare-dask",
     "cv",
     "check-drift",
+    "sweep",
 }
 EVENT_TRIGGER = "skin-pipeline on skin.dataset.updated"
 CHAIN = "skin-train after split"

@@ -1,0 +1,364 @@
+"""The sweep flow: data stages once, then Optuna's trials through the same train and evaluate
+tasks as `skin run`, each a child MLflow run of the sweep's run, bounded by the `gpu` slots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+
+from flows.common import call, data_stages, flow_config, resolve_config
+from skin.config import PipelineConfig
+from skin.datastages import ManifestRef, set_latest
+from skin.stages import EvalOutcome
+from skin.sweep import (
+    PARENT_RUN,
+    Asked,
+    Space,
+    ask_trial,
+    beating,
+    best_trial,
+    default_storage,
+    fail_stale,
+    history_png,
+    importance_png,
+    load_space,
+    open_study,
+    reopen_trial,
+    trials_table,
+    trials_to_run,
+    validate_space,
+)
+from skin.tracking import MLflowTracker, resolve_tracking_uri
+from skin.train import TrainingStopped
+from tasks.training import decode_images_task, evaluate_task, register_task, train_task
+
+GPU_LIMIT = "gpu"  # Prefect global concurrency limit: trainings at once (`prefect gcl create`)
+SLOT_LEASE_S = 120  # a dead process's slot comes back after this long
+
+# A trial's value from its evaluation; cross-validation (`--cv`) plugs another one in.
+Scorer = Callable[[PipelineConfig, ManifestRef, EvalOutcome], float]
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial needs, as plain values (trials may run on other machines)."""
+
+    name: str
+    storage: str
+    space_path: str
+    config_path: str | None
+    overrides: dict[str, Any]
+    data_uri: str | None
+    manifest: ManifestRef
+    parent_run_id: str
+    cv_folds: int | None = None
+
+
+def dev_score(
+    _cfg: PipelineConfig, _manifest: ManifestRef, evaluated: EvalOutcome, *, metric: str
+) -> float:
+    """The trial's value: its evaluation's `metric` on the dev split (the best checkpoint's)."""
+    if metric not in evaluated.metrics:
+        raise KeyError(
+            f"the evaluation has no metric {metric!r}; the space file's metric must be one it logs"
+        )
+    return float(evaluated.metrics[metric])
+
+
+def make_scorer(metric: str, cv_folds: int | None) -> Scorer:
+    """Dev-split scoring, or cross-validated scoring with `cv_folds` folds (flows.cv)."""
+    if cv_folds is None:
+        return partial(dev_score, metric=metric)
+    from flows.cv import trial_score
+
+    return partial(trial_score, folds=cv_folds, metric=metric)
+
+
+def ensure_gpu_limit(slots: int = 1) -> None:
+    """Create the `gpu` concurrency limit (1 slot) unless it exists; raise it with
+    `prefect gcl update gpu --limit N` (or create it first with `prefect gcl create gpu --limit N`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # another sweep made it meanwhile
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots)
+                )
+
+
+def pruning_hook(trial: Any, metric: str) -> Callable[[int, dict[str, float]], bool]:
+    """`should_stop` for training: report the epoch's dev metric, stop when the pruner says so."""
+
+    def should_stop(epoch: int, metrics: dict[str, float]) -> bool:
+        trial.report(float(metrics[metric]), epoch)
+        return trial.should_prune()
+
+    return should_stop
+
+
+def _mark(cfg: PipelineConfig, run_id: str, state: str) -> None:
+    """The trial's outcome on its MLflow run: `skin.trial_state` complete, pruned or failed."""
+    from mlflow import MlflowClient
+
+    MlflowClient(resolve_tracking_uri(cfg.tracking.tracking_uri)).set_tag(
+        run_id, "skin.trial_state", state
+    )
+
+
+@task(name="sweep-trial", cache_policy=NO_CACHE)  # every call is a new trial
+def trial_task(ctx: SweepContext, asked: Asked) -> dict[str, Any]:
+    """One trial: wait for a `gpu` slot, train (pruned early if it lags), evaluate, score and
+    tell Optuna; the trial beats while it waits and runs."""
+    from prefect.concurrency.sync import concurrency
+
+    space = load_space(ctx.space_path)
+    study = open_study(ctx.name, ctx.storage, space)
+    trial = reopen_trial(study, asked)
+    slot = concurrency(GPU_LIMIT, occupy=1, lease_duration=SLOT_LEASE_S)
+    with beating(study, asked.trial_id, space.heartbeat), slot:
+        return _run_trial(ctx, space, study, trial, asked.overrides)
+
+
+def _trial_manifest(
+    ctx: SweepContext, cfg: PipelineConfig, overrides: dict[str, Any], stages: dict[str, str]
+) -> ManifestRef:
+    """The sweep's manifest, or, for a trial that changes `split.*`, its own: split stable
+    against the sweep's manifest, then balanced as the trial says (each cached per setting)."""
+    if not any(k.startswith(("split.", "data.")) for k in overrides):
+        return ctx.manifest
+    _, manifest = data_stages(cfg, stages, refresh=False, previous=ctx.manifest.uri)
+    return manifest
+
+
+def _run_trial(
+    ctx: SweepContext, space: Space, study: Any, trial: Any, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    import optuna
+
+    stages: dict[str, str] = {}
+    out = {"number": trial.number, "params": overrides, "stages": stages}
+    try:
+        cfg = resolve_config(ctx.config_path, {**ctx.overrides, **overrides}, ctx.data_uri)
+        tags = {
+            "mlflow.parentRunId": ctx.parent_run_id,
+            "skin.sweep": ctx.name,
+            "skin.trial": str(trial.number),
+            **{f"skin.param.{k}": str(v) for k, v in overrides.items()},
+        }
+        manifest = _trial_manifest(ctx, cfg, overrides, stages)
+        call(decode_images_task, stages, manifest=manifest, config=cfg)  # cached per size
+        try:
+            trained = call(
+                train_task,
+                stages,
+                manifest=manifest,
+                config=cfg,
+                tags=tags,
+                should_stop=pruning_hook(trial, space.metric)
+                if space.pruner.kind != "none"
+                else None,
+            )
+        except TrainingStopped as stop:
+            trial.set_user_attr("run_id", stop.run_id)
+            _mark(cfg, stop.run_id, "pruned")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return out | {"state": "PRUNED", "run_id": stop.run_id, "epoch": stop.epoch}
+        trial.set_user_attr("run_id", trained.run_id)
+        evaluated = call(
+            evaluate_task,
+            stages,
+            manifest=manifest,
+            run_id=trained.run_id,
+            checkpoint=trained.best_checkpoint,
+            config=cfg,
+        )
+        value = make_scorer(space.metric, ctx.cv_folds)(cfg, manifest, evaluated)
+        trial.set_user_attr("model_uri", evaluated.model_uri)
+        trial.set_user_attr("cached", stages.get(train_task.name) == "cached")
+        _mark(cfg, trained.run_id, "complete")
+    except Exception as err:
+        trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    study.tell(trial, value)
+    return out | {"state": "COMPLETE", "run_id": trained.run_id, "value": value}
+
+
+def run_trials(ctx: SweepContext, study: Any, space: Space, count: int, jobs: int) -> list[Any]:
+    """Ask and submit `count` trials, at most `jobs` in flight (each still waits for a `gpu`
+    slot); a trial is asked only when it can start, so it learns from every one finished."""
+    pending: list[PrefectFuture[dict[str, Any]]] = []
+    done: list[PrefectFuture[dict[str, Any]]] = []
+    for _ in range(count):
+        if len(pending) >= max(1, jobs):
+            first = next(as_completed(pending))
+            pending.remove(first)
+            done.append(first)
+        pending.append(trial_task.submit(ctx, ask_trial(study, space)))
+    done += pending
+    return [f.result(raise_on_failure=False) for f in done]
+
+
+def open_parent_run(cfg: PipelineConfig, study: Any, name: str) -> MLflowTracker:
+    """The sweep's MLflow run: the one the study remembers (a resumed sweep), else a new one."""
+    tracking, experiment = cfg.tracking.tracking_uri, cfg.tracking.experiment
+    known = study.user_attrs.get(PARENT_RUN)
+    if known:
+        try:
+            return MLflowTracker(tracking, experiment, run_id=known)
+        except Exception as err:  # deleted, or another tracking server: start a new one
+            get_run_logger().warning("sweep run %s not reopened (%s): a new one", known, err)
+    tags = {"skin.sweep": name, "skin.kind": "sweep", "skin.study": name}
+    tracker = MLflowTracker(tracking, experiment, run_name=f"sweep-{name}", tags=tags)
+    study.set_user_attr(PARENT_RUN, tracker.run_id)
+    return tracker
+
+
+def log_summary(
+    parent: MLflowTracker, study: Any, space: Space, folder: Path
+) -> dict[str, Any] | None:
+    """The parent run's record: the best trial (params, value, run), the trials table, the
+    optimisation history and parameter importances."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = trials_table(study)
+    table.to_csv(folder / "trials.csv", index=False)
+    history_png(study, folder / "optimization_history.png")
+    importances = importance_png(study, folder / "param_importances.png")
+    best = best_trial(study)
+    states = table["state"].value_counts().to_dict() if len(table) else {}
+    parent.log_metrics({f"trials_{s.lower()}": float(n) for s, n in states.items()})
+    parent.log_metrics({f"importance/{k}": v for k, v in importances.items()})
+    parent.log_artifact(folder, "sweep")
+    if best is None:
+        return None
+    parent.log_params({f"best.{k}": str(v) for k, v in best.params.items()})
+    parent.log_metrics({f"best_{space.metric}": float(best.value)}, step=best.number)
+    run_id = best.user_attrs.get("run_id", "")
+    parent.set_tags({"skin.best_trial": str(best.number), "skin.best_run_id": run_id})
+    return {
+        "number": best.number,
+        "value": best.value,
+        "params": best.params,
+        "run_id": run_id,
+        "model_uri": best.user_attrs.get("model_uri"),
+        "overrides": best.user_attrs.get("overrides", best.params),
+    }
+
+
+@flow(name="skin-sweep", log_prints=True)
+def sweep_flow(
+    space_path: str = "configs/sweep.yaml",
+    trials: int = 20,
+    name: str | None = None,
+    data_uri: str | None = None,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    storage: str | None = None,
+    jobs: int = 1,
+    cv_folds: int | None = None,
+    register_best: bool = True,
+) -> dict[str, Any]:
+    """Search the space file's ranges until the study named `name` holds `trials` trials
+    (started again with the same name, a sweep resumes). The best trial goes through the
+    promotion gate at the end."""
+    log = get_run_logger()
+    t0 = time.perf_counter()
+    cfg = flow_config(config_path, overrides, data_uri)
+    space = load_space(space_path)
+    validate_space(space, cfg)
+    make_scorer(space.metric, cv_folds)  # fails now if --cv cannot be honoured
+    name = name or Path(space_path).stem
+    storage = storage or default_storage(cfg.work_dir)
+    study = open_study(name, storage, space)
+    study.set_user_attr("metric", space.metric)
+    ensure_gpu_limit()
+
+    stages: dict[str, str] = {}
+    listing, manifest = data_stages(cfg, stages, refresh=False)
+    call(decode_images_task, stages, manifest=manifest, config=cfg)
+    data_seconds = time.perf_counter() - t0
+
+    parent = open_parent_run(cfg, study, name)
+    ctx = SweepContext(
+        name,
+        storage,
+        str(space_path),
+        config_path,
+        dict(overrides or {}),
+        data_uri,
+        manifest,
+        parent.run_id,
+        cv_folds,
+    )
+    fail_stale(study)
+    count = trials_to_run(study, trials)
+    log.info("sweep %s: %d trial(s) to run (of %d) in %s", name, count, trials, storage)
+    try:
+        results = run_trials(ctx, study, space, count, jobs)
+        best = log_summary(parent, study, space, Path(cfg.work_dir) / "sweeps" / name)
+        registration = None
+        if register_best and best and best["model_uri"]:
+            best_cfg = resolve_config(
+                config_path, {**(overrides or {}), **best["overrides"]}, data_uri
+            )
+            registration = call(
+                register_task,
+                stages,
+                run_id=best["run_id"],
+                model_uri=best["model_uri"],
+                config=best_cfg,
+                manifest=manifest,
+            ).to_dict()
+            parent.set_tags(
+                {
+                    "skin.registered": f"{registration['name']} v{registration['version']} {registration['alias']}"
+                }
+            )
+    except BaseException:
+        parent.close("FAILED")
+        raise
+    parent.close("FINISHED")
+    set_latest(manifest, cfg.state_uri, cfg.data.uri)  # trials with their own split moved it
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors and best is None:
+        raise RuntimeError(
+            f"sweep {name}: no trial completed; the first error: {errors[0]}"
+        ) from errors[0]
+    table = trials_table(study)
+    return {
+        "name": name,
+        "storage": storage,
+        "parent_run_id": parent.run_id,
+        "manifest_hash": manifest.hash,
+        "images": listing.images,
+        "ran": [r for r in results if not isinstance(r, BaseException)],
+        "errors": [f"{type(e).__name__}: {e}" for e in errors],
+        "trials": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
+        "best": best,
+        "registration": registration,
+        "stages": stages,
+        "data_seconds": data_seconds,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def sweep_flow_on_dask(address: str | None = None, workers: int = 2) -> Any:
+    """skin-sweep with its trials spread over a Dask cluster (each worker's trials still take
+    `gpu` slots; the study must then live in a shared database: --storage postgresql://...)."""
+    from flows.prepare import dask_runner
+
+    return sweep_flow.with_options(task_runner=dask_runner(address, workers))

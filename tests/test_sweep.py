@@ -1,0 +1,175 @@
+"""The sweep's space file, its trials as config overrides, and the study's resume bookkeeping."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from skin.config import load_config
+from skin.sweep import (
+    SpaceError,
+    ask,
+    beating,
+    load_space,
+    open_study,
+    parse_space,
+    suggest,
+    trial_config,
+    trials_table,
+    trials_to_run,
+    validate_space,
+)
+from skin.tracking import NullTracker, tracked_run
+from skin.train import TrainingStopped
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_space_file_is_valid_against_the_demo_config() -> None:
+    space = load_space(REPO / "configs" / "sweep.yaml")
+    validate_space(space, load_config(REPO / "configs" / "demo.yaml"))
+    assert "train.lr" in space.fields
+    assert space.pruner.kind == "median"
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"train.lr": {"type": "float", "low": 0.1}}, "train.lr"),
+        ({"train.lr": {"type": "float", "low": 0.1, "high": 0.01}}, "train.lr"),
+        ({"train.lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}, "train.lr"),
+        ({"model.freeze": {"type": "categorical", "choices": []}}, "model.freeze"),
+        ({"model.freeze": {"type": "choice", "choices": ["head"]}}, "model.freeze"),
+        ({"model.freeze": "head"}, "model.freeze"),
+        (
+            {"train.lr": {"type": "float", "low": 0.1, "high": 1, "step": 0.1, "log": True}},
+            "train.lr",
+        ),
+        ({"pruner": "hyperband", "train.lr": {"type": "float", "low": 0.1, "high": 1}}, "pruner"),
+        ({"sampler": "cma", "train.lr": {"type": "float", "low": 0.1, "high": 1}}, "sampler"),
+        ({"epochs": 3}, "epochs"),
+        (
+            {"metric": "test_accuracy", "train.lr": {"type": "float", "low": 0.1, "high": 1}},
+            "test_accuracy",
+        ),
+    ],
+)
+def test_a_bad_spec_is_refused_naming_the_entry(raw: dict, named: str) -> None:
+    with pytest.raises(SpaceError, match=named.replace(".", r"\.")):
+        parse_space(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"train.learning_rate": {"type": "float", "low": 0.1, "high": 1}}, "train.learning_rate"),
+        ({"train.augment": {"type": "categorical", "choices": [True]}}, "train.augment"),
+        ({"model.freeze": {"type": "categorical", "choices": ["head", "middle"]}}, "model.freeze"),
+        ({"model.drop_rate": {"type": "float", "low": 0.0, "high": 1.5}}, "model.drop_rate"),
+        ({"model.name": {"type": "categorical", "choices": ["no_such_net"]}}, "model.name"),
+    ],
+)
+def test_a_field_or_value_the_config_refuses_fails_validation_naming_it(
+    raw: dict, named: str
+) -> None:
+    space = parse_space(raw)
+    with pytest.raises(SpaceError, match=named.replace(".", r"\.")):
+        validate_space(space, load_config())
+
+
+def test_a_trial_becomes_dotted_overrides_that_make_a_valid_config() -> None:
+    space = parse_space(
+        {
+            "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "train.image_size": {"type": "int", "low": 32, "high": 64, "step": 32},
+            "model.freeze": {"type": "categorical", "choices": ["head", "last:1"]},
+            "train.augment.enabled": {"type": "categorical", "choices": [True]},
+        }
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    overrides = suggest(study.ask(), space)
+    assert set(overrides) == set(space.fields)
+    assert 1e-4 <= overrides["train.lr"] <= 1e-2
+    assert overrides["train.image_size"] in (32, 64)
+    cfg = trial_config(load_config(None, {"train.epochs": 2}), overrides)
+    assert cfg.train.augment.enabled is True
+    assert cfg.train.epochs == 2, "the base config's own settings stay"
+    assert cfg.model.freeze == overrides["model.freeze"]
+
+
+def test_trials_to_run_counts_finished_trials_toward_the_total(tmp_path: Path) -> None:
+    space = parse_space({"train.lr": {"type": "float", "low": 0.1, "high": 1}})
+    study = open_study("s", f"sqlite:///{tmp_path / 'db.sqlite'}", space)
+    assert trials_to_run(study, 4) == 4
+    for state in ("complete", "pruned", "fail"):
+        trial = ask(study)
+        suggest(trial, space)
+        if state == "complete":
+            study.tell(trial, 0.5)
+        else:
+            study.tell(trial, state=getattr(optuna.trial.TrialState, state.upper()))
+    assert trials_to_run(study, 4) == 1
+    assert trials_to_run(study, 2) == 0
+    again = open_study("s", f"sqlite:///{tmp_path / 'db.sqlite'}", space)
+    assert len(again.trials) == 3, "the same name loads the same study"
+    table = trials_table(again)
+    assert list(table["state"]) == ["COMPLETE", "PRUNED", "FAIL"], "scored trials first"
+
+
+def test_a_trial_whose_process_died_is_failed_and_its_parameters_retried(tmp_path: Path) -> None:
+    space = parse_space({"heartbeat": 1, "train.lr": {"type": "float", "low": 0.1, "high": 1}})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = open_study("s", url, space)
+    dead = ask(study)
+    lr = suggest(dead, space)["train.lr"]
+    with beating(study, dead._trial_id, 1):
+        pass  # one beat, then silence: the process is gone
+    time.sleep(3)  # past the grace period (2 heartbeats)
+    resumed = open_study("s", url, space)
+    assert trials_to_run(resumed, 2) == 1, "the dead trial is not counted as running"
+    retry = ask(resumed)
+    states = {t.number: t.state.name for t in resumed.get_trials()}
+    assert states[dead.number] == "FAIL"
+    assert suggest(retry, space)["train.lr"] == lr, "the retry takes the dead trial's parameters"
+    assert trials_to_run(resumed, 2) == 1, "a stale trial and its retry count as one"
+
+
+class _Recorder(NullTracker):
+    closed: list[str]
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.closed.append(status)
+
+
+def test_a_stopped_training_closes_its_run_killed_not_failed() -> None:
+    tracker = _Recorder("r1")
+    tracker.closed = []
+    with pytest.raises(TrainingStopped), tracked_run(tracker):
+        raise TrainingStopped(2, "r1")
+    assert tracker.closed == ["KILLED"]
+
+
+def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric(monkeypatch) -> None:
+    import flows.cv as cv
+    from flows.sweep import make_scorer
+    from skin.folds import CVOutcome
+    from skin.stages import EvalOutcome
+
+    seen = {}
+
+    def fake_cv(cfg, manifest, folds, *, parent_run_id=None):
+        seen.update(folds=folds, parent=parent_run_id)
+        metrics = {"cv_oof_balanced_accuracy": 0.61, "cv_balanced_accuracy_mean": 0.7}
+        return CVOutcome(parent_run_id or "p", [], metrics, "", "", "", "")
+
+    monkeypatch.setattr(cv, "cross_validate", fake_cv)
+    evaluated = EvalOutcome("trial-run", {"dev_balanced_accuracy": 0.9}, "", "")
+    score = make_scorer("dev_balanced_accuracy", 3)
+    assert score(None, None, evaluated) == 0.61, "the out-of-fold number, not the dev split's"
+    assert seen == {"folds": 3, "parent": "trial-run"}, "fold runs nest under the trial's run"
+    with pytest.raises(KeyError, match="cv_oof_loss"):
+        make_scorer("dev_loss", 3)(None, None, evaluated)
+    assert make_scorer("dev_balanced_accuracy", None)(None, None, evaluated) == 0.9

@@ -152,7 +152,7 @@ def cv_metrics(table: pd.DataFrame, oof: pd.DataFrame, classes: Sequence[str]) -
         out[f"cv_{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
     probs = oof[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
-    probs /= probs.sum(axis=1, keepdims=True)  # stored as float32: sum to 1 within 1e-7 only
+    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 on disk: sums off by ~1e-7
     pooled = split_metrics(y, probs, classes).scalars
     out |= {f"cv_oof_{name}": float(pooled[name]) for name in FOLD_METRICS}
     return {k: v for k, v in out.items() if np.isfinite(v)} | {

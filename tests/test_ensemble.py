@@ -170,3 +170,115 @@ def test_cli_cv_and_ensemble_pass_their_options_to_the_flows(monkeypatch, tmp_pa
     assert code == 0 and seen["ensemble"]["runs"] == ["a", "b"], text
     code, text = invoke("ensemble")
     assert code != 0 and "--runs or --cv-run" in text, text
+
+
+def test_an_ensemble_predicts_a_folder_through_the_batch_flow(members, tmp_path: Path) -> None:
+    """flows/predict.py's task reads `predictor.abstention`: an ensemble must have one (None
+    without abstention.json) and its table has no UNK columns then."""
+    from flows.predict import predict_task
+
+    _, folder = members
+    for i, b in enumerate(images()):
+        (tmp_path / f"img{i}.png").write_bytes(b)
+    out = tmp_path / "out" / "pred.parquet"
+    result = predict_task.fn(str(tmp_path), str(folder), str(out), False, None)
+    assert result["images"] == 3 and result["errors"] == 0, result
+    assert result["abstains"] is False and result["abstained"] == 0, result
+    assert "ood_score" not in pd.read_parquet(out).columns
+
+
+def test_ensemble_evaluation_sets_an_msp_unk_threshold_on_dev_for_the_coverage() -> None:
+    """The ensemble's rule: 1 - max of its averaged probabilities, threshold on dev known images
+    for the coverage, read on test with the single run's metric names; scores per image."""
+    from skin.abstain import read_abstention
+    from skin.ensemble import evaluate_ensemble, summary_markdown
+    from skin.labels import CLASSES
+
+    rng = np.random.default_rng(1)
+
+    def split(n: int) -> tuple[pd.DataFrame, np.ndarray]:
+        p = rng.dirichlet(np.full(len(CLASSES), 0.4), n)
+        truth = np.where(rng.random(n) < 0.7, p.argmax(1), rng.integers(0, len(CLASSES), n))
+        rows = pd.DataFrame(
+            {"key": [f"k{i}" for i in range(n)], "source": "s", "label": np.take(CLASSES, truth),
+             "lesion_id": [f"l{i}" for i in range(n)]}
+        )  # fmt: skip
+        return rows, p
+
+    scores = evaluate_ensemble(
+        {"dev": split(300), "test": split(200)}, CLASSES, n_resamples=5, seed=0,
+        malignant=("MEL",), coverage=0.9,
+    )  # fmt: skip
+    m = scores.metrics
+    assert 0.9 <= m["dev_abstain_coverage"] < 0.9 + 2 / 300, m["dev_abstain_coverage"]
+    rule = read_abstention(scores.abstention, "ensemble")
+    assert rule.kind == "msp" and rule.threshold == m["dev_abstain_threshold"]
+    assert scores.abstention["dev_coverage"] == pytest.approx(m["dev_abstain_coverage"])
+    test = scores.predictions["test"]
+    probs = test[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(test["ood_score"], 1 - probs.max(1))
+    assert (test["abstained"] == (test["ood_score"] > rule.threshold)).all()
+    assert m["test_abstain_rate"] == pytest.approx(test["abstained"].mean())
+    assert m["test_abstain_rate"] > 0
+    correct = probs.argmax(1) == test["label"].map(CLASSES.index).to_numpy()
+    assert m["test_known_accuracy"] == pytest.approx(correct.mean())
+    assert m["test_accepted_accuracy"] == pytest.approx(correct[~test["abstained"]].mean())
+    assert "UNK above" in summary_markdown(m, ["a", "b"], "dev")
+
+
+def with_rule(folder: Path, dst: Path, kind: str, threshold: float) -> Path:
+    """A copy of the ensemble folder with an abstention.json beside its members.json."""
+    import shutil
+
+    from skin.abstain import Abstention, abstention_json
+
+    shutil.copytree(folder, dst)
+    doc = abstention_json(Abstention(kind, threshold), 0.9, None, np.zeros(3))
+    (dst / "abstention.json").write_text(json.dumps(doc))
+    return dst
+
+
+def test_an_ensemble_with_a_stored_rule_answers_unk_in_predict_batch_and_serving(
+    members, tmp_path: Path
+) -> None:
+    """abstention.json beside members.json (as `ensemble_stage` writes it, and as the logged
+    model carries it): `score`, the batch flow and the served frame answer UNK past it."""
+    from flows.predict import predict_task
+    from skin.serving import ensemble_artifacts_of, load_served, predict_frame
+
+    _, folder = members
+    data = images()
+    msp = 1 - load_predictor(str(folder), "cpu").predict(data).max(1)
+    threshold = float(np.sort(msp)[1:].mean())  # the least confident image is past it
+    ens = load_predictor(str(with_rule(folder, tmp_path / "ens", "msp", threshold)), "cpu")
+    assert ens.abstention is not None and ens.abstention.threshold == threshold
+    frame = ens.score(["a", "b", "c"], dict(zip("abc", data, strict=True)).__getitem__)
+    np.testing.assert_allclose(frame["ood_score"], msp, atol=1e-6)
+    unk = msp > threshold
+    assert unk.sum() == 1 and (frame["predicted_label"] == "UNK").tolist() == unk.tolist()
+    assert frame["abstained"].tolist() == unk.tolist()
+    assert frame.filter(like="prob_").notna().all().all(), "probabilities kept"
+
+    for i, b in enumerate(data):
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        (tmp_path / "imgs" / f"img{i}.png").write_bytes(b)
+    out = tmp_path / "pred.parquet"
+    result = predict_task.fn(str(tmp_path / "imgs"), str(tmp_path / "ens"), str(out), False, None)
+    assert result["abstains"] is True and result["abstained"] == 1, result
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "abstention.json").write_text((tmp_path / "ens" / "abstention.json").read_text())
+    artifacts = ensemble_artifacts_of(tmp_path / "ens" / "members.json", report)
+    assert artifacts["abstention"] == str(report / "abstention.json")
+    served = predict_frame(load_served({"members": artifacts["members"]}, "cpu"), pd.DataFrame(
+        {"image": [base64.b64encode(b).decode() for b in data]}
+    ))  # fmt: skip
+    assert (served["label"] == "UNK").tolist() == unk.tolist()
+    np.testing.assert_allclose(served["ood_score"], msp, atol=1e-6)
+
+
+def test_an_ensemble_refuses_an_energy_rule(members, tmp_path: Path) -> None:
+    _, folder = members
+    with pytest.raises(EnsembleError, match="msp"):
+        load_predictor(str(with_rule(folder, tmp_path / "ens", "energy", -1.0)), "cpu")

@@ -92,23 +92,30 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     and by MLflow's pyfunc with the single model's columns: same probabilities as the members."""
     import mlflow.pyfunc
 
+    from skin.abstain import Abstention, abstention_json
     from skin.registry import GATE_METRIC, register_and_gate
     from skin.tracking import MLflowTracker, tracked_run
 
     paths, folder = members
+    data = images()
+    want = expected(paths, data)
+    report = tmp_path / "report"  # the ensemble's UNK rule travels with the logged model
+    report.mkdir()
+    threshold = float(np.sort(1 - want.max(1))[1:].mean())
+    doc = abstention_json(Abstention("msp", threshold), 0.9, None, np.zeros(3))
+    (report / "abstention.json").write_text(json.dumps(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MLflowTracker(uri, "ensemble-unit")
     with tracked_run(tracker):
         tracker.log_metrics({GATE_METRIC: 0.5})
-        model_uri = tracker.log_ensemble(folder / "members.json", None)
+        model_uri = tracker.log_ensemble(folder / "members.json", report)
     name = f"skin-ens-{uuid.uuid4().hex[:6]}"
     reg = register_and_gate(uri, name, model_uri, tracker.run_id)
     assert reg.alias == "champion"
-    data = images()
-    want = expected(paths, data)
     for ref in (f"models:/{name}@champion", f"runs:/{tracker.run_id}/model", tracker.run_id):
         served = load_predictor(ref, "cpu", tracking_uri=uri)
         np.testing.assert_allclose(served.predict(data), want, atol=1e-5, err_msg=ref)
+        assert served.abstention == Abstention("msp", threshold), ref
 
     files = []
     for i, b in enumerate(data):
@@ -128,8 +135,10 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     frame = pd.DataFrame({"image": [base64.b64encode(b).decode() for b in data]})
     answer = model.predict(frame)
     classes = load_predictor(str(paths[0]), "cpu").classes
-    assert list(answer.columns) == [f"p_{c}" for c in classes] + ["label", "confidence", "error"]
+    extra = ["label", "confidence", "ood_score", "abstained", "error"]
+    assert list(answer.columns) == [f"p_{c}" for c in classes] + extra
     np.testing.assert_allclose(answer.filter(like="p_").to_numpy(), want, atol=1e-5)
+    assert (answer["label"] == "UNK").tolist() == (1 - want.max(1) > threshold).tolist()
     listed = json.loads((folder / "members.json").read_text())["members"]
     assert [m["temperature"] for m in listed] == list(TEMPERATURES)
 
@@ -282,3 +291,36 @@ def test_an_ensemble_refuses_an_energy_rule(members, tmp_path: Path) -> None:
     _, folder = members
     with pytest.raises(EnsembleError, match="msp"):
         load_predictor(str(with_rule(folder, tmp_path / "ens", "energy", -1.0)), "cpu")
+
+
+def test_the_ensemble_stage_abstains_as_a_run_and_predicts_its_own_scores(
+    members, sample_data: Path, tmp_path: Path
+) -> None:
+    """`ensemble_stage`: the single run's abstention metrics, abstention.json in the report and
+    beside members.json, per-image scores; loading the folder back gives the same scores."""
+    from skin.ensemble import ensemble_stage
+    from skin.tracking import NullTracker
+    from tests.helpers import make_manifest
+
+    paths, _ = members
+    uri, cfg = make_manifest(tmp_path, sample_data, **{"evaluate.bootstrap": 5,
+                             "predict.abstain_coverage": 0.8})  # fmt: skip
+    tracker = NullTracker("ens1")
+    outcome = ensemble_stage([str(p) for p in paths], uri, cfg, tracker)
+    m = outcome.metrics
+    for name in ("dev_abstain_threshold", "dev_abstain_coverage", "test_abstain_rate",
+                 "test_accepted_accuracy", "test_known_accuracy"):  # fmt: skip
+        assert tracker.metrics[name] == m[name], name
+    dev = pd.read_parquet(Path(outcome.report_dir) / "predictions_dev.parquet")
+    assert 0.8 <= m["dev_abstain_coverage"] < 0.8 + 2 / len(dev), m["dev_abstain_coverage"]
+    report = json.loads((Path(outcome.report_dir) / "abstention.json").read_text())
+    assert report["score"] == "msp" and report["threshold"] == m["dev_abstain_threshold"]
+    folder = Path(cfg.work_dir) / "runs" / "ens1" / "ensemble"
+    assert json.loads((folder / "abstention.json").read_text()) == report
+    test = pd.read_parquet(Path(outcome.report_dir) / "predictions_test.parquet")
+    ens = load_predictor(str(folder), "cpu")
+    keys = test["key"].tolist()
+    served = ens.score(keys, lambda k: (Path(test["source"].iloc[0]) / k).read_bytes())
+    np.testing.assert_allclose(served["ood_score"], test["ood_score"], atol=1e-5)
+    assert (served["predicted_label"] == "UNK").tolist() == test["abstained"].tolist()
+    assert "UNK above" in (Path(outcome.report_dir) / "summary.md").read_text()

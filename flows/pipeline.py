@@ -13,7 +13,7 @@ from skin import manifest as mf
 from skin.config import PipelineConfig
 from skin.datastages import ListingRef, ManifestRef, read_listing, read_skipped
 from skin.drift import new_fraction
-from skin.report import bias_variance_line, metrics_table_text
+from skin.report import abstention_line, bias_variance_line, metrics_table_text
 from skin.tracking import MLflowRegistry
 from tasks.events import RETRAIN_SKIPPED, dataset_resource, emit
 from tasks.training import evaluate_task, register_task
@@ -29,6 +29,7 @@ def artifact_markdown(result: dict[str, Any]) -> str:
         else result["run_id"]
     )
     stages = ", ".join(f"{k}: {v}" for k, v in result["stages"].items())
+    unk = abstention_line(metrics)
     return "\n".join(
         [
             f"# skin run {link}",
@@ -37,7 +38,8 @@ def artifact_markdown(result: dict[str, Any]) -> str:
             "",
             table,
             "",
-            _registration_line(result.get("registration")),
+            *([f"Unknown lesions: {unk}", ""] if unk else []),
+            _registration_line(result.get("registration"), result.get("holdout")),
             "",
             bias_variance_line(metrics, result["diagnosis"]),
         ]
@@ -74,7 +76,12 @@ def publish_input_report(listing: ListingRef, bad: list[dict[str, str]]) -> None
     )
 
 
-def _registration_line(reg: dict[str, Any] | None) -> str:
+def _registration_line(reg: dict[str, Any] | None, holdout: dict[str, Any] | None = None) -> str:
+    if not reg and holdout:  # evaluate_stage never logs a model trained without a class
+        return (
+            f"Model not registered: a held-out-class run ({holdout['classes']} classes) is never"
+            f" registered ({holdout['class']} was held out as the unknown class)."
+        )
     if not reg:
         return "Model not registered (tracking.log_model is off)."
     before = f"{reg['champion_score']:.4f}" if reg["champion_score"] is not None else "none"
@@ -219,6 +226,9 @@ def pipeline_flow(
         "retrained": True,
         "reason": reason,
     }
+    if cfg.data.holdout_class is not None:
+        held = {"class": cfg.data.holdout_class, "classes": len(cfg.data.known_classes)}
+        result["holdout"] = held
     if drift is not None:
         result["drift"] = drift
     create_markdown_artifact(

@@ -35,6 +35,7 @@ FORMULAS = {
     "energy": "-T * logsumexp(logits / T)",
     "msp": "1 - max softmax(logits / T)",
 }
+ENSEMBLE_FORMULA = "1 - max of the mean of the members' softmax(logits_i / T_i)"
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,14 @@ def ood_scores(logits: np.ndarray, temperature: float, kind: str) -> np.ndarray:
     if kind == "energy":
         return -temperature * logsumexp(z, axis=1)
     if kind == "msp":
-        return 1.0 - softmax(z, axis=1).max(axis=1)
+        return msp_of_probs(softmax(z, axis=1))
     raise ValueError(f"OOD score {kind!r} is not one of {SCORE_KINDS}")
+
+
+def msp_of_probs(probs: np.ndarray) -> np.ndarray:
+    """The MSP score of probabilities already calibrated, 1 - max p: an ensemble has no logits,
+    only its members' calibrated probabilities averaged, so its score is always this."""
+    return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
 
 
 def coverage_threshold(known_scores: np.ndarray, coverage: float) -> float:
@@ -142,7 +149,11 @@ def abstention_metrics(
 
 
 def abstention_json(
-    rule: Abstention, coverage: float, temperature: float, dev_scores: np.ndarray, **extra: Any
+    rule: Abstention,
+    coverage: float,
+    temperature: float | None,
+    dev_scores: np.ndarray,
+    **extra: Any,
 ) -> dict[str, Any]:
     """What `report/abstention.json` records (and prediction reads: `score`, `threshold`)."""
     return {

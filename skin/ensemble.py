@@ -13,14 +13,16 @@ import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from skin import manifest as mf
+from skin.abstain import ENSEMBLE_FORMULA, Abstention, abstention_json, msp_of_probs
 from skin.bootstrap import confidence_intervals, flat_intervals
 from skin.compare import probabilities
 from skin.config import PipelineConfig, config_to_yaml
@@ -28,6 +30,7 @@ from skin.evaluate import flat_metrics, split_metrics
 from skin.images import ImageDecodeError
 from skin.operating import operating_points, questions
 from skin.predict import (
+    ABSTENTION_FILE,
     CALIBRATION_FILE,
     MEMBERS_FILE,
     ModelSource,
@@ -36,17 +39,20 @@ from skin.predict import (
     calibrated_temperature,
     load_predictor,
     predictions_frame,
+    stored_abstention,
     top_k,
+    with_abstention,
 )
-from skin.report import metrics_table_text, operating_points_json
+from skin.report import abstention_line, metrics_table_text, operating_points_json
 from skin.report import predictions_frame as split_predictions
 from skin.runs import RunPaths
-from skin.stages import EvalOutcome
+from skin.stages import EvalOutcome, abstention_measures, with_ood_scores
 from skin.storage import StorageError, open_store
 from skin.tracking import Tracker
 from skin.train import pick_device
 
 MEMBER_CHECKPOINT = "checkpoint.pt"
+FOLDER = "ensemble"  # runs/<id>/ensemble: members.json, member_<i>/, abstention.json
 
 
 class EnsembleError(ValueError):
@@ -111,14 +117,21 @@ def load_ensemble(
         if sha256_file(path) != entry["sha256"]:
             raise EnsembleError(f"{members_file}: member {i} ({path.name}) changed since logged")
         predictors.append(load_predictor(str(path), device, tta=tta, batch_size=batch_size))
-    return EnsemblePredictor(predictors, source)
+    return EnsemblePredictor(predictors, source, stored_abstention(members_file))
 
 
 class EnsemblePredictor(Predictor):
     """Members averaged: `Predictor`'s interface (predict, predict_arrays, score, top_k, classes),
     each member with its own preprocessing and temperature."""
 
-    def __init__(self, members: Sequence[Predictor], source: ModelSource) -> None:
+    def __init__(
+        self,
+        members: Sequence[Predictor],
+        source: ModelSource,
+        abstention: Abstention | None = None,
+    ) -> None:
+        # No Predictor.__init__: an ensemble has no single network or temperature. Its
+        # abstention rule scores the averaged probabilities, so it can only be msp.
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
         classes = members[0].classes
@@ -132,6 +145,7 @@ class EnsemblePredictor(Predictor):
         self.device = members[0].device
         self.batch_size = members[0].batch_size
         self.tta = members[0].tta
+        self.abstention = ensemble_rule(abstention, str(source.resolved))
 
     @property
     def model(self) -> torch.nn.Module:  # type: ignore[override]
@@ -189,7 +203,27 @@ class EnsemblePredictor(Predictor):
             for row in zip(*(f["error"] for f in frames), strict=True)
         ]
         probs[[e is not None for e in errors]] = np.nan
-        return predictions_frame(keys, probs, errors, self.classes, self.source.resolved)
+        frame = predictions_frame(keys, probs, errors, self.classes, self.source.resolved)
+        if self.abstention is None:
+            return frame
+        return with_abstention(frame, msp_of_probs(probs), self.abstention)
+
+    def ood_scores(self, logits: np.ndarray) -> np.ndarray:
+        """No logits to score: an ensemble's score is `msp_of_probs` of its averaged output."""
+        raise PredictError(
+            f"{self.source.resolved} is an ensemble: its OOD score is 1 - max of the averaged"
+            " probabilities (skin.abstain.msp_of_probs), not a function of logits"
+        )
+
+
+def ensemble_rule(rule: Abstention | None, where: str) -> Abstention | None:
+    """An ensemble's abstention rule, refused unless msp (energy needs logits it does not have)."""
+    if rule is not None and rule.kind != "msp":
+        raise EnsembleError(
+            f"{where}: an ensemble abstains on msp (1 - max averaged probability) only, not"
+            f" {rule.kind!r}: energy needs logits, which averaged members do not have"
+        )
+    return rule
 
 
 def _fetch(fetch: Callable[[str], bytes], key: str) -> bytes | Exception:
@@ -224,6 +258,7 @@ class EnsembleScores:
     metrics: dict[str, float]
     predictions: dict[str, pd.DataFrame]
     operating: dict[str, object]
+    abstention: dict[str, Any] = field(default_factory=dict)  # abstention.json
 
 
 def score_split(predictor: EnsemblePredictor, rows: pd.DataFrame) -> np.ndarray:
@@ -242,9 +277,11 @@ def evaluate_ensemble(
     n_resamples: int,
     seed: int,
     malignant: Sequence[str],
+    coverage: float | None = None,
 ) -> EnsembleScores:
     """Metrics with lesion-resampled intervals per split (rows, probabilities), and the
-    operating points chosen on dev, read on test, as a single run's evaluation gives them."""
+    operating points chosen on dev, read on test, as a single run's evaluation gives them; with
+    `coverage`, the UNK rule (msp of the averaged probabilities) chosen on dev's images too."""
     metrics: dict[str, float] = {}
     predictions, labelled = {}, {}
     for split, (rows, p) in probs.items():
@@ -267,7 +304,16 @@ def evaluate_ensemble(
             n: [classes[c] for c in cols] for n, cols in questions(classes, malignant).items()
         }
         operating = operating_points_json(points, positives)
-    return EnsembleScores(metrics, predictions, operating)
+    abstention: dict[str, Any] = {}
+    if coverage is not None and "dev" in labelled:
+        known = {s: (y, p, msp_of_probs(p)) for s, (y, p, _) in labelled.items()}
+        rule, found = abstention_measures(known, {}, "msp", coverage)
+        metrics |= found
+        abstention = abstention_json(
+            rule, coverage, None, known["dev"][2], formula=ENSEMBLE_FORMULA, measured=found
+        )
+        predictions = {s: with_ood_scores(f, known[s][2], rule) for s, f in predictions.items()}
+    return EnsembleScores(metrics, predictions, operating, abstention)
 
 
 def summary_markdown(metrics: Mapping[str, float], members: Sequence[str], dev_note: str) -> str:
@@ -284,6 +330,9 @@ def summary_markdown(metrics: Mapping[str, float], members: Sequence[str], dev_n
         metrics_table_text(metrics).to_markdown(),
         "",
     ]
+    unk = abstention_line(metrics)
+    if unk is not None:
+        lines += [f"Unknown lesions (msp of the averaged probabilities): {unk}", ""]
     return "\n".join(lines)
 
 
@@ -311,7 +360,7 @@ def ensemble_stage(
     paths = RunPaths(cfg.work_dir, tracker.run_id)
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     members = [member_of(r, paths.root / "download" / str(i), uri) for i, r in enumerate(refs)]
-    members_file = write_members(members, paths.root / "ensemble")
+    members_file = write_members(members, paths.root / FOLDER)
     source = ModelSource(
         f"runs:/{tracker.run_id}/model", str(members_file), str(members_file), tracker.run_id
     )
@@ -337,8 +386,11 @@ def ensemble_stage(
         n_resamples=e.bootstrap,
         seed=cfg.split.seed,
         malignant=e.malignant,
+        coverage=cfg.predict.abstain_coverage,
     )
     note = OOF_DEV if oof is not None else SAME_DEV
+    if scores.abstention:
+        scores.abstention["chosen_on"] = f"dev known images: {note}"
     _write_report(paths, cfg, manifest, scores, [m.origin for m in members], note)
     tracker.log_metrics({k: v for k, v in scores.metrics.items() if np.isfinite(v)})
     tracker.log_artifact(paths.report, "report")
@@ -377,3 +429,7 @@ def _write_report(
     if scores.operating:
         (paths.report / "operating_points.json").write_text(json.dumps(scores.operating, indent=2))
     (paths.report / "summary.md").write_text(summary_markdown(scores.metrics, members, note))
+    if scores.abstention:  # in the report and beside members.json, where prediction reads it
+        text = json.dumps(scores.abstention, indent=2)
+        (paths.report / ABSTENTION_FILE).write_text(text)
+        (paths.root / FOLDER / ABSTENTION_FILE).write_text(text)

@@ -1,14 +1,17 @@
 """A model card per registered version, written from the run's own files: what a clinician reads.
 
 It states what the model is for, what it learned from, how, how well (with intervals, operating
-points and slices where measured) and where it has never been tested, from the run folder alone
-(`config.yaml`, `split_counts.csv`, `report/summary.md`, `report/slices_test.csv`), so nothing on
-the card is claimed that the run did not measure.
+points and slices where measured), what it answers for unknown lesions and where it has never
+been tested, from the run folder alone (`config.yaml`, `split_counts.csv`, `report/summary.md`,
+`report/slices_test.csv`, `report/abstention.json`), so nothing on the card is claimed that the
+run did not measure.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -41,12 +44,41 @@ def model_card(run: RunPaths, version: str, *, name: str) -> str:
         "## Results",
         "",
         _results(summary),
+        "## Unknown lesions",
+        "",
+        f"- {unknown_line(_read_json(run.report / 'abstention.json'))}",
+        "",
         "## Known limitations",
         "",
         *[f"- {item}" for item in limitations(cfg, counts, slices)],
         "",
     ]
     return "\n".join(lines)
+
+
+def unknown_line(doc: dict[str, Any] | None) -> str:
+    """What the model answers for a lesion unlike its classes, from report/abstention.json."""
+    if not doc:
+        return "No abstention rule stored: every image gets one of the classes, even unknown ones."
+    m = doc.get("measured", {})
+    line = (
+        f"Answers UNK when its {doc['score']} score ({doc['formula']}) is above"
+        f" {doc['threshold']:.4f}, chosen on dev known images for coverage"
+        f" {doc['coverage_target']} (dev coverage {doc['dev_coverage']:.3f})"
+    )
+    if "test_abstain_rate" in m:
+        line += (
+            f"; on test {m['test_abstain_rate']:.1%} of known lesions answered UNK, accuracy of"
+            f" the accepted {m['test_accepted_accuracy']:.4f} (all {m['test_known_accuracy']:.4f})"
+        )
+    if "test_unk_auroc" in m:
+        held = doc.get("holdout_class") or "a held-out class"
+        line += f"; {held} held out as unknown: AUROC {m['test_unk_auroc']:.4f}"
+    return line + "."
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _read_csv(path: Path, **kwargs: object) -> pd.DataFrame | None:

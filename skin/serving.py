@@ -154,10 +154,12 @@ def artifacts_of(checkpoint: Path, report: Path | None) -> dict[str, str]:
 
 def ensemble_artifacts_of(members: Path, report: Path | None) -> dict[str, str]:
     """An ensemble's artifacts: members.json, every member_<i>/ folder beside it, and
-    report/operating_points.json where the ensemble's evaluation wrote it."""
+    report/operating_points.json and report/abstention.json (its UNK rule, stored beside
+    members.json in the model) where the ensemble's evaluation wrote them."""
     folders = sorted(members.parent.glob("member_*"), key=lambda p: int(p.name.split("_")[1]))
     out = {MEMBERS: str(members), **{p.name: str(p) for p in folders}}
-    path = report / f"{OPERATING_POINTS}.json" if report else None
-    if path is not None and path.is_file():
-        out[OPERATING_POINTS] = str(path)
+    for name in (OPERATING_POINTS, ABSTENTION):
+        path = report / f"{name}.json" if report else None
+        if path is not None and path.is_file():
+            out[name] = str(path)
     return out

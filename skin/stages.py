@@ -464,9 +464,14 @@ def evaluation_findings(
     metrics["temperature"] = t = calibration["temperature"]
     found, abstention = abstention_findings(scored, unknown or {}, t, cfg)
     metrics |= found
+    rule = abstain.read_abstention(abstention, "evaluation")
     predictions = {  # calibrated: the probabilities `skin predict` and the served model give
-        s: report.predictions_frame(rows[s], apply_temperature(scored.logits[s], t), scored.classes)
-        for s in scored.probs
+        s: with_ood_scores(
+            report.predictions_frame(rows[s], apply_temperature(z, t), scored.classes),
+            abstain.ood_scores(z, t, rule.kind),
+            rule,
+        )
+        for s, z in scored.logits.items()
     }
     if "test" not in scored.probs:
         return metrics, report.Findings(predictions, calibration, abstention=abstention)
@@ -502,20 +507,28 @@ def abstention_findings(
     scored: report.Scored, unknown: dict[str, np.ndarray], temperature: float, cfg: PipelineConfig
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """The UNK threshold chosen on dev known images for `predict.abstain_coverage`, read on dev
-    and test (with the held-out class's images as unknowns); abstention.json's content."""
+    and test (with the held-out class's images as unknowns); abstention.json's content. With
+    unknowns, also every score kind's AUROC (`<split>_unk_auroc_energy`, `_msp`: the evidence
+    for the choice of score)."""
     kind, coverage = cfg.predict.ood_score, cfg.predict.abstain_coverage
-    dev_scores = abstain.ood_scores(scored.logits["dev"], temperature, kind)
-    rule = abstain.Abstention(kind, abstain.coverage_threshold(dev_scores, coverage))
-    metrics = {"dev_abstain_threshold": rule.threshold}
-    for split in ("dev", "test"):
-        if split in scored.probs:
-            metrics |= _abstention_on(scored, split, rule, temperature, unknown.get(split))
-    metrics["dev_abstain_coverage"] = 1.0 - metrics["dev_abstain_rate"]
+
+    def score(z: np.ndarray, k: str = kind) -> np.ndarray:
+        return abstain.ood_scores(z, temperature, k)
+
+    splits = [s for s in ("dev", "test") if s in scored.probs]
+    known = {s: (scored.probs[s][1], scored.probs[s][0], score(scored.logits[s])) for s in splits}
+    unknown_scores = {s: score(z) for s, z in unknown.items()}
+    rule, metrics = abstention_measures(known, unknown_scores, kind, coverage)
+    for split in (s for s in splits if s in unknown):
+        for k in abstain.SCORE_KINDS:
+            metrics[f"{split}_unk_auroc_{k}"] = abstain.auroc(
+                score(scored.logits[split], k), score(unknown[split], k)
+            )
     doc = abstain.abstention_json(
         rule,
         coverage,
         temperature,
-        dev_scores,
+        known["dev"][2],
         holdout_class=cfg.data.holdout_class,
         unknown_images={s: len(u) for s, u in unknown.items()},
         measured=metrics,
@@ -523,28 +536,29 @@ def abstention_findings(
     return metrics, doc
 
 
-def _abstention_on(
-    scored: report.Scored,
-    split: str,
-    rule: abstain.Abstention,
-    temperature: float,
-    unknown: np.ndarray | None,
-) -> dict[str, float]:
-    """One split's abstention metrics; with unknown logits, also every score kind's AUROC
-    (`<split>_unk_auroc_energy`, `_msp`: the evidence for the choice of score)."""
-    p, y = scored.probs[split]
-    logits = scored.logits[split]
+def abstention_measures(
+    known: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    unknown: dict[str, np.ndarray],
+    kind: str,
+    coverage: float,
+) -> tuple[abstain.Abstention, dict[str, float]]:
+    """The rule whose threshold accepts `coverage` of dev's known images, and what it gives on
+    each split of `known` (labels, probabilities, OOD scores), with that split's `unknown`
+    images' scores if any: `dev_abstain_threshold`, `dev_abstain_coverage`, `<split>_abstain_rate`,
+    `<split>_accepted_accuracy`, `<split>_known_accuracy` (and `_unk_*` with unknowns)."""
+    rule = abstain.Abstention(kind, abstain.coverage_threshold(known["dev"][2], coverage))
+    metrics = {"dev_abstain_threshold": rule.threshold}
+    for split, images in known.items():
+        metrics |= abstain.abstention_metrics(split, rule, images, unknown.get(split))
+    metrics["dev_abstain_coverage"] = 1.0 - metrics["dev_abstain_rate"]
+    return rule, metrics
 
-    def score(z: np.ndarray, kind: str = rule.kind) -> np.ndarray:
-        return abstain.ood_scores(z, temperature, kind)
 
-    unknown_scores = None if unknown is None else score(unknown)
-    metrics = abstain.abstention_metrics(split, rule, (y, p, score(logits)), unknown_scores)
-    for kind in abstain.SCORE_KINDS if unknown is not None else ():
-        metrics[f"{split}_unk_auroc_{kind}"] = abstain.auroc(
-            score(logits, kind), score(unknown, kind)
-        )
-    return metrics
+def with_ood_scores(
+    frame: pd.DataFrame, scores: np.ndarray, rule: abstain.Abstention
+) -> pd.DataFrame:
+    """A split's predictions with each image's `ood_score` and `abstained` (answered UNK)."""
+    return frame.assign(ood_score=scores, abstained=rule.abstains(scores))
 
 
 def interval_metrics(

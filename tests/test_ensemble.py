@@ -92,23 +92,30 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     and by MLflow's pyfunc with the single model's columns: same probabilities as the members."""
     import mlflow.pyfunc
 
+    from skin.abstain import Abstention, abstention_json
     from skin.registry import GATE_METRIC, register_and_gate
     from skin.tracking import MLflowTracker, tracked_run
 
     paths, folder = members
+    data = images()
+    want = expected(paths, data)
+    report = tmp_path / "report"  # the ensemble's UNK rule travels with the logged model
+    report.mkdir()
+    threshold = float(np.sort(1 - want.max(1))[1:].mean())
+    doc = abstention_json(Abstention("msp", threshold), 0.9, None, np.zeros(3))
+    (report / "abstention.json").write_text(json.dumps(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MLflowTracker(uri, "ensemble-unit")
     with tracked_run(tracker):
         tracker.log_metrics({GATE_METRIC: 0.5})
-        model_uri = tracker.log_ensemble(folder / "members.json", None)
+        model_uri = tracker.log_ensemble(folder / "members.json", report)
     name = f"skin-ens-{uuid.uuid4().hex[:6]}"
     reg = register_and_gate(uri, name, model_uri, tracker.run_id)
     assert reg.alias == "champion"
-    data = images()
-    want = expected(paths, data)
     for ref in (f"models:/{name}@champion", f"runs:/{tracker.run_id}/model", tracker.run_id):
         served = load_predictor(ref, "cpu", tracking_uri=uri)
         np.testing.assert_allclose(served.predict(data), want, atol=1e-5, err_msg=ref)
+        assert served.abstention == Abstention("msp", threshold), ref
 
     files = []
     for i, b in enumerate(data):
@@ -128,8 +135,10 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     frame = pd.DataFrame({"image": [base64.b64encode(b).decode() for b in data]})
     answer = model.predict(frame)
     classes = load_predictor(str(paths[0]), "cpu").classes
-    assert list(answer.columns) == [f"p_{c}" for c in classes] + ["label", "confidence", "error"]
+    extra = ["label", "confidence", "ood_score", "abstained", "error"]
+    assert list(answer.columns) == [f"p_{c}" for c in classes] + extra
     np.testing.assert_allclose(answer.filter(like="p_").to_numpy(), want, atol=1e-5)
+    assert (answer["label"] == "UNK").tolist() == (1 - want.max(1) > threshold).tolist()
     listed = json.loads((folder / "members.json").read_text())["members"]
     assert [m["temperature"] for m in listed] == list(TEMPERATURES)
 
@@ -170,3 +179,148 @@ def test_cli_cv_and_ensemble_pass_their_options_to_the_flows(monkeypatch, tmp_pa
     assert code == 0 and seen["ensemble"]["runs"] == ["a", "b"], text
     code, text = invoke("ensemble")
     assert code != 0 and "--runs or --cv-run" in text, text
+
+
+def test_an_ensemble_predicts_a_folder_through_the_batch_flow(members, tmp_path: Path) -> None:
+    """flows/predict.py's task reads `predictor.abstention`: an ensemble must have one (None
+    without abstention.json) and its table has no UNK columns then."""
+    from flows.predict import predict_task
+
+    _, folder = members
+    for i, b in enumerate(images()):
+        (tmp_path / f"img{i}.png").write_bytes(b)
+    out = tmp_path / "out" / "pred.parquet"
+    result = predict_task.fn(str(tmp_path), str(folder), str(out), False, None)
+    assert result["images"] == 3 and result["errors"] == 0, result
+    assert result["abstains"] is False and result["abstained"] == 0, result
+    assert "ood_score" not in pd.read_parquet(out).columns
+
+
+def test_ensemble_evaluation_sets_an_msp_unk_threshold_on_dev_for_the_coverage() -> None:
+    """The ensemble's rule: 1 - max of its averaged probabilities, threshold on dev known images
+    for the coverage, read on test with the single run's metric names; scores per image."""
+    from skin.abstain import read_abstention
+    from skin.ensemble import evaluate_ensemble, summary_markdown
+    from skin.labels import CLASSES
+
+    rng = np.random.default_rng(1)
+
+    def split(n: int) -> tuple[pd.DataFrame, np.ndarray]:
+        p = rng.dirichlet(np.full(len(CLASSES), 0.4), n)
+        truth = np.where(rng.random(n) < 0.7, p.argmax(1), rng.integers(0, len(CLASSES), n))
+        rows = pd.DataFrame(
+            {"key": [f"k{i}" for i in range(n)], "source": "s", "label": np.take(CLASSES, truth),
+             "lesion_id": [f"l{i}" for i in range(n)]}
+        )  # fmt: skip
+        return rows, p
+
+    scores = evaluate_ensemble(
+        {"dev": split(300), "test": split(200)}, CLASSES, n_resamples=5, seed=0,
+        malignant=("MEL",), coverage=0.9,
+    )  # fmt: skip
+    m = scores.metrics
+    assert 0.9 <= m["dev_abstain_coverage"] < 0.9 + 2 / 300, m["dev_abstain_coverage"]
+    rule = read_abstention(scores.abstention, "ensemble")
+    assert rule.kind == "msp" and rule.threshold == m["dev_abstain_threshold"]
+    assert scores.abstention["dev_coverage"] == pytest.approx(m["dev_abstain_coverage"])
+    test = scores.predictions["test"]
+    probs = test[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(test["ood_score"], 1 - probs.max(1))
+    assert (test["abstained"] == (test["ood_score"] > rule.threshold)).all()
+    assert m["test_abstain_rate"] == pytest.approx(test["abstained"].mean())
+    assert m["test_abstain_rate"] > 0
+    correct = probs.argmax(1) == test["label"].map(CLASSES.index).to_numpy()
+    assert m["test_known_accuracy"] == pytest.approx(correct.mean())
+    assert m["test_accepted_accuracy"] == pytest.approx(correct[~test["abstained"]].mean())
+    assert "UNK above" in summary_markdown(m, ["a", "b"], "dev")
+
+
+def with_rule(folder: Path, dst: Path, kind: str, threshold: float) -> Path:
+    """A copy of the ensemble folder with an abstention.json beside its members.json."""
+    import shutil
+
+    from skin.abstain import Abstention, abstention_json
+
+    shutil.copytree(folder, dst)
+    doc = abstention_json(Abstention(kind, threshold), 0.9, None, np.zeros(3))
+    (dst / "abstention.json").write_text(json.dumps(doc))
+    return dst
+
+
+def test_an_ensemble_with_a_stored_rule_answers_unk_in_predict_batch_and_serving(
+    members, tmp_path: Path
+) -> None:
+    """abstention.json beside members.json (as `ensemble_stage` writes it, and as the logged
+    model carries it): `score`, the batch flow and the served frame answer UNK past it."""
+    from flows.predict import predict_task
+    from skin.serving import ensemble_artifacts_of, load_served, predict_frame
+
+    _, folder = members
+    data = images()
+    msp = 1 - load_predictor(str(folder), "cpu").predict(data).max(1)
+    threshold = float(np.sort(msp)[1:].mean())  # the least confident image is past it
+    ens = load_predictor(str(with_rule(folder, tmp_path / "ens", "msp", threshold)), "cpu")
+    assert ens.abstention is not None and ens.abstention.threshold == threshold
+    frame = ens.score(["a", "b", "c"], dict(zip("abc", data, strict=True)).__getitem__)
+    np.testing.assert_allclose(frame["ood_score"], msp, atol=1e-6)
+    unk = msp > threshold
+    assert unk.sum() == 1 and (frame["predicted_label"] == "UNK").tolist() == unk.tolist()
+    assert frame["abstained"].tolist() == unk.tolist()
+    assert frame.filter(like="prob_").notna().all().all(), "probabilities kept"
+
+    for i, b in enumerate(data):
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        (tmp_path / "imgs" / f"img{i}.png").write_bytes(b)
+    out = tmp_path / "pred.parquet"
+    result = predict_task.fn(str(tmp_path / "imgs"), str(tmp_path / "ens"), str(out), False, None)
+    assert result["abstains"] is True and result["abstained"] == 1, result
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "abstention.json").write_text((tmp_path / "ens" / "abstention.json").read_text())
+    artifacts = ensemble_artifacts_of(tmp_path / "ens" / "members.json", report)
+    assert artifacts["abstention"] == str(report / "abstention.json")
+    served = predict_frame(load_served({"members": artifacts["members"]}, "cpu"), pd.DataFrame(
+        {"image": [base64.b64encode(b).decode() for b in data]}
+    ))  # fmt: skip
+    assert (served["label"] == "UNK").tolist() == unk.tolist()
+    np.testing.assert_allclose(served["ood_score"], msp, atol=1e-6)
+
+
+def test_an_ensemble_refuses_an_energy_rule(members, tmp_path: Path) -> None:
+    _, folder = members
+    with pytest.raises(EnsembleError, match="msp"):
+        load_predictor(str(with_rule(folder, tmp_path / "ens", "energy", -1.0)), "cpu")
+
+
+def test_the_ensemble_stage_abstains_as_a_run_and_predicts_its_own_scores(
+    members, sample_data: Path, tmp_path: Path
+) -> None:
+    """`ensemble_stage`: the single run's abstention metrics, abstention.json in the report and
+    beside members.json, per-image scores; loading the folder back gives the same scores."""
+    from skin.ensemble import ensemble_stage
+    from skin.tracking import NullTracker
+    from tests.helpers import make_manifest
+
+    paths, _ = members
+    uri, cfg = make_manifest(tmp_path, sample_data, **{"evaluate.bootstrap": 5,
+                             "predict.abstain_coverage": 0.8})  # fmt: skip
+    tracker = NullTracker("ens1")
+    outcome = ensemble_stage([str(p) for p in paths], uri, cfg, tracker)
+    m = outcome.metrics
+    for name in ("dev_abstain_threshold", "dev_abstain_coverage", "test_abstain_rate",
+                 "test_accepted_accuracy", "test_known_accuracy"):  # fmt: skip
+        assert tracker.metrics[name] == m[name], name
+    dev = pd.read_parquet(Path(outcome.report_dir) / "predictions_dev.parquet")
+    assert 0.8 <= m["dev_abstain_coverage"] < 0.8 + 2 / len(dev), m["dev_abstain_coverage"]
+    report = json.loads((Path(outcome.report_dir) / "abstention.json").read_text())
+    assert report["score"] == "msp" and report["threshold"] == m["dev_abstain_threshold"]
+    folder = Path(cfg.work_dir) / "runs" / "ens1" / "ensemble"
+    assert json.loads((folder / "abstention.json").read_text()) == report
+    test = pd.read_parquet(Path(outcome.report_dir) / "predictions_test.parquet")
+    ens = load_predictor(str(folder), "cpu")
+    keys = test["key"].tolist()
+    served = ens.score(keys, lambda k: (Path(test["source"].iloc[0]) / k).read_bytes())
+    np.testing.assert_allclose(served["ood_score"], test["ood_score"], atol=1e-5)
+    assert (served["predicted_label"] == "UNK").tolist() == test["abstained"].tolist()
+    assert "UNK above" in (Path(outcome.report_dir) / "summary.md").read_text()

@@ -48,3 +48,29 @@ def test_card_states_use_data_recipe_results_and_limits(tmp_path: Path) -> None:
 def test_card_without_metadata_says_slices_were_never_evaluated(tmp_path: Path) -> None:
     card = model_card(make_run(tmp_path, slices=False), "1", name="m")
     assert "Never evaluated by body site, sex or age" in card
+
+
+def test_card_states_the_unk_rule_and_what_it_gave_on_test(tmp_path: Path) -> None:
+    """The card's 'Unknown lesions' line: score kind, dev coverage, test abstention rate and
+    accepted accuracy, and the held-out-class AUROC where one was measured."""
+    import json
+
+    from skin.abstain import Abstention, abstention_json
+
+    run = make_run(tmp_path, slices=False)
+    measured = {"test_abstain_rate": 0.0625, "test_accepted_accuracy": 0.8123,
+                "test_known_accuracy": 0.7801}  # fmt: skip
+    doc = abstention_json(Abstention("msp", 0.3712), 0.95, 1.3, [0.1] * 19 + [0.9],
+                          measured=measured)  # fmt: skip
+    (run.report / "abstention.json").write_text(json.dumps(doc))
+    card = model_card(run, "2", name="m")
+    line = next(x for x in card.splitlines() if x.startswith("- Answers UNK"))
+    assert "msp score" in line and "above 0.3712" in line and "(dev coverage 0.950)" in line
+    assert "6.2% of known lesions answered UNK" in line and "accepted 0.8123" in line, line
+    assert "AUROC" not in line, "no held-out class, no AUROC claimed"
+    doc["measured"] |= {"test_unk_auroc": 0.83}
+    doc["holdout_class"] = "DF"
+    (run.report / "abstention.json").write_text(json.dumps(doc))
+    assert "DF held out as unknown: AUROC 0.8300" in model_card(run, "2", name="m")
+    (run.report / "abstention.json").unlink()
+    assert "No abstention rule stored" in model_card(run, "2", name="m")

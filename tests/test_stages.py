@@ -79,7 +79,11 @@ def test_predictions_of_every_split_carry_the_gate_columns(evaluated: Evaluated)
     dev = pd.read_parquet(evaluated.report / "predictions_dev.parquet")
     probs = [f"prob_{c}" for c in evaluated.classes]
     want = ["key", "source", "label", "lesion_id", "age_approx", "anatom_site_general", "sex"]
-    assert list(dev.columns) == want + probs, dev.columns
+    assert list(dev.columns) == want + probs + ["ood_score", "abstained"], dev.columns
+    rule = json.loads((evaluated.report / "abstention.json").read_text())
+    assert (dev["abstained"] == (dev["ood_score"] > rule["threshold"])).all()
+    coverage = evaluated.outcome.metrics["dev_abstain_coverage"]
+    assert 1 - dev["abstained"].mean() == pytest.approx(coverage), "the rule the run measured"
     manifest = evaluated.manifest
     assert set(dev["key"]) == set(manifest.loc[manifest["split"] == "dev", "key"])
     assert np.allclose(dev[probs].sum(axis=1), 1, atol=1e-4), "probabilities sum to one"

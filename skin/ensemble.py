@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,9 @@ from skin.train import pick_device
 
 MEMBER_CHECKPOINT = "checkpoint.pt"
 FOLDER = "ensemble"  # runs/<id>/ensemble: members.json, member_<i>/, abstention.json
+
+
+log = logging.getLogger(__name__)
 
 
 class EnsembleError(ValueError):
@@ -380,6 +384,12 @@ def ensemble_stage(
         dev = (part, probabilities(part, predictor.classes))
     test = (rows["test"], score_split(predictor, rows["test"]))
     e = cfg.evaluate
+    if cfg.predict.ood_score != "msp":
+        log.warning(
+            "predict.ood_score is %s, but an ensemble has no logits: it abstains on msp of its"
+            " averaged probabilities",
+            cfg.predict.ood_score,
+        )
     scores = evaluate_ensemble(
         {"dev": dev, "test": test},
         predictor.classes,

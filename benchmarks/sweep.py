@@ -27,7 +27,8 @@ SPACE = {
     "train.lr": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
     "train.weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
 }
-PRUNED = {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1}
+# The shipped space file's pruner (configs/sweep.yaml): what a user gets without tuning it.
+PRUNED = yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text())["pruner"]
 SCRIPT = """
 import json, sys
 from flows.sweep import sweep_flow
@@ -81,7 +82,7 @@ def sweep_process(work: Path, data: Path, pruner: Any, epochs: int) -> dict[str,
 def run(ctx: Context) -> dict[str, Any]:
     data = ctx.work / "data"
     write_sample_dataset(str(data), class_counts(per_class=40), size=40, seed=1)
-    epochs = ctx.pick(4, 10)
+    epochs = ctx.pick(6, 10)
     plain = sweep_process(ctx.work / "plain", data, "none", epochs)
     pruned = sweep_process(ctx.work / "pruned", data, PRUNED, epochs)
     return result(

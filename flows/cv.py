@@ -21,7 +21,14 @@ from flows.common import call, data_stages, flow_config, resolve_config, shard_s
 from skin import manifest as mf
 from skin.config import PipelineConfig
 from skin.datastages import ManifestRef, manifest_ref, save_manifest
-from skin.folds import CVOutcome, assign_folds, cv_metrics, fold_manifest, out_of_fold
+from skin.folds import (
+    FOLD_METRICS,
+    CVOutcome,
+    assign_folds,
+    cv_metrics,
+    fold_manifest,
+    out_of_fold,
+)
 from skin.runs import RunPaths
 from skin.stages import EvalOutcome
 from skin.tracking import MLflowRegistry, MLflowTracker, tracked_run
@@ -77,6 +84,7 @@ def cross_validate(
     *,
     refresh: bool = False,
     parent_run_id: str | None = None,
+    one_at_a_time: bool = False,
 ) -> CVOutcome:
     """Fold manifests → decode once → train and evaluate each fold (mapped tasks) → out-of-fold
     metrics, all recorded in a parent MLflow run (a new one, or `parent_run_id`'s) with the fold
@@ -94,7 +102,7 @@ def cross_validate(
         cfg.tracking.experiment, f"cv-{folds}folds-{manifest.hash[:8]}", _tags(tags)
     )
     try:
-        outcome = _folds(cfg, manifest, refs, stages, refresh, registry, parent)
+        outcome = _folds(cfg, manifest, refs, stages, refresh, registry, parent, one_at_a_time)
         registry.record(parent, tags=tags)
     except BaseException:
         if parent_run_id is None:
@@ -122,14 +130,24 @@ def trial_score(
     cfg: PipelineConfig, manifest: ManifestRef, evaluated: EvalOutcome, *, folds: int, metric: str
 ) -> float:
     """A sweep trial's value by cross-validation (`skin sweep --cv K`): the pooled out-of-fold
-    counterpart of the space's dev metric, the fold runs nested under the trial's own run."""
-    name = metric.removeprefix("dev_")
-    outcome = cross_validate(cfg, manifest, folds, parent_run_id=evaluated.run_id)
-    key = f"cv_oof_{name}"
-    if key not in outcome.metrics:
-        known = sorted(k for k in outcome.metrics if k.startswith("cv_oof_"))
-        raise KeyError(f"--cv scores out of fold; {metric!r} has no {key!r} (one of {known})")
+    counterpart of the space's dev metric, the fold runs nested under the trial's own run. The
+    folds train one after another: the trial holds one `gpu` slot, not K."""
+    key = oof_metric(metric)
+    outcome = cross_validate(
+        cfg, manifest, folds, parent_run_id=evaluated.run_id, one_at_a_time=True
+    )
     return float(outcome.metrics[key])
+
+
+def oof_metric(metric: str) -> str:
+    """The pooled out-of-fold name of a dev metric; refused before any training when none."""
+    name = metric.removeprefix("dev_")
+    if name not in FOLD_METRICS:
+        raise ValueError(
+            f"--cv scores out of fold: the space's metric {metric!r} has no out-of-fold"
+            f" counterpart (use one of {[f'dev_{m}' for m in FOLD_METRICS]})"
+        )
+    return f"cv_oof_{name}"
 
 
 def _folds(
@@ -140,11 +158,14 @@ def _folds(
     refresh: bool,
     registry: MLflowRegistry,
     parent: str,
+    one_at_a_time: bool = False,
 ) -> CVOutcome:
-    """Train, then evaluate, every fold as mapped tasks; nest the runs; score out of fold.
+    """Train, then evaluate, every fold as mapped tasks (or one after another, inside a task
+    that holds one accelerator); nest the runs; score out of fold.
 
     A fold's model is not logged as an MLflow model (an ensemble takes its checkpoint)."""
-    trained = _gather(train_task, refresh, stages, manifest=refs, config=unmapped(cfg))
+    serial = one_at_a_time
+    trained = _gather(train_task, refresh, stages, serial, manifest=refs, config=unmapped(cfg))
     quiet = cfg.model_copy(
         update={"tracking": cfg.tracking.model_copy(update={"log_model": False})}
     )
@@ -152,6 +173,7 @@ def _folds(
         evaluate_task,
         refresh,
         stages,
+        serial,
         manifest=refs,
         run_id=[t.run_id for t in trained],
         checkpoint=[t.best_checkpoint for t in trained],
@@ -199,10 +221,21 @@ def _folds(
     )
 
 
-def _gather(task_: Any, refresh: bool, stages: dict[str, str], **kwargs: Any) -> list[Any]:
-    """Map a task over the folds, wait for all, note 'ran' or 'cached' as `call` does."""
+def _gather(
+    task_: Any, refresh: bool, stages: dict[str, str], serial: bool, **kwargs: Any
+) -> list[Any]:
+    """Map a task over the folds (or submit them one after another when `serial`), wait for
+    all, note 'ran' or 'cached' as `call` does."""
     runner = task_.with_options(refresh_cache=True) if refresh else task_
-    futures = runner.map(**kwargs)
+    if serial:
+        count = len(next(v for v in kwargs.values() if not isinstance(v, unmapped)))
+        futures = []
+        for i in range(count):
+            args = {k: v.value if isinstance(v, unmapped) else v[i] for k, v in kwargs.items()}
+            futures.append(runner.submit(**args))
+            futures[-1].wait()
+    else:
+        futures = runner.map(**kwargs)
     results = [f.result() for f in futures]
     ran = any(f.state.name != "Cached" for f in futures)
     stages[task_.name] = "ran" if ran else "cached"

@@ -78,8 +78,9 @@ def make_scorer(metric: str, cv_folds: int | None) -> Scorer:
     """Dev-split scoring, or cross-validated scoring with `cv_folds` folds (flows.cv)."""
     if cv_folds is None:
         return partial(dev_score, metric=metric)
-    from flows.cv import trial_score
+    from flows.cv import oof_metric, trial_score
 
+    oof_metric(metric)  # a metric with no out-of-fold counterpart fails before any training
     return partial(trial_score, folds=cv_folds, metric=metric)
 
 

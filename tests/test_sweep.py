@@ -160,8 +160,8 @@ def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric(monkeypa
 
     seen = {}
 
-    def fake_cv(cfg, manifest, folds, *, parent_run_id=None):
-        seen.update(folds=folds, parent=parent_run_id)
+    def fake_cv(cfg, manifest, folds, *, parent_run_id=None, one_at_a_time=False):
+        seen.update(folds=folds, parent=parent_run_id, serial=one_at_a_time)
         metrics = {"cv_oof_balanced_accuracy": 0.61, "cv_balanced_accuracy_mean": 0.7}
         return CVOutcome(parent_run_id or "p", [], metrics, "", "", "", "")
 
@@ -169,7 +169,9 @@ def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric(monkeypa
     evaluated = EvalOutcome("trial-run", {"dev_balanced_accuracy": 0.9}, "", "")
     score = make_scorer("dev_balanced_accuracy", 3)
     assert score(None, None, evaluated) == 0.61, "the out-of-fold number, not the dev split's"
-    assert seen == {"folds": 3, "parent": "trial-run"}, "fold runs nest under the trial's run"
-    with pytest.raises(KeyError, match="cv_oof_loss"):
-        make_scorer("dev_loss", 3)(None, None, evaluated)
+    assert seen == {"folds": 3, "parent": "trial-run", "serial": True}, (
+        "fold runs nest under the trial's run and train one at a time (one gpu slot)"
+    )
+    with pytest.raises(ValueError, match="no out-of-fold counterpart"):
+        make_scorer("dev_loss", 3)  # refused when the sweep starts, not after K+1 trainings
     assert make_scorer("dev_balanced_accuracy", None)(None, None, evaluated) == 0.9

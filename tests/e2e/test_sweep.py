@@ -191,3 +191,9 @@ def test_a_cross_validated_sweep_scores_trials_out_of_fold(
     experiment = client.get_experiment_by_name(ov["tracking.experiment"]).experiment_id
     folds = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{trial['run_id']}'")
     assert sorted(r.data.tags["skin.cv_fold"] for r in folds) == ["0", "1"], "folds nest under it"
+    first, second = sorted(folds, key=lambda r: r.info.start_time)
+    history = client.get_metric_history(first.info.run_id, "best_epoch")
+    trained = min(m.timestamp for m in history)  # logged first when its training ends
+    assert second.info.start_time >= trained, (
+        "a trial holds one gpu slot: its folds train one after another, not at once"
+    )

@@ -121,8 +121,12 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def class_mix_test(reference: Sequence[str], current: Sequence[str]) -> Check:
-    """Chi-square test of homogeneity on the label counts (classes absent from both dropped)."""
+def class_mix_test(
+    reference: Sequence[str], current: Sequence[str], permutations: int = 2000, seed: int = 0
+) -> Check:
+    """Chi-square test of homogeneity on the label counts. With any expected count under 5 (a
+    small batch, a rare class) the asymptotic p-value is too small, so the statistic's p-value
+    comes from label permutations instead, (1 + #>=) / (1 + permutations)."""
     from scipy import stats  # ~1 s to import: only when a check runs, not with the config
 
     labels = sorted(set(reference) | set(current))
@@ -130,11 +134,29 @@ def class_mix_test(reference: Sequence[str], current: Sequence[str]) -> Check:
     cur = pd.Series(list(current)).value_counts().reindex(labels, fill_value=0)
     if len(labels) < 2:
         return Check("class_mix", 0.0, 1.0, detail="one class only")
-    res = stats.chi2_contingency(np.vstack([ref.to_numpy(), cur.to_numpy()]))
+    table = np.vstack([ref.to_numpy(), cur.to_numpy()])
+    res = stats.chi2_contingency(table, correction=False)
+    p_value, how = float(res.pvalue), "chi-square"
+    if res.expected_freq.min() < 5:
+        draws = np.random.default_rng(seed).multivariate_hypergeometric(
+            table.sum(axis=0), int(table[1].sum()), size=permutations
+        )
+        null = _chi_square(np.stack([table.sum(axis=0) - draws, draws], axis=1))
+        p_value = float((1 + np.sum(null >= res.statistic - 1e-9)) / (1 + permutations))
+        how = f"permutation p ({permutations}), expected counts < 5"
     share = cur / max(cur.sum(), 1) - ref / max(ref.sum(), 1)
     moved = share.abs().idxmax()
-    detail = f"largest change {moved} {share[moved]:+.1%} of images"
-    return Check("class_mix", float(res.statistic), float(res.pvalue), detail=detail)
+    detail = f"largest change {moved} {share[moved]:+.1%} of images; {how}"
+    return Check("class_mix", float(res.statistic), p_value, detail=detail)
+
+
+def _chi_square(tables: np.ndarray) -> np.ndarray:
+    """Pearson's statistic of each 2 x K table in `tables` [N, 2, K] (empty columns skipped)."""
+    expected = tables.sum(axis=2, keepdims=True) * tables.sum(axis=1, keepdims=True)
+    expected = expected / tables.sum(axis=(1, 2), keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(expected > 0, (tables - expected) ** 2 / expected, 0.0)
+    return terms.sum(axis=(1, 2))
 
 
 def property_tests(reference: pd.DataFrame, current: pd.DataFrame) -> list[Check]:
@@ -356,7 +378,7 @@ def check_drift(
             f"too few readable images: {len(ref_props)} reference, {len(cur_props)} current"
         )
     checks = [
-        class_mix_test(reference["label"], current["label"]),
+        class_mix_test(reference["label"], current["label"], params.permutations, params.seed),
         *property_tests(ref_props, cur_props),
     ]
     if model is not None:

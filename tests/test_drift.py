@@ -232,3 +232,19 @@ def test_check_drift_task_records_a_cast_against_a_manifest_in_mlflow(
     assert run.data.params["reference"] == manifest_uri
     files = {a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id, "drift")}
     assert files == {f"drift/drift_report.{x}" for x in ("csv", "png", "md")}, files
+
+
+def test_class_mix_false_alarms_stay_near_alpha_on_small_batches_with_rare_classes() -> None:
+    """A batch of 12 images against the ISIC-like mix: expected counts of the rare classes are
+    far below 1, where the asymptotic chi-square p-value alarms ~5x too often at 0.01."""
+    rng = np.random.default_rng(5)
+    p_values = np.array(
+        [
+            class_mix_test(
+                rng.choice(CLASSES, 2000, p=MIX), rng.choice(CLASSES, 12, p=MIX), 500, seed=i
+            ).p_value
+            for i in range(600)
+        ]
+    )
+    rate = float(np.mean(p_values < 0.01))
+    assert rate <= 0.025, f"false alarms at alpha 0.01 on small batches: {rate}"

@@ -11,6 +11,7 @@ together is at most `alpha` when nothing changed. The statistics are pure functi
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -437,6 +438,9 @@ def backbone(
     from skin.train import pick_device
 
     device = pick_device("auto")
+    if checkpoint and Path(checkpoint).name == "members.json":  # an ensemble: its first member
+        first = json.loads(Path(checkpoint).read_text())["members"][0]["checkpoint"]
+        checkpoint = str(Path(checkpoint).parent / first)
     if checkpoint:
         net, state = load_model_from_checkpoint(checkpoint, device)
         size = (state.get("config") or {}).get("train", {}).get("image_size")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from skin.ensemble import EnsembleError, EnsemblePredictor, Member, write_members
@@ -324,3 +325,16 @@ def test_the_ensemble_stage_abstains_as_a_run_and_predicts_its_own_scores(
     np.testing.assert_allclose(served["ood_score"], test["ood_score"], atol=1e-5)
     assert (served["predicted_label"] == "UNK").tolist() == test["abstained"].tolist()
     assert "UNK above" in (Path(outcome.report_dir) / "summary.md").read_text()
+
+
+def test_drift_embeds_with_an_ensemble_champions_first_member(members) -> None:
+    """Once an ensemble is champion, `skin drift` reads its members.json, not a checkpoint."""
+    from skin.config import ModelConfig
+    from skin.drift import backbone
+
+    _, folder = members
+    net, spec = backbone(str(folder / "members.json"), ModelConfig(), None, 8)
+    alone, _ = backbone(str(folder / "member_0" / "checkpoint.pt"), ModelConfig(), None, 8)
+    for a, b in zip(net.state_dict().values(), alone.state_dict().values(), strict=True):
+        assert torch.equal(a, b), "the first member's weights"
+    assert spec.size > 0

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.common import call, data_stages, flow_config, resolve_config
-from skin.config import PipelineConfig
+from skin.config import PipelineConfig, digest
 from skin.datastages import ManifestRef, set_latest
 from skin.stages import EvalOutcome
 from skin.sweep import (
@@ -32,6 +32,7 @@ from skin.sweep import (
     importance_png,
     load_space,
     open_study,
+    pin_study,
     reopen_trial,
     trials_table,
     trials_to_run,
@@ -246,10 +247,13 @@ def log_summary(
     parent.log_artifact(folder, "sweep")
     if best is None:
         return None
-    parent.log_params({f"best.{k}": str(v) for k, v in best.params.items()})
     parent.log_metrics({f"best_{space.metric}": float(best.value)}, step=best.number)
     run_id = best.user_attrs.get("run_id", "")
-    parent.set_tags({"skin.best_trial": str(best.number), "skin.best_run_id": run_id})
+    best_params = {f"skin.best.{k}": str(v) for k, v in best.params.items()}  # tags: a resumed
+    # sweep's new best replaces them (MLflow params, once logged, never change)
+    parent.set_tags(
+        {"skin.best_trial": str(best.number), "skin.best_run_id": run_id, **best_params}
+    )
     return {
         "number": best.number,
         "value": best.value,
@@ -293,6 +297,16 @@ def sweep_flow(
     call(decode_images_task, stages, manifest=manifest, config=cfg)
     data_seconds = time.perf_counter() - t0
 
+    pin_study(
+        study,
+        {
+            "data_uri": cfg.data.uri,
+            "manifest_hash": manifest.hash,
+            "space": digest(*(repr(p) for p in space.params)),
+            "metric": space.metric,
+            "cv_folds": str(cv_folds),
+        },
+    )
     parent = open_parent_run(cfg, study, name)
     ctx = SweepContext(
         name,

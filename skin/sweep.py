@@ -15,6 +15,7 @@ Optuna is imported inside the functions that need it; the core training path nev
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -45,6 +46,9 @@ STUDY_FILE = "sweeps.db"
 STORAGE_ENV = "SKIN_SWEEP_STORAGE"
 PARENT_RUN = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow run
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+log = logging.getLogger(__name__)
 
 
 class SpaceError(ConfigError):
@@ -282,6 +286,19 @@ def open_study(name: str, storage_url: str, space: Space) -> optuna.Study:
     )
 
 
+def pin_study(study: optuna.Study, facts: dict[str, str]) -> None:
+    """Record what a study searches (data version, space, metric); a sweep resumed under the
+    same name on anything else is refused, since its trials' values would not compare."""
+    for key, value in facts.items():
+        pinned = study.user_attrs.get(f"skin.{key}")
+        if pinned is not None and pinned != value:
+            raise SpaceError(
+                f"study {study.study_name!r} searched {key} {pinned!r}, not {value!r}: its trials"
+                " would not compare; start a new study with --name"
+            )
+        study.set_user_attr(f"skin.{key}", value)
+
+
 def _sampler(space: Space) -> optuna.samplers.BaseSampler:
     import optuna
 
@@ -365,7 +382,10 @@ def beating(study: optuna.Study, trial_id: int, interval: float) -> Iterator[Non
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as err:  # a locked database once must not silence the trial
+                log.warning("heartbeat of trial %d not recorded: %s", trial_id, err)
             if stop.wait(interval):
                 return
 

@@ -175,3 +175,19 @@ def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric(monkeypa
     with pytest.raises(ValueError, match="no out-of-fold counterpart"):
         make_scorer("dev_loss", 3)  # refused when the sweep starts, not after K+1 trainings
     assert make_scorer("dev_balanced_accuracy", None)(None, None, evaluated) == 0.9
+
+
+def test_a_study_resumed_on_other_data_or_another_space_is_refused(tmp_path: Path) -> None:
+    import optuna
+
+    from skin.sweep import SpaceError, pin_study
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    facts = {"data_uri": "s3://b/isic", "manifest_hash": "abc", "space": "d1"}
+    pin_study(study, facts)
+    again = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    pin_study(again, facts)  # the same sweep resumes
+    with pytest.raises(SpaceError, match=r"manifest_hash 'abc', not 'grown'.*--name"):
+        pin_study(again, {**facts, "manifest_hash": "grown"})
+    with pytest.raises(SpaceError, match="space"):
+        pin_study(again, {**facts, "space": "d2"})

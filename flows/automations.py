@@ -34,7 +34,7 @@ PAYLOAD = {"subject": "{{subject}}", "body": "{{body}}", "text": "{{subject}}\n{
 _FAILED_BODY = """\
 Flow run {{ flow_run.name }} of {{ flow.name }}{% if deployment %} (deployment \
 {{ deployment.name }}){% endif %} ended {{ flow_run.state.name }}: {{ flow_run.state.message }}
-Parameters: {{ flow_run.parameters }}{% set link = flow_run|ui_url %}{% if link %}
+{% if flow_run.parameters.data_uri %}Data: {{ flow_run.parameters.data_uri }}{% endif %}{% set link = flow_run|ui_url %}{% if link %}
 {{ link }}{% endif %}"""
 _PROMOTED_BODY = """\
 {% set p = event.payload %}{{ event.resource.id | replace('skin.model.', '') }} \
@@ -64,7 +64,10 @@ class Notifications:
 def webhook_block(url: str) -> CustomWebhookNotificationBlock:
     """A JSON POST to `url`; the URL (which often holds a token) lives in the block's secrets."""
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"webhook URL must be http(s)://…, not {url!r} (--webhook or ${URL_ENV})")
+        shown = f"{url[:8]}…" if len(url) > 8 else url  # a URL often carries its token
+        raise ValueError(
+            f"webhook URL must be http(s)://…, not {shown!r} (--webhook or ${URL_ENV})"
+        )
     return CustomWebhookNotificationBlock(
         name="skin", url="{{url}}", json_data=PAYLOAD, secrets={"url": url}
     )

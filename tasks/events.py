@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from prefect.events import emit_event
 
@@ -38,7 +39,10 @@ def promotion_payload(reg: Registration, run_id: str, tracking_uri: str) -> dict
     and the version's page when the tracking server has a UI."""
     payload: dict[str, Any] = {**reg.to_dict(), "run_id": run_id}
     if tracking_uri.startswith(("http://", "https://")):
-        payload["url"] = f"{tracking_uri.rstrip('/')}/#/models/{reg.name}/versions/{reg.version}"
+        parts = urlsplit(tracking_uri)  # never user:token@ into an event or a post
+        host = parts.netloc.rsplit("@", 1)[-1]
+        base = urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
+        payload["url"] = f"{base}/#/models/{reg.name}/versions/{reg.version}"
     return payload
 
 

@@ -174,6 +174,19 @@ def test_no_link_without_a_tracking_server() -> None:
     assert "url" not in payload, payload
 
 
+def test_the_promotion_link_never_carries_the_tracking_credentials() -> None:
+    uri = "https://alice:s3cret@mlflow.example.org:8443/prefix/"
+    payload = events.promotion_payload(_registration(CHAMPION), "run1", uri)
+    assert payload["url"].startswith("https://mlflow.example.org:8443/prefix/#/models/"), payload
+    assert "s3cret" not in str(payload) and "alice" not in str(payload), payload
+
+
+def test_a_bad_webhook_url_is_refused_without_echoing_its_token() -> None:
+    with pytest.raises(ValueError, match="http") as err:
+        au.webhook_block("hooks.slack.com/services/T0/B0/tok3n-secret")
+    assert "tok3n-secret" not in str(err.value), err.value
+
+
 @pytest.mark.parametrize(("alias", "posts"), [(CHAMPION, 1), (CHALLENGER, 0)])
 def test_register_task_announces_only_a_new_champion(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, alias: str, posts: int

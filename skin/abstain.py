@@ -132,7 +132,7 @@ def abstention_metrics(
     metrics = {
         f"{split}_abstain_rate": float(out_known.mean()),
         f"{split}_known_accuracy": float(correct.mean()),
-        f"{split}_accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else 0.0,
+        f"{split}_accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else np.nan,
     }
     if unknown_scores is None or len(unknown_scores) == 0:
         return metrics

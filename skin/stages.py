@@ -381,6 +381,11 @@ def evaluate_stage(
     if cfg.evaluate.tta and "test" in scored.results:
         metrics |= _tta_gain(model, data, device, cfg.train.batch_size, scored.results["test"])
     unknown = _unknown_logits(model, data, device, cfg.train.batch_size, cfg.evaluate.tta)
+    if cfg.data.holdout_class and "test" not in unknown:
+        log.warning(
+            "held-out class %s has no test images: no UNK AUROC, recall or 9-category score",
+            cfg.data.holdout_class,
+        )
     found, findings = evaluation_findings(scored, split_rows(manifest, data), cfg, unknown)
     metrics |= found
     tracker.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})

@@ -29,6 +29,7 @@ from skin.folds import (
     fold_manifest,
     out_of_fold,
 )
+from skin.predict import RUN_ID
 from skin.runs import RunPaths
 from skin.stages import EvalOutcome
 from skin.tracking import MLflowRegistry, MLflowTracker, tracked_run
@@ -256,8 +257,10 @@ def ensemble_run(
 ) -> dict[str, Any]:
     """Average `members` into one model in a new MLflow run (evaluated on `manifest`'s dev and
     test), then, with `register`, through the promotion gate like any run."""
-    from skin.ensemble import ensemble_stage
+    from skin.ensemble import check_members_unseen, ensemble_stage
 
+    if oof is None:  # members of any provenance: none may have trained on the dev or test
+        check_members_unseen(_member_manifests(cfg, members), mf.read(manifest.uri))
     tracker = MLflowTracker(
         cfg.tracking.tracking_uri,
         cfg.tracking.experiment,
@@ -272,6 +275,23 @@ def ensemble_run(
         reg = register_task(outcome.run_id, outcome.model_uri, cfg, manifest)
         result["registration"] = reg.to_dict()
     return result
+
+
+def _member_manifests(cfg: PipelineConfig, members: list[str]) -> dict[str, pd.DataFrame]:
+    """Each member's training manifest, read through its MLflow run."""
+    registry = MLflowRegistry(cfg.tracking.tracking_uri)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="skin-members-") as tmp:
+        for i, ref in enumerate(members):
+            if ref.startswith(("models:/", "runs:/")):
+                run_id = registry.source_run(ref)
+            elif RUN_ID.fullmatch(ref):
+                run_id = ref
+            else:  # a checkpoint file: nothing records what it trained on
+                get_run_logger().warning("member %s: its training data cannot be checked", ref)
+                continue
+            out[ref] = mf.read(registry.run_manifest(run_id, Path(tmp) / str(i)))
+    return out
 
 
 def fold_ensemble(
@@ -324,8 +344,6 @@ def ensemble_flow(
 
 def _run_manifest(cfg: PipelineConfig, ref: str) -> str:
     """The manifest the first member trained on (its run's `manifest_uri` tag)."""
-    from skin.predict import RUN_ID
-
     run_id = ref.removeprefix("runs:/").split("/", 1)[0]
     if not RUN_ID.fullmatch(run_id):
         raise ValueError(f"{ref}: give --manifest when the members are not runs")

@@ -252,6 +252,32 @@ def member_of(ref: str, dst: Path, tracking_uri: str | None) -> Member:
     return Member(path, calibrated_temperature(path), source.resolved)
 
 
+def seen_in_training(member: pd.DataFrame, evaluation: pd.DataFrame) -> dict[str, int]:
+    """How many of `evaluation`'s dev and test images a member trained on: the same key, an
+    identical file (fingerprint) or the same lesion; an ensemble scored on them would flatter."""
+    trained = member[(member["split"] == "train") & member["keep"].astype(bool)]
+    seen = evaluation["key"].isin(trained["key"]) | evaluation["fingerprint"].isin(
+        trained["fingerprint"]
+    )
+    if "lesion_id" in evaluation and "lesion_id" in trained:
+        lesions = trained["lesion_id"].dropna()
+        seen |= evaluation["lesion_id"].notna() & evaluation["lesion_id"].isin(lesions)
+    return {s: int((seen & (evaluation["split"] == s)).sum()) for s in ("dev", "test")}
+
+
+def check_members_unseen(members: Mapping[str, pd.DataFrame], evaluation: pd.DataFrame) -> None:
+    """Refuse an ensemble whose members trained on the images it is judged on."""
+    for name, manifest in members.items():
+        leaked = {s: n for s, n in seen_in_training(manifest, evaluation).items() if n}
+        if leaked:
+            counts = ", ".join(f"{n} {s}" for s, n in leaked.items())
+            raise EnsembleError(
+                f"member {name} trained on {counts} images of the evaluation manifest (same key,"
+                " file or lesion): its score there would flatter the ensemble. Ensemble runs"
+                " trained on one manifest's train split, or fold models through --cv-run"
+            )
+
+
 # --------------------------------------------------------------------------- evaluation
 
 

@@ -338,3 +338,36 @@ def test_drift_embeds_with_an_ensemble_champions_first_member(members) -> None:
     for a, b in zip(net.state_dict().values(), alone.state_dict().values(), strict=True):
         assert torch.equal(a, b), "the first member's weights"
     assert spec.size > 0
+
+
+def test_members_that_trained_on_the_judged_images_are_refused() -> None:
+    from skin.ensemble import check_members_unseen, seen_in_training
+
+    evaluation = pd.DataFrame(
+        {
+            "key": ["t1", "t2", "d1", "d2", "x1"],
+            "split": ["train", "train", "dev", "dev", "test"],
+            "keep": True,
+            "fingerprint": ["f1", "f2", "f3", "f4", "f5"],
+            "lesion_id": ["L1", "L2", "L3", "L4", "L5"],
+        }
+    )
+    same = evaluation.copy()  # trained on the evaluation manifest's own train split
+    assert seen_in_training(same, evaluation) == {"dev": 0, "test": 0}
+    other = evaluation.assign(split=["dev", "test", "train", "dev", "dev"])  # a fold's manifest
+    assert seen_in_training(other, evaluation) == {"dev": 1, "test": 0}, "d1 by key"
+    twin = pd.DataFrame(  # another dataset version: a copy of x1's file, a photo of lesion L4
+        {
+            "key": ["copy", "new"],
+            "split": "train",
+            "keep": True,
+            "fingerprint": ["f5", "f9"],
+            "lesion_id": [None, "L4"],
+        }
+    )
+    assert seen_in_training(twin, evaluation) == {"dev": 1, "test": 1}, "by file and by lesion"
+    dropped = other.assign(keep=[True, True, False, True, True])  # undersampled: never trained
+    assert seen_in_training(dropped, evaluation) == {"dev": 0, "test": 0}
+    check_members_unseen({"a": same}, evaluation)
+    with pytest.raises(EnsembleError, match="member b trained on 1 dev"):
+        check_members_unseen({"a": same, "b": other}, evaluation)

@@ -261,6 +261,11 @@ class RetrainConfig(_Strict):
         " dataset; drift: only when check-drift finds drift",
     )
     min_new_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    check_drift: bool = Field(
+        True,
+        description="run check-drift first whenever there is a champion, whatever `when` says"
+        " (its report and notification); `when: drift` runs it regardless",
+    )
 
 
 class PipelineConfig(_Strict):

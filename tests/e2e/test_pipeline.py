@@ -125,18 +125,21 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
         "list-images": "ran",
         "split": "cached",
         "undersample": "cached",
+        "check-drift": "ran",  # first, now that there is a champion (retrain.check_drift)
         "prepare-images": "cached",
         "train": "cached",
         "evaluate": "cached",
         "register-model": "cached",
     }, again["stages"]
     assert again["run_id"] == first["run_id"], "nothing changed: the same run is the answer"
+    assert "fewer than drift.min_images" in again["drift"]["verdict"], "no new image to test"
 
     lr = pipeline_flow(data_uri=str(data), overrides={**ov, "train.lr": 0.002})
     assert lr["stages"] == {
         "list-images": "ran",
         "split": "cached",
         "undersample": "cached",
+        "check-drift": "cached",
         "prepare-images": "cached",
         "train": "ran",
         "evaluate": "ran",

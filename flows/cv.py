@@ -32,14 +32,13 @@ from skin.folds import (
 from skin.predict import RUN_ID
 from skin.runs import RunPaths
 from skin.stages import EvalOutcome
-from skin.tracking import MLflowRegistry, MLflowTracker, tracked_run
+from skin.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, tracked_run
 from tasks.caching import DATA_CODE, IO_RETRIES, keyed_on
 from tasks.training import _tags, decode_images_task, evaluate_task, register_task, train_task
 
 CV_TAG = "skin.cv"  # on the parent run: the number of folds
 FOLD_TAG = "skin.cv_fold"  # on a fold's run: its fold number
 MEMBERS_TAG = "skin.cv_runs"  # on the parent run: the fold runs, in fold order
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a fold's run under its parent
 FOLD_SECTIONS = ("split.seed", "split.group_by_lesion", "split.balance", "split.majority_class")
 
 

@@ -17,7 +17,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from flows.common import call, data_stages, flow_config, resolve_config
 from skin.config import PipelineConfig, digest
-from skin.datastages import ManifestRef, set_latest
+from skin.datastages import ManifestRef, manifest_ref, set_latest
 from skin.stages import EvalOutcome
 from skin.sweep import (
     PARENT_RUN,
@@ -38,7 +38,7 @@ from skin.sweep import (
     trials_to_run,
     validate_space,
 )
-from skin.tracking import MLflowTracker, resolve_tracking_uri
+from skin.tracking import PARENT_TAG, MLflowTracker, resolve_tracking_uri
 from skin.train import TrainingStopped
 from tasks.training import decode_images_task, evaluate_task, register_task, train_task
 
@@ -156,7 +156,7 @@ def _run_trial(
     try:
         cfg = resolve_config(ctx.config_path, {**ctx.overrides, **overrides}, ctx.data_uri)
         tags = {
-            "mlflow.parentRunId": ctx.parent_run_id,
+            PARENT_TAG: ctx.parent_run_id,
             "skin.sweep": ctx.name,
             "skin.trial": str(trial.number),
             **{f"skin.param.{k}": str(v) for k, v in overrides.items()},
@@ -180,6 +180,7 @@ def _run_trial(
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return out | {"state": "PRUNED", "run_id": stop.run_id, "epoch": stop.epoch}
         trial.set_user_attr("run_id", trained.run_id)
+        trial.set_user_attr("manifest_uri", manifest.uri)  # its own, when it changed split.*
         evaluated = call(
             evaluate_task,
             stages,
@@ -260,6 +261,7 @@ def log_summary(
         "params": best.params,
         "run_id": run_id,
         "model_uri": best.user_attrs.get("model_uri"),
+        "manifest_uri": best.user_attrs.get("manifest_uri"),
         "overrides": best.user_attrs.get("overrides", best.params),
     }
 
@@ -336,7 +338,7 @@ def sweep_flow(
                 run_id=best["run_id"],
                 model_uri=best["model_uri"],
                 config=best_cfg,
-                manifest=manifest,
+                manifest=manifest_ref(best["manifest_uri"]) if best["manifest_uri"] else manifest,
             ).to_dict()
             parent.set_tags(
                 {
@@ -346,8 +348,9 @@ def sweep_flow(
     except BaseException:
         parent.close("FAILED")
         raise
+    finally:  # trials with their own split moved the dataset's latest manifest: put it back
+        set_latest(manifest, cfg.state_uri, cfg.data.uri)
     parent.close("FINISHED")
-    set_latest(manifest, cfg.state_uri, cfg.data.uri)  # trials with their own split moved it
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors and best is None:
         raise RuntimeError(

@@ -37,6 +37,9 @@ ENSEMBLE_MODEL_TAG = "skin.ensemble_model"  # on an ensemble's run: the logged m
 _MODEL_VERSIONS = "mlflow.modelVersions"
 
 
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this parent
+
+
 class TrackingError(RuntimeError):
     """The tracking server cannot be reached, refused a request, or holds no usable record."""
 

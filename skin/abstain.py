@@ -44,6 +44,7 @@ class Abstention:
 
     kind: str
     threshold: float
+    tta: bool | None = None  # whether dev was scored with TTA (None: not recorded)
 
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
@@ -173,7 +174,10 @@ def abstention_json(
 def read_abstention(doc: dict[str, Any], where: str) -> Abstention:
     """The rule stored in an abstention.json document; a clear error naming `where` if unusable."""
     try:
-        return Abstention(str(doc["score"]), float(doc["threshold"]))
+        tta = doc.get("tta")
+        return Abstention(
+            str(doc["score"]), float(doc["threshold"]), None if tta is None else bool(tta)
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{where}: no usable abstention rule (score, threshold): {err}") from err
 

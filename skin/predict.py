@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from skin.model import InputSpec, input_spec, load_model_from_checkpoint
 from skin.storage import StorageError, exists_uri, is_s3, join_uri, open_store, read_uri
 from skin.tables import TABLE_SUFFIXES, write_table
 from skin.train import amp_dtype, pick_device
+
+log = logging.getLogger(__name__)
 
 
 class PredictError(ValueError):
@@ -131,6 +134,13 @@ class Predictor:
 
     def score(self, keys: Sequence[str], fetch: Callable[[str], bytes]) -> pd.DataFrame:
         """Fetch, decode and predict each key; a key that fails gets a row with its error."""
+        rule = self.abstention
+        if rule is not None and rule.tta is not None and rule.tta != self.tta:
+            log.warning(
+                "UNK threshold chosen %s TTA, predicting %s: coverage may differ from its target",
+                "with" if rule.tta else "without",
+                "with" if self.tta else "without",
+            )
         with ThreadPoolExecutor(max_workers=8) as pool:
             loaded = list(pool.map(lambda key: _load(self, fetch, key), keys))
         good = [i for i, (arr, _) in enumerate(loaded) if arr is not None]

@@ -535,6 +535,7 @@ def abstention_findings(
         temperature,
         known["dev"][2],
         holdout_class=cfg.data.holdout_class,
+        tta=cfg.evaluate.tta,  # the threshold holds for logits averaged the same way
         unknown_images={s: len(u) for s, u in unknown.items()},
         measured=metrics,
     )

@@ -120,3 +120,8 @@ def test_a_stored_rule_is_checked_when_read() -> None:
         read_abstention({"score": "msp"}, "x.json")
     with pytest.raises(ValueError, match=r"x\.json"):
         read_abstention({"score": "softmax", "threshold": 0.4}, "x.json")
+
+
+def test_a_stored_rule_remembers_whether_dev_was_scored_with_tta() -> None:
+    assert read_abstention({"score": "msp", "threshold": 0.3, "tta": True}, "x").tta is True
+    assert read_abstention({"score": "msp", "threshold": 0.3}, "x").tta is None, "older files"

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -132,6 +133,21 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+@cache
+def sqlite_ready(uri: str) -> None:
+    """Create (or migrate) a SQLite store under a file lock, once per process: two processes
+    opening a fresh database at once race in MLflow's migrations ('table … already exists')."""
+    if not uri.startswith("sqlite:///"):
+        return
+    from filelock import FileLock
+    from mlflow import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock"):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def _ensure_experiment(mlflow: Any, uri: str, name: str) -> None:
     """With a SQLite store, keep artifacts beside the database (MLflow's default, ./mlruns in
     whatever folder the process happens to run in, scatters them)."""
@@ -156,6 +172,7 @@ class MLflowTracker:
 
         self.uri = resolve_tracking_uri(tracking_uri)
         check_reachable(self.uri)
+        sqlite_ready(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self._mlflow = mlflow
         try:
@@ -335,6 +352,7 @@ class MLflowRegistry:
         from mlflow import MlflowClient
 
         self.uri = resolve_tracking_uri(tracking_uri)
+        sqlite_ready(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
 
     def metric(self, run_id: str | None, metric: str) -> float:

@@ -50,6 +50,12 @@ def drift_report(listing: ListingRef, reference: Reference, config: PipelineConf
     )
 
 
+def drift_experiment(experiment: str) -> str:
+    """Drift checks get an experiment of their own beside the training runs' (`<name>-drift`),
+    so the runs table of the training experiment lists trainings only."""
+    return f"{experiment}-drift"
+
+
 @task(
     name="check-drift",
     cache_policy=keyed_on(
@@ -66,11 +72,16 @@ def check_drift_task(
 ) -> dict[str, Any]:
     """Run the drift checks and record the report (table, chart, metrics) in an MLflow run."""
     report = drift_report(listing, reference, config)
-    key = digest(listing.fingerprint, reference.manifest_hash, config_digest(config, ("drift",)))
+    key = digest(  # as the cache key: a check with another backbone writes its own folder
+        listing.fingerprint,
+        reference.manifest_hash,
+        reference.checkpoint_sha,
+        config_digest(config, ("drift", "model")),
+    )
     files = write_report(report, Path(config.work_dir) / "drift" / key)
     tracker = MLflowTracker(
         config.tracking.tracking_uri,
-        config.tracking.experiment,
+        drift_experiment(config.tracking.experiment),
         run_name=f"check-drift-{listing.fingerprint[:8]}",
         tags=_tags({STAGE_TAG: "check-drift", "skin.drift.reference": reference.label}),
     )

@@ -266,6 +266,61 @@ def log_summary(
     }
 
 
+def checked_space(space_path: str, cfg: PipelineConfig, cv_folds: int | None) -> Space:
+    """The space file, every range and choice a valid config, its metric scorable (with --cv:
+    out of fold), before any work starts."""
+    space = load_space(space_path)
+    validate_space(space, cfg)
+    make_scorer(space.metric, cv_folds)
+    return space
+
+
+def failures(name: str, results: list[Any], best: dict[str, Any] | None) -> list[BaseException]:
+    """The trials that raised; when none completed at all, the sweep fails with the first."""
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors and best is None:
+        raise RuntimeError(f"sweep {name}: no trial completed; the first error: {errors[0]}") from (
+            errors[0]
+        )
+    return errors
+
+
+def study_facts(
+    cfg: PipelineConfig, manifest: ManifestRef, space: Space, cv_folds: int | None
+) -> dict[str, str]:
+    """What a study searches; resumed on anything else it is refused (`pin_study`)."""
+    return {
+        "data_uri": cfg.data.uri,
+        "manifest_hash": manifest.hash,
+        "space": digest(*(repr(p) for p in space.params)),
+        "metric": space.metric,
+        "cv_folds": str(cv_folds),
+    }
+
+
+def register_best_trial(
+    best: dict[str, Any],
+    config: PipelineConfig,
+    manifest: ManifestRef,
+    stages: dict[str, str],
+    parent: MLflowTracker,
+) -> dict[str, Any]:
+    """The best trial through the promotion gate, with its own config and manifest (a trial
+    that changed split.* has one)."""
+    own = manifest_ref(best["manifest_uri"]) if best["manifest_uri"] else manifest
+    registration = call(
+        register_task,
+        stages,
+        run_id=best["run_id"],
+        model_uri=best["model_uri"],
+        config=config,
+        manifest=own,
+    ).to_dict()
+    r = registration
+    parent.set_tags({"skin.registered": f"{r['name']} v{r['version']} {r['alias']}"})
+    return registration
+
+
 @flow(name="skin-sweep", log_prints=True)
 def sweep_flow(
     space_path: str = "configs/sweep.yaml",
@@ -285,9 +340,7 @@ def sweep_flow(
     log = get_run_logger()
     t0 = time.perf_counter()
     cfg = flow_config(config_path, overrides, data_uri)
-    space = load_space(space_path)
-    validate_space(space, cfg)
-    make_scorer(space.metric, cv_folds)  # fails now if --cv cannot be honoured
+    space = checked_space(space_path, cfg, cv_folds)
     name = name or Path(space_path).stem
     storage = storage or default_storage(cfg.work_dir)
     study = open_study(name, storage, space)
@@ -299,16 +352,7 @@ def sweep_flow(
     call(decode_images_task, stages, manifest=manifest, config=cfg)
     data_seconds = time.perf_counter() - t0
 
-    pin_study(
-        study,
-        {
-            "data_uri": cfg.data.uri,
-            "manifest_hash": manifest.hash,
-            "space": digest(*(repr(p) for p in space.params)),
-            "metric": space.metric,
-            "cv_folds": str(cv_folds),
-        },
-    )
+    pin_study(study, study_facts(cfg, manifest, space, cv_folds))
     parent = open_parent_run(cfg, study, name)
     ctx = SweepContext(
         name,
@@ -332,30 +376,14 @@ def sweep_flow(
             best_cfg = resolve_config(
                 config_path, {**(overrides or {}), **best["overrides"]}, data_uri
             )
-            registration = call(
-                register_task,
-                stages,
-                run_id=best["run_id"],
-                model_uri=best["model_uri"],
-                config=best_cfg,
-                manifest=manifest_ref(best["manifest_uri"]) if best["manifest_uri"] else manifest,
-            ).to_dict()
-            parent.set_tags(
-                {
-                    "skin.registered": f"{registration['name']} v{registration['version']} {registration['alias']}"
-                }
-            )
+            registration = register_best_trial(best, best_cfg, manifest, stages, parent)
     except BaseException:
         parent.close("FAILED")
         raise
     finally:  # trials with their own split moved the dataset's latest manifest: put it back
         set_latest(manifest, cfg.state_uri, cfg.data.uri)
     parent.close("FINISHED")
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors and best is None:
-        raise RuntimeError(
-            f"sweep {name}: no trial completed; the first error: {errors[0]}"
-        ) from errors[0]
+    errors = failures(name, results, best)
     table = trials_table(study)
     return {
         "name": name,

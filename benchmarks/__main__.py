@@ -25,6 +25,7 @@ ORDER = (
     "render",
     "serve",
     "sweep",
+    "decisions",
 )
 
 

@@ -33,13 +33,16 @@ def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
         return float("nan"), float("nan")
     p = successes / trials
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    half = (
+        z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    )
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def at_most(decision: str, limit: float, hits: int, trials: int, note: str = "") -> Rate:
     """A rate promised to stay at or below `limit` (false alarms, false promotions): holds unless
     the whole Monte-Carlo interval lies above it."""
+    hits, trials = int(hits), int(trials)
     low, high = wilson(hits, trials)
     return Rate(decision, f"<= {limit:g}", hits / trials, low, high, trials, low <= limit, note)
 
@@ -47,6 +50,7 @@ def at_most(decision: str, limit: float, hits: int, trials: int, note: str = "")
 def at_least(decision: str, limit: float, hits: int, trials: int, note: str = "") -> Rate:
     """A rate promised to reach at least `limit` (power, coverage): holds unless the whole
     Monte-Carlo interval lies below it."""
+    hits, trials = int(hits), int(trials)
     low, high = wilson(hits, trials)
     return Rate(decision, f">= {limit:g}", hits / trials, low, high, trials, high >= limit, note)
 
@@ -56,11 +60,12 @@ def near(
 ) -> Rate:
     """A rate promised to sit at `target` ± `tolerance` (a coverage, an abstention rate): the
     mean over trials with a normal interval of that mean."""
+    values = [float(v) for v in values]
     n = len(values)
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / max(n - 1, 1))
     half = 1.96 * sd / math.sqrt(n)
-    holds = abs(mean - target) <= tolerance
+    holds = bool(abs(mean - target) <= tolerance)
     return Rate(
         decision, f"{target:g} ± {tolerance:g}", mean, mean - half, mean + half, n, holds, note
     )

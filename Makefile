@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/skin demo
 
+# Two workers (one per core here); tests steal work so the long end-to-end runs spread out.
+XDIST ?= -n auto --dist worksteal
+
 test: install
-	$(BIN)/python -m pytest --durations=20
+	$(BIN)/python -m pytest $(XDIST) --durations=20
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

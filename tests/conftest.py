@@ -26,6 +26,16 @@ ENV_DEFAULTS = {
 SERVER_FIXTURES = frozenset({"moto", "prefect_api", "prefect_server", "mlflow_server"})
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets one core's worth of threads (two workers on two cores
+    would otherwise fight over four BLAS/OpenMP threads); processes the tests start inherit it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("MKL_NUM_THREADS", "1")
+        if torch := sys.modules.get("torch"):
+            torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse a test that starts a server without the `server` marker (`-m` must be honest)."""
     unmarked = [

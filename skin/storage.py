@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
@@ -53,9 +53,10 @@ def open_store(uri: str, **s3_options: object) -> Store:
 
 
 def safe_key(key: str) -> str:
-    """Reject keys that could escape a root ('..', absolute); callers never write outside it."""
-    parts = PurePosixPath(key).parts
-    if not key or key.startswith("/") or any(p in ("..", "") for p in parts):
+    """Reject keys that could escape a root ('..', absolute) or name no file under it ('.', empty
+    parts); callers never write outside it. Parts are split as written, not normalised away."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("..", ".", "") for p in parts):
         raise StorageError(f"unsafe object key {key!r}")
     return key
 

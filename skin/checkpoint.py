@@ -19,11 +19,15 @@ class CheckpointError(RuntimeError):
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:  # a failed write (disk full) leaves no half file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_link(src: Path, dst: Path) -> None:

@@ -81,6 +81,7 @@ def test_a_save_that_fails_midway_leaves_last_and_best_whole(
         ckpt.save(tmp_path, 2, state(2.0), is_best=True, keep=None)
     monkeypatch.undo()
     assert not ckpt.epoch_path(tmp_path, 2).exists(), "a half-written epoch is never renamed in"
+    assert not list(tmp_path.glob(".*.tmp")), "the half-written temp file is removed, not left"
     assert ckpt.load(tmp_path / "last.pt")["epoch"] == 1, "last still points at the whole epoch"
     assert ckpt.load(tmp_path / "best.pt")["epoch"] == 1
 

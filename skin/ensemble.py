@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from skin import manifest as mf
-from skin.abstain import ENSEMBLE_FORMULA, Abstention, abstention_json, msp_of_probs
+from skin.abstain import Abstention, abstention_json, msp_of_probs
 from skin.bootstrap import confidence_intervals, flat_intervals
 from skin.calibration import LOG_T_BOUNDS, apply_temperature, fit_temperature, nll
 from skin.config import PipelineConfig, config_to_yaml
@@ -58,6 +58,9 @@ from skin.train import pick_device
 MEMBER_CHECKPOINT = "checkpoint.pt"
 FOLDER = "ensemble"  # runs/<id>/ensemble: members.json, member_<i>/, abstention.json
 PROB_FLOOR = 1e-12  # an averaged probability of 0 has no log: the ensemble's logits floor it
+SERVED_FORMULA = (  # the UNK score of what an ensemble serves (skin.abstain's, after its temperature)
+    "1 - max softmax(log(mean of the members' softmax(logits_i / T_i)) / T)"
+)
 COMBINE = (
     "mean of the members' calibrated probabilities, then the ensemble's own temperature:"
     " softmax(log(mean) / temperature), fitted on the ensemble's dev"
@@ -427,10 +430,12 @@ def evaluate_ensemble(
     seed: int,
     malignant: Sequence[str],
     coverage: float | None = None,
+    temperature: float = 1.0,
 ) -> EnsembleScores:
     """Metrics with lesion-resampled intervals per split (rows, probabilities), and the
     operating points chosen on dev, read on test, as a single run's evaluation gives them; with
-    `coverage`, the UNK rule (msp of the averaged probabilities) chosen on dev's images too."""
+    `coverage`, the UNK rule (msp of the probabilities given: what the ensemble serves, after its
+    `temperature`) chosen on dev's images too."""
     metrics: dict[str, float] = {}
     predictions, labelled = {}, {}
     for split, (rows, p) in probs.items():
@@ -459,7 +464,7 @@ def evaluate_ensemble(
         rule, found = abstention_measures(known, {}, "msp", coverage)
         metrics |= found
         abstention = abstention_json(
-            rule, coverage, None, known["dev"][2], formula=ENSEMBLE_FORMULA, measured=found
+            rule, coverage, temperature, known["dev"][2], formula=SERVED_FORMULA, measured=found
         )
         predictions = {s: with_ood_scores(f, known[s][2], rule) for s, f in predictions.items()}
     return EnsembleScores(metrics, predictions, operating, abstention)
@@ -524,6 +529,7 @@ def ensemble_stage(
         seed=cfg.split.seed,
         malignant=e.malignant,
         coverage=cfg.predict.abstain_coverage,
+        temperature=calibration.temperature,
     )
     scores.metrics["ensemble_temperature"] = calibration.temperature
     if scores.abstention:

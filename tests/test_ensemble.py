@@ -86,6 +86,35 @@ def test_a_changed_member_or_a_mismatched_class_set_is_refused(members, tmp_path
 
 
 @pytest.mark.slow
+def test_an_ensembles_own_temperature_is_read_from_members_json_or_refused_by_name(
+    members, tmp_path: Path
+) -> None:
+    """members.json's `temperature` calibrates the mean (softmax(log(mean) / T)); one written
+    before it existed serves the plain mean; a bad one is refused naming the file."""
+    import shutil
+
+    from skin.ensemble import calibrate_mean
+
+    paths, folder = members
+    data = images()
+    mean = expected(paths, data)
+    for name, value in (("legacy", None), ("sharp", 0.5), ("bad", -1.0)):
+        copy = shutil.copytree(folder, tmp_path / name)
+        doc = json.loads((copy / "members.json").read_text())
+        doc.pop("temperature")
+        if value is not None:
+            doc["temperature"] = value
+        (copy / "members.json").write_text(json.dumps(doc))
+        if name == "bad":
+            with pytest.raises(EnsembleError, match=r"members\.json.*temperature.*positive"):
+                load_predictor(str(copy), "cpu")
+            continue
+        got = load_predictor(str(copy), "cpu").predict(data)
+        want = mean if value is None else calibrate_mean(mean, value)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(calibrate_mean(mean, 0.5), mean), "T = 0.5 sharpens the mean"
+
+
 def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     members, tmp_path: Path
 ) -> None:

@@ -249,8 +249,8 @@ class EnsemblePredictor(Predictor):
         abstention: Abstention | None = None,
         temperature: float = 1.0,
     ) -> None:
-        # No Predictor.__init__: an ensemble has no single network or temperature. Its
-        # abstention rule scores the averaged probabilities, so it can only be msp.
+        # No Predictor.__init__: an ensemble has no single network; its temperature divides the
+        # log of the averaged probabilities. Its abstention rule scores those, so only msp.
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
         classes = members[0].classes
@@ -475,7 +475,9 @@ def summary_markdown(metrics: Mapping[str, float], members: Sequence[str], dev_n
     lines = [
         f"# Ensemble of {len(members)} models",
         "",
-        "Probabilities: the mean of each member's calibrated probabilities.",
+        "Probabilities: the mean of each member's calibrated probabilities, calibrated again by"
+        f" the ensemble's own temperature (T = {metrics.get('ensemble_temperature', 1.0):.3g},"
+        " fitted on dev).",
         "",
         *[f"- member {i}: `{m}`" for i, m in enumerate(members)],
         "",

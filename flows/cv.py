@@ -1,9 +1,10 @@
-"""Cross-validation flow: lesion-grouped folds over train+dev, one model per fold, pooled scores.
+"""Cross-validation flow: lesion-grouped folds over train, one model per fold, pooled scores.
 
 The data stages run once; each fold is a versioned manifest (train = the other folds, dev = this
-fold, test = the held-out test) trained and evaluated by the pipeline's own tasks. The fold runs
-hang under one parent MLflow run holding the cross-validated metrics; the fold models can be
-averaged into an ensemble, evaluated and gated like any run (`skin ensemble`).
+fold, test = the held-out test; the manifest's dev in none) trained and evaluated by the
+pipeline's own tasks. The fold runs hang under one parent MLflow run holding the cross-validated
+metrics; the fold models can be averaged into an ensemble, calibrated, thresholded, evaluated and
+gated on the manifest's dev, which none of them trained on, like any run (`skin ensemble`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ FOLD_SECTIONS = ("split.seed", "split.group_by_lesion", "split.balance", "split.
 def fold_manifests_task(
     manifest: ManifestRef, config: PipelineConfig, folds: int
 ) -> list[ManifestRef]:
-    """One manifest per fold, each saved under its own hash (train+dev dealt into folds, grouped
-    by lesion and duplicate, stratified by class; test untouched)."""
+    """One manifest per fold, each saved under its own hash (train dealt into folds, grouped by
+    lesion and duplicate, stratified by class; test untouched; dev left out for the ensemble)."""
     df = mf.read(manifest.uri)
     s = config.split
     assigned = assign_folds(df, folds, s.seed, s.group_by_lesion)
@@ -121,8 +122,8 @@ def cv_score(
     parent_run_id: str | None = None,
     stages: dict[str, str] | None = None,
 ) -> float:
-    """A config's cross-validated score: the pooled out-of-fold dev balanced accuracy over
-    `folds` lesion-grouped folds of `manifest`'s train+dev (what `skin sweep --cv K` ranks by)."""
+    """A config's cross-validated score: the pooled out-of-fold balanced accuracy over `folds`
+    lesion-grouped folds of `manifest`'s train (what `skin sweep --cv K` ranks by)."""
     return cross_validate(cfg, manifest, folds, stages, parent_run_id=parent_run_id).score
 
 
@@ -250,16 +251,16 @@ def ensemble_run(
     members: list[str],
     manifest: ManifestRef,
     *,
-    oof: pd.DataFrame | None = None,
     register: bool = False,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Average `members` into one model in a new MLflow run (evaluated on `manifest`'s dev and
-    test), then, with `register`, through the promotion gate like any run."""
+    """Average `members` into one model in a new MLflow run (calibrated, thresholded and
+    evaluated on `manifest`'s dev as the ensemble scores it, and on its test), then, with
+    `register`, through the promotion gate like any run. Fold models and runs alike: none may
+    have trained on the dev or test."""
     from skin.ensemble import check_members_unseen, ensemble_stage
 
-    if oof is None:  # members of any provenance: none may have trained on the dev or test
-        check_members_unseen(_member_manifests(cfg, members), mf.read(manifest.uri))
+    check_members_unseen(_member_manifests(cfg, members), mf.read(manifest.uri))
     tracker = MLflowTracker(
         cfg.tracking.tracking_uri,
         cfg.tracking.experiment,
@@ -267,7 +268,7 @@ def ensemble_run(
         tags=_tags(tags),
     )
     with tracked_run(tracker):
-        outcome = ensemble_stage(members, manifest.uri, cfg, tracker, oof=oof)
+        outcome = ensemble_stage(members, manifest.uri, cfg, tracker)
         outcome.url = tracker.url()
     result: dict[str, Any] = outcome.to_dict() | {"members": members}
     if register and outcome.model_uri:
@@ -296,24 +297,20 @@ def _member_manifests(cfg: PipelineConfig, members: list[str]) -> dict[str, pd.D
 def fold_ensemble(
     cfg: PipelineConfig, parent_run_id: str, *, register: bool = False
 ) -> dict[str, Any]:
-    """The fold models of a cross-validation (its parent run) as one ensemble; its dev is the
-    out-of-fold dev (see `skin.ensemble.OOF_DEV`)."""
+    """The fold models of a cross-validation (its parent run) as one ensemble, calibrated and
+    thresholded on the manifest's dev, which the folds left out (see `skin.ensemble.SAME_DEV`);
+    a cross-validation whose folds took dev in (made before #21) is refused by name."""
     registry = MLflowRegistry(cfg.tracking.tracking_uri)
     tags = registry.run_tags(parent_run_id)
     if MEMBERS_TAG not in tags:
         raise ValueError(
             f"run {parent_run_id} is not a finished cross-validation (no {MEMBERS_TAG} tag)"
         )
-    with tempfile.TemporaryDirectory(prefix="skin-cv-") as tmp:
-        oof = pd.read_parquet(
-            registry.download(parent_run_id, "cv/oof_predictions.parquet", Path(tmp))
-        )
     manifest = manifest_ref(tags["manifest_uri"])
     return ensemble_run(
         cfg,
         tags[MEMBERS_TAG].split(","),
         manifest,
-        oof=oof,
         register=register,
         tags={"skin.cv_parent": parent_run_id},
     )
@@ -383,8 +380,9 @@ def cv_flow(
     ensemble: bool = False,
     register_model: bool = False,
 ) -> dict[str, Any]:
-    """Cross-validate the config on the dataset's train+dev; with `ensemble` (or `register_model`,
-    which gates it into the registry) the fold models become one ensemble model.
+    """Cross-validate the config on the dataset's train; with `ensemble` (or `register_model`,
+    which gates it into the registry) the fold models become one ensemble model, calibrated,
+    thresholded and gated on the dev the folds left out.
 
     Folds train one at a time here (one accelerator, one process's seeded RNG); another task
     runner (`cv_flow.with_options(task_runner=...)`, e.g. Dask) spreads them over machines.

@@ -630,7 +630,9 @@ def cv_cmd(
     data: Annotated[
         str | None, typer.Option("--data", help="s3://bucket/prefix or a folder.")
     ] = None,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Folds over train+dev.")] = 5,
+    folds: Annotated[
+        int, typer.Option("--folds", min=2, help="Folds over train (dev kept out).")
+    ] = 5,
     config: ConfigOpt = None,
     ensemble: Annotated[
         bool, typer.Option("--ensemble", help="Average the fold models into one model.")
@@ -644,7 +646,7 @@ def cv_cmd(
     *,
     overrides: dict[str, Any],
 ) -> None:
-    """Cross-validate: lesion-grouped folds over train+dev (test held out), a model per fold,
+    """Cross-validate: lesion-grouped folds over train (dev, test held out), a model per fold,
     per-fold and pooled out-of-fold metrics in one parent MLflow run.
 
     Example: skin cv --data demo/data --config configs/demo.yaml --folds 5 --ensemble

@@ -1,9 +1,12 @@
 """Ensembles: several trained models averaged as one (each with its own calibration and input).
 
-An ensemble is a folder: `members.json` (each member's checkpoint and sha256) beside
-`member_<i>/checkpoint.pt` and `member_<i>/calibration.json`. `EnsemblePredictor` answers like a
-`Predictor`: every member decodes the image its own way, applies its own temperature, and the
-probabilities are averaged. The same folder travels inside the logged MLflow model.
+An ensemble is a folder: `members.json` (each member's checkpoint and sha256, and the ensemble's
+own temperature) beside `member_<i>/checkpoint.pt` and `member_<i>/calibration.json`.
+`EnsemblePredictor` answers like a `Predictor`: every member decodes the image its own way,
+applies its own temperature, the probabilities are averaged, and the mean is calibrated by the
+ensemble's temperature (softmax(log(mean) / T), fitted on the ensemble's dev). Every threshold
+the ensemble ships (UNK, operating points) is chosen on those served probabilities over dev
+images none of its members trained on. The same folder travels inside the logged MLflow model.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,9 @@ import pandas as pd
 import torch
 
 from skin import manifest as mf
-from skin.abstain import ENSEMBLE_FORMULA, Abstention, abstention_json, msp_of_probs
+from skin.abstain import Abstention, abstention_json, msp_of_probs
 from skin.bootstrap import confidence_intervals, flat_intervals
-from skin.compare import probabilities
+from skin.calibration import LOG_T_BOUNDS, apply_temperature, fit_temperature, nll
 from skin.config import PipelineConfig, config_to_yaml
 from skin.evaluate import flat_metrics, split_metrics
 from skin.images import ImageDecodeError
@@ -54,6 +57,14 @@ from skin.train import pick_device
 
 MEMBER_CHECKPOINT = "checkpoint.pt"
 FOLDER = "ensemble"  # runs/<id>/ensemble: members.json, member_<i>/, abstention.json
+PROB_FLOOR = 1e-12  # an averaged probability of 0 has no log: the ensemble's logits floor it
+SERVED_FORMULA = (  # the UNK score of what an ensemble serves (skin.abstain's, after its temperature)
+    "1 - max softmax(log(mean of the members' softmax(logits_i / T_i)) / T)"
+)
+COMBINE = (
+    "mean of the members' calibrated probabilities, then the ensemble's own temperature:"
+    " softmax(log(mean) / temperature), fitted on the ensemble's dev"
+)
 
 
 log = logging.getLogger(__name__)
@@ -72,8 +83,91 @@ class Member:
     origin: str  # the reference it was loaded from (runs:/…, models:/…, a path)
 
 
-def write_members(members: Sequence[Member], dst: Path) -> Path:
-    """The ensemble folder under `dst`: member_<i>/ (checkpoint, calibration) and members.json."""
+# --------------------------------------------------------------------------- its own calibration
+
+
+@dataclass(frozen=True)
+class EnsembleCalibration:
+    """The ensemble's own temperature, fitted on its averaged dev probabilities; `rejected` says
+    why the fit was not used (T = 1 kept), None when it was."""
+
+    temperature: float
+    fitted: float
+    dev_log_loss_before: float
+    dev_log_loss_after: float
+    dev_images: int
+    rejected: str | None = None
+
+    @classmethod
+    def identity(cls) -> EnsembleCalibration:
+        """No calibration yet: the plain mean of the members (T = 1)."""
+        nan = float("nan")
+        return cls(1.0, 1.0, nan, nan, 0, "not fitted")
+
+    def to_json(self) -> dict[str, Any]:
+        """What members.json records beside `temperature`: how and on what it was chosen."""
+        doc = asdict(self) | {
+            "formula": "softmax(log(mean of the members' calibrated probabilities) / temperature)",
+            "chosen_on": "the ensemble's dev: images none of its members trained on",
+        }
+        return {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in doc.items()
+        }
+
+
+def ensemble_logits(mean: np.ndarray) -> np.ndarray:
+    """The log of the averaged probabilities: what the ensemble's temperature divides."""
+    return np.log(np.clip(np.asarray(mean, dtype=np.float64), PROB_FLOOR, None))
+
+
+def calibrate_mean(mean: np.ndarray, temperature: float) -> np.ndarray:
+    """The ensemble's answer from its members' mean: softmax(log(mean) / T); T = 1 is the mean."""
+    if temperature == 1.0:
+        return mean
+    return apply_temperature(ensemble_logits(mean), temperature)
+
+
+def fit_ensemble_temperature(mean: np.ndarray, y: np.ndarray) -> EnsembleCalibration:
+    """The ensemble's T fitted on its own dev probabilities (the members' mean, never one member's);
+    a fit at the optimiser's bound or one that does not lower dev log loss is refused (T = 1)."""
+    logits = ensemble_logits(mean)
+    fitted = fit_temperature(logits, y)
+    before, after = nll(logits, y), nll(logits, y, fitted)
+    rejected = None
+    if min(abs(np.log(fitted) - b) for b in LOG_T_BOUNDS) < 1e-3:
+        rejected = f"the fit stopped at the optimiser's bound (T = {fitted:.4g})"
+    elif not after <= before:
+        rejected = f"the fit raised dev log loss ({before:.4f} -> {after:.4f})"
+    if rejected:
+        log.warning("ensemble temperature not used, T = 1 kept: %s", rejected)
+    kept = 1.0 if rejected else fitted
+    return EnsembleCalibration(kept, fitted, before, nll(logits, y, kept), len(y), rejected)
+
+
+def served_probabilities(
+    means: Mapping[str, np.ndarray], dev_y: np.ndarray
+) -> tuple[dict[str, np.ndarray], EnsembleCalibration]:
+    """What the ensemble serves on each split (the members' mean per split, `means["dev"]` with
+    labels `dev_y`): its temperature fitted on dev's mean, applied to every split. Thresholds are
+    chosen on the dev this returns, so they see the probabilities prediction will give."""
+    dev = means["dev"]
+    ok = np.isfinite(dev).all(axis=1)
+    calibration = fit_ensemble_temperature(dev[ok], np.asarray(dev_y)[ok])
+    return {s: calibrate_mean(p, calibration.temperature) for s, p in means.items()}, calibration
+
+
+def write_calibration(members_file: Path, calibration: EnsembleCalibration) -> None:
+    """Record the ensemble's own temperature in its members.json (what prediction applies)."""
+    doc = json.loads(members_file.read_text())
+    doc |= {"temperature": calibration.temperature, "calibration": calibration.to_json()}
+    members_file.write_text(json.dumps(doc, indent=2))
+
+
+def write_members(
+    members: Sequence[Member], dst: Path, calibration: EnsembleCalibration | None = None
+) -> Path:
+    """The ensemble folder under `dst`: member_<i>/ (checkpoint, calibration) and members.json
+    (with the ensemble's own temperature; 1, the plain mean, until `calibration` is given)."""
     from skin.tracking import sha256_file
 
     if not members:
@@ -94,7 +188,13 @@ def write_members(members: Sequence[Member], dst: Path) -> Path:
                 "origin": m.origin,
             }
         )
-    doc = {"combine": "mean of the members' calibrated probabilities", "members": listed}
+    calibration = calibration or EnsembleCalibration.identity()
+    doc = {
+        "combine": COMBINE,
+        "temperature": calibration.temperature,
+        "calibration": calibration.to_json(),
+        "members": listed,
+    }
     path = dst / MEMBERS_FILE
     path.write_text(json.dumps(doc, indent=2))
     return path
@@ -112,7 +212,8 @@ def load_ensemble(
     from skin.tracking import sha256_file
 
     try:
-        listed = json.loads(members_file.read_text())["members"]
+        doc = json.loads(members_file.read_text())
+        listed = doc["members"]
     except (ValueError, KeyError, TypeError) as err:
         raise EnsembleError(f"{members_file}: not an ensemble's members list: {err}") from err
     predictors = []
@@ -121,7 +222,20 @@ def load_ensemble(
         if sha256_file(path) != entry["sha256"]:
             raise EnsembleError(f"{members_file}: member {i} ({path.name}) changed since logged")
         predictors.append(load_predictor(str(path), device, tta=tta, batch_size=batch_size))
-    return EnsemblePredictor(predictors, source, stored_abstention(members_file))
+    temperature = ensemble_temperature(doc, members_file)
+    return EnsemblePredictor(predictors, source, stored_abstention(members_file), temperature)
+
+
+def ensemble_temperature(doc: Mapping[str, Any], where: Path) -> float:
+    """The ensemble's own temperature in a members.json; 1 (the plain mean) in one written before
+    ensembles were calibrated."""
+    value = doc.get("temperature", 1.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < np.inf:
+        raise EnsembleError(
+            f"{where}: the ensemble's temperature must be a positive number, not {value!r}"
+            " (rewrite members.json, or run `skin ensemble` again)"
+        )
+    return float(value)
 
 
 class EnsemblePredictor(Predictor):
@@ -133,9 +247,10 @@ class EnsemblePredictor(Predictor):
         members: Sequence[Predictor],
         source: ModelSource,
         abstention: Abstention | None = None,
+        temperature: float = 1.0,
     ) -> None:
-        # No Predictor.__init__: an ensemble has no single network or temperature. Its
-        # abstention rule scores the averaged probabilities, so it can only be msp.
+        # No Predictor.__init__: an ensemble has no single network; its temperature divides the
+        # log of the averaged probabilities. Its abstention rule scores those, so only msp.
         if not members:
             raise EnsembleError("an ensemble needs at least one member")
         classes = members[0].classes
@@ -150,6 +265,7 @@ class EnsemblePredictor(Predictor):
         self.batch_size = members[0].batch_size
         self.tta = members[0].tta
         self.abstention = ensemble_rule(abstention, str(source.resolved))
+        self.temperature = float(temperature)  # the ensemble's own, on the mean (1: plain mean)
 
     @property
     def model(self) -> torch.nn.Module:  # type: ignore[override]
@@ -171,13 +287,17 @@ class EnsemblePredictor(Predictor):
         return self.members[0].to_input(data)
 
     def predict(self, images: Sequence[bytes]) -> np.ndarray:
-        """Mean of the members' calibrated probabilities [N, classes], each decoding the bytes."""
-        return np.mean([m.predict(images) for m in self.members], axis=0)
+        """The members' calibrated probabilities [N, classes] (each decoding the bytes), averaged
+        and calibrated by the ensemble's temperature."""
+        return calibrate_mean(
+            np.mean([m.predict(images) for m in self.members], axis=0), self.temperature
+        )
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """For decoded, cropped images: every member must take the same input size."""
         self._one_size()
-        return np.mean([m.predict_arrays(images) for m in self.members], axis=0)
+        mean = np.mean([m.predict_arrays(images) for m in self.members], axis=0)
+        return calibrate_mean(mean, self.temperature)
 
     def _one_size(self) -> None:
         sizes = {m.spec.size for m in self.members}
@@ -201,7 +321,8 @@ class EnsemblePredictor(Predictor):
 
         frames = [m.score(keys, cached) for m in self.members]
         columns = [f"prob_{c}" for c in self.classes]
-        probs = np.mean([f[columns].to_numpy(dtype=np.float64) for f in frames], axis=0)
+        mean = np.mean([f[columns].to_numpy(dtype=np.float64) for f in frames], axis=0)
+        probs = calibrate_mean(mean, self.temperature)
         errors = [
             next((e for e in row if isinstance(e, str)), None)
             for row in zip(*(f["error"] for f in frames), strict=True)
@@ -274,7 +395,8 @@ def check_members_unseen(members: Mapping[str, pd.DataFrame], evaluation: pd.Dat
             raise EnsembleError(
                 f"member {name} trained on {counts} images of the evaluation manifest (same key,"
                 " file or lesion): its score there would flatter the ensemble. Ensemble runs"
-                " trained on one manifest's train split, or fold models through --cv-run"
+                " trained on one manifest's train split, or the fold models of a `skin cv` whose"
+                " folds left dev out (since #21; re-run an older cross-validation)"
             )
 
 
@@ -308,10 +430,12 @@ def evaluate_ensemble(
     seed: int,
     malignant: Sequence[str],
     coverage: float | None = None,
+    temperature: float = 1.0,
 ) -> EnsembleScores:
     """Metrics with lesion-resampled intervals per split (rows, probabilities), and the
     operating points chosen on dev, read on test, as a single run's evaluation gives them; with
-    `coverage`, the UNK rule (msp of the averaged probabilities) chosen on dev's images too."""
+    `coverage`, the UNK rule (msp of the probabilities given: what the ensemble serves, after its
+    `temperature`) chosen on dev's images too."""
     metrics: dict[str, float] = {}
     predictions, labelled = {}, {}
     for split, (rows, p) in probs.items():
@@ -340,7 +464,7 @@ def evaluate_ensemble(
         rule, found = abstention_measures(known, {}, "msp", coverage)
         metrics |= found
         abstention = abstention_json(
-            rule, coverage, None, known["dev"][2], formula=ENSEMBLE_FORMULA, measured=found
+            rule, coverage, temperature, known["dev"][2], formula=SERVED_FORMULA, measured=found
         )
         predictions = {s: with_ood_scores(f, known[s][2], rule) for s, f in predictions.items()}
     return EnsembleScores(metrics, predictions, operating, abstention)
@@ -351,7 +475,9 @@ def summary_markdown(metrics: Mapping[str, float], members: Sequence[str], dev_n
     lines = [
         f"# Ensemble of {len(members)} models",
         "",
-        "Probabilities: the mean of each member's calibrated probabilities.",
+        "Probabilities: the mean of each member's calibrated probabilities, calibrated again by"
+        f" the ensemble's own temperature (T = {metrics.get('ensemble_temperature', 1.0):.3g},"
+        " fitted on dev).",
         "",
         *[f"- member {i}: `{m}`" for i, m in enumerate(members)],
         "",
@@ -366,11 +492,11 @@ def summary_markdown(metrics: Mapping[str, float], members: Sequence[str], dev_n
     return "\n".join(lines)
 
 
-OOF_DEV = (
-    "out-of-fold: the manifest's dev images, each scored by the one fold model that never"
-    " trained on it (calibrated by its own temperature); a lower bound on the ensemble itself"
+SAME_DEV = (
+    "the manifest's dev images, which none of the members trained on (a fold ensemble's folds"
+    " are dealt over train only), scored by the ensemble: its temperature, UNK threshold and"
+    " operating points are chosen there"
 )
-SAME_DEV = "the manifest's dev images, scored by the ensemble"
 
 
 def ensemble_stage(
@@ -378,22 +504,53 @@ def ensemble_stage(
     manifest_uri: str,
     cfg: PipelineConfig,
     tracker: Tracker,
-    *,
-    oof: pd.DataFrame | None = None,
 ) -> EvalOutcome:
-    """Average `refs` (run ids, runs:/ or models:/ URIs) into one model, evaluate it on the
-    manifest's dev and test like a run (metrics with intervals, operating points, predictions),
-    log it as one image-in model. With `oof` (a cross-validation's out-of-fold predictions), dev
-    is the out-of-fold dev: the fold models trained on every train+dev image."""
+    """Average `refs` (run ids, runs:/ or models:/ URIs) into one model, calibrate it and choose
+    its thresholds on the manifest's dev as scored by the ensemble itself, evaluate it on dev and
+    test like a run (metrics with intervals, operating points, predictions), log it as one
+    image-in model. The members must not have trained on dev or test (`check_members_unseen`)."""
+    paths = RunPaths(cfg.work_dir, tracker.run_id)
+    members, predictor = _assemble(refs, paths, cfg, tracker.run_id)
+    manifest = mf.read(manifest_uri)
+    rows = {s: manifest[manifest["split"] == s].reset_index(drop=True) for s in ("dev", "test")}
+    labels = rows["dev"]["label"].map({c: i for i, c in enumerate(predictor.classes)})
+    means = {s: score_split(predictor, r) for s, r in rows.items()}  # members' mean: T = 1 yet
+    served, calibration = served_probabilities(means, labels.to_numpy())
+    write_calibration(paths.root / FOLDER / MEMBERS_FILE, calibration)
+    if cfg.predict.ood_score != "msp":
+        log.warning(
+            "predict.ood_score is %s, but an ensemble has no logits: it abstains on msp of its"
+            " averaged probabilities",
+            cfg.predict.ood_score,
+        )
+    e = cfg.evaluate
+    scores = evaluate_ensemble(
+        {s: (rows[s], served[s]) for s in rows},
+        predictor.classes,
+        n_resamples=e.bootstrap,
+        seed=cfg.split.seed,
+        malignant=e.malignant,
+        coverage=cfg.predict.abstain_coverage,
+        temperature=calibration.temperature,
+    )
+    scores.metrics["ensemble_temperature"] = calibration.temperature
+    if scores.abstention:
+        scores.abstention["chosen_on"] = f"dev known images: {SAME_DEV}"
+    origins = [m.origin for m in members]
+    _write_report(paths, cfg, manifest, scores, origins, SAME_DEV, calibration)
+    return _log_ensemble(tracker, paths, cfg, manifest, scores, origins, manifest_uri)
+
+
+def _assemble(
+    refs: Sequence[str], paths: RunPaths, cfg: PipelineConfig, run_id: str
+) -> tuple[list[Member], EnsemblePredictor]:
+    """The members downloaded into the run's ensemble folder, loaded as one (uncalibrated) model."""
     from skin.tracking import resolve_tracking_uri
 
-    paths = RunPaths(cfg.work_dir, tracker.run_id)
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     members = [member_of(r, paths.root / "download" / str(i), uri) for i, r in enumerate(refs)]
     members_file = write_members(members, paths.root / FOLDER)
-    source = ModelSource(
-        f"runs:/{tracker.run_id}/model", str(members_file), str(members_file), tracker.run_id
-    )
+    source = ModelSource(f"runs:/{run_id}/model", str(members_file), str(members_file), run_id)
     predictor = load_ensemble(
         members_file,
         pick_device(cfg.train.device),
@@ -401,47 +558,33 @@ def ensemble_stage(
         tta=cfg.evaluate.tta,
         batch_size=cfg.train.batch_size,
     )
-    manifest = mf.read(manifest_uri)
-    rows = {s: manifest[manifest["split"] == s].reset_index(drop=True) for s in ("dev", "test")}
-    if oof is None:
-        dev = (rows["dev"], score_split(predictor, rows["dev"]))
-    else:
-        part = oof[oof["key"].isin(rows["dev"]["key"])].reset_index(drop=True)
-        dev = (part, probabilities(part, predictor.classes))
-    test = (rows["test"], score_split(predictor, rows["test"]))
-    e = cfg.evaluate
-    if cfg.predict.ood_score != "msp":
-        log.warning(
-            "predict.ood_score is %s, but an ensemble has no logits: it abstains on msp of its"
-            " averaged probabilities",
-            cfg.predict.ood_score,
-        )
-    scores = evaluate_ensemble(
-        {"dev": dev, "test": test},
-        predictor.classes,
-        n_resamples=e.bootstrap,
-        seed=cfg.split.seed,
-        malignant=e.malignant,
-        coverage=cfg.predict.abstain_coverage,
-    )
-    note = OOF_DEV if oof is not None else SAME_DEV
-    if scores.abstention:
-        scores.abstention["chosen_on"] = f"dev known images: {note}"
-    _write_report(paths, cfg, manifest, scores, [m.origin for m in members], note)
+    return members, predictor
+
+
+def _log_ensemble(
+    tracker: Tracker,
+    paths: RunPaths,
+    cfg: PipelineConfig,
+    manifest: pd.DataFrame,
+    scores: EnsembleScores,
+    origins: Sequence[str],
+    manifest_uri: str,
+) -> EvalOutcome:
+    """Metrics, report, tags and (with `tracking.log_model`) the image-in model, in the run."""
     tracker.log_metrics({k: v for k, v in scores.metrics.items() if np.isfinite(v)})
     tracker.log_artifact(paths.report, "report")
     tracker.set_tags(
         {
-            "skin.ensemble": str(len(members)),
-            "skin.ensemble_dev": note[:250],
+            "skin.ensemble": str(len(origins)),
+            "skin.ensemble_dev": SAME_DEV[:250],
             "manifest_uri": manifest_uri,
             "manifest_hash": mf.manifest_hash(manifest),
         }
     )
-    tracker.set_description(summary_markdown(scores.metrics, [m.origin for m in members], note))
+    tracker.set_description(summary_markdown(scores.metrics, origins, SAME_DEV))
     model_uri = None
     if cfg.tracking.log_model and hasattr(tracker, "log_ensemble"):
-        model_uri = tracker.log_ensemble(members_file, paths.report)
+        model_uri = tracker.log_ensemble(paths.root / FOLDER / MEMBERS_FILE, paths.report)
     return EvalOutcome(
         tracker.run_id, scores.metrics, "ensemble", str(paths.report), model_uri=model_uri
     )
@@ -454,8 +597,10 @@ def _write_report(
     scores: EnsembleScores,
     members: Sequence[str],
     note: str,
+    calibration: EnsembleCalibration | None = None,
 ) -> None:
-    """The run folder as a run's: config, split counts, report/ (metrics, predictions, summary)."""
+    """The run folder as a run's: config, split counts, report/ (metrics, predictions, summary,
+    the ensemble's calibration.json)."""
     paths.report.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(config_to_yaml(cfg))
     mf.summary(manifest).to_csv(paths.split_counts)
@@ -465,6 +610,9 @@ def _write_report(
     if scores.operating:
         (paths.report / "operating_points.json").write_text(json.dumps(scores.operating, indent=2))
     (paths.report / "summary.md").write_text(summary_markdown(scores.metrics, members, note))
+    if calibration is not None:  # the ensemble's own temperature (members.json holds it too)
+        doc = {"temperature": calibration.temperature, **calibration.to_json()}
+        (paths.report / CALIBRATION_FILE).write_text(json.dumps(doc, indent=2))
     if scores.abstention:  # in the report and beside members.json, where prediction reads it
         text = json.dumps(scores.abstention, indent=2)
         (paths.report / ABSTENTION_FILE).write_text(text)

@@ -1,7 +1,9 @@
-"""Cross-validation folds over train+dev: stratified by class, grouped by lesion and duplicate (pure).
+"""Cross-validation folds over train: stratified by class, grouped by lesion and duplicate (pure).
 
-The test split is held out untouched. A fold's manifest is the same table with train = the other
-folds, dev = this fold, test = test, and train balanced again by the main pipeline's rule.
+Dev and test are held out untouched. A fold's manifest is the same table with train = the other
+folds, dev = this fold, test = test, and train balanced again by the main pipeline's rule; the
+manifest's dev is in no fold manifest, so no fold model trains on it: it is left for what the
+fold models become (the fold ensemble's temperature, UNK threshold, operating points and gate).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from skin.split import _groups
 
 log = logging.getLogger(__name__)
 
-POOL = ("train", "dev")  # the rows folds are made of; test stays out
+POOL = ("train",)  # the rows folds are made of; dev (the fold ensemble's) and test stay out
 
 
 class FoldError(ValueError):
@@ -30,7 +32,7 @@ class FoldError(ValueError):
 def assign_folds(
     manifest: pd.DataFrame, k: int, seed: int = 42, group_by_lesion: bool = True
 ) -> pd.Series:
-    """The fold (0..k-1) of every train+dev row, -1 for test; a lesion or a file's duplicates
+    """The fold (0..k-1) of every train row, -1 for dev and test; a lesion or a file's duplicates
     share a fold, and each fold takes close to 1/k of every class. Row order does not matter."""
     if k < 2:
         raise FoldError(f"cross-validation needs at least 2 folds, got {k}")
@@ -38,7 +40,7 @@ def assign_folds(
     group = _groups(pool.reset_index(drop=True), group_by_lesion)
     if len(np.unique(group)) < k:
         raise FoldError(
-            f"{len(np.unique(group))} independent groups (lesions, duplicates) in train+dev"
+            f"{len(np.unique(group))} independent groups (lesions, duplicates) in train"
             f" cannot fill {k} folds: use fewer folds"
         )
     labels = pool["label"].to_numpy()
@@ -72,7 +74,7 @@ def _warn_small_classes(table: pd.DataFrame, k: int) -> None:
     for name, groups in (table > 0).sum(axis=0).items():
         if groups < k:
             log.warning(
-                "class %s has %d independent groups in train+dev, fewer than %d folds: some"
+                "class %s has %d independent groups in train, fewer than %d folds: some"
                 " folds validate without it",
                 name,
                 groups,
@@ -89,11 +91,13 @@ def fold_manifest(
     majority_class: str | None = "NV",
     seed: int = 42,
 ) -> pd.DataFrame:
-    """The manifest of fold `fold`: train = the other folds, dev = this fold, test untouched;
-    train undersampled by the main pipeline's rule (skin.balance), dev and test kept whole."""
+    """The manifest of fold `fold`: train = the other folds, dev = this fold, test untouched, the
+    manifest's dev left out (no fold model may train on it); train undersampled by the main
+    pipeline's rule (skin.balance), dev and test kept whole."""
     if fold not in set(folds[folds >= 0]):
         raise FoldError(f"fold {fold} does not exist: folds are {sorted(set(folds[folds >= 0]))}")
-    out = manifest.copy()
+    pooled_or_test = (folds.reindex(manifest.index) >= 0) | manifest["split"].eq("test")
+    out = manifest[pooled_or_test.to_numpy()].copy()
     pooled = folds.reindex(out.index).to_numpy() >= 0
     out.loc[pooled, "split"] = np.where(folds.reindex(out.index)[pooled] == fold, "dev", "train")
     return undersample(out, balance, majority_class, seed)
@@ -129,7 +133,7 @@ class CVOutcome:
 def out_of_fold(
     frames: Sequence[pd.DataFrame], run_ids: Sequence[str], manifest: pd.DataFrame
 ) -> pd.DataFrame:
-    """Every fold's predictions on its own validation part, stacked: each train+dev row once,
+    """Every fold's predictions on its own validation part, stacked: each train row once,
     with its fold, the run that scored it and its split in the manifest the folds came from."""
     split_of = manifest.set_index("key")["split"]
     parts = [
@@ -143,7 +147,7 @@ def out_of_fold(
 
 def cv_metrics(table: pd.DataFrame, oof: pd.DataFrame, classes: Sequence[str]) -> dict[str, float]:
     """Mean and standard deviation (ddof 1) of each fold's dev metrics, and the same metrics on
-    the pooled out-of-fold predictions (every train+dev image scored by the model that never
+    the pooled out-of-fold predictions (every train image scored by the model that never
     trained on it)."""
     out: dict[str, float] = {}
     for name in FOLD_METRICS:

@@ -86,6 +86,35 @@ def test_a_changed_member_or_a_mismatched_class_set_is_refused(members, tmp_path
 
 
 @pytest.mark.slow
+def test_an_ensembles_own_temperature_is_read_from_members_json_or_refused_by_name(
+    members, tmp_path: Path
+) -> None:
+    """members.json's `temperature` calibrates the mean (softmax(log(mean) / T)); one written
+    before it existed serves the plain mean; a bad one is refused naming the file."""
+    import shutil
+
+    from skin.ensemble import calibrate_mean
+
+    paths, folder = members
+    data = images()
+    mean = expected(paths, data)
+    for name, value in (("legacy", None), ("sharp", 0.5), ("bad", -1.0)):
+        copy = shutil.copytree(folder, tmp_path / name)
+        doc = json.loads((copy / "members.json").read_text())
+        doc.pop("temperature")
+        if value is not None:
+            doc["temperature"] = value
+        (copy / "members.json").write_text(json.dumps(doc))
+        if name == "bad":
+            with pytest.raises(EnsembleError, match=r"members\.json.*temperature.*positive"):
+                load_predictor(str(copy), "cpu")
+            continue
+        got = load_predictor(str(copy), "cpu").predict(data)
+        want = mean if value is None else calibrate_mean(mean, value)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(calibrate_mean(mean, 0.5), mean), "T = 0.5 sharpens the mean"
+
+
 def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     members, tmp_path: Path
 ) -> None:
@@ -325,6 +354,48 @@ def test_the_ensemble_stage_abstains_as_a_run_and_predicts_its_own_scores(
     np.testing.assert_allclose(served["ood_score"], test["ood_score"], atol=1e-5)
     assert (served["predicted_label"] == "UNK").tolist() == test["abstained"].tolist()
     assert "UNK above" in (Path(outcome.report_dir) / "summary.md").read_text()
+
+
+def test_the_ensemble_stage_chooses_its_temperature_and_thresholds_on_its_own_dev_probabilities(
+    members, sample_data: Path, tmp_path: Path
+) -> None:
+    """#21: the temperature, the UNK threshold and the operating points an ensemble ships are
+    chosen on what it serves over dev (the members' mean, then its own temperature), not on any
+    one member's probabilities; `skin cv`'s fold ensembles and `skin ensemble --runs` both come
+    through this stage."""
+    from skin import manifest as mf
+    from skin.abstain import coverage_threshold
+    from skin.ensemble import calibrate_mean, ensemble_stage, fit_ensemble_temperature
+    from skin.operating import choose_thresholds
+    from skin.tracking import NullTracker
+    from tests.helpers import make_manifest
+
+    paths, _ = members
+    uri, cfg = make_manifest(tmp_path, sample_data, **{"evaluate.bootstrap": 5,
+                             "predict.abstain_coverage": 0.8})  # fmt: skip
+    outcome = ensemble_stage([str(p) for p in paths], uri, cfg, NullTracker("ens2"))
+    dev = mf.read(uri).query("split == 'dev'").reset_index(drop=True)
+    data = [(Path(dev["source"].iloc[0]) / k).read_bytes() for k in dev["key"]]
+    ens = load_predictor(str(Path(cfg.work_dir) / "runs" / "ens2" / "ensemble"), "cpu")
+    classes = list(ens.classes)
+    y = dev["label"].map(classes.index).to_numpy()
+    mean = np.mean([load_predictor(str(p), "cpu").predict(data) for p in paths], axis=0)
+    fit = fit_ensemble_temperature(mean, y)
+    assert ens.temperature == pytest.approx(fit.temperature, rel=1e-4), "T fitted on the mean"
+    assert outcome.metrics["ensemble_temperature"] == pytest.approx(fit.temperature, rel=1e-4)
+    served = ens.predict(data)
+    np.testing.assert_allclose(served, calibrate_mean(mean, ens.temperature), atol=1e-5)
+    report = Path(outcome.report_dir)
+    scored = pd.read_parquet(report / "predictions_dev.parquet").set_index("key").loc[dev["key"]]
+    np.testing.assert_allclose(scored[[f"prob_{c}" for c in classes]], served, atol=1e-5)
+    rule = json.loads((report / "abstention.json").read_text())
+    assert rule["threshold"] == pytest.approx(coverage_threshold(1 - served.max(1), 0.8), abs=1e-6)
+    points = json.loads((report / "operating_points.json").read_text())
+    chosen = choose_thresholds(y, served, classes, malignant=cfg.evaluate.malignant)
+    assert chosen, "the sample data's dev answers the mel and malignant questions"
+    for t in chosen:
+        name = f"{t.name}_threshold_at_spec{round(t.target * 100)}"
+        assert points[name] == pytest.approx(t.value, abs=1e-5), name
 
 
 def test_drift_embeds_with_an_ensemble_champions_first_member(members) -> None:

@@ -1,5 +1,6 @@
-"""Cross-validation end to end: grouped folds the flow really used, pooled OOF scores, and the fold
-ensemble registered and served through `skin predict` (against a real MLflow server)."""
+"""Cross-validation end to end: grouped folds over train the flow really used, pooled OOF scores,
+and the fold ensemble calibrated and thresholded on the dev no fold trained on, registered and
+served through `skin predict` (against a real MLflow server)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from mlflow import MlflowClient
 from sklearn.metrics import balanced_accuracy_score
 
 from skin import manifest as mf
+from skin.abstain import coverage_threshold
+from skin.ensemble import calibrate_mean
 from skin.predict import load_predictor
 from skin.sample_data import write_sample_dataset
 from skin.synthetic import class_counts
@@ -56,17 +59,20 @@ def test_cv_folds_are_grouped_scored_out_of_fold_and_ensembled(
     )
     assert len(children) == FOLDS, "one child run per fold, nested under the parent"
     used = [mf.read(c.data.tags["manifest_uri"]) for c in children]  # what each fold trained on
-    pool = main[main["split"] != "test"]
+    pool = main[main["split"] == "train"]
     assert pool["fingerprint"].duplicated().any(), "the data has exact duplicates to keep together"
     dev_keys = [set(m.loc[m["split"] == "dev", "key"]) for m in used]
     assert sum(map(len, dev_keys)) == len(pool) and set.union(*dev_keys) == set(pool["key"]), (
-        "every train+dev image validates in exactly one fold"
+        "every train image validates in exactly one fold"
     )
+    main_dev = main[main["split"] == "dev"]
     for m in used:
+        assert not set(m["key"]) & set(main_dev["key"]), "no fold sees the ensemble's dev"
         assert set(m.loc[m["split"] == "test", "key"]) == set(
             main.loc[main["split"] == "test", "key"]
         )
-        assert m.loc[m["split"] == "test"].equals(main.loc[main["split"] == "test"]), (
+        fold_test = m.loc[m["split"] == "test"].reset_index(drop=True)  # dev's rows left out
+        assert fold_test.equals(main.loc[main["split"] == "test"].reset_index(drop=True)), (
             "test untouched"
         )
         mf.validate(m)  # no lesion or duplicate on both sides of a fold
@@ -81,9 +87,7 @@ def test_cv_folds_are_grouped_scored_out_of_fold_and_ensembled(
         assert key in m, f"parent run lacks {key}"
     assert parent.data.tags["skin.cv"] == str(FOLDS)
     oof = pd.read_parquet(result["oof_uri"])
-    assert sorted(oof["key"]) == sorted(pool["key"]), (
-        "each train+dev image scored once, out of fold"
-    )
+    assert sorted(oof["key"]) == sorted(pool["key"]), "each train image scored once, out of fold"
     classes = list(
         overrides.get("data.classes", [c.removeprefix("prob_") for c in oof.filter(like="prob_")])
     )
@@ -112,4 +116,22 @@ def test_cv_folds_are_grouped_scored_out_of_fold_and_ensembled(
         load_predictor(r, "cpu", tracking_uri=mlflow_server.url).predict(data_bytes)
         for r in members
     ]
-    np.testing.assert_allclose(served, np.mean(each, axis=0), atol=1e-5)
+    temperature = ens["metrics"]["ensemble_temperature"]  # its own, fitted on its dev
+    np.testing.assert_allclose(
+        served, calibrate_mean(np.mean(each, axis=0), temperature), atol=1e-5
+    )
+
+    # Its thresholds were chosen on its own dev probabilities: what it serves on the dev no fold
+    # model trained on (not one fold model's out-of-fold scores).
+    report = Path(ens["report_dir"])
+    scored = pd.read_parquet(report / "predictions_dev.parquet")
+    assert sorted(scored["key"]) == sorted(main_dev["key"]) and "fold" not in scored
+    probs = scored[[f"prob_{c}" for c in classes]].to_numpy()
+    some = scored.head(4)
+    dev_bytes = [
+        (Path(src) / k).read_bytes() for src, k in zip(some["source"], some["key"], strict=True)
+    ]
+    again = load_predictor(f"models:/{name}@champion", "cpu", tracking_uri=mlflow_server.url)
+    np.testing.assert_allclose(again.predict(dev_bytes), probs[: len(some)], atol=1e-5)
+    threshold = ens["metrics"]["dev_abstain_threshold"]
+    assert threshold == pytest.approx(coverage_threshold(1 - probs.max(1), 0.95), abs=1e-6)

@@ -380,7 +380,7 @@ def evaluate_stage(
             cfg.data.holdout_class,
         )
     found, findings = evaluation_findings(
-        scored, split_rows(manifest, data), cfg, unknown, unknown_rows(manifest, data)
+        scored, split_rows(manifest, data), cfg, unknown, split_rows(manifest, data, held_out=True)
     )
     metrics |= found
     tracker.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
@@ -442,16 +442,14 @@ def _unknown_logits(
     }
 
 
-def split_rows(manifest: pd.DataFrame, data: SplitImages) -> dict[str, pd.DataFrame]:
-    """Each split's manifest rows in the order of its predictions (its cache rows' keys)."""
+def split_rows(
+    manifest: pd.DataFrame, data: SplitImages, held_out: bool = False
+) -> dict[str, pd.DataFrame]:
+    """Each split's manifest rows in the order of its predictions (its cache rows' keys); with
+    `held_out`, the held-out class's rows instead (in the order of their logits)."""
     by_key = manifest.set_index("key")
-    return {s: by_key.loc[data.cache.keys[r]].reset_index() for s, r in data.rows.items()}
-
-
-def unknown_rows(manifest: pd.DataFrame, data: SplitImages) -> dict[str, pd.DataFrame]:
-    """The held-out class's manifest rows per split, in the order of their logits."""
-    by_key = manifest.set_index("key")
-    return {s: by_key.loc[data.cache.keys[r]].reset_index() for s, r in data.unknown.items()}
+    rows = data.unknown if held_out else data.rows
+    return {s: by_key.loc[data.cache.keys[r]].reset_index() for s, r in rows.items()}
 
 
 def evaluation_findings(

@@ -1,4 +1,5 @@
-"""Temperature scaling: recovers a known over-confidence and improves held-out NLL and ECE."""
+"""Temperature scaling: recovers a known over-confidence, improves held-out NLL and ECE; a failed
+fit (at a bound, or raising dev log loss) is rejected and T = 1 served."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
+from skin.abstain import coverage_threshold, ood_scores
 from skin.calibration import (
     LOG_T_BOUNDS,
     apply_temperature,
@@ -18,6 +20,11 @@ from skin.calibration import (
     nll,
     nll_and_gradient,
 )
+from skin.config import load_config
+from skin.labels import CLASSES
+from skin.operating import threshold_at_specificity
+from skin.report import Scored
+from skin.stages import evaluation_findings
 
 
 def calibrated(rng: np.random.Generator, n: int, classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -119,12 +126,6 @@ def test_a_normal_fit_is_accepted_and_served() -> None:
 def test_a_rejected_fit_is_recorded_and_every_threshold_uses_the_t_served() -> None:
     """Evaluation on dev/test logits whose fit hits the bound: T = 1 served, said in
     calibration.json, and the UNK threshold and operating points chosen on softmax(logits)."""
-    from skin.abstain import coverage_threshold, ood_scores
-    from skin.config import load_config
-    from skin.labels import CLASSES
-    from skin.operating import threshold_at_specificity
-    from skin.report import Scored
-    from skin.stages import evaluation_findings
 
     cfg = load_config(None, {"evaluate.bootstrap": 0})
     rng = np.random.default_rng(7)

@@ -14,8 +14,19 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
 from skin import manifest as mf
+from skin.abstain import SCORE_KINDS, auroc, ood_scores
+from skin.bootstrap import confidence_intervals, flat_intervals
+from skin.calibration import calibrate, nll
+from skin.compare import score_champion
 from skin.config import PipelineConfig
+from skin.evaluate import bias_variance, expected_calibration_error, flat_metrics, split_metrics
+from skin.operating import flat_operating, operating_points
+from skin.predict import load_predictor
+from skin.slices import slice_metrics, slice_table
+from skin.stages import abstention_measures, evaluate_stage, train_stage
 from skin.storage import open_store
+from skin.tracking import MLflowTracker, NullTracker, tracked_run
+from skin.tta import probabilities
 from tests.helpers import make_manifest
 
 pytestmark = pytest.mark.slow
@@ -61,9 +72,6 @@ def with_metadata(uri: str) -> pd.DataFrame:
 def tiny_run(tmp: Path, data: Path, *, mlflow: bool, **overrides: object) -> Run:
     """Train and evaluate the tiny recipe with TTA on; logged to a SQLite MLflow store if asked."""
     from mlflow import MlflowClient
-
-    from skin.stages import evaluate_stage, train_stage
-    from skin.tracking import MLflowTracker, NullTracker, tracked_run
 
     settings = {"train.epochs": EPOCHS, "evaluate.tta": True, "evaluate.bootstrap": 50,
                 "evaluate.min_slice_size": 10, **overrides}  # fmt: skip
@@ -113,8 +121,6 @@ def columns(frame: pd.DataFrame, prefix: str, classes: tuple[str, ...]) -> np.nd
 def test_the_served_model_answers_as_the_evaluation_file_says_with_tta(logged_run: Run) -> None:
     import mlflow.pyfunc
 
-    from skin.compare import score_champion
-
     classes = logged_run.cfg.data.known_classes
     dev = pd.read_parquet(logged_run.report / "predictions_dev.parquet")
     dev = known_rows(dev)
@@ -144,8 +150,6 @@ def test_the_served_model_answers_as_the_evaluation_file_says_with_tta(logged_ru
 
 def test_evaluation_and_prediction_share_one_tta_definition(logged_run: Run) -> None:
     """Evaluation's and the Predictor's probabilities are softmax(mean view logits / T)."""
-    from skin.predict import load_predictor
-    from skin.tta import probabilities
 
     classes = logged_run.cfg.data.known_classes
     dev = pd.read_parquet(logged_run.report / "predictions_dev.parquet").head(8)
@@ -167,13 +171,6 @@ def test_evaluation_and_prediction_share_one_tta_definition(logged_run: Run) -> 
 def recomputed(run: Run) -> dict[str, float]:
     """Every metric evaluation logs, recomputed from the report's predictions files (and the
     config: bootstrap size and seed, coverage, score kind, malignant classes, slice size)."""
-    from skin.abstain import SCORE_KINDS, auroc, ood_scores
-    from skin.bootstrap import confidence_intervals, flat_intervals
-    from skin.calibration import calibrate, nll
-    from skin.evaluate import bias_variance, expected_calibration_error, flat_metrics, split_metrics
-    from skin.operating import flat_operating, operating_points
-    from skin.slices import slice_metrics, slice_table
-    from skin.stages import abstention_measures
 
     e, seed, classes = run.cfg.evaluate, run.cfg.split.seed, run.cfg.data.known_classes
     frames = {s: pd.read_parquet(run.report / f"predictions_{s}.parquet") for s in mf.SPLITS}

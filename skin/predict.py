@@ -19,13 +19,15 @@ import torch
 
 from skin.abstain import UNK, Abstention, ood_scores, read_abstention
 from skin.config import DEFAULT_MODEL, PipelineConfig
-from skin.data import DIHEDRAL, Normalize, dihedral_view
+from skin.data import Normalize
 from skin.images import ImageDecodeError, centre_crop, decode, is_image_name
 from skin.labels import CLASSES
 from skin.model import InputSpec, input_spec, load_model_from_checkpoint
 from skin.storage import StorageError, exists_uri, is_s3, join_uri, open_store, read_uri
 from skin.tables import TABLE_SUFFIXES, write_table
 from skin.train import amp_dtype, pick_device
+from skin.tta import probabilities as tta_probabilities
+from skin.tta import view_logits
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +103,12 @@ class Predictor:
         return self.probs_and_logits(images)[0]
 
     def probs_and_logits(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and raw logits (each the mean over the TTA views), in batches."""
+        """Calibrated probabilities and the raw mean logits over the TTA views, in batches; one
+        definition with evaluation (`skin.tta`): softmax(mean logits / temperature)."""
         batches = range(0, len(images), self.batch_size)
-        out = [self._forward(images[i : i + self.batch_size]) for i in batches]
-        return np.concatenate([p for p, _ in out]), np.concatenate([z for _, z in out])
+        logits = [self._forward(images[i : i + self.batch_size]) for i in batches]
+        z = np.concatenate(logits) if logits else np.zeros((0, len(self.classes)), np.float32)
+        return tta_probabilities(z, self.temperature), z
 
     def ood_scores(self, logits: np.ndarray) -> np.ndarray:
         """The abstention rule's OOD score of these logits (calibrated by this temperature)."""
@@ -112,21 +116,11 @@ class Predictor:
             raise PredictError("this model has no abstention rule (no abstention.json)")
         return ood_scores(logits, self.temperature, self.abstention.kind)
 
-    @torch.inference_mode()
-    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Mean logits over the TTA views of decoded uint8 images [N, size, size, 3]."""
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(self.device)
-        views = DIHEDRAL if self.tta else DIHEDRAL[:1]
-        total = torch.zeros((len(batch), len(self.classes)), device=self.device)
-        total_logits = torch.zeros_like(total)
-        for k, transpose in views:
-            with torch.autocast(
-                self.device.type, dtype=self._dtype, enabled=self._dtype is not None
-            ):
-                logits = self.model(self._norm(dihedral_view(x, k, transpose)))
-            total += torch.softmax(logits.float() / self.temperature, dim=1)
-            total_logits += logits.float()
-        n = len(views)
-        return (total / n).cpu().numpy(), (total_logits / n).cpu().numpy()
+        z = view_logits(self.model, x, self._norm, tta=self.tta, dtype=self._dtype)
+        return z.cpu().numpy()
 
     def top_k(self, probs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
         """The k most likely classes of each row, best first."""

@@ -369,6 +369,28 @@ def predictions_frame(
     return pd.concat([out, scores], axis=1)
 
 
+def with_raw_scores(
+    frame: pd.DataFrame,
+    raw: np.ndarray,
+    logits: np.ndarray,
+    classes: Sequence[str],
+    *,
+    held_out: bool = False,
+) -> pd.DataFrame:
+    """A predictions frame with `raw_prob_<CLASS>` (softmax of the mean TTA logits, T = 1: what
+    the logged metrics are computed on), `logit_<CLASS>` (those logits) and `held_out` (True for
+    the held-out class's images, scored but not of the model's classes)."""
+    if not len(frame) == len(raw) == len(logits):
+        raise ValueError(f"predictions: {len(frame)} rows for {len(raw)}/{len(logits)} scores")
+    scores = pd.DataFrame(
+        np.column_stack([raw, logits]),
+        columns=[f"{p}{c}" for p in ("raw_prob_", "logit_") for c in classes],
+    )
+    out = pd.concat([frame.reset_index(drop=True), scores], axis=1)
+    out["held_out"] = held_out
+    return out
+
+
 def operating_points_json(
     points: Sequence[OperatingPoint], positives: Mapping[str, list[str]]
 ) -> dict[str, Any]:
@@ -410,6 +432,11 @@ def _calibration_lines(metrics: Mapping[str, float]) -> list[str]:
     if "temperature" not in metrics:
         return []
     line = f"- temperature T = {metrics['temperature']:.3f} (fitted on dev logits)"
+    if metrics.get("temperature_accepted") == 0.0:
+        line = (
+            f"- temperature fit rejected (T = {metrics.get('temperature_fitted', math.nan):.4g}"
+            " at a bound or raising dev log loss): T = 1 served, see `calibration.json`"
+        )
     if "test_ece_calibrated" in metrics:
         line += (
             f"; test ECE {metrics['test_ece']:.4f} → {metrics['test_ece_calibrated']:.4f},"

@@ -22,9 +22,9 @@ from skin import abstain, distributed, report
 from skin import checkpoint as ckpt
 from skin import manifest as mf
 from skin.bootstrap import confidence_intervals, flat_intervals
-from skin.calibration import apply_temperature, calibration_report, fit_temperature
+from skin.calibration import Calibration, calibrate, calibration_report
 from skin.config import PipelineConfig, TrainConfig, config_to_yaml, flatten
-from skin.data import DIHEDRAL, EvalImages, Normalize, dihedral_view, make_loader
+from skin.data import EvalImages, Normalize, make_loader
 from skin.distributed import World
 from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
 from skin.feeds import (
@@ -58,6 +58,9 @@ from skin.train import (
     pick_device,
     seed_everything,
 )
+from skin.tta import DEFINITION as TTA_DEFINITION
+from skin.tta import probabilities as tta_probabilities
+from skin.tta import view_logits
 
 log = logging.getLogger(__name__)
 
@@ -296,32 +299,31 @@ def _record_inputs(
 
 
 class Predicted(NamedTuple):
-    """One split's predictions in image order: probabilities and logits, each the mean over the
-    TTA views (mean logits are what temperature scaling is fitted on), and the true labels."""
+    """One split's predictions in image order: the mean logits over the TTA views (what the
+    temperature is fitted on), their raw probabilities (`skin.tta.probabilities`, T = 1), and
+    the true labels."""
 
     probs: np.ndarray
     labels: np.ndarray
     logits: np.ndarray
 
 
-@torch.no_grad()
-def _logits_and_probs(
+def _mean_logits(
     net: torch.nn.Module,
     batches: Any,
     prep: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
-    dtype: torch.dtype | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits, softmax probabilities and labels for every batch (net in eval mode)."""
+    tta: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean TTA logits (`skin.tta.view_logits`) and labels for every batch (net in eval mode)."""
     net.eval()
-    logits, probs, labels = [], [], []
+    dtype = amp_dtype(device, True)
+    logits, labels = [], []
     for x, y in batches:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            z = net(prep(x.to(device, non_blocking=True))).float()
-        logits.append(z.cpu())
-        probs.append(torch.softmax(z, dim=1).cpu())
+        x = x.to(device, non_blocking=True)
+        logits.append(view_logits(net, x, prep, tta=tta, dtype=dtype).cpu())
         labels.append(y)
-    return torch.cat(logits).numpy(), torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
 def predict_split(
@@ -332,7 +334,7 @@ def predict_split(
     batch_size: int,
     tta: bool = False,
 ) -> Predicted:
-    """Probabilities and logits for one split; with TTA each averaged over the 8 flips/rotations."""
+    """Probabilities and logits for one split; with TTA as `skin.tta` defines it (8 views)."""
     return predict_rows(model, data, data.rows[split], data.labels[split], device, batch_size, tta)
 
 
@@ -348,18 +350,9 @@ def predict_rows(
     """`predict_split` for any cache rows (the held-out class's images, say)."""
     ds = EvalImages(data.cache, rows, labels, data.spec.size)
     norm = Normalize(data.spec).to(device)
-    views = DIHEDRAL if tta else DIHEDRAL[:1]
-    dtype = amp_dtype(device, True)
-    total_logits = total_probs = labels = None
-    for k, transpose in views:
-        loader = make_loader(ds, batch_size=batch_size, shuffle=False, seed=0)
-        z, p, labels = _logits_and_probs(
-            model, loader, lambda x, k=k, t=transpose: norm(dihedral_view(x, k, t)), device, dtype
-        )
-        total_logits = z if total_logits is None else total_logits + z
-        total_probs = p if total_probs is None else total_probs + p
-    assert total_probs is not None and total_logits is not None and labels is not None
-    return Predicted(total_probs / len(views), labels, total_logits / len(views))
+    loader = make_loader(ds, batch_size=batch_size, shuffle=False, seed=0)
+    z, y = _mean_logits(model, loader, norm, device, tta)
+    return Predicted(tta_probabilities(z), y, z)
 
 
 def evaluate_stage(
@@ -386,7 +379,9 @@ def evaluate_stage(
             "held-out class %s has no test images: no UNK AUROC, recall or 9-category score",
             cfg.data.holdout_class,
         )
-    found, findings = evaluation_findings(scored, split_rows(manifest, data), cfg, unknown)
+    found, findings = evaluation_findings(
+        scored, split_rows(manifest, data), cfg, unknown, split_rows(manifest, data, held_out=True)
+    )
     metrics |= found
     tracker.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
     reading = diagnosis(metrics["bias"], metrics["variance"])
@@ -447,10 +442,14 @@ def _unknown_logits(
     }
 
 
-def split_rows(manifest: pd.DataFrame, data: SplitImages) -> dict[str, pd.DataFrame]:
-    """Each split's manifest rows in the order of its predictions (its cache rows' keys)."""
+def split_rows(
+    manifest: pd.DataFrame, data: SplitImages, held_out: bool = False
+) -> dict[str, pd.DataFrame]:
+    """Each split's manifest rows in the order of its predictions (its cache rows' keys); with
+    `held_out`, the held-out class's rows instead (in the order of their logits)."""
     by_key = manifest.set_index("key")
-    return {s: by_key.loc[data.cache.keys[r]].reset_index() for s, r in data.rows.items()}
+    rows = data.unknown if held_out else data.rows
+    return {s: by_key.loc[data.cache.keys[r]].reset_index() for s, r in rows.items()}
 
 
 def evaluation_findings(
@@ -458,32 +457,31 @@ def evaluation_findings(
     rows: dict[str, pd.DataFrame],
     cfg: PipelineConfig,
     unknown: dict[str, np.ndarray] | None = None,
+    held_rows: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[dict[str, float], report.Findings]:
-    """Intervals on every split and the temperature from dev; the abstention threshold from dev
-    (read on `unknown`, the held-out class's logits per split, when there are any); with test,
-    calibration there, operating points (thresholds from dev) and slices."""
+    """Intervals on every split and the temperature from dev (judged: T = 1 when rejected);
+    the abstention threshold from dev (read on `unknown`, the held-out class's logits per split,
+    when there are any; `held_rows` their manifest rows, written with the predictions); with
+    test, calibration there, operating points (thresholds from dev) and slices. Every threshold
+    is chosen on the served probabilities: softmax(mean TTA logits / served T)."""
     e, seed = cfg.evaluate, cfg.split.seed
     groups = {s: r.get("lesion_id") for s, r in rows.items()}  # resampled whole
     metrics = interval_metrics(scored, groups, e.bootstrap, seed)
-    calibration = _temperature(scored, e.tta)
-    metrics["temperature"] = t = calibration["temperature"]
+    calibration, fit = _temperature(scored, e.tta)
+    t = fit.temperature
+    metrics |= {"temperature": t, "temperature_accepted": float(fit.accepted)}
+    metrics["temperature_fitted"] = fit.fitted
     found, abstention = abstention_findings(scored, unknown or {}, t, cfg)
     metrics |= found
     rule = abstain.read_abstention(abstention, "evaluation")
-    predictions = {  # calibrated: the probabilities `skin predict` and the served model give
-        s: with_ood_scores(
-            report.predictions_frame(rows[s], apply_temperature(z, t), scored.classes),
-            abstain.ood_scores(z, t, rule.kind),
-            rule,
-        )
-        for s, z in scored.logits.items()
-    }
+    held = {s: (held_rows[s], z) for s, z in (unknown or {}).items() if s in (held_rows or {})}
+    predictions = prediction_frames(scored, rows, held, t, rule)
     if "test" not in scored.probs:
         return metrics, report.Findings(predictions, calibration, abstention=abstention)
     cal, calibrated = _test_calibration(scored, calibration)
     dev_labels, test_labels = scored.probs["dev"][1], scored.probs["test"][1]
     # Thresholds on the calibrated probabilities: what `skin predict` and the served model output.
-    dev_calibrated = apply_temperature(scored.logits["dev"], t)
+    dev_calibrated = tta_probabilities(scored.logits["dev"], t)
     points = operating_points(
         (dev_labels, dev_calibrated),
         (test_labels, calibrated),
@@ -506,6 +504,33 @@ def evaluation_findings(
         predictions, calibration, calibrated, points, positives, slices, abstention
     )
     return metrics, findings
+
+
+def prediction_frames(
+    scored: report.Scored,
+    rows: dict[str, pd.DataFrame],
+    held: dict[str, tuple[pd.DataFrame, np.ndarray]],
+    temperature: float,
+    rule: abstain.Abstention,
+) -> dict[str, pd.DataFrame]:
+    """Each split's predictions file: its images, then the held-out class's (`held`: rows and
+    logits per split), each with the served (calibrated) and raw probabilities, the mean TTA
+    logits, the OOD score and the UNK answer: every logged number can be recomputed from it."""
+
+    def frame(r: pd.DataFrame, z: np.ndarray, raw: np.ndarray, held_out: bool) -> pd.DataFrame:
+        served = tta_probabilities(z, temperature)
+        out = report.predictions_frame(r, served, scored.classes)
+        out = with_ood_scores(out, abstain.ood_scores(z, temperature, rule.kind), rule)
+        return report.with_raw_scores(out, raw, z, scored.classes, held_out=held_out)
+
+    frames = {}
+    for split, z in scored.logits.items():
+        parts = [frame(rows[split], z, scored.probs[split][0], False)]
+        if split in held:
+            r, hz = held[split]
+            parts.append(frame(r, hz, tta_probabilities(hz), True))
+        frames[split] = pd.concat(parts, ignore_index=True)
+    return frames
 
 
 def abstention_findings(
@@ -578,16 +603,19 @@ def interval_metrics(
     return out
 
 
-def _temperature(scored: report.Scored, tta: bool) -> dict[str, Any]:
-    """The temperature fitted on dev logits, as calibration.json records it."""
+def _temperature(scored: report.Scored, tta: bool) -> tuple[dict[str, Any], Calibration]:
+    """The temperature fitted on dev logits and judged (`calibrate`: T = 1 kept when the fit is
+    rejected), as calibration.json records it: `temperature` is the one served."""
     dev_y = scored.probs["dev"][1]
-    return {
-        "temperature": fit_temperature(scored.logits["dev"], dev_y),
+    fit = calibrate(scored.logits["dev"], dev_y)
+    doc = {
+        "temperature": fit.temperature,
         "fitted_on": "dev",
         "dev_images": len(dev_y),
         "logits": "mean over the 8 TTA views" if tta else "single view",
-        "use": "probabilities = softmax(logits / temperature)",
+        "use": f"probabilities = {TTA_DEFINITION}",
     }
+    return doc | fit.to_json(), fit
 
 
 def _test_calibration(
@@ -601,7 +629,7 @@ def _test_calibration(
         "test_ece_calibrated": found["ece_after"],
         "test_log_loss_calibrated": found["log_loss_after"],
     }
-    return metrics, apply_temperature(logits, t)
+    return metrics, tta_probabilities(logits, t)
 
 
 def _slices(

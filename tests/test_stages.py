@@ -79,7 +79,8 @@ def test_predictions_of_every_split_carry_the_gate_columns(evaluated: Evaluated)
     dev = pd.read_parquet(evaluated.report / "predictions_dev.parquet")
     probs = [f"prob_{c}" for c in evaluated.classes]
     want = ["key", "source", "label", "lesion_id", "age_approx", "anatom_site_general", "sex"]
-    assert list(dev.columns) == want + probs + ["ood_score", "abstained"], dev.columns
+    extra = [f"{p}{c}" for p in ("raw_prob_", "logit_") for c in evaluated.classes]
+    assert list(dev.columns) == want + probs + ["ood_score", "abstained", *extra, "held_out"]
     rule = json.loads((evaluated.report / "abstention.json").read_text())
     assert (dev["abstained"] == (dev["ood_score"] > rule["threshold"])).all()
     coverage = evaluated.outcome.metrics["dev_abstain_coverage"]

@@ -28,7 +28,7 @@ import torch
 from skin import manifest as mf
 from skin.abstain import Abstention, abstention_json, msp_of_probs
 from skin.bootstrap import confidence_intervals, flat_intervals
-from skin.calibration import LOG_T_BOUNDS, apply_temperature, fit_temperature, nll
+from skin.calibration import apply_temperature, calibrate
 from skin.config import PipelineConfig, config_to_yaml
 from skin.evaluate import flat_metrics, split_metrics
 from skin.images import ImageDecodeError
@@ -128,20 +128,15 @@ def calibrate_mean(mean: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def fit_ensemble_temperature(mean: np.ndarray, y: np.ndarray) -> EnsembleCalibration:
-    """The ensemble's T fitted on its own dev probabilities (the members' mean, never one member's);
-    a fit at the optimiser's bound or one that does not lower dev log loss is refused (T = 1)."""
-    logits = ensemble_logits(mean)
-    fitted = fit_temperature(logits, y)
-    before, after = nll(logits, y), nll(logits, y, fitted)
-    rejected = None
-    if min(abs(np.log(fitted) - b) for b in LOG_T_BOUNDS) < 1e-3:
-        rejected = f"the fit stopped at the optimiser's bound (T = {fitted:.4g})"
-    elif not after <= before:
-        rejected = f"the fit raised dev log loss ({before:.4f} -> {after:.4f})"
-    if rejected:
-        log.warning("ensemble temperature not used, T = 1 kept: %s", rejected)
-    kept = 1.0 if rejected else fitted
-    return EnsembleCalibration(kept, fitted, before, nll(logits, y, kept), len(y), rejected)
+    """The ensemble's T fitted on its own dev probabilities (the members' mean, never one member's),
+    judged by the single model's rule (`skin.calibration.calibrate`): a fit at the optimiser's
+    bound or one that does not lower dev log loss is refused and T = 1 kept."""
+    fit = calibrate(ensemble_logits(mean), y)
+    rejected = None if fit.accepted else fit.reason
+    after = fit.dev_log_loss_fitted if fit.accepted else fit.dev_log_loss_raw
+    return EnsembleCalibration(
+        fit.temperature, fit.fitted, fit.dev_log_loss_raw, after, len(y), rejected
+    )
 
 
 def served_probabilities(

@@ -1,0 +1,137 @@
+"""gate: how often the promotion gate promotes a model no better than the champion, finds a real
+improvement, blocks a better model for a slice, and finds a slice that truly got worse.
+
+Each trial draws an ISIC-shaped dev set (ISIC 2019's class shares, 1-3 photos per lesion, 18
+metadata slices: 7 sites, 2 sexes, 6 age bands, 3 sources) and two models whose errors share
+an image's difficulty (a photo of a hard lesion is hard for both), then runs the project's own
+`skin.compare.compare` and `skin.registry.paired_gate` on them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from benchmarks.common import Context
+from benchmarks.decision_rates import Rate, at_least, at_most
+from skin.compare import compare
+from skin.labels import CLASSES, ISIC2019_COUNTS
+from skin.registry import CHAMPION, paired_gate
+
+# The champion's recall per class (balanced accuracy ~0.64, an ISIC 2019 model of modest skill).
+RECALL = {"AK": 0.5, "BCC": 0.75, "BKL": 0.6, "DF": 0.6, "MEL": 0.6, "NV": 0.85,
+          "SCC": 0.45, "VASC": 0.7}  # fmt: skip
+SITES = {"anterior torso": 0.26, "lower extremity": 0.2, "head/neck": 0.16,
+         "upper extremity": 0.15, "posterior torso": 0.13, "palms/soles": 0.05,
+         "oral/genital": 0.05}  # fmt: skip
+AGES = {5: 0.05, 30: 0.2, 50: 0.32, 70: 0.3, 85: 0.08, np.nan: 0.05}  # 5 bands, and missing
+SOURCES = {"BCN_20000": 0.5, "HAM10000": 0.3, "MSK": 0.2}
+PHOTOS = (0.5, 0.3, 0.2)  # P(1, 2, 3 photos of a lesion): 1.7 per lesion, as ISIC 2019
+SHARED, OWN = 0.5, 0.5  # variance of an image's difficulty (both models) and of each model's own
+LOSING_SLICE = ("anatom_site_general", "palms/soles")  # ~5 % of dev: >= 100 images at 2,000+
+
+
+def isic_dev(rng: np.random.Generator, n_images: int) -> pd.DataFrame:
+    """An ISIC-shaped dev set: key, label, lesion_id and the slice metadata (per lesion)."""
+    n_lesions = int(n_images / np.dot(PHOTOS, (1, 2, 3))) + 1
+    share = np.array([ISIC2019_COUNTS[c] for c in CLASSES], dtype=float)
+    lesions = pd.DataFrame({
+        "label": rng.choice(CLASSES, n_lesions, p=share / share.sum()),
+        "anatom_site_general": _draw(rng, SITES, n_lesions),
+        "sex": rng.choice(["female", "male"], n_lesions),
+        "age_approx": _draw(rng, AGES, n_lesions).astype(float),
+        "source": _draw(rng, SOURCES, n_lesions),
+        "difficulty": rng.normal(0, np.sqrt(SHARED * 0.6), n_lesions),
+    })  # fmt: skip
+    photos = rng.choice((1, 2, 3), n_lesions, p=PHOTOS)
+    dev = lesions.loc[np.repeat(np.arange(n_lesions), photos)].iloc[:n_images]
+    dev = dev.reset_index().rename(columns={"index": "lesion"})
+    dev["difficulty"] += rng.normal(0, np.sqrt(SHARED * 0.4), len(dev))  # this photo's own part
+    dev["lesion_id"] = "L" + dev.pop("lesion").astype(str)
+    dev.insert(0, "key", [f"ISIC_{i:07d}" for i in range(len(dev))])
+    return dev
+
+
+def _draw(rng: np.random.Generator, shares: dict, n: int) -> np.ndarray:
+    values, p = list(shares), np.array(list(shares.values()), dtype=float)
+    return np.asarray(values, dtype=object)[rng.choice(len(values), n, p=p / p.sum())]
+
+
+def model_probs(
+    rng: np.random.Generator, dev: pd.DataFrame, gain: float | np.ndarray = 0.0
+) -> np.ndarray:
+    """[N, 8] probabilities of a model right with recall RECALL[class] + gain (per image, or one
+    number), through the image's shared difficulty; a wrong answer is a uniformly wrong class."""
+    y = dev["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    recall = np.clip(np.array([RECALL[c] for c in CLASSES])[y] + gain, 0.01, 0.99)
+    threshold = norm.ppf(recall) * np.sqrt(SHARED + OWN)
+    right = dev["difficulty"].to_numpy() + rng.normal(0, np.sqrt(OWN), len(y)) < threshold
+    wrong = (y + rng.integers(1, len(CLASSES), len(y))) % len(CLASSES)
+    probs = rng.random((len(y), len(CLASSES))) * 0.3
+    probs[np.arange(len(y)), np.where(right, y, wrong)] = 1.0
+    return probs / probs.sum(1, keepdims=True)
+
+
+def with_probs(dev: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    """`dev` with the challenger's `prob_<CLASS>` columns, as a predictions_dev.parquet has."""
+    return dev.assign(**{f"prob_{c}": probs[:, j] for j, c in enumerate(CLASSES)})
+
+
+def slice_loss(dev: pd.DataFrame, loss: float, gain: float = 0.0) -> np.ndarray:
+    """Per image: `gain` everywhere but on LOSING_SLICE, where the recall falls by `loss`."""
+    column, value = LOSING_SLICE
+    return np.where(dev[column] == value, -loss, gain)
+
+
+def gate_trial(
+    seed: int,
+    n_images: int,
+    gain: float | str,
+    *,
+    n_resamples: int = 1000,
+    max_slice_drop: float = 0.05,
+    loss: float = 0.25,
+) -> tuple[str, str]:
+    """One simulated registration: (alias, reason) of `paired_gate`. `gain` is the challenger's
+    recall gain everywhere, or "slice" for +0.05 everywhere but `loss` on LOSING_SLICE."""
+    rng = np.random.default_rng(seed)
+    dev = isic_dev(rng, n_images)
+    champion = model_probs(rng, dev)
+    shift = slice_loss(dev, loss, 0.05) if gain == "slice" else float(gain)
+    challenger = with_probs(dev, model_probs(rng, dev, shift))
+    c = compare(challenger, champion, CLASSES, champion_version="1", dataset="sim",
+                n_resamples=n_resamples, seed=seed)  # fmt: skip
+    return paired_gate(c, 0.0, max_slice_drop)
+
+
+def blocked_by_slice(reason: str) -> bool:
+    return "slice" in reason.split(":", 1)[-1].split(";")[0] and "registry.max_slice_drop" in reason
+
+
+def rows(ctx: Context) -> list[Rate]:
+    trials, n = ctx.pick(60, 400), 2500
+    null = [gate_trial(s, n, 0.0) for s in range(trials)]
+    better = [gate_trial(10_000 + s, n, 0.05) for s in range(trials)]
+    uniform = [gate_trial(20_000 + s, n, 0.11) for s in range(trials)]
+    losing = [gate_trial(30_000 + s, n, "slice") for s in range(trials)]
+    promoted = [a == CHAMPION for a, _ in null]
+    found = [a == CHAMPION for a, _ in better]
+    note = f"ISIC-shaped dev of {n} images, 1-3 photos per lesion, 18 slices"
+    return [
+        at_most("gate false promotion (one run, no true difference)", 0.05, sum(promoted),
+                trials, note),
+        Rate(*_report("gate power at +0.05 balanced accuracy", found, note)),
+        at_most("slice false block (uniformly better by +0.11)", 0.05,
+                sum(blocked_by_slice(r) for _, r in uniform), trials, note),
+        at_least("slice detection (loses 0.25 on a slice of >= 100 images)", 0.8,
+                 sum(blocked_by_slice(r) for _, r in losing), trials, note),
+    ]  # fmt: skip
+
+
+def _report(decision: str, hits: list[bool], note: str) -> tuple:
+    """A measured rate with no promise (reported beside the promised ones)."""
+    from benchmarks.decision_rates import wilson
+
+    low, high = wilson(sum(hits), len(hits))
+    return decision, "reported", sum(hits) / len(hits), low, high, len(hits), True, note

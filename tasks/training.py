@@ -189,6 +189,7 @@ def register_task(
         n_resamples=config.evaluate.bootstrap,
         seed=config.split.seed,
         min_slice_size=config.evaluate.min_slice_size,
+        slice_alpha=config.registry.slice_alpha,
     )
     r, name = config.registry, config.tracking.registered_model
     policy = GatePolicy(r.gate, r.min_improvement, r.max_slice_drop, compare)

@@ -29,7 +29,8 @@ AGES = {5: 0.05, 30: 0.2, 50: 0.32, 70: 0.3, 85: 0.08, np.nan: 0.05}  # 5 bands,
 SOURCES = {"BCN_20000": 0.5, "HAM10000": 0.3, "MSK": 0.2}
 PHOTOS = (0.5, 0.3, 0.2)  # P(1, 2, 3 photos of a lesion): 1.7 per lesion, as ISIC 2019
 SHARED, OWN = 0.5, 0.5  # variance of an image's difficulty (both models) and of each model's own
-LOSING_SLICE = ("anatom_site_general", "palms/soles")  # ~5 % of dev: >= 100 images at 2,000+
+SMALL_SLICE = ("anatom_site_general", "palms/soles")  # ~5 % of dev: ~125 images of 2,500
+OLD_SLICE = ("age_approx", 85.0)  # ages 80-99, ~8 % of dev: ~200 images of 2,500
 
 
 def isic_dev(rng: np.random.Generator, n_images: int) -> pd.DataFrame:
@@ -78,9 +79,11 @@ def with_probs(dev: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     return dev.assign(**{f"prob_{c}": probs[:, j] for j, c in enumerate(CLASSES)})
 
 
-def slice_loss(dev: pd.DataFrame, loss: float, gain: float = 0.0) -> np.ndarray:
-    """Per image: `gain` everywhere but on LOSING_SLICE, where the recall falls by `loss`."""
-    column, value = LOSING_SLICE
+def slice_loss(
+    dev: pd.DataFrame, loss: float, gain: float = 0.0, where: tuple[str, str] = SMALL_SLICE
+) -> np.ndarray:
+    """Per image: `gain` everywhere but on the slice `where`, where every recall falls by `loss`."""
+    column, value = where
     return np.where(dev[column] == value, -loss, gain)
 
 
@@ -92,13 +95,14 @@ def gate_trial(
     n_resamples: int = 1000,
     max_slice_drop: float = 0.05,
     loss: float = 0.25,
+    where: tuple[str, str] = SMALL_SLICE,
 ) -> tuple[str, str]:
     """One simulated registration: (alias, reason) of `paired_gate`. `gain` is the challenger's
-    recall gain everywhere, or "slice" for +0.05 everywhere but `loss` on LOSING_SLICE."""
+    recall gain everywhere, or "slice" for +0.05 everywhere but `loss` on the slice `where`."""
     rng = np.random.default_rng(seed)
     dev = isic_dev(rng, n_images)
     champion = model_probs(rng, dev)
-    shift = slice_loss(dev, loss, 0.05) if gain == "slice" else float(gain)
+    shift = slice_loss(dev, loss, 0.05, where) if gain == "slice" else float(gain)
     challenger = with_probs(dev, model_probs(rng, dev, shift))
     c = compare(challenger, champion, CLASSES, champion_version="1", dataset="sim",
                 n_resamples=n_resamples, seed=seed)  # fmt: skip

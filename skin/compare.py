@@ -7,6 +7,7 @@ split) cannot be compared. Here both are scored on the challenger's dev images, 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skin import manifest as mf
 from skin.bootstrap import (
     PairedDifference,
     balanced_from_recall,
@@ -22,10 +24,17 @@ from skin.bootstrap import (
     paired_bootstrap,
     recall_from_sums,
 )
+from skin.provenance import UNSEEN, model_manifests, seen_by_model
 from skin.slices import slice_values
+from skin.tracking import MLflowRegistry
 
 SLICE_ALPHA = 0.05  # family-wise: how often a challenger no worse on any slice is blocked
 SLICE_MIN_LESIONS = 5  # a class counts in a slice's balanced accuracy from this many lesions
+MIN_PAIRED_IMAGES = 30  # registry.min_paired_images: fewer unseen dev images, no paired gate
+
+
+class NotComparableError(ValueError):
+    """Too few dev images are left that the champion never trained on; says how many and why."""
 
 
 @dataclass(frozen=True)
@@ -119,13 +128,19 @@ def compare(
     seed: int = 0,
     min_slice_size: int = 30,
     slice_alpha: float = SLICE_ALPHA,
+    excluded: pd.Series | None = None,
+    min_images: int = 1,
 ) -> Comparison:
     """Challenger (`dev`'s own `prob_*` columns) against the champion's probabilities on the same
     rows: the paired bootstrap of balanced accuracy and every scored slice's drop with its
-    corrected bound. Rows the champion could not score (NaN) are left out of both."""
-    scored = np.isfinite(champion_probs).all(axis=1)
-    if not scored.any():
-        raise ValueError("the champion could not score any of the dev images")
+    corrected bound. Rows the champion could not score (NaN) are left out of both, and so are
+    the rows `excluded` names (per dev row: why the champion has seen it, as
+    `skin.provenance.seen_reasons` gives; UNSEEN where it has not). Fewer than `min_images`
+    left: NotComparableError."""
+    seen = _seen(dev, excluded)
+    left_out = {str(why): int(n) for why, n in seen[seen != UNSEEN].value_counts().items()}
+    scored = np.isfinite(champion_probs).all(axis=1) & (seen == UNSEEN).to_numpy()
+    _check_enough(int(scored.sum()), len(dev), left_out, min_images)
     dev, champion_probs = dev[scored].reset_index(drop=True), champion_probs[scored]
     codes = dev["label"].map({c: i for i, c in enumerate(classes)})
     if codes.isna().any():
@@ -137,7 +152,29 @@ def compare(
     scored = scored_slices(dev, min_slice_size)
     drops = slice_drops(dev, y, champion_probs, challenger, classes, groups, min_slice_size,
                         n_resamples=n_resamples, seed=seed, alpha=slice_alpha, scored=scored)  # fmt: skip
-    return Comparison(champion_version, dataset, diff, drops, len(scored))
+    return Comparison(champion_version, dataset, diff, drops, len(scored), left_out)
+
+
+def _seen(dev: pd.DataFrame, excluded: pd.Series | None) -> pd.Series:
+    """Why each dev row is left out (UNSEEN: it is not), aligned with `dev`'s rows."""
+    if excluded is None:
+        return pd.Series(UNSEEN, index=range(len(dev)), dtype=object)
+    if len(excluded) != len(dev):
+        raise ValueError(f"excluded: {len(excluded)} reasons for {len(dev)} dev rows")
+    return excluded.reset_index(drop=True).fillna(UNSEEN)
+
+
+def _check_enough(n: int, total: int, left_out: dict[str, int], min_images: int) -> None:
+    """Refuse a comparison on too few images, saying how many were left out and why."""
+    if n == 0 and not left_out:
+        raise ValueError("the champion could not score any of the dev images")
+    if n < max(min_images, 1):
+        why = f" ({_excluded_text(left_out)})" if left_out else ""
+        raise NotComparableError(
+            f"only {n} of {total} dev images are left that the champion never trained on and"
+            f" could score; {sum(left_out.values())} it trained on{why}; fewer than"
+            f" registry.min_paired_images {min_images}"
+        )
 
 
 def score_champion(
@@ -169,21 +206,47 @@ def dev_comparison(
     seed: int,
     min_slice_size: int,
     slice_alpha: float = SLICE_ALPHA,
+    manifest_uri: str | None = None,
+    min_images: int = MIN_PAIRED_IMAGES,
 ) -> Callable[[str], Comparison] | None:
     """What the gate calls with the champion's reference: the champion scored on the challenger's
-    dev images (`predictions`: the evaluate stage's `predictions_dev.parquet`), then compared."""
+    dev images (`predictions`: the evaluate stage's `predictions_dev.parquet`) that it never
+    trained on (same key, identical file per `manifest_uri`'s fingerprints, same lesion), then
+    compared."""
     if not predictions.is_file():
         return None
-    dev = pd.read_parquet(predictions)
+    dev = with_fingerprints(pd.read_parquet(predictions), manifest_uri)
 
     def run(champion_ref: str) -> Comparison:
-        probs = score_champion(champion_ref, dev, classes, tta=tta, tracking_uri=tracking_uri)
+        seen = seen_by_model(champion_manifests(champion_ref, tracking_uri), dev)
+        unseen = (seen == UNSEEN).to_numpy()
+        probs = np.full((len(dev), len(classes)), np.nan)
+        if unseen.sum() >= min_images:  # else compare says why, without scoring in vain
+            rows = dev[unseen].reset_index(drop=True)
+            probs[unseen] = score_champion(
+                champion_ref, rows, classes, tta=tta, tracking_uri=tracking_uri
+            )
         version = champion_ref.rsplit("/", 1)[-1]
         return compare(dev, probs, classes, champion_version=version, dataset=dataset,
                        n_resamples=n_resamples, seed=seed, min_slice_size=min_slice_size,
-                       slice_alpha=slice_alpha)  # fmt: skip
+                       slice_alpha=slice_alpha, excluded=seen, min_images=min_images)  # fmt: skip
 
     return run
+
+
+def champion_manifests(ref: str, tracking_uri: str | None) -> dict[str, pd.DataFrame]:
+    """What the champion trained on (each member's manifest for an ensemble), through MLflow."""
+    with tempfile.TemporaryDirectory(prefix="skin-champion-") as tmp:
+        return model_manifests(MLflowRegistry(tracking_uri), ref, Path(tmp))
+
+
+def with_fingerprints(dev: pd.DataFrame, manifest_uri: str | None) -> pd.DataFrame:
+    """Dev predictions with each image's content fingerprint from the challenger's manifest
+    (predictions files do not carry it), so an identical file under another key is found."""
+    if manifest_uri is None or "fingerprint" in dev:
+        return dev
+    fingerprints = mf.read(manifest_uri).set_index("key")["fingerprint"]
+    return dev.assign(fingerprint=dev["key"].map(fingerprints).to_numpy())
 
 
 def scored_slices(meta: pd.DataFrame, min_size: int) -> list[tuple[str, str, np.ndarray]]:

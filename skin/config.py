@@ -196,6 +196,12 @@ class RegistryConfig(_Strict):
         description="a slice blocks when its paired-bootstrap upper bound, one-sided at"
         " 1 - slice_alpha / (slices scored), lies below -max_slice_drop",
     )
+    min_paired_images: int = Field(
+        30,
+        ge=1,
+        description="the paired gate needs this many dev images the champion never trained on"
+        " (same key, file or lesion); fewer: the point gate decides, saying why",
+    )
 
 
 class PredictConfig(_Strict):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from skin.compare import Comparison, SliceDrop, promotion_markdown
+from skin.compare import Comparison, NotComparableError, SliceDrop, promotion_markdown
 from skin.tracking import MissingRecordError, MLflowRegistry
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,9 @@ class GatePolicy:
             return None, "the challenger has no dev predictions to compare on"
         try:
             return self.compare(f"models:/{name}/{champion.version}"), ""
+        except NotComparableError as err:  # it trained on (nearly) all of the challenger's dev
+            log.warning("champion v%s of %s cannot be compared: %s", champion.version, name, err)
+            return None, f"champion v{champion.version} cannot be compared: {err}"
         except Exception as err:  # another class set, artefacts gone: reported, never hidden
             log.warning("champion v%s of %s cannot be scored: %s", champion.version, name, err)
             return None, f"champion v{champion.version} cannot be scored: {err}"

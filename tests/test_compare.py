@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ from skin.folds import assign_folds, fold_manifest
 from skin.labels import CLASSES as ISIC
 from skin.registry import CHALLENGER, CHAMPION, Champion, GatePolicy, paired_gate
 from tests.helpers import assign_splits
-
-NEW_API = "min_images" in inspect.signature(dev_comparison).parameters
 
 CLASSES = ("MEL", "NV", "BCC")
 
@@ -157,11 +154,10 @@ def gate_on(
         return np.random.default_rng(2).dirichlet(np.ones(len(classes)), len(rows))
 
     monkeypatch.setattr("skin.compare.score_champion", score)
-    monkeypatch.setattr("skin.compare.model_manifests", lambda *a: champion, raising=False)
+    monkeypatch.setattr("skin.compare.champion_manifests", lambda ref, uri: champion)
     run = dev_comparison(tmp_path / "predictions_dev.parquet", ISIC, dataset="h", tta=False,
                          tracking_uri=None, n_resamples=200, seed=0, min_slice_size=30,
-                         **({"manifest_uri": str(tmp_path / "manifest.parquet"),
-                             "min_images": min_images} if NEW_API else {}))  # fmt: skip
+                         manifest_uri=str(tmp_path / "manifest.parquet"), min_images=min_images)  # fmt: skip
     return run("models:/skin/3"), asked
 
 
@@ -230,4 +226,6 @@ def test_too_few_unseen_dev_images_fall_back_to_the_point_gate_saying_why(
     assert comparison is None, "no paired comparison on images the champion trained on"
     assert "registry.min_paired_images" in problem and "trained on" in problem, problem
     alias, reason = policy.decide(0.8, Champion("3", 0.7), "dev_balanced_accuracy", None, problem)
+    assert problem.startswith("champion v3 cannot be compared: only"), problem
+    assert alias == CHAMPION, "the point gate decides: 0.8 beats 0.7"
     assert reason.startswith("paired gate impossible (champion v3"), reason

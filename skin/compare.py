@@ -44,7 +44,7 @@ class SliceDrop:
 
     dimension: str
     value: str
-    n: int
+    n: int  # images of the classes counted there (>= SLICE_MIN_LESIONS lesions in the slice)
     champion: float
     challenger: float
     high: float = float("nan")  # nan when the bootstrap is off

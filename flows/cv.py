@@ -31,6 +31,7 @@ from skin.folds import (
     out_of_fold,
 )
 from skin.predict import RUN_ID
+from skin.provenance import run_manifests
 from skin.runs import RunPaths
 from skin.stages import EvalOutcome
 from skin.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, tracked_run
@@ -280,17 +281,10 @@ def ensemble_run(
 def _member_manifests(cfg: PipelineConfig, members: list[str]) -> dict[str, pd.DataFrame]:
     """Each member's training manifest, read through its MLflow run."""
     registry = MLflowRegistry(cfg.tracking.tracking_uri)
-    out = {}
     with tempfile.TemporaryDirectory(prefix="skin-members-") as tmp:
-        for i, ref in enumerate(members):
-            if ref.startswith(("models:/", "runs:/")):
-                run_id = registry.source_run(ref)
-            elif RUN_ID.fullmatch(ref):
-                run_id = ref
-            else:  # a checkpoint file: nothing records what it trained on
-                get_run_logger().warning("member %s: its training data cannot be checked", ref)
-                continue
-            out[ref] = mf.read(registry.run_manifest(run_id, Path(tmp) / str(i)))
+        out, unknown = run_manifests(registry, members, Path(tmp))
+    for ref in unknown:  # a checkpoint file: nothing records what it trained on
+        get_run_logger().warning("member %s: its training data cannot be checked", ref)
     return out
 
 

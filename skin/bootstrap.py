@@ -244,9 +244,10 @@ def paired_bootstrap(
     groups: Groups = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    level: float = LEVEL,
 ) -> PairedDifference:
     """Challenger minus champion balanced accuracy, both scored on the same resampled images,
-    with its LEVEL interval."""
+    with its central `level` interval."""
     check_predictions(y, champion, "champion")
     check_predictions(y, challenger, "challenger")
     if champion.shape != challenger.shape:
@@ -264,5 +265,5 @@ def paired_bootstrap(
     low = high = float("nan")
     if n_resamples > 0:
         both = scores(resample_sums(features, y, groups, n_resamples, seed))
-        low, high = (float(v) for v in percentile_interval(both[:, 1] - both[:, 0]))
+        low, high = (float(v) for v in percentile_interval(both[:, 1] - both[:, 0], level))
     return PairedDifference(float(a), float(b), float(b - a), low, high, len(y), units, n_resamples)

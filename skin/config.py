@@ -189,6 +189,19 @@ class RegistryConfig(_Strict):
     max_slice_drop: float = Field(
         0.05, ge=0.0, le=1.0, description="largest drop allowed on any scored metadata slice"
     )
+    slice_alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="a slice blocks when its paired-bootstrap upper bound, one-sided at"
+        " 1 - slice_alpha / (slices scored), lies below -max_slice_drop",
+    )
+    min_paired_images: int = Field(
+        30,
+        ge=1,
+        description="the paired gate needs this many dev images the champion never trained on"
+        " (same key, file or lesion); fewer: the point gate decides, saying why",
+    )
 
 
 class PredictConfig(_Strict):

@@ -47,6 +47,7 @@ from skin.predict import (
     top_k,
     with_abstention,
 )
+from skin.provenance import UNSEEN, seen_reasons, trained_rows
 from skin.report import abstention_line, metrics_table_text, operating_points_json
 from skin.report import predictions_frame as split_predictions
 from skin.runs import RunPaths
@@ -371,13 +372,7 @@ def member_of(ref: str, dst: Path, tracking_uri: str | None) -> Member:
 def seen_in_training(member: pd.DataFrame, evaluation: pd.DataFrame) -> dict[str, int]:
     """How many of `evaluation`'s dev and test images a member trained on: the same key, an
     identical file (fingerprint) or the same lesion; an ensemble scored on them would flatter."""
-    trained = member[(member["split"] == "train") & member["keep"].astype(bool)]
-    seen = evaluation["key"].isin(trained["key"]) | evaluation["fingerprint"].isin(
-        trained["fingerprint"]
-    )
-    if "lesion_id" in evaluation and "lesion_id" in trained:
-        lesions = trained["lesion_id"].dropna()
-        seen |= evaluation["lesion_id"].notna() & evaluation["lesion_id"].isin(lesions)
+    seen = seen_reasons(trained_rows(member), evaluation) != UNSEEN
     return {s: int((seen & (evaluation["split"] == s)).sum()) for s in ("dev", "test")}
 
 

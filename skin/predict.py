@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from skin.labels import CLASSES
 from skin.model import InputSpec, input_spec, load_model_from_checkpoint
 from skin.storage import StorageError, exists_uri, is_s3, join_uri, open_store, read_uri
 from skin.tables import TABLE_SUFFIXES, write_table
+from skin.tracking import RUN_ID
 from skin.train import amp_dtype, pick_device
 from skin.tta import probabilities as tta_probabilities
 from skin.tta import view_logits
@@ -209,9 +209,6 @@ def with_abstention(frame: pd.DataFrame, scores: np.ndarray, rule: Abstention) -
 
 
 # --------------------------------------------------------------------------- loading models
-
-
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id
 
 
 def model_reference(ref: str) -> str:

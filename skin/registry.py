@@ -2,7 +2,8 @@
 
 Two policies (`registry.gate`): `paired` (default) scores both models on the challenger's dev
 images and promotes when the interval of the difference clears `registry.min_improvement` and no
-scored slice drops by more than `registry.max_slice_drop`; `point` compares the dev scores each
+scored slice shows evidence (its paired-bootstrap bound, Bonferroni-corrected over the slices
+scored) of a drop beyond `registry.max_slice_drop`; `point` compares the dev scores each
 run recorded (possibly on different dev sets), and is the fallback, said so, when the champion
 cannot be scored. The policies are pure; `register_and_gate` applies them through the tracking
 seam (`skin.tracking.MLflowRegistry`).
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from skin.compare import Comparison, promotion_markdown
+from skin.compare import Comparison, NotComparableError, SliceDrop, promotion_markdown
 from skin.tracking import MissingRecordError, MLflowRegistry
 
 log = logging.getLogger(__name__)
@@ -80,22 +81,35 @@ def paired_gate(
     comparison: Comparison, min_improvement: float = 0.0, max_slice_drop: float = 0.05
 ) -> tuple[str, str]:
     """(alias, reason) from both models on the same images: the lower bound of the difference
-    must clear `min_improvement`, and no scored slice may drop by more than `max_slice_drop`."""
+    must clear `min_improvement`, and no scored slice may show evidence of a drop beyond
+    `max_slice_drop` (its upper bound, corrected for the slices scored, below -max_slice_drop)."""
     d = comparison.difference
     on = f"paired on {d.n} dev images vs champion v{comparison.champion_version}"
-    worst = comparison.worst_slice()
-    if worst is not None and worst.drop > max_slice_drop:
-        return CHALLENGER, (
-            f"{on}: balanced accuracy on slice {worst.dimension}/{worst.value} (n={worst.n})"
-            f" falls {worst.drop:.4f} below the champion's, more than registry.max_slice_drop"
-            f" {max_slice_drop}"
-        )
+    blocking = comparison.blocking_slice(max_slice_drop)
+    if blocking is not None:
+        return CHALLENGER, f"{on}: {_slice_reason(blocking, comparison, max_slice_drop)}"
     bound, what = (d.low, "lower bound") if d.low == d.low else (d.difference, "difference")
     verdict = "clears" if bound > min_improvement else "does not clear"
     alias = CHAMPION if bound > min_improvement else CHALLENGER
     return alias, (
         f"{on}: difference {d.difference:+.4f} (95 % CI {d.low:+.4f} to {d.high:+.4f}); its"
-        f" {what} {verdict} registry.min_improvement {min_improvement}"
+        f" {what} {verdict} registry.min_improvement {min_improvement}; no slice of"
+        f" {comparison.slices_scored} scored shows a drop beyond registry.max_slice_drop"
+        f" {max_slice_drop}"
+    )
+
+
+def _slice_reason(s: SliceDrop, comparison: Comparison, max_slice_drop: float) -> str:
+    """Why a slice blocks: its drop and the evidence for it."""
+    head = (
+        f"balanced accuracy on slice {s.dimension}/{s.value} (n={s.n}) falls {s.drop:.4f}"
+        f" below the champion's, more than registry.max_slice_drop {max_slice_drop}"
+    )
+    if s.high != s.high:
+        return f"{head} (point estimates: no bootstrap)"
+    return (
+        f"{head}: the upper one-sided {100 * s.level:.2f} % bound of its difference"
+        f" ({comparison.slices_scored} slices scored, Bonferroni) is {s.high:+.4f}"
     )
 
 
@@ -128,6 +142,9 @@ class GatePolicy:
             return None, "the challenger has no dev predictions to compare on"
         try:
             return self.compare(f"models:/{name}/{champion.version}"), ""
+        except NotComparableError as err:  # it trained on (nearly) all of the challenger's dev
+            log.warning("champion v%s of %s cannot be compared: %s", champion.version, name, err)
+            return None, f"champion v{champion.version} cannot be compared: {err}"
         except Exception as err:  # another class set, artefacts gone: reported, never hidden
             log.warning("champion v%s of %s cannot be scored: %s", champion.version, name, err)
             return None, f"champion v{champion.version} cannot be scored: {err}"

@@ -35,6 +35,7 @@ CHECKPOINT_SHA_TAG = "skin.checkpoint_sha256"
 MODEL_ID_TAG = "skin.model_id"  # on a version: the logged model it was made from
 BEST_EPOCH = "best_epoch"
 ENSEMBLE_MODEL_TAG = "skin.ensemble_model"  # on an ensemble's run: the logged model it serves
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id
 _MODEL_VERSIONS = "mlflow.modelVersions"
 
 
@@ -501,6 +502,30 @@ class MLflowRegistry:
         if not uri:
             raise MissingRecordError(f"run {run_id} recorded no manifest (not a training run?)")
         return uri
+
+    def ensemble_members(self, run_id: str, dst: Path) -> list[str] | None:
+        """The members (the references they were loaded from) of the ensemble a run logged, read
+        from its model's members.json; None when the run logged no ensemble."""
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model_id = self.client.get_run(run_id).data.tags.get(ENSEMBLE_MODEL_TAG)
+            if not model_id:
+                return None
+            logged = self.client.get_logged_model(model_id)
+            artifact = logged.tags.get(CHECKPOINT_TAG, "artifacts/members.json")
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{logged.artifact_location.rstrip('/')}/{artifact}",
+                dst_path=str(dst),
+                tracking_uri=self.uri,
+            )
+        except MlflowException as err:
+            raise TrackingError(f"cannot read the ensemble of run {run_id}: {err}") from err
+        try:
+            return [m["origin"] for m in json.loads(Path(local).read_text())["members"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise TrackingError(f"run {run_id}: {artifact} lists no members: {err}") from err
 
     def checkpoint(self, ref: str, dst: Path) -> LocalCheckpoint:
         """Download the weights `ref` names: a registered version's or logged model's own

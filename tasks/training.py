@@ -189,6 +189,9 @@ def register_task(
         n_resamples=config.evaluate.bootstrap,
         seed=config.split.seed,
         min_slice_size=config.evaluate.min_slice_size,
+        slice_alpha=config.registry.slice_alpha,
+        manifest_uri=manifest.uri if manifest else None,
+        min_images=config.registry.min_paired_images,
     )
     r, name = config.registry, config.tracking.registered_model
     policy = GatePolicy(r.gate, r.min_improvement, r.max_slice_drop, compare)

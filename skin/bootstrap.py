@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 LEVEL = 0.95
 CHUNK_CELLS = 1 << 23  # draws held at once: 64 MB of int64
@@ -245,9 +246,12 @@ def paired_bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = LEVEL,
+    normal: bool = False,
 ) -> PairedDifference:
     """Challenger minus champion balanced accuracy, both scored on the same resampled images,
-    with its central `level` interval."""
+    with its central `level` interval: percentiles, or with `normal` the difference ± z·(bootstrap
+    SD), which holds at far tails (a Bonferroni-corrected 99.7 %) where 1,000 resamples leave
+    three points to read a percentile from."""
     check_predictions(y, champion, "champion")
     check_predictions(y, challenger, "challenger")
     if champion.shape != challenger.shape:
@@ -264,6 +268,25 @@ def paired_bootstrap(
     units = int(group_codes(y, groups).max()) + 1
     low = high = float("nan")
     if n_resamples > 0:
-        both = scores(resample_sums(features, y, groups, n_resamples, seed))
-        low, high = (float(v) for v in percentile_interval(both[:, 1] - both[:, 0], level))
+        sums = resample_sums(features, y, groups, n_resamples, seed)
+        if normal:
+            half = float(norm.ppf(0.5 + level / 2)) * _stratified_sd(sums, y, groups)
+            low, high = float(b - a) - half, float(b - a) + half
+        else:
+            both = scores(sums)
+            low, high = (float(v) for v in percentile_interval(both[:, 1] - both[:, 0], level))
     return PairedDifference(float(a), float(b), float(b - a), low, high, len(y), units, n_resamples)
+
+
+def _stratified_sd(sums: np.ndarray, y: np.ndarray, groups: Groups) -> float:
+    """SD of the balanced-accuracy difference from paired resample sums [B, 4C], each class's
+    bootstrap variance scaled by m/(m - 1) for its m lesions: a resample of m lesions varies
+    (m - 1)/m as much as a new sample does, which matters for a class of 5 lesions in a slice."""
+    champion, challenger = (recall_from_sums(s) for s in np.split(sums, 2, -1))
+    diff = challenger - champion  # [B, C], nan for classes absent here
+    codes = group_codes(y, groups)
+    lesions = pd.Series(codes).groupby(y).nunique().reindex(range(diff.shape[1])).to_numpy()
+    present = ~np.isnan(diff[0])
+    m = lesions[present]
+    var = np.nanvar(diff[:, present], axis=0, ddof=1) * m / np.maximum(m - 1, 1)
+    return float(np.sqrt(np.nansum(var)) / present.sum())

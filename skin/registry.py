@@ -2,8 +2,8 @@
 
 Two policies (`registry.gate`): `paired` (default) scores both models on the challenger's dev
 images and promotes when the interval of the difference clears `registry.min_improvement` and no
-scored slice shows evidence (its paired-bootstrap bound, Bonferroni-corrected over the slices
-scored) of a drop beyond `registry.max_slice_drop`; `point` compares the dev scores each
+scored slice drops by more than `registry.max_slice_drop` with evidence of a drop (its
+paired-bootstrap upper bound, Bonferroni-corrected over the slices scored, below 0); `point` compares the dev scores each
 run recorded (possibly on different dev sets), and is the fallback, said so, when the champion
 cannot be scored. The policies are pure; `register_and_gate` applies them through the tracking
 seam (`skin.tracking.MLflowRegistry`).
@@ -81,8 +81,8 @@ def paired_gate(
     comparison: Comparison, min_improvement: float = 0.0, max_slice_drop: float = 0.05
 ) -> tuple[str, str]:
     """(alias, reason) from both models on the same images: the lower bound of the difference
-    must clear `min_improvement`, and no scored slice may show evidence of a drop beyond
-    `max_slice_drop` (its upper bound, corrected for the slices scored, below -max_slice_drop)."""
+    must clear `min_improvement`, and no scored slice may drop by more than `max_slice_drop`
+    with evidence of a drop (its upper bound, corrected for the slices scored, below 0)."""
     d = comparison.difference
     on = f"paired on {d.n} dev images vs champion v{comparison.champion_version}"
     blocking = comparison.blocking_slice(max_slice_drop)

@@ -4,8 +4,12 @@ Three checks, each a two-sample test of reference against current: the class mix
 image properties per image (size, brightness, contrast, colour; Kolmogorov-Smirnov), and the
 distribution of backbone embeddings of a sample (MMD with an RBF kernel, permutation p-value).
 Every p-value joins one Holm correction, so the report's false-alarm rate over all checks
-together is at most `alpha` when nothing changed. The statistics are pure functions of arrays;
-`image_sample` and `embed` read images through the fetch cache, `resolve_reference` the registry.
+together is at most `alpha` when nothing changed. Lesions are the units: photos of one lesion
+share its looks and its label, so the class mix counts lesions, and the property and embedding
+p-values permute whole lesions between the sides (an image without a lesion id, as in a batch
+from the field, is a lesion of its own). The statistics are pure functions of arrays (`judge`
+runs them all); `read_sample` and `embed` read images through the fetch cache,
+`resolve_reference` the registry.
 """
 
 from __future__ import annotations
@@ -130,12 +134,20 @@ class DriftReport:
 # --------------------------------------------------------------------------- lesions
 
 
+def _known_ids(frame: pd.DataFrame) -> np.ndarray | None:
+    """Each row's lesion id (None where missing or empty), or None without a lesion_id column."""
+    if "lesion_id" not in frame.columns:
+        return None
+    ids = frame["lesion_id"].to_numpy(dtype=object)
+    return np.where(pd.notna(ids) & (ids != ""), ids, None)
+
+
 def lesion_groups(frame: pd.DataFrame) -> np.ndarray:
     """One code per row naming its lesion (`lesion_id`); a row without one is a group of its own."""
-    if "lesion_id" not in frame.columns:
+    ids = _known_ids(frame)
+    if ids is None:
         return np.arange(len(frame))
-    ids = frame["lesion_id"].astype(object)
-    codes = pd.factorize(ids.where(ids.notna() & (ids.astype(str) != "")))[0]
+    codes = pd.factorize(ids)[0]
     missing = codes < 0
     codes[missing] = codes.max(initial=-1) + 1 + np.arange(missing.sum())
     return codes
@@ -143,10 +155,8 @@ def lesion_groups(frame: pd.DataFrame) -> np.ndarray:
 
 def has_lesion_ids(frame: pd.DataFrame) -> bool:
     """Does any row name its lesion (else each image is its own group)?"""
-    if "lesion_id" not in frame.columns:
-        return False
-    ids = frame["lesion_id"]
-    return bool((ids.notna() & (ids.astype(str) != "")).any())
+    ids = _known_ids(frame)
+    return ids is not None and any(i is not None for i in ids)
 
 
 @dataclass(frozen=True)
@@ -245,14 +255,12 @@ def class_mix_test(
 def class_mix_by_lesion(
     reference: pd.DataFrame, current: pd.DataFrame, permutations: int = 2000, seed: int = 0
 ) -> Check:
-    """The class mix with lesions as the units: every photo of a lesion carries its one label,
-    so counting photos would count one fact several times (rows without a lesion id count
-    once each)."""
+    """The class mix with lesions as the units: every photo of a lesion carries its one label
+    (its first photo's), so counting photos would count one fact several times (rows without a
+    lesion id count once each)."""
     pool = Pool.of_frames(reference, current)
     ref, cur = (
-        pd.DataFrame({"g": lesion_groups(f), "label": f["label"].to_numpy()}).drop_duplicates()[
-            "label"
-        ]
+        f["label"].to_numpy(dtype=object)[np.unique(lesion_groups(f), return_index=True)[1]]
         for f in (reference, current)
     )
     return pool.tag(class_mix_test(ref, cur, permutations, seed, unit=pool.unit))
@@ -319,19 +327,17 @@ def _sq_dists(z: np.ndarray) -> np.ndarray:
     return np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
 
 
-def _mmd2(k: np.ndarray, groups: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Unbiased MMD² for each column of `groups` (True: first sample) over the pooled kernel
-    matrix `k` whose pairs within one group (the diagonal too) are zero, all permutations in one
-    product; `sizes` is the size of each image's group (pairs counted are those across groups)."""
-    a = groups.astype(np.float64)
+def _mmd2(kg: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Unbiased MMD² for each column of `first` [groups, P] (True: the group is in the first
+    sample), from `kg`, the kernel summed over the image pairs of every two groups (pairs within
+    one group left out), and each group's size: all permutations in one product."""
+    a = first.astype(np.float64)
     b = 1.0 - a
-    n, m = a.sum(axis=0), b.sum(axis=0)
-    ka = k @ a
-    kb = k.sum(axis=1)[:, None] - ka  # k @ b, as b = 1 - a
-    pairs_a = n * n - (a * sizes[:, None]).sum(axis=0)
-    pairs_b = m * m - (b * sizes[:, None]).sum(axis=0)
-    xx = (a * ka).sum(axis=0) / pairs_a
-    yy = (b * kb).sum(axis=0) / pairs_b
+    n, m = sizes @ a, sizes @ b
+    ka = kg @ a
+    kb = kg.sum(axis=1)[:, None] - ka  # kg @ b, as b = 1 - a
+    xx = (a * ka).sum(axis=0) / (n * n - (sizes * sizes) @ a)  # ordered pairs across groups
+    yy = (b * kb).sum(axis=0) / (m * m - (sizes * sizes) @ b)
     return xx + yy - 2.0 * (b * ka).sum(axis=0) / (n * m)
 
 
@@ -360,12 +366,14 @@ def mmd_test(
     positive = d2[np.triu_indices(len(z), 1)]
     positive = positive[positive > 0]
     k = np.exp(-d2 / (float(np.median(positive)) if len(positive) else 1.0))
-    k[pool.codes[:, None] == pool.codes[None, :]] = 0.0
-    sizes = np.bincount(pool.codes)[pool.codes].astype(np.float64)
-    observed = float(_mmd2(k, pool.first[pool.codes][:, None], sizes)[0])
+    k[pool.codes[:, None] == pool.codes[None, :]] = 0.0  # a photo with itself or its lesion
+    member = np.zeros((len(z), len(pool.first)))
+    member[np.arange(len(z)), pool.codes] = 1.0
+    kg, sizes = member.T @ k @ member, member.sum(axis=0)
+    observed = float(_mmd2(kg, pool.first[:, None], sizes)[0])
     shuffles = pool.shuffles(permutations, seed)
     hits = sum(
-        int((_mmd2(k, chunk[:, pool.codes].T, sizes) >= observed).sum())
+        int((_mmd2(kg, chunk.T, sizes) >= observed).sum())
         for chunk in np.array_split(shuffles, max(1, permutations // 250))
     )
     p = (1 + hits) / (1 + permutations)

@@ -156,7 +156,7 @@ def lesion_groups(frame: pd.DataFrame) -> np.ndarray:
 def has_lesion_ids(frame: pd.DataFrame) -> bool:
     """Does any row name its lesion (else each image is its own group)?"""
     ids = _known_ids(frame)
-    return ids is not None and any(i is not None for i in ids)
+    return ids is not None and bool(np.not_equal(ids, None).any())
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import stats
 
 from benchmarks.decision_rates.drift import reports, simulate
+from skin.config import DriftConfig
 from skin.datastages import source_uri
 from skin.drift import (
     PROPERTIES,
@@ -349,3 +350,9 @@ def test_the_class_mix_counts_each_lesion_once() -> None:
     check = class_mix_by_lesion(ref, cur)
     assert (check.groups_reference, check.groups_current) == (4, 2), check
     assert "+0.0% of lesions" in check.detail, check.detail  # B: 2 of 4 vs 1 of 2 lesions
+
+
+def test_too_few_permutations_are_refused_even_without_embeddings() -> None:
+    """Lesion-grouped property p-values come from permutations too: their floor must pass Holm."""
+    with pytest.raises(ValueError, match=r"drift\.permutations 100 cannot"):
+        DriftConfig(embeddings=False, permutations=100)

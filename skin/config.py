@@ -247,7 +247,10 @@ class DriftConfig(_Strict):
     min_images: int = Field(10, ge=2, description="fewer current images than this: nothing tested")
     alpha: float = Field(0.01, gt=0.0, lt=1.0, description="family-wise false-alarm rate (Holm)")
     permutations: int = Field(
-        2000, ge=50, description="permutations for the embedding MMD p-value (its floor: 1/(N+1))"
+        2000,
+        ge=50,
+        description="permutations for the embedding MMD p-value, and for the property p-values"
+        " when a lesion has several photos (whole lesions permuted; the floor: 1/(N+1))",
     )
     embeddings: bool = Field(True, description="also compare backbone embeddings (runs the model)")
     seed: int = 0
@@ -256,10 +259,11 @@ class DriftConfig(_Strict):
     def _permutations_can_reach_alpha(self) -> DriftConfig:
         from skin.drift import CHECKS  # the checks Holm corrects over
 
-        if self.embeddings and (self.permutations + 1) * self.alpha <= CHECKS:
+        # embeddings, and properties of lesions with several photos, take permutation p-values
+        if (self.permutations + 1) * self.alpha <= CHECKS:
             need = int(CHECKS / self.alpha)
             raise ValueError(
-                f"drift.permutations {self.permutations} cannot give an embedding p-value below"
+                f"drift.permutations {self.permutations} cannot give a permutation p-value below"
                 f" alpha {self.alpha} after Holm's correction over {CHECKS} checks: use ≥ {need}"
             )
         return self

@@ -4,8 +4,12 @@ Three checks, each a two-sample test of reference against current: the class mix
 image properties per image (size, brightness, contrast, colour; Kolmogorov-Smirnov), and the
 distribution of backbone embeddings of a sample (MMD with an RBF kernel, permutation p-value).
 Every p-value joins one Holm correction, so the report's false-alarm rate over all checks
-together is at most `alpha` when nothing changed. The statistics are pure functions of arrays;
-`image_sample` and `embed` read images through the fetch cache, `resolve_reference` the registry.
+together is at most `alpha` when nothing changed. Lesions are the units: photos of one lesion
+share its looks and its label, so the class mix counts lesions, and the property and embedding
+p-values permute whole lesions between the sides (an image without a lesion id, as in a batch
+from the field, is a lesion of its own). The statistics are pure functions of arrays (`judge`
+runs them all); `read_sample` and `embed` read images through the fetch cache,
+`resolve_reference` the registry.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,11 @@ PROPERTIES = ("width", "height", "brightness", "contrast", "red", "green", "blue
 CHECKS = len(PROPERTIES) + 2  # class mix, each property, embeddings: the Holm family
 THUMB = 64  # side the colour properties are measured at (DCT-downscaled: cheap for big JPEGs)
 REFERENCE_SPLITS = ("train", "dev")  # what the champion learnt from and was selected on
+CELLS = 1 << 22  # permuted labels held at once per KS check: 4 MB of bools
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+UNIT_COLUMNS = ["unit", "groups_reference", "groups_current"]
 
 
 class DriftError(ValueError):
@@ -49,6 +57,9 @@ class Check:
     p_adjusted: float = float("nan")
     drifted: bool = False
     detail: str = ""
+    unit: str = "images"  # what was exchanged under the null: lesions (photos of one kept together)
+    groups_reference: int = 0  # lesions (or images without a lesion id) the check used per side
+    groups_current: int = 0
 
 
 @dataclass
@@ -62,19 +73,27 @@ class DriftReport:
     alpha: float
     checks: list[Check] = field(default_factory=list)
     note: str = ""  # why nothing was tested, when nothing was
+    unit: str = "images"  # lesions: photos of one lesion moved together under the null
+    groups_reference: int = 0  # lesions (an image without a lesion id: its own) of each side
+    groups_current: int = 0
+    unit_note: str = ""  # when a side had no lesion ids, what that means
 
     @property
     def drifted(self) -> bool:
         return any(c.drifted for c in self.checks)
 
     def table(self) -> pd.DataFrame:
-        cols = ["check", "statistic", "p_value", "p_adjusted", "drifted", "detail"]
+        cols = ["check", "statistic", "p_value", "p_adjusted", "drifted", "detail", *UNIT_COLUMNS]
         return pd.DataFrame([asdict(c) for c in self.checks], columns=cols)
 
     def metrics(self) -> dict[str, float]:
         """MLflow metrics: `drift_detected`, and per check `drift_<check>_p` (Holm-adjusted) and
         `drift_<check>_stat` (class_mix, embedding_mmd, each property by its name)."""
         out = {"drift_detected": float(self.drifted), "drift_current_images": self.n_current}
+        out |= {
+            "drift_reference_groups": self.groups_reference,
+            "drift_current_groups": self.groups_current,
+        }
         for c in self.checks:
             name = "drift_" + c.check.removeprefix("property:")
             out |= {f"{name}_p": c.p_adjusted, f"{name}_stat": c.statistic}
@@ -95,6 +114,9 @@ class DriftReport:
             f"Reference `{self.reference}` ({self.n_reference} images) · current `{self.current}`"
             f" ({self.n_current} images)",
             "",
+            f"Unit of the tests: {self.unit} ({self.groups_reference} reference,"
+            f" {self.groups_current} current){'; ' + self.unit_note if self.unit_note else ''}",
+            "",
         ]
         if self.checks:
             head.append(self.table().to_markdown(index=False, floatfmt=".4g"))
@@ -107,6 +129,79 @@ class DriftReport:
             "verdict": self.verdict(),
             "checks": self.table().to_dict(orient="records"),
         }
+
+
+# --------------------------------------------------------------------------- lesions
+
+
+def _known_ids(frame: pd.DataFrame) -> np.ndarray | None:
+    """Each row's lesion id (None where missing or empty), or None without a lesion_id column."""
+    if "lesion_id" not in frame.columns:
+        return None
+    ids = frame["lesion_id"].to_numpy(dtype=object)
+    return np.where(pd.notna(ids) & (ids != ""), ids, None)
+
+
+def lesion_groups(frame: pd.DataFrame) -> np.ndarray:
+    """One code per row naming its lesion (`lesion_id`); a row without one is a group of its own."""
+    ids = _known_ids(frame)
+    if ids is None:
+        return np.arange(len(frame))
+    codes = pd.factorize(ids)[0]
+    missing = codes < 0
+    codes[missing] = codes.max(initial=-1) + 1 + np.arange(missing.sum())
+    return codes
+
+
+def has_lesion_ids(frame: pd.DataFrame) -> bool:
+    """Does any row name its lesion (else each image is its own group)?"""
+    ids = _known_ids(frame)
+    return ids is not None and bool(np.not_equal(ids, None).any())
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Both sides' images pooled, reference first, with the group (lesion) of each. A side's
+    lesions are its own: a lesion photographed on both sides counts as two groups, which can
+    only make the sides look alike (hide drift), never raise a false alarm."""
+
+    codes: np.ndarray  # group of each pooled image
+    first: np.ndarray  # [groups] True: the group belongs to the reference
+    unit: str  # lesions (some rows had lesion ids) or images
+
+    @classmethod
+    def of(cls, reference: np.ndarray, current: np.ndarray, unit: str) -> Pool:
+        offset = int(reference.max(initial=-1)) + 1
+        codes = np.concatenate([reference, current + offset])
+        return cls(codes, np.arange(int(codes.max(initial=-1)) + 1) < offset, unit)
+
+    @classmethod
+    def of_frames(cls, reference: pd.DataFrame, current: pd.DataFrame) -> Pool:
+        """The groups of two frames' rows (their `lesion_id`, when they have one)."""
+        lesions = has_lesion_ids(reference) or has_lesion_ids(current)
+        unit = "lesions" if lesions else "images"
+        return cls.of(lesion_groups(reference), lesion_groups(current), unit)
+
+    @property
+    def grouped(self) -> bool:
+        """Does any group hold several images (else every image is a unit of its own)?"""
+        return len(self.first) < len(self.codes)
+
+    @property
+    def groups(self) -> tuple[int, int]:
+        return int(self.first.sum()), int((~self.first).sum())
+
+    def shuffles(self, permutations: int, seed: int) -> np.ndarray:
+        """[permutations, groups]: which groups are the reference's, each row a reshuffle of
+        whole groups (the null of no drift: lesions are exchangeable between the sides)."""
+        rng = np.random.default_rng(seed)
+        return rng.permuted(np.broadcast_to(self.first, (permutations, len(self.first))), axis=1)
+
+    def tag(self, check: Check) -> Check:
+        """`check` with this pool's unit and number of groups per side."""
+        return replace(
+            check, unit=self.unit, groups_reference=self.groups[0], groups_current=self.groups[1]
+        )
 
 
 # --------------------------------------------------------------------------- statistics
@@ -123,18 +218,24 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 def class_mix_test(
-    reference: Sequence[str], current: Sequence[str], permutations: int = 2000, seed: int = 0
+    reference: Sequence[str],
+    current: Sequence[str],
+    permutations: int = 2000,
+    seed: int = 0,
+    unit: str = "images",
 ) -> Check:
-    """Chi-square test of homogeneity on the label counts. With any expected count under 5 (a
-    small batch, a rare class) the asymptotic p-value is too small, so the statistic's p-value
-    comes from label permutations instead, (1 + #>=) / (1 + permutations)."""
+    """Chi-square test of homogeneity on the label counts (of `unit`: one label per lesion when
+    lesions are the units). With any expected count under 5 (a small batch, a rare class) the
+    asymptotic p-value is too small, so the statistic's p-value comes from label permutations
+    instead, (1 + #>=) / (1 + permutations)."""
     from scipy import stats  # ~1 s to import: only when a check runs, not with the config
 
-    labels = sorted(set(reference) | set(current))
-    ref = pd.Series(list(reference)).value_counts().reindex(labels, fill_value=0)
-    cur = pd.Series(list(current)).value_counts().reindex(labels, fill_value=0)
+    ref = pd.Series(np.asarray(reference, dtype=object)).value_counts()
+    cur = pd.Series(np.asarray(current, dtype=object)).value_counts()
+    labels = sorted(set(ref.index) | set(cur.index))
+    ref, cur = ref.reindex(labels, fill_value=0), cur.reindex(labels, fill_value=0)
     if len(labels) < 2:
-        return Check("class_mix", 0.0, 1.0, detail="one class only")
+        return Check("class_mix", 0.0, 1.0, detail="one class only", unit=unit)
     table = np.vstack([ref.to_numpy(), cur.to_numpy()])
     res = stats.chi2_contingency(table, correction=False)
     p_value, how = float(res.pvalue), "chi-square"
@@ -147,8 +248,22 @@ def class_mix_test(
         how = f"permutation p ({permutations}), expected counts < 5"
     share = cur / max(cur.sum(), 1) - ref / max(ref.sum(), 1)
     moved = share.abs().idxmax()
-    detail = f"largest change {moved} {share[moved]:+.1%} of images; {how}"
-    return Check("class_mix", float(res.statistic), p_value, detail=detail)
+    detail = f"largest change {moved} {share[moved]:+.1%} of {unit}; {how}"
+    return Check("class_mix", float(res.statistic), p_value, detail=detail, unit=unit)
+
+
+def class_mix_by_lesion(
+    reference: pd.DataFrame, current: pd.DataFrame, permutations: int = 2000, seed: int = 0
+) -> Check:
+    """The class mix with lesions as the units: every photo of a lesion carries its one label
+    (its first photo's), so counting photos would count one fact several times (rows without a
+    lesion id count once each)."""
+    pool = Pool.of_frames(reference, current)
+    ref, cur = (
+        f["label"].to_numpy(dtype=object)[np.unique(lesion_groups(f), return_index=True)[1]]
+        for f in (reference, current)
+    )
+    return pool.tag(class_mix_test(ref, cur, permutations, seed, unit=pool.unit))
 
 
 def _chi_square(tables: np.ndarray) -> np.ndarray:
@@ -160,19 +275,51 @@ def _chi_square(tables: np.ndarray) -> np.ndarray:
     return terms.sum(axis=(1, 2))
 
 
-def property_tests(reference: pd.DataFrame, current: pd.DataFrame) -> list[Check]:
-    """Two-sample Kolmogorov-Smirnov test per image property (PROPERTIES columns)."""
+def property_tests(
+    reference: pd.DataFrame, current: pd.DataFrame, permutations: int = 2000, seed: int = 0
+) -> list[Check]:
+    """Two-sample Kolmogorov-Smirnov test per image property (PROPERTIES columns). Photos of one
+    lesion (`lesion_id`) are alike, so when a lesion has several, the p-value comes from
+    permutations of whole lesions between the sides; with one image per group, scipy's."""
     from scipy import stats
 
+    pool = Pool.of_frames(reference, current)
+    shuffles = pool.shuffles(permutations, seed) if pool.grouped else None
     out = []
     for name in PROPERTIES:
         a, b = reference[name].to_numpy(float), current[name].to_numpy(float)
-        res = stats.ks_2samp(a, b)
         detail = f"median {np.median(a):.4g} → {np.median(b):.4g}"
-        out.append(
-            Check(f"property:{name}", float(res.statistic), float(res.pvalue), detail=detail)
-        )
+        if shuffles is None:
+            res = stats.ks_2samp(a, b)
+            statistic, p_value = float(res.statistic), float(res.pvalue)
+        else:
+            statistic, p_value = _ks_permutation(np.concatenate([a, b]), pool, shuffles)
+            detail += f"; permutation p over {pool.unit} ({permutations})"
+        out.append(pool.tag(Check(f"property:{name}", statistic, p_value, detail=detail)))
     return out
+
+
+def _ks_permutation(values: np.ndarray, pool: Pool, shuffles: np.ndarray) -> tuple[float, float]:
+    """KS statistic of the pooled `values` (reference first) and its p-value over `shuffles`
+    of whole groups, (1 + #>=) / (1 + permutations); ECDFs compared after each run of ties."""
+    order = np.argsort(values, kind="stable")
+    ends = np.flatnonzero(np.r_[np.diff(values[order]) != 0, True])
+    codes = pool.codes[order]
+    observed = float(_ks(pool.first[codes][None, :], ends)[0])
+    step = max(1, CELLS // len(values))
+    hits = sum(
+        int((_ks(shuffles[i : i + step][:, codes], ends) >= observed - 1e-12).sum())
+        for i in range(0, len(shuffles), step)
+    )
+    return observed, (1 + hits) / (1 + len(shuffles))
+
+
+def _ks(first: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """KS statistic of each row of `first` [P, N] (True: reference) over sorted values."""
+    n1 = first.sum(axis=1, keepdims=True)
+    c1 = np.cumsum(first, axis=1, dtype=np.int32)[:, ends]
+    c2 = (ends + 1)[None, :] - c1
+    return np.abs(c1 / n1 - c2 / (first.shape[1] - n1)).max(axis=1)
 
 
 def _sq_dists(z: np.ndarray) -> np.ndarray:
@@ -180,39 +327,60 @@ def _sq_dists(z: np.ndarray) -> np.ndarray:
     return np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
 
 
-def _mmd2(k: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Unbiased MMD² for each column of `groups` (True: first sample) over the pooled kernel
-    matrix `k` (unit diagonal, as the RBF kernel has), all permutations in one product."""
-    a = groups.astype(np.float64)
+def _mmd2(kg: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Unbiased MMD² for each column of `first` [groups, P] (True: the group is in the first
+    sample), from `kg`, the kernel summed over the image pairs of every two groups (pairs within
+    one group left out), and each group's size: all permutations in one product."""
+    a = first.astype(np.float64)
     b = 1.0 - a
-    n, m = a[:, 0].sum(), b[:, 0].sum()
-    ka, kb = k @ a, k @ b
-    xx = ((a * ka).sum(axis=0) - n) / (n * (n - 1))
-    yy = ((b * kb).sum(axis=0) - m) / (m * (m - 1))
+    n, m = sizes @ a, sizes @ b
+    ka = kg @ a
+    kb = kg.sum(axis=1)[:, None] - ka  # kg @ b, as b = 1 - a
+    xx = (a * ka).sum(axis=0) / (n * n - (sizes * sizes) @ a)  # ordered pairs across groups
+    yy = (b * kb).sum(axis=0) / (m * m - (sizes * sizes) @ b)
     return xx + yy - 2.0 * (b * ka).sum(axis=0) / (n * m)
 
 
-def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 2000, seed: int = 0) -> Check:
+def mmd_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    permutations: int = 2000,
+    seed: int = 0,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Check:
     """MMD² of the standardised features with an RBF kernel (bandwidth: the median pairwise
     squared distance) and a permutation p-value, (1 + #{permuted ≥ observed}) / (1 +
-    permutations): exact under no drift, never below 1 / (1 + permutations)."""
-    if len(x) < 2 or len(y) < 2:
-        raise DriftError(f"MMD needs two or more embeddings per side, got {len(x)} and {len(y)}")
+    permutations): exact under no drift, never below 1 / (1 + permutations). With `groups` (each
+    side's lesion codes) pairs of photos of one lesion are left out of the statistic and whole
+    lesions are permuted: alike photos of one lesion say nothing about drift."""
+    unit = "images" if groups is None else "lesions"
+    pool = Pool.of(*(groups or (np.arange(len(x)), np.arange(len(y)))), unit)
+    if min(pool.groups) < 2:
+        raise DriftError(
+            f"MMD needs two or more {pool.unit} per side, got {pool.groups[0]} and"
+            f" {pool.groups[1]}: sample more images (drift.sample)"
+        )
     z = np.vstack([x, y]).astype(np.float64)
     z = (z - z.mean(axis=0)) / (z.std(axis=0) + 1e-8)  # pooled, so permutations stay exact
     d2 = _sq_dists(z)
     positive = d2[np.triu_indices(len(z), 1)]
     positive = positive[positive > 0]
     k = np.exp(-d2 / (float(np.median(positive)) if len(positive) else 1.0))
-    first = np.arange(len(z)) < len(x)
-    observed = float(_mmd2(k, first[:, None])[0])
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for chunk in np.array_split(np.arange(permutations), max(1, permutations // 250)):
-        groups = np.stack([rng.permutation(first) for _ in chunk], axis=1)
-        hits += int((_mmd2(k, groups) >= observed).sum())
+    k[pool.codes[:, None] == pool.codes[None, :]] = 0.0  # a photo with itself or its lesion
+    member = np.zeros((len(z), len(pool.first)))
+    member[np.arange(len(z)), pool.codes] = 1.0
+    kg, sizes = member.T @ k @ member, member.sum(axis=0)
+    observed = float(_mmd2(kg, pool.first[:, None], sizes)[0])
+    shuffles = pool.shuffles(permutations, seed)
+    hits = sum(
+        int((_mmd2(kg, chunk.T, sizes) >= observed).sum())
+        for chunk in np.array_split(shuffles, max(1, permutations // 250))
+    )
     p = (1 + hits) / (1 + permutations)
-    return Check("embedding_mmd", observed, p, detail=f"{len(x)} vs {len(y)} embeddings")
+    detail = f"{len(x)} vs {len(y)} embeddings"
+    if pool.unit == "lesions":
+        detail += f" of {pool.groups[0]} vs {pool.groups[1]} lesions"
+    return pool.tag(Check("embedding_mmd", observed, p, detail=detail))
 
 
 def combine(checks: list[Check], alpha: float) -> list[Check]:
@@ -221,7 +389,7 @@ def combine(checks: list[Check], alpha: float) -> list[Check]:
         return []
     adjusted = holm([c.p_value for c in checks])
     return [
-        Check(c.check, c.statistic, c.p_value, float(a), bool(a < alpha), c.detail)
+        replace(c, p_adjusted=float(a), drifted=bool(a < alpha))
         for c, a in zip(checks, adjusted, strict=True)
     ]
 
@@ -257,9 +425,9 @@ def image_properties(data: bytes) -> tuple[dict[str, float], np.ndarray]:
 def read_sample(
     rows: pd.DataFrame, cache_root: str | Path, size: int | None = None
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """Properties of every row's image (columns `key` + PROPERTIES) and, with `size`, the images
-    decoded at that side for embeddings. Rows need key, fingerprint and source; unreadable
-    images are left out, with a warning."""
+    """Properties of every row's image (columns `key` + PROPERTIES [+ `lesion_id`]) and, with
+    `size`, the images decoded at that side for embeddings. Rows need key, fingerprint and
+    source; unreadable images are left out, with a warning."""
     fetcher = Fetcher(objects_dir(cache_root))
     props: dict[int, dict[str, float]] = {}
     pixels: dict[int, np.ndarray] = {}
@@ -277,6 +445,8 @@ def read_sample(
     order = sorted(props)
     frame = pd.DataFrame([props[i] for i in order], columns=list(PROPERTIES))
     frame.insert(0, "key", rows["key"].to_numpy()[order])
+    if "lesion_id" in rows.columns:  # photos of one lesion are tested together
+        frame["lesion_id"] = rows["lesion_id"].to_numpy()[order]
     return frame, (np.stack([pixels[i] for i in order]) if size and order else None)
 
 
@@ -360,7 +530,7 @@ def check_drift(
     Embeddings only when a `model` (and its input `spec`) is given."""
     reference = reference_rows(manifest)
     current = current_rows(listing, manifest, params.current)
-    report = DriftReport(names[0], names[1], len(reference), len(current), params.alpha)
+    report = empty_report(reference, current, params, names)
     if len(current) < params.min_images:
         report.note = (
             f"{len(current)} current images ({params.current}), fewer than drift.min_images"
@@ -378,15 +548,66 @@ def check_drift(
         raise DriftError(
             f"too few readable images: {len(ref_props)} reference, {len(cur_props)} current"
         )
-    checks = [
-        class_mix_test(reference["label"], current["label"], params.permutations, params.seed),
-        *property_tests(ref_props, cur_props),
-    ]
+    x = y = None
     if model is not None:
         x, y = embed(model, ref_px, spec), embed(model, cur_px, spec)
-        checks.append(mmd_test(x, y, params.permutations, params.seed))
+    return judge(Side(reference, ref_props, x), Side(current, cur_props, y), params, names)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of the comparison: all its rows (label[, lesion_id]), the properties of the
+    sample read from them (PROPERTIES[, lesion_id]) and, when a model ran, their embeddings."""
+
+    rows: pd.DataFrame
+    props: pd.DataFrame
+    embeddings: np.ndarray | None = None
+
+
+def judge(
+    reference: Side,
+    current: Side,
+    params: DriftParams,
+    names: tuple[str, str] = ("reference", "current"),
+) -> DriftReport:
+    """Every check of current against reference, Holm-combined into one report (pure). Lesions
+    are the units: each check exchanges whole lesions between the sides under its null."""
+    report = empty_report(reference.rows, current.rows, params, names)
+    checks = [
+        class_mix_by_lesion(reference.rows, current.rows, params.permutations, params.seed),
+        *property_tests(reference.props, current.props, params.permutations, params.seed),
+    ]
+    if reference.embeddings is not None and current.embeddings is not None:
+        lesions = has_lesion_ids(reference.props) or has_lesion_ids(current.props)
+        groups = (lesion_groups(reference.props), lesion_groups(current.props))
+        x, y = reference.embeddings, current.embeddings
+        checks.append(mmd_test(x, y, params.permutations, params.seed, groups if lesions else None))
     report.checks = combine(checks, params.alpha)
     return report
+
+
+def empty_report(
+    reference: pd.DataFrame, current: pd.DataFrame, params: DriftParams, names: tuple[str, str]
+) -> DriftReport:
+    """The report's header: both sides' sizes, the unit of the tests and its groups per side."""
+    pool = Pool.of_frames(reference, current)
+    unit_note = ""
+    if pool.unit == "lesions" and not has_lesion_ids(current):
+        unit_note = (
+            "the current images carry no lesion ids: each is its own group (repeat photos of"
+            " one lesion among them would count as independent)"
+        )
+    return DriftReport(
+        names[0],
+        names[1],
+        len(reference),
+        len(current),
+        params.alpha,
+        unit=pool.unit,
+        groups_reference=pool.groups[0],
+        groups_current=pool.groups[1],
+        unit_note=unit_note,
+    )
 
 
 @dataclass(frozen=True)

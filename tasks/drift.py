@@ -27,6 +27,7 @@ from tasks.training import _tags
 DRIFT_CODE = (*IMAGE_CODE, "skin.drift", "skin.model", "skin.data", "skin.manifest")
 DRIFT_SECTIONS = ("drift", "data", "model", "train.image_size", "tracking", "work_dir")
 STAGE_TAG = "skin.stage"
+UNIT_TAG = "skin.drift.unit"  # lesions or images: what the tests took as independent
 
 
 def drift_report(listing: ListingRef, reference: Reference, config: PipelineConfig) -> DriftReport:
@@ -90,7 +91,7 @@ def check_drift_task(
         tracker.log_metrics(report.metrics())
         for path in files.values():
             tracker.log_artifact(path, "drift")
-        tracker.set_tags({"drift_detected": str(report.drifted).lower()})
+        tracker.set_tags({"drift_detected": str(report.drifted).lower(), UNIT_TAG: report.unit})
         tracker.set_description(report.markdown())
     return {
         **report.to_dict(),

@@ -10,18 +10,24 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
+from benchmarks.decision_rates.drift import reports, simulate
+from skin.config import DriftConfig
 from skin.datastages import source_uri
 from skin.drift import (
     PROPERTIES,
     DriftParams,
     DriftReport,
+    Side,
     chart_png,
     check_drift,
+    class_mix_by_lesion,
     class_mix_test,
     combine,
     current_rows,
     holm,
+    judge,
     mmd_test,
     new_fraction,
     property_tests,
@@ -171,6 +177,8 @@ def test_a_colour_cast_is_flagged_and_an_independent_sample_is_not(
     same = check_drift(reference, _rows(fresh), params, tmp_path / "cache", model=model, spec=spec)
     assert len(same.checks) == 1 + len(PROPERTIES) + 1, same.table()
     assert not same.drifted, same.table()
+    assert same.unit == "lesions" and same.groups_reference < same.n_reference, same
+    assert {c.unit for c in same.checks} == {"lesions"}, same.table()
 
 
 def test_the_report_has_a_table_metrics_markdown_and_a_chart(tmp_path: Path) -> None:
@@ -230,6 +238,8 @@ def test_check_drift_task_records_a_cast_against_a_manifest_in_mlflow(
     assert run.data.tags["skin.stage"] == "check-drift", run.data.tags
     assert run.data.metrics["drift_red_p"] < 0.01, run.data.metrics
     assert run.data.params["reference"] == manifest_uri
+    assert run.data.tags["skin.drift.unit"] == result["unit"], run.data.tags
+    assert run.data.metrics["drift_reference_groups"] == result["groups_reference"] > 0
     files = {a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id, "drift")}
     assert files == {f"drift/drift_report.{x}" for x in ("csv", "png", "md")}, files
 
@@ -248,3 +258,101 @@ def test_class_mix_false_alarms_stay_near_alpha_on_small_batches_with_rare_class
     )
     rate = float(np.mean(p_values < 0.01))
     assert rate <= 0.025, f"false alarms at alpha 0.01 on small batches: {rate}"
+
+
+# --------------------------------------------------------------------------- lesions as units
+
+SMALL = DriftParams(sample=120, permutations=999)  # 999: the floor 0.001 still passes Holm at 0.01
+
+
+def _alarms(seed: int, trials: int, params: DriftParams, **world: object) -> np.ndarray:
+    """Holm verdicts (and raw p-values) of `judge` over simulated ISIC-shaped trials."""
+    rng = np.random.default_rng(seed)
+    got = reports(rng, params, trials, reference_images=3000, dims=8, **world)
+    return np.array([[r.drifted] + [c.p_value for c in r.checks] for r in got])
+
+
+@pytest.mark.filterwarnings("ignore:ks_2samp")
+@pytest.mark.parametrize("photos", [1, 3])
+def test_no_drift_raises_false_alarms_at_most_alpha_whatever_the_photos_per_lesion(
+    photos: int,
+) -> None:
+    """Photos of one lesion share its looks and its label; counted as independent images, three
+    photos per lesion raised drift in ~45 % of no-drift checks at alpha 0.01."""
+    got = _alarms(photos, 120, SMALL, photos=photos, current_images=120)
+    alarms = int(got[:, 0].sum())
+    # Binomial(120, 0.01): P(≥ 5 alarms) < 0.008
+    assert alarms <= 4, f"{alarms}/120 false alarms at alpha 0.01, {photos} photos per lesion"
+    per_check = (got[:, 1:] < 0.05).mean()
+    assert per_check <= 0.07, f"raw p < 0.05 in {per_check:.3f} of the checks (want ≤ 0.05)"
+
+
+@pytest.mark.filterwarnings("ignore:ks_2samp")
+def test_a_batch_without_lesion_ids_against_a_lesion_reference_keeps_alpha() -> None:
+    """A batch from the field names no lesions (each image its own group) while the reference
+    has three photos per lesion: the sides' groups differ in size, the test must still hold."""
+    got = _alarms(7, 100, SMALL, photos=3, current_photos=1, current_images=120, lesion_ids=False)
+    per_check = (got[:, 1:] < 0.05).mean()
+    assert got[:, 0].sum() <= 4, f"{got[:, 0].sum()}/100 false alarms at alpha 0.01"
+    assert per_check <= 0.07, f"raw p < 0.05 in {per_check:.3f} of the checks (want ≤ 0.05)"
+
+
+def test_a_shift_of_0_8_sd_in_one_property_is_still_found() -> None:
+    """Promised power ≥ 0.80 at 0.8 SD with 100 lesions of 3 photos against 300 reference images."""
+    params = DriftParams(permutations=999)
+    got = _alarms(11, 30, params, photos=3, current_images=300, shift=0.8)
+    found = got[:, 0].mean()
+    assert found >= 0.7, f"0.8 SD shift found in {found:.2f} of 30 trials (promised ≥ 0.80)"
+
+
+def test_the_report_names_its_unit_and_the_groups_of_each_side() -> None:
+    rng = np.random.default_rng(3)
+    report = judge(*simulate(rng, SMALL, photos=3, current_images=60, reference_images=600), SMALL)
+    assert report.unit == "lesions" and report.groups_current == 20, report
+    assert report.groups_reference == 200 and report.n_reference == 600, report
+    assert {c.unit for c in report.checks} == {"lesions"}, report.table()
+    mix = report.table().set_index("check").loc["class_mix"]
+    assert (mix["groups_reference"], mix["groups_current"]) == (200, 20), mix
+    assert "of lesions" in mix["detail"], mix["detail"]
+    metrics = report.metrics()
+    assert metrics["drift_current_groups"] == 20 and "drift_class_mix_p" in metrics, metrics
+    assert "Unit of the tests: lesions (200 reference, 20 current)" in report.markdown()
+    assert set(report.to_dict()) >= {"unit", "groups_reference", "groups_current", "unit_note"}
+
+    field = judge(*simulate(rng, SMALL, photos=3, current_images=60, lesion_ids=False), SMALL)
+    assert field.groups_current == 60 and "no lesion ids" in field.unit_note, field
+    bare = judge(
+        Side(pd.DataFrame({"label": list("AABB")}), _props(rng, 4)),
+        Side(pd.DataFrame({"label": list("ABBB")}), _props(rng, 4)),
+        SMALL,
+    )
+    assert bare.unit == "images" and {c.unit for c in bare.checks} == {"images"}, bare.table()
+
+
+def test_grouped_statistics_reduce_to_the_image_ones_with_one_photo_per_lesion() -> None:
+    """With every lesion one photo, the lesion-aware statistics are today's (scipy's KS, MMD)."""
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(30, 4)), rng.normal(size=(25, 4)) + 0.3
+    ids = (np.arange(30), np.arange(25))
+    plain, grouped = mmd_test(x, y, 199, seed=1), mmd_test(x, y, 199, seed=1, groups=ids)
+    assert plain.statistic == pytest.approx(grouped.statistic), (plain, grouped)
+    a, b = _props(rng, 40).assign(lesion_id=np.repeat(np.arange(20), 2)), _props(rng, 40, 0.5)
+    perm = {c.check: c for c in property_tests(a, b, 199)}
+    for name in PROPERTIES:
+        ks = stats.ks_2samp(a[name], b[name]).statistic
+        assert perm[f"property:{name}"].statistic == pytest.approx(ks), name
+    assert perm["property:red"].groups_reference == 20 and perm["property:red"].unit == "lesions"
+
+
+def test_the_class_mix_counts_each_lesion_once() -> None:
+    ref = pd.DataFrame({"label": ["A"] * 6 + ["B"] * 2, "lesion_id": list("aaabbbcd")})
+    cur = pd.DataFrame({"label": ["A", "B", "B"], "lesion_id": [None, "x", "x"]})
+    check = class_mix_by_lesion(ref, cur)
+    assert (check.groups_reference, check.groups_current) == (4, 2), check
+    assert "+0.0% of lesions" in check.detail, check.detail  # B: 2 of 4 vs 1 of 2 lesions
+
+
+def test_too_few_permutations_are_refused_even_without_embeddings() -> None:
+    """Lesion-grouped property p-values come from permutations too: their floor must pass Holm."""
+    with pytest.raises(ValueError, match=r"drift\.permutations 100 cannot"):
+        DriftConfig(embeddings=False, permutations=100)

@@ -85,6 +85,7 @@ def test_new_data_policy_skips_one_new_image_and_drift_flags_a_colour_cast(
     flagged = {c["check"] for c in found["checks"] if c["drifted"]}
     assert {"property:red", "embedding_mmd"} <= flagged, found["checks"]
     assert found["reference"]["label"] == f"models:/{name}@champion"
+    assert found["unit"] == "lesions" and found["groups_current"] > 0, found  # repeat photos
 
     run = MlflowClient(ov["tracking.tracking_uri"]).get_run(found["mlflow_run_id"])
     assert run.data.tags["skin.stage"] == "check-drift", run.data.tags

@@ -138,8 +138,9 @@ def trial_task(ctx: SweepContext, asked: Asked) -> dict[str, Any]:
 def _trial_manifest(
     ctx: SweepContext, cfg: PipelineConfig, overrides: dict[str, Any], stages: dict[str, str]
 ) -> ManifestRef:
-    """The sweep's manifest, or, for a trial that changes `split.*`, its own: split stable
-    against the sweep's manifest, then balanced as the trial says (each cached per setting)."""
+    """The sweep's manifest, or, for a trial that changes how train is balanced (`split.balance`,
+    `split.majority_class`: what a space may change of `split.*`), its own: the sweep's split,
+    then balanced as the trial says (each cached per setting); dev and test are the sweep's."""
     if not any(k.startswith(("split.", "data.")) for k in overrides):
         return ctx.manifest
     _, manifest = data_stages(cfg, stages, refresh=False, previous=ctx.manifest.uri)

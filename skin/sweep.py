@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from skin.config import ConfigError, PipelineConfig, load_config, pick
+from skin.datastages import SPLIT_ENTRIES
 
 if TYPE_CHECKING:
     import optuna
@@ -46,6 +47,10 @@ STUDY_FILE = "sweeps.db"
 STORAGE_ENV = "SKIN_SWEEP_STORAGE"
 PARENT_RUN = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow run
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# What decides the dev and test images and their labels: the whole data section (which images,
+# which classes) and the split settings that assign rows (the split's own key, SPLIT_ENTRIES).
+# Trials differing in these would be scored on different images: they could not be compared.
+DEV_TEST_FIELDS = ("data", *(f"split.{entry}" for entry in SPLIT_ENTRIES))
 
 
 log = logging.getLogger(__name__)
@@ -200,8 +205,10 @@ def _pruning(spec: Any, source: str) -> Pruning:
 
 
 def validate_space(space: Space, base: PipelineConfig) -> None:
-    """Every searched field exists in the config and every candidate value makes a valid one."""
+    """Every searched field exists in the config and every candidate value makes a valid one;
+    none would change the dev or test images (trials are compared on them)."""
     for param in space.params:
+        _refuse_dev_test_field(param.field)
         try:
             value = pick(base, param.field)
         except ConfigError as err:
@@ -218,6 +225,17 @@ def validate_space(space: Space, base: PipelineConfig) -> None:
                 raise SpaceError(
                     f"space field {param.field!r}: value {candidate!r} is invalid: {err}"
                 ) from err
+
+
+def _refuse_dev_test_field(name: str) -> None:
+    """A field that changes which images are dev or test (or their labels) cannot be searched."""
+    hit = next((f for f in DEV_TEST_FIELDS if name == f or name.startswith(f"{f}.")), None)
+    if hit is not None:
+        raise SpaceError(
+            f"space field {name!r} would change the dev or test images ({hit} decides them):"
+            " trials scored on different images cannot be compared. Remove it from the space and"
+            " run one sweep per setting (--name); split.balance (train only) may be searched"
+        )
 
 
 def trial_config(base: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:

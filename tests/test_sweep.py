@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -191,3 +192,26 @@ def test_a_study_resumed_on_other_data_or_another_space_is_refused(tmp_path: Pat
         pin_study(again, {**facts, "manifest_hash": "grown"})
     with pytest.raises(SpaceError, match="space"):
         pin_study(again, {**facts, "space": "d2"})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"split.seed": {"type": "int", "low": 1, "high": 9}},
+        {"split.group_by_lesion": {"type": "categorical", "choices": [True, False]}},
+        {"split.fractions": {"type": "categorical", "choices": ["0.8,0.1,0.1", "0.7,0.15,0.15"]}},
+        {"data.holdout_class": {"type": "categorical", "choices": [None, "DF"]}},
+    ],
+)
+def test_a_space_that_would_change_dev_or_test_is_refused(raw: dict) -> None:
+    (name,) = raw
+    space = parse_space(raw)
+    with pytest.raises(SpaceError, match=re.escape(name) + ".*dev or test"):
+        validate_space(space, load_config())
+
+
+def test_a_space_may_search_how_train_is_balanced() -> None:
+    space = parse_space(
+        {"split.balance": {"type": "categorical", "choices": ["undersample", "none"]}}
+    )
+    validate_space(space, load_config())  # train only: dev and test stay the sweep's

@@ -19,17 +19,19 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from skin.config import ConfigError, PipelineConfig, load_config, pick
 from skin.datastages import SPLIT_ENTRIES
+from skin.evaluate import flat_metrics, split_metrics
 
 if TYPE_CHECKING:
     import optuna
@@ -130,7 +132,12 @@ def parse_space(raw: dict[str, Any], source: str = "space") -> Space:
     if not params:
         raise SpaceError(f"{source}: no field to search (add e.g. train.lr: {{type: float, ...}})")
     metric = str(raw.get("metric", "dev_balanced_accuracy"))
-    direction = str(raw.get("direction", EPOCH_METRICS.get(metric, "maximize")))
+    if not metric.startswith("dev_"):
+        raise SpaceError(
+            f"{source}: metric {metric!r} is not a dev metric: trials are ranked on dev (never on"
+            " train or test); use e.g. dev_balanced_accuracy"
+        )
+    direction = str(raw.get("direction", _direction(metric)))
     if direction not in ("maximize", "minimize"):
         raise SpaceError(f"{source}: direction must be maximize or minimize, got {direction!r}")
     sampler = str(raw.get("sampler", "tpe"))
@@ -149,6 +156,35 @@ def parse_space(raw: dict[str, Any], source: str = "space") -> Space:
     return Space(
         params, metric, direction, sampler, None if seed is None else int(seed), pruner, heartbeat
     )
+
+
+def _direction(metric: str) -> str:
+    """What a metric wants by default: losses and calibration errors go down, scores up."""
+    if metric in EPOCH_METRICS:
+        return EPOCH_METRICS[metric]
+    return "minimize" if metric.endswith(("loss", "ece")) else "maximize"
+
+
+def selectable_metrics(classes: Sequence[str]) -> list[str]:
+    """The dev metrics the evaluation logs and a trial can be ranked by: the names
+    `flat_metrics("dev", split_metrics(...))` gives, read off a tiny scored example (the code that
+    logs them names them, so this list cannot go stale)."""
+    k = len(classes)
+    y = np.arange(2 * k) % k  # every class present: each per-class metric is defined
+    probs = np.random.default_rng(0).dirichlet(np.ones(k), size=2 * k)
+    return sorted(flat_metrics("dev", split_metrics(y, probs, list(classes))))
+
+
+def _check_metric(space: Space, classes: Sequence[str]) -> None:
+    """The space's metric is one the evaluation logs for dev, before any trial trains."""
+    logged = selectable_metrics(classes)
+    if space.metric not in logged:
+        close = [m for m in logged if space.metric.removeprefix("dev_") in m][:5]
+        raise SpaceError(
+            f"space metric {space.metric!r} is never logged by the evaluation, so no trial could"
+            f" be scored on it; it logs {close or logged[:8]} among {len(logged)} dev metrics"
+            " (e.g. dev_balanced_accuracy, dev_log_loss, dev_macro_auc, dev_recall_MEL)"
+        )
 
 
 def _param(name: str, spec: Any, source: str) -> Param:
@@ -206,7 +242,9 @@ def _pruning(spec: Any, source: str) -> Pruning:
 
 def validate_space(space: Space, base: PipelineConfig) -> None:
     """Every searched field exists in the config and every candidate value makes a valid one;
-    none would change the dev or test images (trials are compared on them)."""
+    none would change the dev or test images (trials are compared on them); the metric is one
+    the evaluation logs."""
+    _check_metric(space, base.data.known_classes)
     for param in space.params:
         _refuse_dev_test_field(param.field)
         try:

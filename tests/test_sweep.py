@@ -215,3 +215,42 @@ def test_a_space_may_search_how_train_is_balanced() -> None:
         {"split.balance": {"type": "categorical", "choices": ["undersample", "none"]}}
     )
     validate_space(space, load_config())  # train only: dev and test stay the sweep's
+
+
+@pytest.mark.parametrize(
+    ("metric", "pruner"),
+    [("dev_loss", "median"), ("dev_loss", "none"), ("dev_auc", "none"), ("test_accuracy", "none")],
+)
+def test_a_metric_the_evaluation_never_logs_for_dev_is_refused_before_anything_runs(
+    metric: str, pruner: str
+) -> None:
+    raw = {"metric": metric, "pruner": pruner, "train.lr": {"type": "float", "low": 0.1, "high": 1}}
+    with pytest.raises(SpaceError, match=metric):
+        validate_space(parse_space(raw), load_config())
+
+
+def test_every_dev_metric_the_evaluation_logs_may_rank_trials() -> None:
+    import numpy as np
+
+    from skin.evaluate import split_metrics
+    from skin.stages import _eval_metrics
+    from skin.sweep import selectable_metrics
+
+    cfg = load_config()
+    classes = cfg.data.known_classes
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % len(classes)
+    probs = rng.dirichlet(np.ones(len(classes)), size=40)
+    scored = {s: split_metrics(y, probs, classes) for s in ("train", "dev", "test")}
+    logged = {k for k in _eval_metrics(scored, 0.9, 3) if k.startswith("dev_")}
+    allowed = set(selectable_metrics(classes))
+    assert {"dev_log_loss", "dev_balanced_accuracy", "dev_macro_auc", "dev_recall_MEL"} <= allowed
+    assert allowed <= logged, f"names the evaluation does not log: {allowed - logged}"
+    for metric in ("dev_log_loss", "dev_recall_MEL"):
+        raw = {
+            "metric": metric,
+            "pruner": "none",
+            "train.lr": {"type": "float", "low": 0.1, "high": 1},
+        }
+        validate_space(parse_space(raw), cfg)
+    assert parse_space({**raw, "metric": "dev_log_loss"}).direction == "minimize"

@@ -15,6 +15,7 @@ Optuna is imported inside the functions that need it; the core training path nev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -29,6 +30,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from skin.bootstrap import balanced_from_recall, hit_features, recall_from_sums
+from skin.compare import probabilities
 from skin.config import ConfigError, PipelineConfig, load_config, pick
 from skin.datastages import SPLIT_ENTRIES
 from skin.evaluate import flat_metrics, split_metrics
@@ -49,6 +52,8 @@ STUDY_FILE = "sweeps.db"
 STORAGE_ENV = "SKIN_SWEEP_STORAGE"
 PARENT_RUN = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow run
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# Dev's two halves: trials are ranked on SELECT; the best one is gated on GATE, which no ranking read.
+SELECT, GATE = "select", "gate"
 # What decides the dev and test images and their labels: the whole data section (which images,
 # which classes) and the split settings that assign rows (the split's own key, SPLIT_ENTRIES).
 # Trials differing in these would be scored on different images: they could not be compared.
@@ -304,6 +309,59 @@ def suggest(trial: optuna.trial.Trial, space: Space) -> dict[str, Any]:
         else:
             out[p.field] = trial.suggest_float(p.field, p.low, p.high, step=p.step, log=p.log)
     return out
+
+
+# --------------------------------------------------------------------------- dev's two halves
+
+
+def _stable(text: str) -> int:
+    """A number from text that is the same in every process and on every machine."""
+    return int.from_bytes(hashlib.blake2b(f"skin.sweep:{text}".encode(), digest_size=8).digest())
+
+
+def dev_halves(dev: pd.DataFrame) -> np.ndarray:
+    """Each dev row's half, SELECT or GATE: whole lesions (a lesion's photos stay together; a
+    row without one is its own), each by a hash of its id alone, so every trial, the gate, a
+    resumed sweep and `--cv`'s pooled rows draw the same line whatever other rows are present."""
+    lesion = dev["lesion_id"] if "lesion_id" in dev else pd.Series(np.nan, index=dev.index)
+    group = lesion.where(lesion.notna(), dev["key"]).astype(str)
+    half = {g: (SELECT, GATE)[_stable(g) % 2] for g in group.unique()}
+    return group.map(half).to_numpy()
+
+
+def held_back(dev: pd.DataFrame, halves: np.ndarray | None = None) -> pd.DataFrame:
+    """The dev rows no trial's ranking read: the gate's evidence for the sweep's best trial."""
+    halves = dev_halves(dev) if halves is None else halves
+    return dev[halves == GATE].reset_index(drop=True)
+
+
+def half_score(
+    dev: pd.DataFrame, classes: Sequence[str], metric: str, halves: np.ndarray | None = None
+) -> float:
+    """A trial's value: `metric` (a dev metric the evaluation logs) on the SELECT half of its
+    dev predictions (`predictions_dev.parquet`); `halves`: `dev_halves(dev)`, if known."""
+    halves = dev_halves(dev) if halves is None else halves
+    return trial_value(dev[halves == SELECT], classes, metric)
+
+
+def trial_value(rows: pd.DataFrame, classes: Sequence[str], metric: str) -> float:
+    """`metric` on these prediction rows, as the evaluation computes it (balanced accuracy, the
+    gate's metric, by the bootstrap's own counting: the same number, a thousand times faster)."""
+    y = pd.Categorical(rows["label"], categories=list(classes)).codes.astype(np.int64)
+    if (y < 0).any():
+        raise ValueError(f"dev labels {sorted(set(rows['label']) - set(classes))} not in {classes}")
+    probs = probabilities(rows, classes)
+    if metric == "dev_balanced_accuracy":
+        sums = hit_features(y, probs.argmax(1), len(classes)).sum(0)
+        return float(balanced_from_recall(recall_from_sums(sums)))
+    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 on disk: sums off by ~1e-7
+    scored = flat_metrics("dev", split_metrics(y, probs, list(classes)))
+    if metric not in scored:
+        raise KeyError(
+            f"{metric!r} cannot be scored on the {len(rows)} dev images of the ranking half (a"
+            " class absent there?); rank by dev_balanced_accuracy"
+        )
+    return float(scored[metric])
 
 
 # --------------------------------------------------------------------------- the study

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 
 from skin.config import load_config
@@ -153,29 +156,45 @@ def test_a_stopped_training_closes_its_run_killed_not_failed() -> None:
     assert tracker.closed == ["KILLED"]
 
 
-def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric(monkeypatch) -> None:
+def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric_less_the_held_back_half(
+    monkeypatch, tmp_path: Path
+) -> None:
     import flows.cv as cv
+    from benchmarks.decision_rates.search import CLASSES, null_sweep
     from flows.sweep import make_scorer
     from skin.folds import CVOutcome
     from skin.stages import EvalOutcome
+    from skin.sweep import GATE, dev_halves, trial_value
 
+    sweep = null_sweep(np.random.default_rng(5), 300, 1)
+    oof = sweep.dev.assign(
+        manifest_split=np.where(np.arange(len(sweep.dev)) % 3 == 0, "dev", "train"),
+        **{f"prob_{c}": sweep.trials[0][:, i] for i, c in enumerate(CLASSES)},
+    )
+    oof.to_parquet(tmp_path / "oof.parquet")
     seen = {}
 
     def fake_cv(cfg, manifest, folds, *, parent_run_id=None, one_at_a_time=False):
         seen.update(folds=folds, parent=parent_run_id, serial=one_at_a_time)
         metrics = {"cv_oof_balanced_accuracy": 0.61, "cv_balanced_accuracy_mean": 0.7}
-        return CVOutcome(parent_run_id or "p", [], metrics, "", "", "", "")
+        return CVOutcome(
+            parent_run_id or "p", [], metrics, str(tmp_path / "oof.parquet"), "", "", ""
+        )
 
     monkeypatch.setattr(cv, "cross_validate", fake_cv)
     evaluated = EvalOutcome("trial-run", {"dev_balanced_accuracy": 0.9}, "", "")
-    score = make_scorer("dev_balanced_accuracy", 3)
-    assert score(None, None, evaluated) == 0.61, "the out-of-fold number, not the dev split's"
+    cfg = load_config()
+    score = make_scorer("dev_balanced_accuracy", 3)(cfg, None, evaluated)
+    held = (oof["manifest_split"] == "dev") & (dev_halves(oof) == GATE)
+    assert held.any()
+    assert score == pytest.approx(trial_value(oof[~held], CLASSES, "dev_balanced_accuracy")), (
+        "the pooled out-of-fold number over train+dev, without dev's held-back half"
+    )
     assert seen == {"folds": 3, "parent": "trial-run", "serial": True}, (
         "fold runs nest under the trial's run and train one at a time (one gpu slot)"
     )
     with pytest.raises(ValueError, match="no out-of-fold counterpart"):
         make_scorer("dev_loss", 3)  # refused when the sweep starts, not after K+1 trainings
-    assert make_scorer("dev_balanced_accuracy", None)(None, None, evaluated) == 0.9
 
 
 def test_a_study_resumed_on_other_data_or_another_space_is_refused(tmp_path: Path) -> None:
@@ -254,3 +273,92 @@ def test_every_dev_metric_the_evaluation_logs_may_rank_trials() -> None:
         }
         validate_space(parse_space(raw), cfg)
     assert parse_space({**raw, "metric": "dev_log_loss"}).direction == "minimize"
+
+
+def test_the_best_of_20_null_trials_is_promoted_at_most_5_percent_gated_on_held_back_dev() -> None:
+    from benchmarks.decision_rates.search import false_promotions
+
+    runs, lesions, resamples = 160, 400, 200  # ~800 dev images, 1-3 photos per lesion
+    held = false_promotions(runs, 20, lesions, held=True, n_resamples=resamples)
+    tolerance = 2 * math.sqrt(0.05 * 0.95 / runs)  # two Monte-Carlo standard errors
+    assert held / runs <= 0.05 + tolerance, f"{held} of {runs} null sweeps promoted their best"
+    same = false_promotions(runs // 4, 20, lesions, held=False, n_resamples=resamples, seed=1)
+    assert same / (runs // 4) >= 0.15, (
+        f"ranked and gated on the same images, {same} of {runs // 4}: the simulation must show"
+        " the fault it guards against"
+    )
+
+
+def test_dev_halves_keep_lesions_whole_and_do_not_depend_on_the_other_rows() -> None:
+    from benchmarks.decision_rates.search import null_dev
+    from skin.sweep import GATE, SELECT, dev_halves
+
+    dev = null_dev(np.random.default_rng(0), 600)
+    halves = dev_halves(dev)
+    per_lesion = pd.Series(halves).groupby(dev["lesion_id"]).nunique()
+    assert (per_lesion == 1).all(), "a lesion's photos are in one half"
+    assert 0.4 < (halves == GATE).mean() < 0.6, "about half of dev is held back"
+    some = dev.sample(frac=0.5, random_state=1)
+    assert (dev_halves(some) == halves[some.index]).all(), "a row's half is its lesion's alone"
+    assert set(dev_halves(dev.drop(columns="lesion_id"))) == {SELECT, GATE}
+
+
+def test_a_trial_value_is_the_evaluation_metric_on_the_select_half() -> None:
+    from benchmarks.decision_rates.search import CLASSES, null_sweep
+    from skin.evaluate import flat_metrics, split_metrics
+    from skin.sweep import SELECT, dev_halves, half_score
+
+    sweep = null_sweep(np.random.default_rng(3), 300, 1)
+    probs = sweep.trials[0]
+    dev = sweep.dev.assign(**{f"prob_{c}": probs[:, i] for i, c in enumerate(CLASSES)})
+    select = dev_halves(dev) == SELECT
+    y = dev["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    logged = flat_metrics("dev", split_metrics(y[select], probs[select], CLASSES))
+    for metric in ("dev_balanced_accuracy", "dev_log_loss", "dev_recall_MEL"):
+        assert half_score(dev, CLASSES, metric) == pytest.approx(logged[metric], abs=1e-9), metric
+
+
+def test_the_sweeps_best_trial_is_gated_on_the_held_back_half_and_its_tags_say_so(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import flows.sweep as fs
+    from benchmarks.decision_rates.search import CLASSES, null_sweep
+    from skin.registry import Registration
+    from skin.runs import RunPaths
+    from skin.sweep import GATE, dev_halves
+
+    cfg = load_config(None, {"work_dir": str(tmp_path)})
+    assert tuple(cfg.data.known_classes) == tuple(CLASSES)
+    sweep = null_sweep(np.random.default_rng(0), 200, 1)
+    dev = sweep.dev.assign(**{f"prob_{c}": sweep.trials[0][:, i] for i, c in enumerate(CLASSES)})
+    report = RunPaths(cfg.work_dir, "best-run").report
+    report.mkdir(parents=True)
+    dev.to_parquet(report / "predictions_dev.parquet")
+    seen: dict = {}
+
+    def fake_call(task, stages, **kwargs):
+        seen.update(kwargs, read=pd.read_parquet(kwargs["dev_predictions"]))
+        return Registration("m", "2", "challenger", 0.6, 0.6, "1")
+
+    version_tags: dict = {}
+    monkeypatch.setattr(fs, "call", fake_call)
+    monkeypatch.setattr(
+        fs,
+        "MLflowRegistry",
+        lambda uri: type(
+            "R", (), {"set_version_tags": lambda s, n, v, t: version_tags.update(t)}
+        )(),
+    )
+    parent = type("P", (), {"tags": {}, "set_tags": lambda s, t: s.tags.update(t)})()
+    best = {"run_id": "best-run", "model_uri": "runs:/best-run/model", "manifest_uri": None}
+    fs.register_best_trial(best, cfg, None, {}, parent)
+
+    held = seen["read"]
+    assert set(held["key"]) == set(dev["key"][dev_halves(dev) == GATE]), (
+        "the gate reads exactly the held-back half of the best trial's dev predictions"
+    )
+    assert 0 < len(held) < len(dev)
+    for tags in (version_tags, parent.tags):
+        assert tags["gate.images"].startswith(f"held back: {len(held)} of {len(dev)} dev images"), (
+            tags
+        )

@@ -31,7 +31,6 @@ from skin.sweep import (
     best_trial,
     default_storage,
     dev_halves,
-    fail_stale,
     half_score,
     held_back,
     history_png,
@@ -40,6 +39,7 @@ from skin.sweep import (
     open_study,
     pin_study,
     reopen_trial,
+    settle,
     trial_value,
     trials_table,
     trials_to_run,
@@ -407,7 +407,7 @@ def sweep_flow(
         parent.run_id,
         cv_folds,
     )
-    fail_stale(study)
+    settle(study, space.heartbeat)  # a trial whose process just died is not counted as running
     count = trials_to_run(study, trials)
     log.info("sweep %s: %d trial(s) to run (of %d) in %s", name, count, trials, storage)
     try:

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -441,6 +442,29 @@ def fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def settle(study: optuna.Study, heartbeat: int) -> None:
+    """Wait one grace period (2 × `heartbeat`) at most for the trials RUNNING when a sweep
+    starts: alive elsewhere, they keep running; dead (a crash just before), they go stale and are
+    failed and queued again. Counted as running instead, a sweep resumed right after a crash
+    would end one trial short."""
+    import optuna
+
+    def running() -> set[int]:
+        states = (optuna.trial.TrialState.RUNNING,)
+        return {t._trial_id for t in study.get_trials(deepcopy=False, states=states)}
+
+    fail_stale(study)
+    waiting = running()
+    if waiting:
+        log.info("%d trial(s) running: waiting up to %d s for a dead one to go stale",
+                 len(waiting), 2 * heartbeat)  # fmt: skip
+    deadline = time.monotonic() + 2 * heartbeat + 1
+    while waiting and time.monotonic() < deadline:
+        time.sleep(min(1.0, heartbeat / 2))
+        fail_stale(study)
+        waiting &= running()
 
 
 def trials_to_run(study: optuna.Study, total: int) -> int:

@@ -362,3 +362,24 @@ def test_the_sweeps_best_trial_is_gated_on_the_held_back_half_and_its_tags_say_s
         assert tags["gate.images"].startswith(f"held back: {len(held)} of {len(dev)} dev images"), (
             tags
         )
+
+
+def test_a_sweep_resumed_right_after_a_crash_is_not_one_trial_short(tmp_path: Path) -> None:
+    from skin.sweep import settle
+
+    space = parse_space({"heartbeat": 1, "train.lr": {"type": "float", "low": 0.1, "high": 1}})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = open_study("s", url, space)
+    done = ask(study)
+    suggest(done, space)
+    study.tell(done, 0.5)
+    dead = ask(study)
+    suggest(dead, space)
+    study._storage.record_heartbeat(dead._trial_id)  # it beat just now; then its process died
+    resumed = open_study("s", url, space)  # resumed within 2 × heartbeat of the crash
+    t0 = time.monotonic()
+    settle(resumed, space.heartbeat)
+    assert time.monotonic() - t0 < 6 * space.heartbeat, "the wait is bounded by the grace period"
+    assert trials_to_run(resumed, 2) == 1, "the dead trial's retry is still to run"
+    states = {t.number: t.state.name for t in resumed.get_trials()}
+    assert states[dead.number] == "FAIL", states

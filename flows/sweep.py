@@ -3,6 +3,7 @@ tasks as `skin run`, each a child MLflow run of the sweep's run, bounded by the 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
@@ -19,7 +21,7 @@ from prefect.futures import PrefectFuture, as_completed
 from flows.common import call, data_stages, flow_config, resolve_config
 from skin.config import PipelineConfig, digest
 from skin.datastages import ManifestRef, manifest_ref, set_latest
-from skin.runs import RunPaths
+from skin.runs import RunPaths, run_pointer
 from skin.stages import EvalOutcome
 from skin.sweep import (
     PARENT_RUN,
@@ -47,7 +49,13 @@ from skin.sweep import (
 )
 from skin.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, resolve_tracking_uri
 from skin.train import TrainingStopped
-from tasks.training import decode_images_task, evaluate_task, register_task, train_task
+from tasks.training import (
+    decode_images_task,
+    evaluate_task,
+    register_task,
+    train_key,
+    train_task,
+)
 
 GPU_LIMIT = "gpu"  # Prefect global concurrency limit: trainings at once (`prefect gcl create`)
 SLOT_LEASE_S = 120  # a dead process's slot comes back after this long
@@ -156,6 +164,16 @@ def trial_task(ctx: SweepContext, asked: Asked) -> dict[str, Any]:
         return _run_trial(ctx, space, study, trial, asked.overrides)
 
 
+def retire_pruned(cfg: PipelineConfig, manifest: ManifestRef, run_id: str) -> None:
+    """Forget a pruned training's run pointer: a later identical trial then trains in its own
+    run, and the pruned trial's run keeps its record (KILLED, `skin.trial_state=pruned`)
+    instead of being resumed, re-tagged and marked complete by another trial."""
+    pointer = run_pointer(cfg.work_dir, train_key(cfg, manifest))
+    with FileLock(str(pointer) + ".lock"):
+        if pointer.is_file() and json.loads(pointer.read_text()).get("run_id") == run_id:
+            pointer.unlink()
+
+
 def _trial_manifest(
     ctx: SweepContext, cfg: PipelineConfig, overrides: dict[str, Any], stages: dict[str, str]
 ) -> ManifestRef:
@@ -197,6 +215,7 @@ def _run_trial(
                 else None,
             )
         except TrainingStopped as stop:
+            retire_pruned(cfg, manifest, stop.run_id)
             trial.set_user_attr("run_id", stop.run_id)
             _mark(cfg, stop.run_id, "pruned")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)

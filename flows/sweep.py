@@ -336,6 +336,7 @@ def study_facts(
         "space": digest(*(repr(p) for p in space.params)),
         "metric": space.metric,
         "cv_folds": str(cv_folds),
+        "ranked_on": "dev's select half (skin.sweep.dev_halves)",  # trials valued alike
     }
 
 

@@ -344,9 +344,11 @@ def held_back_predictions(config: PipelineConfig, run_id: str) -> tuple[Path, di
     """The best trial's dev predictions on the half no ranking read, written beside its
     `predictions_dev.parquet`; and the tags that say what the gate was given."""
     report = RunPaths(config.work_dir, run_id).report
+    path = report / "predictions_dev_held_back.parquet"
+    if not (report / "predictions_dev.parquet").is_file():  # the gate then says it has none
+        return path, {"gate.images": f"none: run {run_id} has no predictions_dev.parquet"}
     dev = pd.read_parquet(report / "predictions_dev.parquet")
     held = held_back(dev)
-    path = report / "predictions_dev_held_back.parquet"
     held.to_parquet(path, index=False)
     lesions = held["lesion_id"].nunique() if "lesion_id" in held else len(held)
     return path, {

@@ -278,21 +278,16 @@ def test_every_dev_metric_the_evaluation_logs_may_rank_trials() -> None:
 def test_the_best_of_20_null_trials_is_promoted_at_most_5_percent_gated_on_held_back_dev() -> None:
     from benchmarks.decision_rates.search import RESAMPLES, false_promotions
 
-    resamples = RESAMPLES  # evaluate.bootstrap: as the gate draws them
-    runs, lesions = 140, 400  # ~800 dev images, 1-3 photos per lesion
-    best = false_promotions(runs, 20, lesions, held=True, n_resamples=resamples)
-    # The gate's own rate for one null run on the same half: on a dev set this small (rare
-    # classes with a handful of lesions) it can exceed its nominal 2.5 %, whatever the sweep does.
-    one = false_promotions(runs, 1, lesions, held=True, n_resamples=resamples, seed=2)
-    floor = max(0.05, one / runs)
-    tolerance = 2 * math.sqrt(2 * floor * (1 - floor) / runs)  # two Monte-Carlo rates compared
-    assert best / runs <= floor + tolerance, (
-        f"best of 20: {best} of {runs} null sweeps promoted; one null run: {one} of {runs}"
-    )
-    same = false_promotions(runs // 4, 20, lesions, held=False, n_resamples=resamples, seed=1)
-    assert same / (runs // 4) >= 0.15, (
-        f"ranked and gated on the same images, {same} of {runs // 4}: the simulation must show"
-        " the fault it guards against"
+    # ISIC 2019's dev size (~2,600 images, 1-3 photos per lesion), the gate's own resamples: on
+    # much smaller dev sets the gate alone passes 5 % for one null run, whatever the sweep does.
+    runs, lesions = 120, 1300
+    best = false_promotions(runs, 20, lesions, held=True, n_resamples=RESAMPLES)
+    tolerance = 2 * math.sqrt(0.05 * 0.95 / runs)  # two Monte-Carlo standard errors
+    assert best / runs <= 0.05 + tolerance, f"{best} of {runs} null sweeps promoted their best"
+    same = false_promotions(30, 20, lesions, held=False, n_resamples=RESAMPLES, seed=1)
+    assert same / 30 >= 0.10, (
+        f"ranked and gated on the same images, {same} of 30: the simulation must show the fault"
+        " it guards against"
     )
 
 

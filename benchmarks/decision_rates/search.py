@@ -128,7 +128,10 @@ def _reference(decision: str, hits: int, runs: int, note: str) -> Rate:
 
 
 def rows(ctx: Context) -> list[Rate]:
-    runs, lesions = ctx.pick((200, 700), (600, 1300))  # full: ~2,600 dev images, ISIC 2019's 10 %
+    # ISIC 2019's dev size (10 %: ~2,600 images, ~1,300 lesions) at both sizes: on much smaller
+    # dev sets the gate's own rate for one null run passes 5 % (its rarest classes have a handful
+    # of lesions in the held-back half), which no ranking rule can undo.
+    runs, lesions = ctx.pick(150, 600), 1300
     resamples, trials = RESAMPLES, 20
     held = false_promotions(runs, trials, lesions, True, resamples)
     one = false_promotions(runs, 1, lesions, True, resamples, seed=1)

@@ -3,7 +3,8 @@
 A space file (`configs/sweep.yaml`) maps dotted config fields to what Optuna may try, beside a
 few study settings:
 
-    metric: dev_balanced_accuracy     # what a trial scores (the evaluation's metric)
+    metric: dev_balanced_accuracy     # what a trial scores: a dev metric the evaluation logs,
+                                      # on dev's select half (the other half gates the best)
     direction: maximize
     sampler: tpe                      # tpe | random
     pruner: {type: median, n_startup_trials: 2, n_warmup_steps: 1}   # median | none

@@ -3,6 +3,7 @@ tasks as `skin run`, each a child MLflow run of the sweep's run, bounded by the 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -11,6 +12,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
@@ -18,29 +21,41 @@ from prefect.futures import PrefectFuture, as_completed
 from flows.common import call, data_stages, flow_config, resolve_config
 from skin.config import PipelineConfig, digest
 from skin.datastages import ManifestRef, manifest_ref, set_latest
+from skin.runs import RunPaths, run_pointer
 from skin.stages import EvalOutcome
 from skin.sweep import (
     PARENT_RUN,
+    SELECT,
     Asked,
     Space,
     ask_trial,
     beating,
     best_trial,
     default_storage,
-    fail_stale,
+    dev_halves,
+    half_score,
+    held_back,
     history_png,
     importance_png,
     load_space,
     open_study,
     pin_study,
     reopen_trial,
+    settle,
+    trial_value,
     trials_table,
     trials_to_run,
     validate_space,
 )
-from skin.tracking import PARENT_TAG, MLflowTracker, resolve_tracking_uri
+from skin.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, resolve_tracking_uri
 from skin.train import TrainingStopped
-from tasks.training import decode_images_task, evaluate_task, register_task, train_task
+from tasks.training import (
+    decode_images_task,
+    evaluate_task,
+    register_task,
+    train_key,
+    train_task,
+)
 
 GPU_LIMIT = "gpu"  # Prefect global concurrency limit: trainings at once (`prefect gcl create`)
 SLOT_LEASE_S = 120  # a dead process's slot comes back after this long
@@ -65,24 +80,38 @@ class SweepContext:
 
 
 def dev_score(
-    _cfg: PipelineConfig, _manifest: ManifestRef, evaluated: EvalOutcome, *, metric: str
+    cfg: PipelineConfig, _manifest: ManifestRef, evaluated: EvalOutcome, *, metric: str
 ) -> float:
-    """The trial's value: its evaluation's `metric` on the dev split (the best checkpoint's)."""
-    if metric not in evaluated.metrics:
-        raise KeyError(
-            f"the evaluation has no metric {metric!r}; the space file's metric must be one it logs"
-        )
-    return float(evaluated.metrics[metric])
+    """The trial's value: its evaluation's `metric` on the SELECT half of dev (the best
+    checkpoint's predictions); the other half is held back for the gate (`register_best_trial`)."""
+    dev = pd.read_parquet(Path(evaluated.report_dir) / "predictions_dev.parquet")
+    return half_score(dev, cfg.data.known_classes, metric)
+
+
+def cv_select_score(
+    cfg: PipelineConfig, manifest: ManifestRef, evaluated: EvalOutcome, *, folds: int, metric: str
+) -> float:
+    """`--cv K`: `metric` on the pooled out-of-fold predictions over train+dev, less dev's
+    held-back half (the gate's evidence); the fold runs nest under the trial's own run."""
+    from flows.cv import cross_validate
+
+    outcome = cross_validate(
+        cfg, manifest, folds, parent_run_id=evaluated.run_id, one_at_a_time=True
+    )
+    oof = pd.read_parquet(outcome.oof_uri)
+    ranked = (oof["manifest_split"] != "dev") | (dev_halves(oof) == SELECT)
+    return trial_value(oof[ranked], cfg.data.known_classes, metric)
 
 
 def make_scorer(metric: str, cv_folds: int | None) -> Scorer:
-    """Dev-split scoring, or cross-validated scoring with `cv_folds` folds (flows.cv)."""
+    """Dev-split scoring (on dev's SELECT half), or cross-validated scoring with `cv_folds`
+    folds (flows.cv; dev's held-back half left out of the pooled rows)."""
     if cv_folds is None:
         return partial(dev_score, metric=metric)
-    from flows.cv import oof_metric, trial_score
+    from flows.cv import oof_metric
 
     oof_metric(metric)  # a metric with no out-of-fold counterpart fails before any training
-    return partial(trial_score, folds=cv_folds, metric=metric)
+    return partial(cv_select_score, folds=cv_folds, metric=metric)
 
 
 def ensure_gpu_limit(slots: int = 1) -> None:
@@ -135,11 +164,22 @@ def trial_task(ctx: SweepContext, asked: Asked) -> dict[str, Any]:
         return _run_trial(ctx, space, study, trial, asked.overrides)
 
 
+def retire_pruned(cfg: PipelineConfig, manifest: ManifestRef, run_id: str) -> None:
+    """Forget a pruned training's run pointer: a later identical trial then trains in its own
+    run, and the pruned trial's run keeps its record (KILLED, `skin.trial_state=pruned`)
+    instead of being resumed, re-tagged and marked complete by another trial."""
+    pointer = run_pointer(cfg.work_dir, train_key(cfg, manifest))
+    with FileLock(str(pointer) + ".lock"):
+        if pointer.is_file() and json.loads(pointer.read_text()).get("run_id") == run_id:
+            pointer.unlink()
+
+
 def _trial_manifest(
     ctx: SweepContext, cfg: PipelineConfig, overrides: dict[str, Any], stages: dict[str, str]
 ) -> ManifestRef:
-    """The sweep's manifest, or, for a trial that changes `split.*`, its own: split stable
-    against the sweep's manifest, then balanced as the trial says (each cached per setting)."""
+    """The sweep's manifest, or, for a trial that changes how train is balanced (`split.balance`,
+    `split.majority_class`: what a space may change of `split.*`), its own: the sweep's split,
+    then balanced as the trial says (each cached per setting); dev and test are the sweep's."""
     if not any(k.startswith(("split.", "data.")) for k in overrides):
         return ctx.manifest
     _, manifest = data_stages(cfg, stages, refresh=False, previous=ctx.manifest.uri)
@@ -175,6 +215,7 @@ def _run_trial(
                 else None,
             )
         except TrainingStopped as stop:
+            retire_pruned(cfg, manifest, stop.run_id)
             trial.set_user_attr("run_id", stop.run_id)
             _mark(cfg, stop.run_id, "pruned")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -295,6 +336,24 @@ def study_facts(
         "space": digest(*(repr(p) for p in space.params)),
         "metric": space.metric,
         "cv_folds": str(cv_folds),
+        "ranked_on": "dev's select half (skin.sweep.dev_halves)",  # trials valued alike
+    }
+
+
+def held_back_predictions(config: PipelineConfig, run_id: str) -> tuple[Path, dict[str, str]]:
+    """The best trial's dev predictions on the half no ranking read, written beside its
+    `predictions_dev.parquet`; and the tags that say what the gate was given."""
+    report = RunPaths(config.work_dir, run_id).report
+    path = report / "predictions_dev_held_back.parquet"
+    if not (report / "predictions_dev.parquet").is_file():  # the gate then says it has none
+        return path, {"gate.images": f"none: run {run_id} has no predictions_dev.parquet"}
+    dev = pd.read_parquet(report / "predictions_dev.parquet")
+    held = held_back(dev)
+    held.to_parquet(path, index=False)
+    lesions = held["lesion_id"].nunique() if "lesion_id" in held else len(held)
+    return path, {
+        "gate.images": f"held back: {len(held)} of {len(dev)} dev images ({lesions} lesions),"
+        " the half of dev no trial was ranked on (skin.sweep.dev_halves)",
     }
 
 
@@ -306,8 +365,10 @@ def register_best_trial(
     parent: MLflowTracker,
 ) -> dict[str, Any]:
     """The best trial through the promotion gate, with its own config and manifest (a trial
-    that changed split.* has one)."""
+    that changed how train is balanced has one), judged on the held-back half of dev: the
+    images that picked it would flatter it."""
     own = manifest_ref(best["manifest_uri"]) if best["manifest_uri"] else manifest
+    held, tags = held_back_predictions(config, best["run_id"])
     registration = call(
         register_task,
         stages,
@@ -315,9 +376,12 @@ def register_best_trial(
         model_uri=best["model_uri"],
         config=config,
         manifest=own,
+        dev_predictions=str(held),
     ).to_dict()
     r = registration
-    parent.set_tags({"skin.registered": f"{r['name']} v{r['version']} {r['alias']}"})
+    uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    MLflowRegistry(uri).set_version_tags(r["name"], r["version"], tags)
+    parent.set_tags({"skin.registered": f"{r['name']} v{r['version']} {r['alias']}", **tags})
     return registration
 
 
@@ -365,7 +429,7 @@ def sweep_flow(
         parent.run_id,
         cv_folds,
     )
-    fail_stale(study)
+    settle(study, space.heartbeat)  # a trial whose process just died is not counted as running
     count = trials_to_run(study, trials)
     log.info("sweep %s: %d trial(s) to run (of %d) in %s", name, count, trials, storage)
     try:

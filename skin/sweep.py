@@ -3,7 +3,8 @@
 A space file (`configs/sweep.yaml`) maps dotted config fields to what Optuna may try, beside a
 few study settings:
 
-    metric: dev_balanced_accuracy     # what a trial scores (the evaluation's metric)
+    metric: dev_balanced_accuracy     # what a trial scores: a dev metric the evaluation logs,
+                                      # on dev's select half (the other half gates the best)
     direction: maximize
     sampler: tpe                      # tpe | random
     pruner: {type: median, n_startup_trials: 2, n_warmup_steps: 1}   # median | none
@@ -15,20 +16,27 @@ Optuna is imported inside the functions that need it; the core training path nev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
+from skin.bootstrap import balanced_from_recall, hit_features, recall_from_sums
+from skin.compare import probabilities
 from skin.config import ConfigError, PipelineConfig, load_config, pick
+from skin.datastages import SPLIT_ENTRIES
+from skin.evaluate import flat_metrics, split_metrics
 
 if TYPE_CHECKING:
     import optuna
@@ -46,6 +54,12 @@ STUDY_FILE = "sweeps.db"
 STORAGE_ENV = "SKIN_SWEEP_STORAGE"
 PARENT_RUN = "mlflow_parent_run_id"  # study user attribute: the sweep's MLflow run
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# Dev's two halves: trials are ranked on SELECT; the best one is gated on GATE, which no ranking read.
+SELECT, GATE = "select", "gate"
+# What decides the dev and test images and their labels: the whole data section (which images,
+# which classes) and the split settings that assign rows (the split's own key, SPLIT_ENTRIES).
+# Trials differing in these would be scored on different images: they could not be compared.
+DEV_TEST_FIELDS = ("data", *(f"split.{entry}" for entry in SPLIT_ENTRIES))
 
 
 log = logging.getLogger(__name__)
@@ -125,7 +139,12 @@ def parse_space(raw: dict[str, Any], source: str = "space") -> Space:
     if not params:
         raise SpaceError(f"{source}: no field to search (add e.g. train.lr: {{type: float, ...}})")
     metric = str(raw.get("metric", "dev_balanced_accuracy"))
-    direction = str(raw.get("direction", EPOCH_METRICS.get(metric, "maximize")))
+    if not metric.startswith("dev_"):
+        raise SpaceError(
+            f"{source}: metric {metric!r} is not a dev metric: trials are ranked on dev (never on"
+            " train or test); use e.g. dev_balanced_accuracy"
+        )
+    direction = str(raw.get("direction", _direction(metric)))
     if direction not in ("maximize", "minimize"):
         raise SpaceError(f"{source}: direction must be maximize or minimize, got {direction!r}")
     sampler = str(raw.get("sampler", "tpe"))
@@ -144,6 +163,35 @@ def parse_space(raw: dict[str, Any], source: str = "space") -> Space:
     return Space(
         params, metric, direction, sampler, None if seed is None else int(seed), pruner, heartbeat
     )
+
+
+def _direction(metric: str) -> str:
+    """What a metric wants by default: losses and calibration errors go down, scores up."""
+    if metric in EPOCH_METRICS:
+        return EPOCH_METRICS[metric]
+    return "minimize" if metric.endswith(("loss", "ece")) else "maximize"
+
+
+def selectable_metrics(classes: Sequence[str]) -> list[str]:
+    """The dev metrics the evaluation logs and a trial can be ranked by: the names
+    `flat_metrics("dev", split_metrics(...))` gives, read off a tiny scored example (the code that
+    logs them names them, so this list cannot go stale)."""
+    k = len(classes)
+    y = np.arange(2 * k) % k  # every class present: each per-class metric is defined
+    probs = np.random.default_rng(0).dirichlet(np.ones(k), size=2 * k)
+    return sorted(flat_metrics("dev", split_metrics(y, probs, list(classes))))
+
+
+def _check_metric(space: Space, classes: Sequence[str]) -> None:
+    """The space's metric is one the evaluation logs for dev, before any trial trains."""
+    logged = selectable_metrics(classes)
+    if space.metric not in logged:
+        close = [m for m in logged if space.metric.removeprefix("dev_") in m][:5]
+        raise SpaceError(
+            f"space metric {space.metric!r} is never logged by the evaluation, so no trial could"
+            f" be scored on it; it logs {close or logged[:8]} among {len(logged)} dev metrics"
+            " (e.g. dev_balanced_accuracy, dev_log_loss, dev_macro_auc, dev_recall_MEL)"
+        )
 
 
 def _param(name: str, spec: Any, source: str) -> Param:
@@ -200,8 +248,12 @@ def _pruning(spec: Any, source: str) -> Pruning:
 
 
 def validate_space(space: Space, base: PipelineConfig) -> None:
-    """Every searched field exists in the config and every candidate value makes a valid one."""
+    """Every searched field exists in the config and every candidate value makes a valid one;
+    none would change the dev or test images (trials are compared on them); the metric is one
+    the evaluation logs."""
+    _check_metric(space, base.data.known_classes)
     for param in space.params:
+        _refuse_dev_test_field(param.field)
         try:
             value = pick(base, param.field)
         except ConfigError as err:
@@ -218,6 +270,17 @@ def validate_space(space: Space, base: PipelineConfig) -> None:
                 raise SpaceError(
                     f"space field {param.field!r}: value {candidate!r} is invalid: {err}"
                 ) from err
+
+
+def _refuse_dev_test_field(name: str) -> None:
+    """A field that changes which images are dev or test (or their labels) cannot be searched."""
+    hit = next((f for f in DEV_TEST_FIELDS if name == f or name.startswith(f"{f}.")), None)
+    if hit is not None:
+        raise SpaceError(
+            f"space field {name!r} would change the dev or test images ({hit} decides them):"
+            " trials scored on different images cannot be compared. Remove it from the space and"
+            " run one sweep per setting (--name); split.balance (train only) may be searched"
+        )
 
 
 def trial_config(base: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
@@ -248,6 +311,59 @@ def suggest(trial: optuna.trial.Trial, space: Space) -> dict[str, Any]:
         else:
             out[p.field] = trial.suggest_float(p.field, p.low, p.high, step=p.step, log=p.log)
     return out
+
+
+# --------------------------------------------------------------------------- dev's two halves
+
+
+def _stable(text: str) -> int:
+    """A number from text that is the same in every process and on every machine."""
+    return int.from_bytes(hashlib.blake2b(f"skin.sweep:{text}".encode(), digest_size=8).digest())
+
+
+def dev_halves(dev: pd.DataFrame) -> np.ndarray:
+    """Each dev row's half, SELECT or GATE: whole lesions (a lesion's photos stay together; a
+    row without one is its own), each by a hash of its id alone, so every trial, the gate, a
+    resumed sweep and `--cv`'s pooled rows draw the same line whatever other rows are present."""
+    lesion = dev["lesion_id"] if "lesion_id" in dev else pd.Series(np.nan, index=dev.index)
+    group = lesion.where(lesion.notna(), dev["key"]).astype(str)
+    half = {g: (SELECT, GATE)[_stable(g) % 2] for g in group.unique()}
+    return group.map(half).to_numpy()
+
+
+def held_back(dev: pd.DataFrame, halves: np.ndarray | None = None) -> pd.DataFrame:
+    """The dev rows no trial's ranking read: the gate's evidence for the sweep's best trial."""
+    halves = dev_halves(dev) if halves is None else halves
+    return dev[halves == GATE].reset_index(drop=True)
+
+
+def half_score(
+    dev: pd.DataFrame, classes: Sequence[str], metric: str, halves: np.ndarray | None = None
+) -> float:
+    """A trial's value: `metric` (a dev metric the evaluation logs) on the SELECT half of its
+    dev predictions (`predictions_dev.parquet`); `halves`: `dev_halves(dev)`, if known."""
+    halves = dev_halves(dev) if halves is None else halves
+    return trial_value(dev[halves == SELECT], classes, metric)
+
+
+def trial_value(rows: pd.DataFrame, classes: Sequence[str], metric: str) -> float:
+    """`metric` on these prediction rows, as the evaluation computes it (balanced accuracy, the
+    gate's metric, by the bootstrap's own counting: the same number, a thousand times faster)."""
+    y = pd.Categorical(rows["label"], categories=list(classes)).codes.astype(np.int64)
+    if (y < 0).any():
+        raise ValueError(f"dev labels {sorted(set(rows['label']) - set(classes))} not in {classes}")
+    probs = probabilities(rows, classes)
+    if metric == "dev_balanced_accuracy":
+        sums = hit_features(y, probs.argmax(1), len(classes)).sum(0)
+        return float(balanced_from_recall(recall_from_sums(sums)))
+    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 on disk: sums off by ~1e-7
+    scored = flat_metrics("dev", split_metrics(y, probs, list(classes)))
+    if metric not in scored:
+        raise KeyError(
+            f"{metric!r} cannot be scored on the {len(rows)} dev images of the ranking half (a"
+            " class absent there?); rank by dev_balanced_accuracy"
+        )
+    return float(scored[metric])
 
 
 # --------------------------------------------------------------------------- the study
@@ -327,6 +443,29 @@ def fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def settle(study: optuna.Study, heartbeat: int) -> None:
+    """Wait one grace period (2 × `heartbeat`) at most for the trials RUNNING when a sweep
+    starts: alive elsewhere, they keep running; dead (a crash just before), they go stale and are
+    failed and queued again. Counted as running instead, a sweep resumed right after a crash
+    would end one trial short."""
+    import optuna
+
+    def running() -> set[int]:
+        states = (optuna.trial.TrialState.RUNNING,)
+        return {t._trial_id for t in study.get_trials(deepcopy=False, states=states)}
+
+    fail_stale(study)
+    waiting = running()
+    if waiting:
+        log.info("%d trial(s) running: waiting up to %d s for a dead one to go stale",
+                 len(waiting), 2 * heartbeat)  # fmt: skip
+    deadline = time.monotonic() + 2 * heartbeat + 1
+    while waiting and time.monotonic() < deadline:
+        time.sleep(min(1.0, heartbeat / 2))
+        fail_stale(study)
+        waiting &= running()
 
 
 def trials_to_run(study: optuna.Study, total: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
@@ -168,20 +169,27 @@ def evaluate_task(
         "run_id",
         "model_uri",
         "manifest.hash",
+        "dev_predictions",
+        files=("dev_predictions",),
         config_sections=("tracking", "registry", "evaluate", "data.classes", "split.seed"),
         code=REGISTRY_CODE,
     ),
     **IO_RETRIES,
 )
 def register_task(
-    run_id: str, model_uri: str, config: PipelineConfig, manifest: ManifestRef | None = None
+    run_id: str,
+    model_uri: str,
+    config: PipelineConfig,
+    manifest: ManifestRef | None = None,
+    dev_predictions: str | None = None,
 ) -> Registration:
     """New registry version; `champion` moves only to a challenger that beats it (paired: both
-    scored on the challenger's dev images; point: the scores each recorded)."""
+    scored on the challenger's dev images, or on `dev_predictions`' rows when given, as a
+    sweep gives the half of dev its ranking never read; point: the scores each recorded)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     run = RunPaths(config.work_dir, run_id)
     compare = dev_comparison(
-        run.report / "predictions_dev.parquet",
+        Path(dev_predictions) if dev_predictions else run.report / "predictions_dev.parquet",
         config.data.classes,
         dataset=manifest.hash if manifest else "",
         tta=config.evaluate.tta,

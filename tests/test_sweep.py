@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 
 from skin.config import load_config
@@ -152,29 +156,45 @@ def test_a_stopped_training_closes_its_run_killed_not_failed() -> None:
     assert tracker.closed == ["KILLED"]
 
 
-def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric(monkeypatch) -> None:
+def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric_less_the_held_back_half(
+    monkeypatch, tmp_path: Path
+) -> None:
     import flows.cv as cv
+    from benchmarks.decision_rates.search import CLASSES, null_sweep
     from flows.sweep import make_scorer
     from skin.folds import CVOutcome
     from skin.stages import EvalOutcome
+    from skin.sweep import GATE, dev_halves, trial_value
 
+    sweep = null_sweep(np.random.default_rng(5), 300, 1)
+    oof = sweep.dev.assign(
+        manifest_split=np.where(np.arange(len(sweep.dev)) % 3 == 0, "dev", "train"),
+        **{f"prob_{c}": sweep.trials[0][:, i] for i, c in enumerate(CLASSES)},
+    )
+    oof.to_parquet(tmp_path / "oof.parquet")
     seen = {}
 
     def fake_cv(cfg, manifest, folds, *, parent_run_id=None, one_at_a_time=False):
         seen.update(folds=folds, parent=parent_run_id, serial=one_at_a_time)
         metrics = {"cv_oof_balanced_accuracy": 0.61, "cv_balanced_accuracy_mean": 0.7}
-        return CVOutcome(parent_run_id or "p", [], metrics, "", "", "", "")
+        return CVOutcome(
+            parent_run_id or "p", [], metrics, str(tmp_path / "oof.parquet"), "", "", ""
+        )
 
     monkeypatch.setattr(cv, "cross_validate", fake_cv)
     evaluated = EvalOutcome("trial-run", {"dev_balanced_accuracy": 0.9}, "", "")
-    score = make_scorer("dev_balanced_accuracy", 3)
-    assert score(None, None, evaluated) == 0.61, "the out-of-fold number, not the dev split's"
+    cfg = load_config()
+    score = make_scorer("dev_balanced_accuracy", 3)(cfg, None, evaluated)
+    held = (oof["manifest_split"] == "dev") & (dev_halves(oof) == GATE)
+    assert held.any()
+    assert score == pytest.approx(trial_value(oof[~held], CLASSES, "dev_balanced_accuracy")), (
+        "the pooled out-of-fold number over train+dev, without dev's held-back half"
+    )
     assert seen == {"folds": 3, "parent": "trial-run", "serial": True}, (
         "fold runs nest under the trial's run and train one at a time (one gpu slot)"
     )
     with pytest.raises(ValueError, match="no out-of-fold counterpart"):
         make_scorer("dev_loss", 3)  # refused when the sweep starts, not after K+1 trainings
-    assert make_scorer("dev_balanced_accuracy", None)(None, None, evaluated) == 0.9
 
 
 def test_a_study_resumed_on_other_data_or_another_space_is_refused(tmp_path: Path) -> None:
@@ -191,3 +211,177 @@ def test_a_study_resumed_on_other_data_or_another_space_is_refused(tmp_path: Pat
         pin_study(again, {**facts, "manifest_hash": "grown"})
     with pytest.raises(SpaceError, match="space"):
         pin_study(again, {**facts, "space": "d2"})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"split.seed": {"type": "int", "low": 1, "high": 9}},
+        {"split.group_by_lesion": {"type": "categorical", "choices": [True, False]}},
+        {"split.fractions": {"type": "categorical", "choices": ["0.8,0.1,0.1", "0.7,0.15,0.15"]}},
+        {"data.holdout_class": {"type": "categorical", "choices": [None, "DF"]}},
+    ],
+)
+def test_a_space_that_would_change_dev_or_test_is_refused(raw: dict) -> None:
+    (name,) = raw
+    space = parse_space(raw)
+    with pytest.raises(SpaceError, match=re.escape(name) + ".*dev or test"):
+        validate_space(space, load_config())
+
+
+def test_a_space_may_search_how_train_is_balanced() -> None:
+    space = parse_space(
+        {"split.balance": {"type": "categorical", "choices": ["undersample", "none"]}}
+    )
+    validate_space(space, load_config())  # train only: dev and test stay the sweep's
+
+
+@pytest.mark.parametrize(
+    ("metric", "pruner"),
+    [("dev_loss", "median"), ("dev_loss", "none"), ("dev_auc", "none"), ("test_accuracy", "none")],
+)
+def test_a_metric_the_evaluation_never_logs_for_dev_is_refused_before_anything_runs(
+    metric: str, pruner: str
+) -> None:
+    raw = {"metric": metric, "pruner": pruner, "train.lr": {"type": "float", "low": 0.1, "high": 1}}
+    with pytest.raises(SpaceError, match=metric):
+        validate_space(parse_space(raw), load_config())
+
+
+def test_every_dev_metric_the_evaluation_logs_may_rank_trials() -> None:
+    import numpy as np
+
+    from skin.evaluate import split_metrics
+    from skin.stages import _eval_metrics
+    from skin.sweep import selectable_metrics
+
+    cfg = load_config()
+    classes = cfg.data.known_classes
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % len(classes)
+    probs = rng.dirichlet(np.ones(len(classes)), size=40)
+    scored = {s: split_metrics(y, probs, classes) for s in ("train", "dev", "test")}
+    logged = {k for k in _eval_metrics(scored, 0.9, 3) if k.startswith("dev_")}
+    allowed = set(selectable_metrics(classes))
+    assert {"dev_log_loss", "dev_balanced_accuracy", "dev_macro_auc", "dev_recall_MEL"} <= allowed
+    assert allowed <= logged, f"names the evaluation does not log: {allowed - logged}"
+    for metric in ("dev_log_loss", "dev_recall_MEL"):
+        raw = {
+            "metric": metric,
+            "pruner": "none",
+            "train.lr": {"type": "float", "low": 0.1, "high": 1},
+        }
+        validate_space(parse_space(raw), cfg)
+    assert parse_space({**raw, "metric": "dev_log_loss"}).direction == "minimize"
+
+
+def test_the_best_of_20_null_trials_is_promoted_at_most_5_percent_gated_on_held_back_dev() -> None:
+    from benchmarks.decision_rates.search import RESAMPLES, false_promotions
+
+    # ISIC 2019's dev size (~2,600 images, 1-3 photos per lesion), the gate's own resamples: on
+    # much smaller dev sets the gate alone passes 5 % for one null run, whatever the sweep does.
+    runs, lesions = 120, 1300
+    best = false_promotions(runs, 20, lesions, held=True, n_resamples=RESAMPLES)
+    tolerance = 2 * math.sqrt(0.05 * 0.95 / runs)  # two Monte-Carlo standard errors
+    assert best / runs <= 0.05 + tolerance, f"{best} of {runs} null sweeps promoted their best"
+    same = false_promotions(30, 20, lesions, held=False, n_resamples=RESAMPLES, seed=1)
+    assert same / 30 >= 0.10, (
+        f"ranked and gated on the same images, {same} of 30: the simulation must show the fault"
+        " it guards against"
+    )
+
+
+def test_dev_halves_keep_lesions_whole_and_do_not_depend_on_the_other_rows() -> None:
+    from benchmarks.decision_rates.search import null_dev
+    from skin.sweep import GATE, SELECT, dev_halves
+
+    dev = null_dev(np.random.default_rng(0), 600)
+    halves = dev_halves(dev)
+    per_lesion = pd.Series(halves).groupby(dev["lesion_id"]).nunique()
+    assert (per_lesion == 1).all(), "a lesion's photos are in one half"
+    assert 0.4 < (halves == GATE).mean() < 0.6, "about half of dev is held back"
+    some = dev.sample(frac=0.5, random_state=1)
+    assert (dev_halves(some) == halves[some.index]).all(), "a row's half is its lesion's alone"
+    assert set(dev_halves(dev.drop(columns="lesion_id"))) == {SELECT, GATE}
+
+
+def test_a_trial_value_is_the_evaluation_metric_on_the_select_half() -> None:
+    from benchmarks.decision_rates.search import CLASSES, null_sweep
+    from skin.evaluate import flat_metrics, split_metrics
+    from skin.sweep import SELECT, dev_halves, half_score
+
+    sweep = null_sweep(np.random.default_rng(3), 300, 1)
+    probs = sweep.trials[0]
+    dev = sweep.dev.assign(**{f"prob_{c}": probs[:, i] for i, c in enumerate(CLASSES)})
+    select = dev_halves(dev) == SELECT
+    y = dev["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    logged = flat_metrics("dev", split_metrics(y[select], probs[select], CLASSES))
+    for metric in ("dev_balanced_accuracy", "dev_log_loss", "dev_recall_MEL"):
+        assert half_score(dev, CLASSES, metric) == pytest.approx(logged[metric], abs=1e-9), metric
+
+
+def test_the_sweeps_best_trial_is_gated_on_the_held_back_half_and_its_tags_say_so(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import flows.sweep as fs
+    from benchmarks.decision_rates.search import CLASSES, null_sweep
+    from skin.registry import Registration
+    from skin.runs import RunPaths
+    from skin.sweep import GATE, dev_halves
+
+    cfg = load_config(None, {"work_dir": str(tmp_path)})
+    assert tuple(cfg.data.known_classes) == tuple(CLASSES)
+    sweep = null_sweep(np.random.default_rng(0), 200, 1)
+    dev = sweep.dev.assign(**{f"prob_{c}": sweep.trials[0][:, i] for i, c in enumerate(CLASSES)})
+    report = RunPaths(cfg.work_dir, "best-run").report
+    report.mkdir(parents=True)
+    dev.to_parquet(report / "predictions_dev.parquet")
+    seen: dict = {}
+
+    def fake_call(task, stages, **kwargs):
+        seen.update(kwargs, read=pd.read_parquet(kwargs["dev_predictions"]))
+        return Registration("m", "2", "challenger", 0.6, 0.6, "1")
+
+    version_tags: dict = {}
+    monkeypatch.setattr(fs, "call", fake_call)
+    monkeypatch.setattr(
+        fs,
+        "MLflowRegistry",
+        lambda uri: type(
+            "R", (), {"set_version_tags": lambda s, n, v, t: version_tags.update(t)}
+        )(),
+    )
+    parent = type("P", (), {"tags": {}, "set_tags": lambda s, t: s.tags.update(t)})()
+    best = {"run_id": "best-run", "model_uri": "runs:/best-run/model", "manifest_uri": None}
+    fs.register_best_trial(best, cfg, None, {}, parent)
+
+    held = seen["read"]
+    assert set(held["key"]) == set(dev["key"][dev_halves(dev) == GATE]), (
+        "the gate reads exactly the held-back half of the best trial's dev predictions"
+    )
+    assert 0 < len(held) < len(dev)
+    for tags in (version_tags, parent.tags):
+        assert tags["gate.images"].startswith(f"held back: {len(held)} of {len(dev)} dev images"), (
+            tags
+        )
+
+
+def test_a_sweep_resumed_right_after_a_crash_is_not_one_trial_short(tmp_path: Path) -> None:
+    from skin.sweep import settle
+
+    space = parse_space({"heartbeat": 1, "train.lr": {"type": "float", "low": 0.1, "high": 1}})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = open_study("s", url, space)
+    done = ask(study)
+    suggest(done, space)
+    study.tell(done, 0.5)
+    dead = ask(study)
+    suggest(dead, space)
+    study._storage.record_heartbeat(dead._trial_id)  # it beat just now; then its process died
+    resumed = open_study("s", url, space)  # resumed within 2 × heartbeat of the crash
+    t0 = time.monotonic()
+    settle(resumed, space.heartbeat)
+    assert time.monotonic() - t0 < 6 * space.heartbeat, "the wait is bounded by the grace period"
+    assert trials_to_run(resumed, 2) == 1, "the dead trial's retry is still to run"
+    states = {t.number: t.state.name for t in resumed.get_trials()}
+    assert states[dead.number] == "FAIL", states

@@ -12,11 +12,13 @@ import uuid
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from skin.runs import RunPaths
+from skin.sweep import SELECT, dev_halves, trial_value
 from skin.train import CRASH_AFTER_EPOCH
 from tests.recipes import TINY
 
@@ -84,6 +86,9 @@ def test_a_sweep_prunes_nests_its_runs_registers_the_best_and_resumes(
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/trials.csv", "sweep/optimization_history.png"} <= logged, logged
     assert first["registration"]["alias"] == "champion", first["registration"]
+    assert parent.data.tags["gate.images"].startswith("held back: "), parent.data.tags
+    version = client.get_model_version(ov["tracking.registered_model"], "1")
+    assert version.tags["gate.images"] == parent.data.tags["gate.images"], version.tags
 
     again = sweep_flow(
         space_path=str(space), trials=4, name="t", data_uri=str(sample_data), overrides=ov
@@ -91,6 +96,32 @@ def test_a_sweep_prunes_nests_its_runs_registers_the_best_and_resumes(
     assert again["parent_run_id"] == first["parent_run_id"], "the sweep's MLflow run resumes too"
     assert again["ran"] == [], "the study already holds its 4 trials"
     assert {t["number"] for t in again["trials"]} == {0, 1, 2, 3}
+
+
+@pytest.mark.server
+def test_a_trial_identical_to_a_pruned_one_gets_its_own_run_the_pruned_run_keeps_its_record(
+    tmp_path: Path, sample_data: Path, prefect_api
+) -> None:
+    from flows.sweep import sweep_flow
+
+    ov, space = recipe(tmp_path), space_file(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
+    good = {"train.lr": 0.003, "train.weight_decay": 1.0e-4}
+    bad = {"train.lr": 1.0e-7, "train.weight_decay": 1.0e-4}
+    for params in (good, bad, bad):  # the third repeats the second exactly
+        study.enqueue_trial(params)
+    result = sweep_flow(
+        space_path=str(space), trials=3, name="p", data_uri=str(sample_data), overrides=ov,
+        storage=storage, register_best=False,
+    )  # fmt: skip
+    trials = {t["number"]: t for t in result["trials"]}
+    assert trials[1]["state"] == "PRUNED", trials
+    assert trials[1]["run_id"] != trials[2]["run_id"], "each trial has its own MLflow run"
+    client = MlflowClient(tracking_uri=ov["tracking.tracking_uri"])
+    pruned = client.get_run(trials[1]["run_id"])
+    assert pruned.data.tags["skin.trial_state"] == "pruned", pruned.data.tags
+    assert pruned.data.tags["skin.trial"] == "1" and pruned.info.status == "KILLED"
 
 
 def skin_sweep(
@@ -184,7 +215,13 @@ def test_a_cross_validated_sweep_scores_trials_out_of_fold(
     assert trial["state"] == "COMPLETE", trial
     client = MlflowClient(tracking_uri=ov["tracking.tracking_uri"])
     run = client.get_run(trial["run_id"])
-    assert trial["value"] == pytest.approx(run.data.metrics["cv_oof_balanced_accuracy"])
+    oof = pd.read_parquet(tmp_path / "work" / "cv" / trial["run_id"] / "oof_predictions.parquet")
+    ranked = (oof["manifest_split"] != "dev") | (dev_halves(oof) == SELECT)
+    classes = [c.removeprefix("prob_") for c in oof if c.startswith("prob_")]
+    assert (~ranked).any(), "dev's held-back half is in the pool, left out of the ranking"
+    assert trial["value"] == pytest.approx(
+        trial_value(oof[ranked], classes, "dev_balanced_accuracy")
+    ), "the pooled out-of-fold balanced accuracy, without dev's held-back half"
     assert trial["value"] != pytest.approx(run.data.metrics["dev_balanced_accuracy"]), (
         "ranked by the pooled out-of-fold score, not the one dev split"
     )

@@ -25,14 +25,12 @@ from skin.runs import RunPaths, run_pointer
 from skin.stages import EvalOutcome
 from skin.sweep import (
     PARENT_RUN,
-    SELECT,
     Asked,
     Space,
     ask_trial,
     beating,
     best_trial,
     default_storage,
-    dev_halves,
     half_score,
     held_back,
     history_png,
@@ -91,21 +89,23 @@ def dev_score(
 def cv_select_score(
     cfg: PipelineConfig, manifest: ManifestRef, evaluated: EvalOutcome, *, folds: int, metric: str
 ) -> float:
-    """`--cv K`: `metric` on the pooled out-of-fold predictions over train+dev, less dev's
-    held-back half (the gate's evidence); the fold runs nest under the trial's own run."""
+    """`--cv K`: `metric` on the pooled out-of-fold predictions over train (the folds never
+    touch dev, so the half the gate reads stays unread by any ranking); the fold runs nest under
+    the trial's own run."""
     from flows.cv import cross_validate
 
     outcome = cross_validate(
         cfg, manifest, folds, parent_run_id=evaluated.run_id, one_at_a_time=True
     )
     oof = pd.read_parquet(outcome.oof_uri)
-    ranked = (oof["manifest_split"] != "dev") | (dev_halves(oof) == SELECT)
-    return trial_value(oof[ranked], cfg.data.known_classes, metric)
+    if (oof["manifest_split"] == "dev").any():
+        raise RuntimeError("out-of-fold rows include dev: the gate's held-back half was ranked on")
+    return trial_value(oof, cfg.data.known_classes, metric)
 
 
 def make_scorer(metric: str, cv_folds: int | None) -> Scorer:
     """Dev-split scoring (on dev's SELECT half), or cross-validated scoring with `cv_folds`
-    folds (flows.cv; dev's held-back half left out of the pooled rows)."""
+    folds (flows.cv; out of fold over train, dev untouched)."""
     if cv_folds is None:
         return partial(dev_score, metric=metric)
     from flows.cv import oof_metric
@@ -336,7 +336,10 @@ def study_facts(
         "space": digest(*(repr(p) for p in space.params)),
         "metric": space.metric,
         "cv_folds": str(cv_folds),
-        "ranked_on": "dev's select half (skin.sweep.dev_halves)",  # trials valued alike
+        # trials valued alike: a study ranked another way is not resumed
+        "ranked_on": "out of fold over train (flows.cv)"
+        if cv_folds
+        else "dev's select half (skin.sweep.dev_halves)",
     }
 
 

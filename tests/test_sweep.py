@@ -156,7 +156,7 @@ def test_a_stopped_training_closes_its_run_killed_not_failed() -> None:
     assert tracker.closed == ["KILLED"]
 
 
-def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric_less_the_held_back_half(
+def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric_over_train(
     monkeypatch, tmp_path: Path
 ) -> None:
     import flows.cv as cv
@@ -164,11 +164,11 @@ def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric_less_the
     from flows.sweep import make_scorer
     from skin.folds import CVOutcome
     from skin.stages import EvalOutcome
-    from skin.sweep import GATE, dev_halves, trial_value
+    from skin.sweep import trial_value
 
     sweep = null_sweep(np.random.default_rng(5), 300, 1)
     oof = sweep.dev.assign(
-        manifest_split=np.where(np.arange(len(sweep.dev)) % 3 == 0, "dev", "train"),
+        manifest_split="train",
         **{f"prob_{c}": sweep.trials[0][:, i] for i, c in enumerate(CLASSES)},
     )
     oof.to_parquet(tmp_path / "oof.parquet")
@@ -185,14 +185,15 @@ def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric_less_the
     evaluated = EvalOutcome("trial-run", {"dev_balanced_accuracy": 0.9}, "", "")
     cfg = load_config()
     score = make_scorer("dev_balanced_accuracy", 3)(cfg, None, evaluated)
-    held = (oof["manifest_split"] == "dev") & (dev_halves(oof) == GATE)
-    assert held.any()
-    assert score == pytest.approx(trial_value(oof[~held], CLASSES, "dev_balanced_accuracy")), (
-        "the pooled out-of-fold number over train+dev, without dev's held-back half"
+    assert score == pytest.approx(trial_value(oof, CLASSES, "dev_balanced_accuracy")), (
+        "the pooled out-of-fold number over train"
     )
     assert seen == {"folds": 3, "parent": "trial-run", "serial": True}, (
         "fold runs nest under the trial's run and train one at a time (one gpu slot)"
     )
+    oof.assign(manifest_split="dev").to_parquet(tmp_path / "oof.parquet")
+    with pytest.raises(RuntimeError, match="out-of-fold rows include dev"):
+        make_scorer("dev_balanced_accuracy", 3)(cfg, None, evaluated)
     with pytest.raises(ValueError, match="no out-of-fold counterpart"):
         make_scorer("dev_loss", 3)  # refused when the sweep starts, not after K+1 trainings
 

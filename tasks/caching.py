@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import importlib.util
-from collections.abc import Sequence
+import inspect
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
@@ -14,19 +17,175 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 from skin.config import config_digest, digest
 from skin.storage import StorageError
 
+# Packages whose code can change a stage's result; everything else is a pinned dependency.
+PROJECT = ("skin", "tasks", "flows")
+ROOT = Path(__file__).resolve().parents[1]
+# Same-module globals whose value (not code) a task reads: their repr joins its code key.
+_PLAIN = (str, int, float, bool, tuple, list, dict, frozenset, type(None))
+
+
+def module_path(name: str, root: Path = ROOT) -> Path | None:
+    """The file of project module `name` under `root` (a module or a package), else None."""
+    if name.split(".")[0] not in PROJECT:
+        return None
+    base = root.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def read_source(path: Path) -> bytes:
+    """One module's bytes (the one file read behind every code key)."""
+    return path.read_bytes()
+
+
+def _imported(node: ast.AST, package: str) -> list[str]:
+    """Candidate module names one import statement may load (parents included)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:  # relative: drop one package level per dot after the first
+            parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            base = ".".join([*parts, *([base] if base else [])])
+        names = [base, *(f"{base}.{a.name}" for a in node.names)]
+    else:
+        return []
+    return [".".join(n.split(".")[: i + 1]) for n in names if n for i in range(n.count(".") + 1)]
+
 
 @cache
-def code_hash(modules: tuple[str, ...]) -> str:
-    """Hash of the library modules a stage runs: editing them invalidates its cached results
-    (Prefect's TASK_SOURCE only sees the thin task function itself)."""
+def imports_of(name: str, root: Path = ROOT) -> frozenset[str]:
+    """The project modules module `name` imports anywhere in its file (functions included):
+    relative imports resolved, `from pkg import sub` counted when `sub` is a module."""
+    path = module_path(name, root)
+    if path is None:
+        return frozenset()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(read_source(path), filename=str(path))
+    found = {m for node in ast.walk(tree) for m in _imported(node, package)}
+    return frozenset(m for m in found if m != name and module_path(m, root) is not None)
+
+
+@cache
+def module_closure(roots: tuple[str, ...], root: Path = ROOT) -> frozenset[str]:
+    """Every project module reachable from `roots` by imports (the roots and packages included)."""
+    seen: set[str] = set()
+    todo = [".".join(r.split(".")[: i + 1]) for r in roots for i in range(r.count(".") + 1)]
+    while todo:
+        name = todo.pop()
+        if name in seen or module_path(name, root) is None:
+            continue
+        seen.add(name)
+        todo.extend(imports_of(name, root))
+    return frozenset(seen)
+
+
+def _is_project(module: str | None) -> bool:
+    return bool(module) and str(module).split(".")[0] in PROJECT
+
+
+def _plain(value: Any) -> bool:
+    """A constant whose repr is stable across processes (no object addresses in it)."""
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    if isinstance(value, (tuple, list, frozenset)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _global_refs(fn: Callable[..., Any]) -> tuple[list[Any], str]:
+    """The module globals a function's source (decorators included) names, and that source."""
+    text = textwrap.dedent(inspect.getsource(fn))
+    names = sorted({n.id for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name)})
+    return [(n, fn.__globals__[n]) for n in names if n in fn.__globals__], text
+
+
+@cache
+def function_reach(fn: Callable[..., Any]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(the project modules a task-side function uses, the text of the same-module helpers and
+    constants it reads): a task's helpers count one by one, not its whole module's imports."""
+    modules: set[str] = set()
+    texts: list[str] = []
+    seen: set[Any] = set()
+    todo = [fn]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        refs, text = _global_refs(f)
+        texts.append(text)
+        for name, obj in refs:
+            todo += _follow(f, name, obj, modules, texts)
+    return frozenset(modules), tuple(texts)
+
+
+def _follow(
+    fn: Callable[..., Any], name: str, obj: Any, modules: set[str], texts: list[str]
+) -> list[Callable[..., Any]]:
+    """Sort one global a function names: a module or foreign code (its module's closure counts),
+    a helper of the same module (followed), or a plain constant (its value counts)."""
+    if isinstance(obj, ModuleType):
+        modules.update([obj.__name__] if _is_project(obj.__name__) else [])
+        return []
+    target = getattr(obj, "fn", obj)  # a Prefect task or flow: the function it wraps
+    if not (inspect.isfunction(target) or inspect.isclass(target)):
+        texts.extend([f"{name}={obj!r}"] if _plain(obj) else [])
+        return []
+    owner = target.__module__
+    if owner == fn.__module__:
+        if inspect.isfunction(target):
+            return [target]
+        texts.append(inspect.getsource(target))
+    elif _is_project(owner):
+        modules.add(owner)
+    return []
+
+
+def _roots(entry: Any, root: Path = ROOT) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Where one declared entry point starts: a module (name or object), a library function or
+    class (its module), or a task-side function (followed helper by helper)."""
+    if isinstance(entry, str):
+        if module_path(entry, root) is None:
+            raise ValueError(f"cache key names unknown module {entry!r}: not a file under {root}")
+        return frozenset([entry]), ()
+    if isinstance(entry, ModuleType):
+        return frozenset([entry.__name__]), ()
+    target = getattr(entry, "fn", entry)
+    if target.__module__.split(".")[0] in ("tasks", "flows") and inspect.isfunction(target):
+        return function_reach(target)
+    return frozenset([target.__module__]), ()
+
+
+def stage_modules(*entries: Any, root: Path = ROOT) -> frozenset[str]:
+    """Every project module a stage's entry points can run, derived from the imports."""
+    roots = frozenset().union(*(_roots(e, root)[0] for e in entries))
+    return module_closure(tuple(sorted(roots)), root)
+
+
+@cache
+def code_key(entries: tuple[Any, ...], root: Path = ROOT) -> str:
+    """Hash of all the project code a stage can run (computed once per process): editing any
+    module its entry points reach by imports invalidates its cached results, editing one they
+    cannot reach does not (Prefect's TASK_SOURCE only sees the thin task function itself)."""
     h = hashlib.sha256()
-    for name in sorted(modules):
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ValueError(f"cache key names unknown module {name!r}")
+    for name in sorted(stage_modules(*entries, root=root)):
+        path = module_path(name, root)
+        assert path is not None  # the closure holds files only
         h.update(name.encode())
-        h.update(Path(spec.origin).read_bytes())
+        h.update(read_source(path))
+    for entry in entries:
+        for text in _roots(entry, root)[1]:
+            h.update(text.encode())
     return h.hexdigest()[:16]
+
+
+def forget_code() -> None:
+    """Drop the per-process code caches (after editing a module in the same process)."""
+    for fn in (imports_of, module_closure, function_reach, code_key):
+        fn.cache_clear()
 
 
 def file_hash(path: str | Path | None) -> str | None:
@@ -49,24 +208,32 @@ def _param(inputs: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+def _task_fn(ctx: Any) -> Callable[..., Any] | None:
+    """The function of the task whose key is being made (None outside a task run)."""
+    return getattr(getattr(ctx, "task", None), "fn", None)
+
+
 def keyed_on(
     *params: str,
     config_sections: Sequence[str] = (),
     files: Sequence[str] = (),
-    code: Sequence[str] = (),
+    code: Iterable[Any] = (),
 ) -> CachePolicy:
     """The one way a stage's key is made: the task parameters it takes (references that carry
-    content hashes, never tables or models; `ref.hash` keys on one attribute), the contents of the files named by `files`, the
-    entries of its typed `config` that it reads, the library modules in `code`, and the task's own
-    source. A stage re-runs when exactly what it depends on changes."""
-    modules = tuple(code)
+    content hashes, never tables or models; `ref.hash` keys on one attribute), the contents of
+    the files named by `files`, the entries of its typed `config` that it reads, and the code
+    it can run: every project module reachable by imports from the task's own function (and
+    from any extra entry points in `code`). A stage re-runs when exactly what it depends on
+    changes."""
+    extra = tuple(code)
 
-    def key(_ctx: Any, inputs: dict[str, Any]) -> str:
+    def key(ctx: Any, inputs: dict[str, Any]) -> str:
         cfg = inputs.get("config")
         picked = config_digest(cfg, config_sections) if config_sections else None
         contents = {f: file_hash(inputs.get(f)) for f in files}
         values = {p: _param(inputs, p) for p in params}
-        return digest(values, contents, picked, code_hash(modules))
+        fn = _task_fn(ctx)
+        return digest(values, contents, picked, code_key((*extra, *([fn] if fn else []))))
 
     return CacheKeyFnPolicy(cache_key_fn=key) + TASK_SOURCE
 
@@ -85,38 +252,3 @@ IO_RETRIES: dict[str, Any] = {
     "retry_jitter_factor": 0.5,
     "retry_condition_fn": retry_on_io,
 }
-
-DATA_CODE = (
-    "skin.config",
-    "skin.listing",
-    "skin.split",
-    "skin.balance",
-    "skin.manifest",
-    "skin.datastages",
-)
-IMAGE_CODE = ("skin.images", "skin.imagecache", "skin.storage", "skin.fetch", "skin.shards")
-MODEL_CODE = (
-    *IMAGE_CODE,
-    "skin.model",
-    "skin.weights",
-    "skin.data",
-    "skin.features",
-    "skin.train",
-    "skin.checkpoint",
-    "skin.feeds",
-    "skin.stages",
-    "skin.runs",
-    "skin.config",
-    "skin.distributed",
-    "skin.launch",
-)
-EVAL_CODE = (*MODEL_CODE, "skin.evaluate", "skin.report", "skin.tracking", "skin.abstain")
-REGISTRY_CODE = (
-    "skin.registry",
-    "skin.modelcard",
-    "skin.tracking",
-    "skin.compare",
-    "skin.bootstrap",
-    "skin.slices",
-    "skin.predict",
-)

@@ -23,7 +23,7 @@ from skin.runs import RunPaths, cache_root, run_pointer
 from skin.shards import image_cache
 from skin.stages import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
 from skin.tracking import MLflowTracker, resolve_tracking_uri, tracked_run
-from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, REGISTRY_CODE, keyed_on
+from tasks.caching import IO_RETRIES, keyed_on
 from tasks.events import emit_promotion
 
 MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir", "shared")
@@ -42,7 +42,6 @@ def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     cache_policy=keyed_on(
         "manifest.hash",
         config_sections=("model.name", "train.image_size", "work_dir", "shared"),
-        code=(*IMAGE_CODE, "skin.model"),
     ),
     **IO_RETRIES,
 )
@@ -62,7 +61,7 @@ def train_key(config: PipelineConfig, manifest: ManifestRef) -> str:
 
 @task(
     name="train",
-    cache_policy=keyed_on("manifest.hash", config_sections=MODEL_SECTIONS, code=MODEL_CODE),
+    cache_policy=keyed_on("manifest.hash", config_sections=MODEL_SECTIONS),
 )
 def train_task(
     manifest: ManifestRef,
@@ -145,7 +144,6 @@ EVAL_SECTIONS = (
         "run_id",
         files=("checkpoint",),
         config_sections=EVAL_SECTIONS,
-        code=EVAL_CODE,
     ),
 )
 def evaluate_task(
@@ -169,7 +167,6 @@ def evaluate_task(
         "model_uri",
         "manifest.hash",
         config_sections=("tracking", "registry", "evaluate", "data.classes", "split.seed"),
-        code=REGISTRY_CODE,
     ),
     **IO_RETRIES,
 )

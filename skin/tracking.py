@@ -414,6 +414,14 @@ class MLflowRegistry:
             self.client.set_logged_model_tags(model_id, {_MODEL_VERSIONS: json.dumps(links)})
         return str(mv.version)
 
+    def checkpoint_sha(self, model_uri: str) -> str | None:
+        """The sha256 of the checkpoint a logged model (`models:/m-ID`) carries; None when it
+        records none or the URI names no logged model."""
+        model_id = _model_id(model_uri)
+        if model_id is None:
+            return None
+        return self.client.get_logged_model(model_id).tags.get(CHECKPOINT_SHA_TAG)
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 

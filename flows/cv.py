@@ -33,7 +33,7 @@ from skin.predict import RUN_ID
 from skin.runs import RunPaths
 from skin.stages import EvalOutcome
 from skin.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, tracked_run
-from tasks.caching import IO_RETRIES, keyed_on
+from tasks.caching import IO_RETRIES, Names, keyed_on
 from tasks.training import _tags, decode_images_task, evaluate_task, register_task, train_task
 
 CV_TAG = "skin.cv"  # on the parent run: the number of folds
@@ -48,6 +48,7 @@ FOLD_SECTIONS = ("split.seed", "split.group_by_lesion", "split.balance", "split.
         "manifest.hash",
         "folds",
         config_sections=(*FOLD_SECTIONS, "data.uri", "work_dir", "shared.uri"),
+        names=Names(files=("uri",)),
     ),
     **IO_RETRIES,
 )

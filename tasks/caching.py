@@ -5,17 +5,26 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import logging
 import textwrap
+import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy, CompoundCachePolicy
+from prefect.context import TaskRunContext
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 
-from skin.config import config_digest, digest
-from skin.storage import StorageError
+from skin.config import PipelineConfig, config_digest, digest
+from skin.storage import StorageError, exists_uri
+from skin.tracking import MLflowRegistry, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
 
 # Packages whose code can change a stage's result; everything else is a pinned dependency.
 PROJECT = ("skin", "tasks", "flows")
@@ -213,29 +222,138 @@ def _task_fn(ctx: Any) -> Callable[..., Any] | None:
     return getattr(getattr(ctx, "task", None), "fn", None)
 
 
+def placed(cfg: PipelineConfig) -> PipelineConfig:
+    """The config with its places as this process reads them: the work folder absolute and the
+    tracking store resolved (a relative SQLite file made absolute). A result that names a file
+    or a run is valid for that folder and that store only, so they belong in its key."""
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    if uri.startswith("sqlite:///"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    tracking = cfg.tracking.model_copy(update={"tracking_uri": uri})
+    return cfg.model_copy(
+        update={"work_dir": str(Path(cfg.work_dir).resolve()), "tracking": tracking}
+    )
+
+
+def _values(result: Any, field: str) -> list[Any]:
+    """A field of a result (an attribute or a key), of each item of a list of results; a dict
+    field gives its values."""
+    if isinstance(result, list):
+        return [v for item in result for v in _values(item, field)]
+    value = result.get(field) if isinstance(result, dict) else getattr(result, field, None)
+    if isinstance(value, dict):
+        return list(value.values())
+    return [] if value is None else [value]
+
+
+@dataclass(frozen=True)
+class Names:
+    """What a stage's result names, checked before a cached result is reused: `files` fields
+    hold paths or URIs (read where this run reads them), `runs` fields MLflow run ids, and
+    `version` says the result is a registry version (`name`, `version`) in config's store."""
+
+    files: tuple[str, ...] = ()
+    runs: tuple[str, ...] = ()
+    version: bool = False
+
+    def gone(self, result: Any, config: PipelineConfig | None) -> str | None:
+        """Why the cached `result` points at nothing here, or None when all it names exists."""
+        for field in self.files:
+            for uri in map(str, _values(result, field)):
+                if not exists_uri(uri):
+                    where = "" if Path(uri).is_absolute() or "://" in uri else f" in {Path.cwd()}"
+                    return f"{field} {uri} is not there{where}"
+        if config is None or not (self.runs or self.version):
+            return None
+        registry = MLflowRegistry(config.tracking.tracking_uri)
+        for field in self.runs:
+            for run_id in _values(result, field):
+                if why := registry.run_gone(str(run_id)):
+                    return why
+        if self.version:
+            return registry.version_gone(result.name, result.version)
+        return None
+
+
+GENERATIONS = 100  # re-runs of one key after what its results named was removed
+
+
+def say(text: str) -> None:
+    """One log line, in the task run's log when there is one."""
+    try:
+        get_run_logger().warning(text)
+    except MissingContextError:
+        log.warning(text)
+
+
+def usable_key(ctx: Any, key: str, gone: Callable[[Any], str | None]) -> str:
+    """`key`, or the first of its generations (`key-1`, `key-2`, ...) whose cached result is
+    absent or names only what exists: a result naming a removed file or run is never reused,
+    and its stage runs again into the next generation (the shared store is never rewritten)."""
+    store = getattr(ctx, "result_store", None)
+    if store is None:
+        return key
+    why = None
+    for n in range(GENERATIONS):
+        candidate = key if n == 0 else f"{key}-{n}"
+        if not store.exists(candidate):
+            break
+        why = gone(store.read(candidate).result)
+        if why is None:
+            return candidate
+    else:  # every generation names something removed: run without a cached result to find
+        candidate = f"{key}-{uuid.uuid4().hex}"
+    if why is not None:
+        name = getattr(getattr(ctx, "task", None), "name", "stage")
+        say(f"cached {name} result not reused: {why}; running it again")
+    return candidate
+
+
+@dataclass
+class CheckedPolicy(CompoundCachePolicy):
+    """A compound key whose cached result is reused only while what it names exists."""
+
+    names: Names | None = None
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        key = super().compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        if key is None or self.names is None:
+            return key
+        names, config = self.names, inputs.get("config")
+        return usable_key(task_ctx, key, lambda result: names.gone(result, config))
+
+
 def keyed_on(
     *params: str,
     config_sections: Sequence[str] = (),
     files: Sequence[str] = (),
     code: Iterable[Any] = (),
+    names: Names | None = None,
 ) -> CachePolicy:
     """The one way a stage's key is made: the task parameters it takes (references that carry
     content hashes, never tables or models; `ref.hash` keys on one attribute), the contents of
-    the files named by `files`, the entries of its typed `config` that it reads, and the code
-    it can run: every project module reachable by imports from the task's own function (and
-    from any extra entry points in `code`). A stage re-runs when exactly what it depends on
-    changes."""
+    the files named by `files`, the entries of its typed `config` that it reads (its places,
+    the work folder and the tracking store, as this process resolves them), and the code it can
+    run: every project module reachable by imports from the task's own function (and from any
+    extra entry points in `code`). A stage re-runs when exactly what it depends on changes, or
+    when what its cached result `names` is gone."""
     extra = tuple(code)
 
     def key(ctx: Any, inputs: dict[str, Any]) -> str:
         cfg = inputs.get("config")
-        picked = config_digest(cfg, config_sections) if config_sections else None
+        picked = config_digest(placed(cfg), config_sections) if config_sections else None
         contents = {f: file_hash(inputs.get(f)) for f in files}
         values = {p: _param(inputs, p) for p in params}
         fn = _task_fn(ctx)
         return digest(values, contents, picked, code_key((*extra, *([fn] if fn else []))))
 
-    return CacheKeyFnPolicy(cache_key_fn=key) + TASK_SOURCE
+    return CheckedPolicy(policies=[CacheKeyFnPolicy(cache_key_fn=key), TASK_SOURCE], names=names)
 
 
 IO_ERRORS = (StorageError, OSError, ConnectionError, TimeoutError)

@@ -21,7 +21,7 @@ from skin.drift import (
 )
 from skin.runs import cache_root
 from skin.tracking import MLflowTracker, tracked_run
-from tasks.caching import IO_RETRIES, keyed_on
+from tasks.caching import IO_RETRIES, Names, keyed_on
 from tasks.training import _tags
 
 DRIFT_SECTIONS = ("drift", "data", "model", "train.image_size", "tracking", "work_dir")
@@ -62,6 +62,7 @@ def drift_experiment(experiment: str) -> str:
         "reference.manifest_hash",
         "reference.checkpoint_sha",
         config_sections=DRIFT_SECTIONS,
+        names=Names(files=("files",), runs=("mlflow_run_id",)),
     ),
     **IO_RETRIES,
 )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -134,3 +137,94 @@ def test_evaluate_stage_reaches_the_statistics_it_imports(tmp_path: Path) -> Non
         fh.write("\nLEVEL = 0.9  # an edit evaluate imports\n")
     forget_code()
     assert code_key((evaluate_task.fn,), root) != before, "stale intervals would be served"
+
+
+# --------------------------------------------------------------------------- validity
+
+
+def test_the_work_folder_and_tracking_store_are_keyed_where_this_process_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The defaults (`.skin`, `sqlite:///mlflow.db`) are relative: the same words in two
+    folders are two places, and a result naming one is not valid in the other."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    key = key_fn(config_sections=("work_dir", "tracking"))
+    cfg = load_config(None, {"model.name": "test_resnet"})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    in_a = key(config=cfg)
+    assert key(config=cfg) == in_a, "the same folder: the same key"
+    monkeypatch.chdir(tmp_path / "b")
+    assert key(config=cfg) != in_a, "another folder: another work dir and mlflow.db"
+    db = f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}"
+    tracking = cfg.tracking.model_copy(update={"tracking_uri": db})
+    absolute = cfg.model_copy(
+        update={"work_dir": str(tmp_path / "a" / ".skin"), "tracking": tracking}
+    )
+    assert key(config=absolute) == in_a, "a relative path is keyed as the file it reads"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    monkeypatch.chdir(tmp_path / "a")
+    assert key(config=cfg) == in_a, "the env var naming the same store: the same key"
+
+
+class FakeStore:
+    """The two calls a result store answers for `usable_key`."""
+
+    def __init__(self, records: dict[str, Any]) -> None:
+        self.records = records
+
+    def exists(self, key: str) -> bool:
+        return key in self.records
+
+    def read(self, key: str) -> Any:
+        return SimpleNamespace(result=self.records[key])
+
+
+def test_a_cached_result_naming_what_is_gone_is_not_reused_and_one_line_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tasks.caching import usable_key
+
+    def gone(result: str) -> str | None:
+        return None if result.startswith("ok") else f"{result} is not there"
+
+    def ctx(records: dict[str, Any]) -> Any:
+        return SimpleNamespace(result_store=FakeStore(records), task=SimpleNamespace(name="t"))
+
+    with caplog.at_level(logging.WARNING, logger="tasks.caching"):
+        assert usable_key(ctx({}), "k", gone) == "k", "nothing cached: the key itself"
+        assert usable_key(ctx({"k": "ok"}), "k", gone) == "k", "valid: reused"
+        assert not caplog.records, "nothing was gone: nothing said"
+        assert usable_key(ctx({"k": "run r1"}), "k", gone) == "k-1", "gone: runs again"
+        assert len(caplog.records) == 1 and "run r1 is not there" in caplog.text
+        caplog.clear()
+        second = {"k": "run r1", "k-1": "ok again"}
+        assert usable_key(ctx(second), "k", gone) == "k-1", "the re-run's result is reused"
+        assert not caplog.records, "the re-run's own result is valid: nothing said"
+
+
+def test_names_checks_files_where_this_run_reads_them_and_runs_in_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from tasks.caching import Names
+
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, {"model.name": "test_resnet", "tracking.tracking_uri": db})
+    Path(".skin").mkdir()
+    Path(".skin/best.pt").write_bytes(b"w")
+    client = MlflowClient(tracking_uri=db)
+    run = client.create_run(client.create_experiment("names")).info.run_id
+    names = Names(files=("best_checkpoint",), runs=("run_id",))
+    assert names.gone({"best_checkpoint": ".skin/best.pt", "run_id": run}, cfg) is None
+    why = names.gone({"best_checkpoint": ".skin/gone.pt", "run_id": run}, cfg)
+    assert why is not None and ".skin/gone.pt" in why and str(tmp_path) in why, why
+    why = names.gone({"best_checkpoint": ".skin/best.pt", "run_id": "0" * 32}, cfg)
+    assert why is not None and "0" * 32 in why, why
+    client.delete_run(run)
+    assert "deleted" in (names.gone({"best_checkpoint": ".skin/best.pt", "run_id": run}, cfg) or "")
+    refs = [ManifestRef(uri=".skin/best.pt", hash="a", dataset="d", images=1)] * 2
+    assert Names(files=("uri",)).gone(refs, cfg) is None, "a list of references: each checked"

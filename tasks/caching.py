@@ -1,4 +1,5 @@
-"""Cache keys from content hashes, config entries and library code; retries for I/O faults only."""
+"""Cache keys from content hashes, config entries and the code a stage can reach by imports; a
+cached result is reused only while what it names exists; retries for I/O faults only."""
 
 from __future__ import annotations
 

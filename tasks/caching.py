@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 PROJECT = ("skin", "tasks", "flows")
 ROOT = Path(__file__).resolve().parents[1]
 # Same-module globals whose value (not code) a task reads: their repr joins its code key.
-_PLAIN = (str, int, float, bool, tuple, list, dict, frozenset, type(None))
+_PLAIN = (str, int, float, bool, tuple, list, dict, type(None))  # no sets: their order varies
 
 
 def module_path(name: str, root: Path = ROOT) -> Path | None:
@@ -100,7 +100,7 @@ def _plain(value: Any) -> bool:
     """A constant whose repr is stable across processes (no object addresses in it)."""
     if isinstance(value, dict):
         return all(_plain(k) and _plain(v) for k, v in value.items())
-    if isinstance(value, (tuple, list, frozenset)):
+    if isinstance(value, (tuple, list)):
         return all(_plain(v) for v in value)
     return isinstance(value, _PLAIN)
 
@@ -287,6 +287,16 @@ def say(text: str) -> None:
         log.warning(text)
 
 
+def _checked(store: Any, key: str, gone: Callable[[Any], str | None]) -> str | None:
+    """Why the result cached under `key` cannot be reused (a record that no longer loads, e.g.
+    written by older code, counts as gone), or None."""
+    try:
+        result = store.read(key).result
+    except Exception as err:  # whatever the serializer raises: the stage runs again instead
+        return f"its cached record {key} cannot be read ({type(err).__name__}: {err})"
+    return gone(result)
+
+
 def usable_key(ctx: Any, key: str, gone: Callable[[Any], str | None]) -> str:
     """`key`, or the first of its generations (`key-1`, `key-2`, ...) whose cached result is
     absent or names only what exists: a result naming a removed file or run is never reused,
@@ -299,7 +309,7 @@ def usable_key(ctx: Any, key: str, gone: Callable[[Any], str | None]) -> str:
         candidate = key if n == 0 else f"{key}-{n}"
         if not store.exists(candidate):
             break
-        why = gone(store.read(candidate).result)
+        why = _checked(store, candidate, gone)
         if why is None:
             return candidate
     else:  # every generation names something removed: run without a cached result to find

@@ -178,6 +178,8 @@ class FakeStore:
         return key in self.records
 
     def read(self, key: str) -> Any:
+        if isinstance(self.records[key], Exception):
+            raise self.records[key]
         return SimpleNamespace(result=self.records[key])
 
 
@@ -202,6 +204,9 @@ def test_a_cached_result_naming_what_is_gone_is_not_reused_and_one_line_says_why
         second = {"k": "run r1", "k-1": "ok again"}
         assert usable_key(ctx(second), "k", gone) == "k-1", "the re-run's result is reused"
         assert not caplog.records, "the re-run's own result is valid: nothing said"
+        broken = {"k": ModuleNotFoundError("old code")}
+        assert usable_key(ctx(broken), "k", gone) == "k-1", "a record that no longer loads"
+        assert "cannot be read" in caplog.text
 
 
 def test_names_checks_files_where_this_run_reads_them_and_runs_in_its_store(

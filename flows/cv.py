@@ -35,7 +35,7 @@ from skin.provenance import run_manifests
 from skin.runs import RunPaths
 from skin.stages import EvalOutcome
 from skin.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, tracked_run
-from tasks.caching import DATA_CODE, IO_RETRIES, keyed_on
+from tasks.caching import IO_RETRIES, Names, keyed_on
 from tasks.training import _tags, decode_images_task, evaluate_task, register_task, train_task
 
 CV_TAG = "skin.cv"  # on the parent run: the number of folds
@@ -50,7 +50,7 @@ FOLD_SECTIONS = ("split.seed", "split.group_by_lesion", "split.balance", "split.
         "manifest.hash",
         "folds",
         config_sections=(*FOLD_SECTIONS, "data.uri", "work_dir", "shared.uri"),
-        code=(*DATA_CODE, "skin.folds"),
+        names=Names(files=("uri",)),
     ),
     **IO_RETRIES,
 )

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from skin.compare import Comparison, NotComparableError, SliceDrop, promotion_markdown
-from skin.tracking import MissingRecordError, MLflowRegistry
+from skin.tracking import CHECKPOINT_SHA_TAG, MissingRecordError, MLflowRegistry
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Champion:
     version: str
     score: float | None
     problem: str | None = None
+    checkpoint_sha: str | None = None  # of the weights the version pinned, where it did
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Registration:
     champion_score: float | None
     previous_champion: str | None
     reason: str = ""
+    created: bool = True  # False: the champion's own weights again, no version was made
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,10 +120,35 @@ def read_champion(registry: MLflowRegistry, name: str, metric: str) -> Champion 
     current = registry.by_alias(name, CHAMPION)
     if current is None:
         return None
+    sha = current.tags.get(CHECKPOINT_SHA_TAG)
     try:
-        return Champion(current.version, registry.metric(current.run_id, metric))
+        return Champion(current.version, registry.metric(current.run_id, metric), None, sha)
     except MissingRecordError as err:
-        return Champion(current.version, None, str(err))
+        return Champion(current.version, None, str(err), sha)
+
+
+def same_as_champion(
+    registry: MLflowRegistry,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    score: float,
+    champion: Champion | None,
+) -> Registration | None:
+    """The champion itself when `model_uri` carries its exact checkpoint (same sha256): a second
+    version of it would be a challenger against itself, so none is made."""
+    if champion is None or champion.checkpoint_sha is None:
+        return None
+    if registry.checkpoint_sha(model_uri) != champion.checkpoint_sha:
+        return None
+    reason = (
+        f"identical to champion v{champion.version} (checkpoint sha256"
+        f" {champion.checkpoint_sha[:12]}): no new version registered"
+    )
+    registry.log_text(run_id, promotion_markdown(None, CHAMPION, reason), "promotion.md")
+    log.info("not registered %s again: %s", model_uri, reason)
+    v = champion.version
+    return Registration(name, v, CHAMPION, score, champion.score, v, reason, created=False)
 
 
 @dataclass(frozen=True)
@@ -187,6 +214,8 @@ def register_and_gate(
         ) from err
     policy = policy or GatePolicy()
     champion = read_champion(registry, name, metric)
+    if (same := same_as_champion(registry, name, model_uri, run_id, score, champion)) is not None:
+        return same
     comparison, problem = policy.evidence(name, champion)
     version = registry.create_version(name, model_uri, run_id, DESCRIPTION)
     alias, reason = policy.decide(score, champion, metric, comparison, problem)

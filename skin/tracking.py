@@ -415,6 +415,40 @@ class MLflowRegistry:
             self.client.set_logged_model_tags(model_id, {_MODEL_VERSIONS: json.dumps(links)})
         return str(mv.version)
 
+    def run_gone(self, run_id: str) -> str | None:
+        """Why run `run_id` cannot be reopened from this store (absent, or deleted), else None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as err:
+            if _code(err) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return f"MLflow run {run_id} is not in {self.uri}"
+        if run.info.lifecycle_stage == "deleted":
+            return f"MLflow run {run_id} was deleted from {self.uri}"
+        return None
+
+    def version_gone(self, name: str, version: str) -> str | None:
+        """Why version `version` of `name` is not in this registry, else None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(name, version)
+        except MlflowException as err:
+            if _code(err) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            return f"model version {name} v{version} is not in {self.uri}"
+        return None
+
+    def checkpoint_sha(self, model_uri: str) -> str | None:
+        """The sha256 of the checkpoint a logged model (`models:/m-ID`) carries; None when it
+        records none or the URI names no logged model."""
+        model_id = _model_id(model_uri)
+        if model_id is None:
+            return None
+        return self.client.get_logged_model(model_id).tags.get(CHECKPOINT_SHA_TAG)
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 

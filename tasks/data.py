@@ -24,7 +24,7 @@ from skin.datastages import (
     split_images,
     split_key,
 )
-from tasks.caching import DATA_CODE, IO_RETRIES, keyed_on
+from tasks.caching import IO_RETRIES, Names, keyed_on
 
 # Where a data stage writes (its result names a file there) and which dataset it is.
 _STATE = ("data.uri", "work_dir", "shared.uri")
@@ -43,7 +43,7 @@ def list_task(config: PipelineConfig) -> ListingRef:
         "listing.fingerprint",
         "previous.hash",
         config_sections=("split.fractions", "split.seed", "split.group_by_lesion", *_STATE),
-        code=DATA_CODE,
+        names=Names(files=("uri",)),
     ),
     **IO_RETRIES,
 )
@@ -68,7 +68,7 @@ def split_task(
     cache_policy=keyed_on(
         "split.hash",
         config_sections=("split.balance", "split.majority_class", "split.seed", *_STATE),
-        code=DATA_CODE,
+        names=Names(files=("uri",)),
     ),
     **IO_RETRIES,
 )

@@ -21,10 +21,9 @@ from skin.drift import (
 )
 from skin.runs import cache_root
 from skin.tracking import MLflowTracker, tracked_run
-from tasks.caching import IMAGE_CODE, IO_RETRIES, keyed_on
+from tasks.caching import IO_RETRIES, Names, keyed_on
 from tasks.training import _tags
 
-DRIFT_CODE = (*IMAGE_CODE, "skin.drift", "skin.model", "skin.data", "skin.manifest")
 DRIFT_SECTIONS = ("drift", "data", "model", "train.image_size", "tracking", "work_dir")
 STAGE_TAG = "skin.stage"
 UNIT_TAG = "skin.drift.unit"  # lesions or images: what the tests took as independent
@@ -64,7 +63,7 @@ def drift_experiment(experiment: str) -> str:
         "reference.manifest_hash",
         "reference.checkpoint_sha",
         config_sections=DRIFT_SECTIONS,
-        code=DRIFT_CODE,
+        names=Names(files=("files",), runs=("mlflow_run_id",)),
     ),
     **IO_RETRIES,
 )

@@ -48,7 +48,7 @@ def promotion_payload(reg: Registration, run_id: str, tracking_uri: str) -> dict
 
 def emit_promotion(reg: Registration, run_id: str, tracking_uri: str) -> bool:
     """`skin.model.promoted` when this registration made the new version champion."""
-    if reg.alias != CHAMPION:
+    if reg.alias != CHAMPION or not reg.created:  # the champion's own weights: nothing moved
         return False
     payload = promotion_payload(reg, run_id, tracking_uri)
     emit(MODEL_PROMOTED, model_resource(reg.name, reg.version), payload)

@@ -12,7 +12,7 @@ from skin.config import PipelineConfig
 from skin.datastages import ManifestRef
 from skin.model import build_model, input_spec
 from skin.shards import ShardInfo, build_shard, finish, shard_count, shards_uri
-from tasks.caching import IMAGE_CODE, IO_RETRIES, keyed_on
+from tasks.caching import IO_RETRIES, keyed_on
 
 _SHARD_KEY = ("manifest.hash", "size", "index", "shard_rows", "uri")
 
@@ -36,7 +36,7 @@ def shard_plan(manifest_uri: str, cfg: PipelineConfig) -> dict[str, Any]:
 
 @task(
     name="build-shard",
-    cache_policy=keyed_on(*_SHARD_KEY, code=IMAGE_CODE),
+    cache_policy=keyed_on(*_SHARD_KEY),
     task_run_name="build-shard-{index}",
     **IO_RETRIES,
 )

@@ -23,8 +23,8 @@ from skin.registry import GatePolicy, Registration, register_and_gate
 from skin.runs import RunPaths, cache_root, run_pointer
 from skin.shards import image_cache
 from skin.stages import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
-from skin.tracking import MLflowTracker, resolve_tracking_uri, tracked_run
-from tasks.caching import EVAL_CODE, IMAGE_CODE, IO_RETRIES, MODEL_CODE, REGISTRY_CODE, keyed_on
+from skin.tracking import MLflowRegistry, MLflowTracker, resolve_tracking_uri, tracked_run
+from tasks.caching import IO_RETRIES, Names, keyed_on, say
 from tasks.events import emit_promotion
 
 MODEL_SECTIONS = ("data", "model", "train", "tracking", "work_dir", "shared")
@@ -43,7 +43,7 @@ def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     cache_policy=keyed_on(
         "manifest.hash",
         config_sections=("model.name", "train.image_size", "work_dir", "shared"),
-        code=(*IMAGE_CODE, "skin.model"),
+        names=Names(files=("path",)),
     ),
     **IO_RETRIES,
 )
@@ -63,7 +63,11 @@ def train_key(config: PipelineConfig, manifest: ManifestRef) -> str:
 
 @task(
     name="train",
-    cache_policy=keyed_on("manifest.hash", config_sections=MODEL_SECTIONS, code=MODEL_CODE),
+    cache_policy=keyed_on(
+        "manifest.hash",
+        config_sections=MODEL_SECTIONS,
+        names=Names(files=("best_checkpoint",), runs=("run_id",)),
+    ),
 )
 def train_task(
     manifest: ManifestRef,
@@ -89,7 +93,7 @@ def train_task(
     # (by then complete) run instead of training into the same folder concurrently.
     with FileLock(str(pointer) + ".lock"):
         if run_id is None and pointer.exists():
-            run_id = json.loads(pointer.read_text())["run_id"]
+            run_id = resumable(json.loads(pointer.read_text())["run_id"], cfg)
         tracker = MLflowTracker(
             cfg.tracking.tracking_uri,
             cfg.tracking.experiment,
@@ -111,6 +115,15 @@ def train_task(
                         manifest_uri, cfg, tracker, progress=progress, should_stop=should_stop
                     )
     return outcome
+
+
+def resumable(run_id: str, cfg: PipelineConfig) -> str | None:
+    """The run a crashed attempt left to resume, or None when the tracking store no longer
+    has it (a deleted or replaced mlflow.db): then a fresh run starts, and one line says why."""
+    why = MLflowRegistry(cfg.tracking.tracking_uri).run_gone(run_id)
+    if why:
+        say(f"not resuming the run this training left: {why}")
+    return None if why else run_id
 
 
 def _log_skipped(tracker: MLflowTracker, cfg: PipelineConfig, manifest: ManifestRef) -> None:
@@ -146,7 +159,7 @@ EVAL_SECTIONS = (
         "run_id",
         files=("checkpoint",),
         config_sections=EVAL_SECTIONS,
-        code=EVAL_CODE,
+        names=Names(files=("report_dir",), runs=("run_id",)),
     ),
 )
 def evaluate_task(
@@ -172,7 +185,7 @@ def evaluate_task(
         "dev_predictions",
         files=("dev_predictions",),
         config_sections=("tracking", "registry", "evaluate", "data.classes", "split.seed"),
-        code=REGISTRY_CODE,
+        names=Names(version=True),
     ),
     **IO_RETRIES,
 )

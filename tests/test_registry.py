@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from skin.registry import CHALLENGER, CHAMPION, GATE_METRIC, Champion, decide, gate
+from skin.tracking import CHECKPOINT_SHA_TAG
+from tasks.events import emit_promotion
 
 
 def test_promotion_gate_needs_a_strictly_better_dev_score() -> None:
@@ -37,8 +39,9 @@ def store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def scored_model(uri: str, score: float | None) -> tuple[str, str]:
-    """A run with a dev score and a logged model of it: (run id, models:/m-ID)."""
+def scored_model(uri: str, score: float | None, sha: str | None = None) -> tuple[str, str]:
+    """A run with a dev score and a logged model of it (its checkpoint's sha256 tagged when
+    given, as `MLflowTracker.log_model` does): (run id, models:/m-ID)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -49,16 +52,17 @@ def scored_model(uri: str, score: float | None) -> tuple[str, str]:
     if score is not None:
         client.log_metric(run.info.run_id, GATE_METRIC, score)
     client.set_terminated(run.info.run_id)
+    tags = {CHECKPOINT_SHA_TAG: sha} if sha else None
     model = client.create_logged_model(
-        exp.experiment_id, name="model", source_run_id=run.info.run_id
+        exp.experiment_id, name="model", source_run_id=run.info.run_id, tags=tags
     )
     return run.info.run_id, f"models:/{model.model_id}"
 
 
-def register(uri: str, name: str, score: float | None):
+def register(uri: str, name: str, score: float | None, sha: str | None = None):
     from skin.registry import register_and_gate
 
-    run_id, model_uri = scored_model(uri, score)
+    run_id, model_uri = scored_model(uri, score, sha)
     return register_and_gate(uri, name, model_uri, run_id)
 
 
@@ -136,3 +140,21 @@ def test_registering_does_not_touch_the_global_tracking_uri(store: str) -> None:
     before = mlflow.get_tracking_uri()
     register(store, f"gate-{uuid.uuid4().hex[:6]}", 0.5)
     assert mlflow.get_tracking_uri() == before, "the registry uses its own client"
+
+
+def test_the_champions_own_checkpoint_is_not_registered_again(store: str) -> None:
+    """Re-registering the champion's weights (a re-run after a code change that left them
+    alone) would make a challenger of the champion against itself: no new version."""
+    from mlflow import MlflowClient
+
+    name = f"gate-{uuid.uuid4().hex[:6]}"
+    first = register(store, name, 0.80, sha="a" * 64)
+    again = register(store, name, 0.80, sha="a" * 64)
+    client = MlflowClient(tracking_uri=store)
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == 1, f"the same checkpoint became v{again.version}: {again}"
+    assert (again.version, again.alias) == (first.version, CHAMPION), again
+    assert f"identical to champion v{first.version}" in again.reason, again
+    assert not again.created and not emit_promotion(again, "r", store), "nothing was promoted"
+    other = register(store, name, 0.81, sha="b" * 64)
+    assert other.version == "2" and other.created, "other weights are a new version"

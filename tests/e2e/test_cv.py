@@ -89,7 +89,7 @@ def test_cv_folds_are_grouped_scored_out_of_fold_and_ensembled(
     oof = pd.read_parquet(result["oof_uri"])
     assert sorted(oof["key"]) == sorted(pool["key"]), "each train image scored once, out of fold"
     classes = list(
-        overrides.get("data.classes", [c.removeprefix("prob_") for c in oof.filter(like="prob_")])
+        overrides.get("data.classes", [c.removeprefix("prob_") for c in oof.filter(regex="^prob_")])
     )
     y = oof["label"].map({c: i for i, c in enumerate(classes)})
     pred = oof[[f"prob_{c}" for c in classes]].to_numpy().argmax(1)

@@ -18,7 +18,7 @@ import yaml
 from mlflow import MlflowClient
 
 from skin.runs import RunPaths
-from skin.sweep import SELECT, dev_halves, trial_value
+from skin.sweep import trial_value
 from skin.train import CRASH_AFTER_EPOCH
 from tests.recipes import TINY
 
@@ -216,12 +216,11 @@ def test_a_cross_validated_sweep_scores_trials_out_of_fold(
     client = MlflowClient(tracking_uri=ov["tracking.tracking_uri"])
     run = client.get_run(trial["run_id"])
     oof = pd.read_parquet(tmp_path / "work" / "cv" / trial["run_id"] / "oof_predictions.parquet")
-    ranked = (oof["manifest_split"] != "dev") | (dev_halves(oof) == SELECT)
     classes = [c.removeprefix("prob_") for c in oof if c.startswith("prob_")]
-    assert (~ranked).any(), "dev's held-back half is in the pool, left out of the ranking"
-    assert trial["value"] == pytest.approx(
-        trial_value(oof[ranked], classes, "dev_balanced_accuracy")
-    ), "the pooled out-of-fold balanced accuracy, without dev's held-back half"
+    assert (oof["manifest_split"] == "train").all(), "folds over train: dev is in no fold's pool"
+    assert trial["value"] == pytest.approx(trial_value(oof, classes, "dev_balanced_accuracy")), (
+        "the pooled out-of-fold balanced accuracy over train"
+    )
     assert trial["value"] != pytest.approx(run.data.metrics["dev_balanced_accuracy"]), (
         "ranked by the pooled out-of-fold score, not the one dev split"
     )

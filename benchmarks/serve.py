@@ -107,7 +107,7 @@ def run(ctx: Context) -> dict[str, Any]:
     import mlflow.pyfunc
 
     from skin import serving
-    from skin.predict import load_predictor
+    from skin.loading import load_predictor
 
     n = ctx.pick(40, 200)
     ckpt_path = checkpoint(ctx.work / "ckpt")

@@ -968,7 +968,8 @@ def _predictions_table(rows: list[dict[str, Any]], k: int, title: str) -> Table:
 def _predict_images(
     targets: list[str], model: str, k: int, tta: bool, out: str | None, tracking_uri: str | None
 ) -> None:
-    from skin.predict import check_output, load_predictor, write_frame
+    from skin.loading import load_predictor
+    from skin.predict import check_output, write_frame
     from skin.storage import read_uri
 
     if out:
@@ -1074,7 +1075,7 @@ def export_cmd(
 
     from skin.config import DEFAULT_MODEL
     from skin.export import export_onnx
-    from skin.predict import load_predictor
+    from skin.loading import load_predictor
 
     if fmt.lower() != "onnx":
         raise typer.BadParameter(f"format {fmt!r}: only onnx is supported", param_hint="--format")

@@ -184,7 +184,7 @@ def score_champion(
 ) -> np.ndarray:
     """The champion's probabilities for the challenger's dev images, decoded and cropped the
     way the champion itself was evaluated (its own input size); NaN rows where an image failed."""
-    from skin.predict import load_predictor
+    from skin.loading import load_predictor
     from skin.storage import open_store
 
     champion = load_predictor(ref, tta=tta, tracking_uri=tracking_uri)

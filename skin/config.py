@@ -233,6 +233,11 @@ class SharedConfig(_Strict):
     )
 
 
+# What the drift check compares (skin.drift runs them; the config checks its settings against them).
+DRIFT_PROPERTIES = ("width", "height", "brightness", "contrast", "red", "green", "blue")
+DRIFT_CHECKS = len(DRIFT_PROPERTIES) + 2  # class mix, each property, embeddings: the Holm family
+
+
 class DriftConfig(_Strict):
     """The check-drift stage: how much it samples and how sure it must be to call drift."""
 
@@ -257,14 +262,12 @@ class DriftConfig(_Strict):
 
     @model_validator(mode="after")
     def _permutations_can_reach_alpha(self) -> DriftConfig:
-        from skin.drift import CHECKS  # the checks Holm corrects over
-
         # embeddings, and properties of lesions with several photos, take permutation p-values
-        if (self.permutations + 1) * self.alpha <= CHECKS:
-            need = int(CHECKS / self.alpha)
+        if (self.permutations + 1) * self.alpha <= DRIFT_CHECKS:
+            need = int(DRIFT_CHECKS / self.alpha)
             raise ValueError(
                 f"drift.permutations {self.permutations} cannot give a permutation p-value below"
-                f" alpha {self.alpha} after Holm's correction over {CHECKS} checks: use ≥ {need}"
+                f" alpha {self.alpha} after Holm's correction over {DRIFT_CHECKS} checks: use ≥ {need}"
             )
         return self
 

@@ -26,14 +26,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from skin.config import DRIFT_CHECKS, DRIFT_PROPERTIES
 from skin.fetch import Fetcher
 from skin.imagecache import fetch_rows, objects_dir
 from skin.images import ImageDecodeError, centre_crop, decode
 
 log = logging.getLogger(__name__)
 
-PROPERTIES = ("width", "height", "brightness", "contrast", "red", "green", "blue")
-CHECKS = len(PROPERTIES) + 2  # class mix, each property, embeddings: the Holm family
+PROPERTIES = DRIFT_PROPERTIES
+CHECKS = DRIFT_CHECKS
 THUMB = 64  # side the colour properties are measured at (DCT-downscaled: cheap for big JPEGs)
 REFERENCE_SPLITS = ("train", "dev")  # what the champion learnt from and was selected on
 CELLS = 1 << 22  # permuted labels held at once per KS check: 4 MB of bools

@@ -6,8 +6,9 @@ import copy
 import json
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 
 from skin.abstain import UNK, Abstention, ood_scores, read_abstention
-from skin.config import DEFAULT_MODEL, PipelineConfig
+from skin.config import PipelineConfig
 from skin.data import Normalize
 from skin.images import ImageDecodeError, centre_crop, decode, is_image_name
 from skin.labels import CLASSES
@@ -25,7 +26,7 @@ from skin.model import InputSpec, input_spec, load_model_from_checkpoint
 from skin.storage import StorageError, exists_uri, is_s3, join_uri, open_store, read_uri
 from skin.tables import TABLE_SUFFIXES, write_table
 from skin.tracking import RUN_ID
-from skin.train import amp_dtype, pick_device
+from skin.train import amp_dtype
 from skin.tta import probabilities as tta_probabilities
 from skin.tta import view_logits
 
@@ -218,50 +219,45 @@ def model_reference(ref: str) -> str:
     return ref
 
 
-def load_predictor(
-    ref: str = DEFAULT_MODEL,
-    device: str | torch.device = "auto",
-    *,
-    tta: bool = False,
-    tracking_uri: str | None = None,
-    batch_size: int = 64,
-) -> Predictor:
-    """A Predictor from `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-ID`,
-    `runs:/RUN_ID/model`, a bare run id, or a checkpoint file (path or s3:// URI). An ensemble
-    (a members.json) gives an `skin.ensemble.EnsemblePredictor` with the same interface.
-
-    MLflow references resolve to a checkpoint (a registry version's own, pinned when it was
-    logged), downloaded and loaded with weights_only=True (no pickled code runs); see
-    `mlflow_checkpoint`.
-    """
-    dev = pick_device(device) if isinstance(device, str) else device
+@contextmanager
+def resolved_model(ref: str, tracking_uri: str | None = None) -> Iterator[tuple[Path, ModelSource]]:
+    """The local file a model reference names, for as long as the block runs: a checkpoint, or an
+    ensemble's members.json (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-ID`,
+    `runs:/RUN_ID/model`, a bare run id, or a checkpoint path or s3:// URI). MLflow references
+    resolve to the checkpoint pinned when the model was logged (`mlflow_checkpoint`)."""
     ref = model_reference(ref)
     with tempfile.TemporaryDirectory(prefix="skin-predict-") as tmp:
         if ref.startswith(("models:/", "runs:/")):
-            path, source = mlflow_checkpoint(ref, Path(tmp), tracking_uri)
+            yield mlflow_checkpoint(ref, Path(tmp), tracking_uri)
         else:
-            path, source = _checkpoint_file(ref, Path(tmp))
-        if path.name == MEMBERS_FILE:  # an ensemble: its members, averaged
-            from skin.ensemble import load_ensemble
+            yield _checkpoint_file(ref, Path(tmp))
 
-            return load_ensemble(path, dev, source, tta=tta, batch_size=batch_size)
-        model, state = load_model_from_checkpoint(path, dev)
-        temperature = calibrated_temperature(path)
-        abstention = stored_abstention(path)
+
+def checkpoint_predictor(
+    path: Path,
+    device: torch.device,
+    source: ModelSource,
+    *,
+    tta: bool = False,
+    batch_size: int = 64,
+) -> Predictor:
+    """A Predictor from one local checkpoint, loaded with weights_only=True (no pickled code
+    runs), with the calibration and abstention rule stored beside it. An ensemble's members.json
+    is refused here: `skin.loading.load_predictor` loads any model reference."""
+    if path.name == MEMBERS_FILE:
+        raise PredictError(f"{path} is an ensemble: load it with skin.loading.load_predictor")
+    model, state = load_model_from_checkpoint(path, device)
     cfg = PipelineConfig.model_validate(state["config"])
-    spec = input_spec(model, cfg.train.image_size)
-    classes = state.get("classes") or list(CLASSES)
-    source = replace(source, epoch=int(state["epoch"]))
     return Predictor(
         model,
-        spec,
-        classes,
-        dev,
-        source,
+        input_spec(model, cfg.train.image_size),
+        state.get("classes") or list(CLASSES),
+        device,
+        replace(source, epoch=int(state["epoch"])),
         tta=tta,
         batch_size=batch_size,
-        temperature=temperature,
-        abstention=abstention,
+        temperature=calibrated_temperature(path),
+        abstention=stored_abstention(path),
     )
 
 

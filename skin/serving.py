@@ -11,6 +11,8 @@ import base64
 import binascii
 import io
 import json
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,18 @@ import mlflow.pyfunc
 import pandas as pd
 
 from skin.images import ImageDecodeError
-from skin.predict import Predictor, load_predictor
+from skin.loading import load_predictor
+from skin.predict import Predictor
 from skin.storage import read_uri
+from skin.tracking import (
+    CHECKPOINT_ARTIFACT,
+    CHECKPOINT_SHA_TAG,
+    CHECKPOINT_TAG,
+    ENSEMBLE_MODEL_TAG,
+    Tracker,
+    logged_model_id,
+    sha256_file,
+)
 
 # Artifact names inside the logged model (MLflow stores each under `artifacts/<file name>`).
 CHECKPOINT = "checkpoint"
@@ -163,3 +175,39 @@ def ensemble_artifacts_of(members: Path, report: Path | None) -> dict[str, str]:
         if path is not None and path.is_file():
             out[name] = str(path)
     return out
+
+
+def log_model(tracker: Tracker, checkpoint: Path, registered_name: str | None = None) -> str | None:
+    """Log the image-in pyfunc (`SkinModel`, name "model") made from `checkpoint` into the
+    tracker's run: the exact weights (and their hash) travel inside the model's artifacts, with
+    the run's report/calibration.json, operating_points.json and abstention.json where they
+    exist. None where the tracker records no models."""
+    with tempfile.TemporaryDirectory(prefix="skin-model-") as tmp:
+        copy = Path(tmp) / Path(CHECKPOINT_ARTIFACT).name  # hash the bytes uploaded
+        shutil.copyfile(checkpoint, copy)
+        report = Path(tmp) / "report"
+        report.mkdir()
+        tracker.fetch_report(REPORT_FILES, report)
+        tags = {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: sha256_file(copy)}
+        return tracker.log_pyfunc(
+            SkinModel(), artifacts_of(copy, report), tags, signature(), example_frame(),
+            registered_name,
+        )  # fmt: skip
+
+
+def log_ensemble(
+    tracker: Tracker, members: Path, report: Path | None, registered_name: str | None = None
+) -> str | None:
+    """Log an ensemble as the same image-in pyfunc: `members` is the members.json that
+    `skin.ensemble.write_members` wrote beside the member_<i>/ folders (each a checkpoint with
+    its calibration); the file is pinned by sha256 and lists each member's. The run is tagged
+    with the model's id, so `runs:/RUN_ID/model` serves the ensemble."""
+    tags = {CHECKPOINT_TAG: f"artifacts/{Path(members).name}"}
+    tags[CHECKPOINT_SHA_TAG] = sha256_file(Path(members))
+    uri = tracker.log_pyfunc(
+        SkinModel(), ensemble_artifacts_of(Path(members), report), tags, signature(),
+        example_frame(), registered_name,
+    )  # fmt: skip
+    if uri is not None:
+        tracker.set_tags({ENSEMBLE_MODEL_TAG: logged_model_id(uri) or uri})
+    return uri

@@ -27,6 +27,7 @@ from skin.config import PipelineConfig, TrainConfig, config_to_yaml, flatten
 from skin.data import EvalImages, Normalize, make_loader
 from skin.distributed import World
 from skin.evaluate import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
+from skin.export import export_onnx
 from skin.feeds import (
     Feeds,
     SplitImages,
@@ -44,6 +45,7 @@ from skin.model import (
     load_model_from_checkpoint,
 )
 from skin.operating import flat_operating, operating_points, questions
+from skin.predict import checkpoint_predictor, resolved_model
 from skin.progress import Factory as Progress
 from skin.progress import silent
 from skin.runs import RunPaths
@@ -396,19 +398,26 @@ def evaluate_stage(
     # The exact weights a registered version will serve; a held-out-class model (fewer
     # classes) is an experiment, never a candidate for the registry.
     if cfg.tracking.log_model and cfg.data.holdout_class is None:
-        model_uri = tracker.log_model(Path(checkpoint_path))
+        model_uri = _log_model(tracker, Path(checkpoint_path))
     if cfg.tracking.export_onnx:
         _export_onnx(Path(checkpoint_path), paths, tracker)
     return EvalOutcome(tracker.run_id, metrics, reading, str(paths.report), model_uri=model_uri)
 
 
+def _log_model(tracker: Tracker, checkpoint: Path) -> str | None:
+    """The image-in pyfunc into the run. skin.serving is imported here, not at the top: it
+    imports MLflow, which this module (and a GPU box without MLflow) must not need."""
+    from skin import serving
+
+    return serving.log_model(tracker, checkpoint)
+
+
 def _export_onnx(checkpoint: Path, paths: RunPaths, tracker: Tracker) -> None:
     """The evaluated weights as ONNX in the run (`onnx/model.onnx`), calibration included."""
-    from skin.export import export_onnx
-    from skin.predict import load_predictor
-
     paths.onnx.unlink(missing_ok=True)  # a re-evaluation replaces the run's own export
-    export_onnx(load_predictor(str(checkpoint), "cpu"), paths.onnx)
+    with resolved_model(str(checkpoint)) as (path, source):
+        predictor = checkpoint_predictor(path, torch.device("cpu"), source)
+    export_onnx(predictor, paths.onnx)
     tracker.log_artifact(paths.onnx, "onnx")
 
 

@@ -12,11 +12,9 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -61,7 +59,16 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
-    def log_model(self, checkpoint: Path, registered_name: str | None = None) -> str | None: ...
+    def log_pyfunc(
+        self,
+        python_model: Any,
+        artifacts: dict[str, str],
+        tags: dict[str, str],
+        signature: Any,
+        example: Any,
+        registered_name: str | None = None,
+    ) -> str | None: ...
+    def fetch_report(self, names: Sequence[str], dst: Path) -> None: ...
     def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None: ...
     def set_description(self, text: str) -> None: ...
     def url(self) -> str | None: ...
@@ -207,68 +214,39 @@ class MLflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(scrub(tags))
 
-    def log_model(self, checkpoint: Path, registered_name: str | None = None) -> str | None:
-        """Log the image-in pyfunc (`skin.serving.SkinModel`, name "model") made from
-        `checkpoint`: the exact weights (and their hash) travel inside the model's artifacts,
-        with the run's report/calibration.json and report/operating_points.json where they
-        exist."""
-        with tempfile.TemporaryDirectory(prefix="skin-model-") as tmp:
-            artifacts, tags = self._attach_checkpoint(Path(checkpoint), Path(tmp))
-            return self._log_pyfunc(artifacts, tags, registered_name)
-
-    def log_ensemble(
-        self, members: Path, report: Path | None, registered_name: str | None = None
-    ) -> str | None:
-        """Log an ensemble as the same image-in pyfunc: `members` is the members.json that
-        `skin.ensemble.write_members` wrote beside the member_<i>/ folders (each a checkpoint with
-        its calibration); the file is pinned by sha256 and lists each member's. The run is
-        tagged with the model's id, so `runs:/RUN_ID/model` serves the ensemble."""
-        from skin import serving
-
-        artifacts = serving.ensemble_artifacts_of(Path(members), report)
-        tags = {CHECKPOINT_TAG: f"artifacts/{Path(members).name}"}
-        tags[CHECKPOINT_SHA_TAG] = sha256_file(Path(members))
-        uri = self._log_pyfunc(artifacts, tags, registered_name)
-        self.set_tags({ENSEMBLE_MODEL_TAG: _model_id(uri) or uri})
-        return uri
-
-    def _log_pyfunc(
-        self, artifacts: dict[str, str], tags: dict[str, str], registered_name: str | None
+    def log_pyfunc(
+        self,
+        python_model: Any,
+        artifacts: dict[str, str],
+        tags: dict[str, str],
+        signature: Any,
+        example: Any,
+        registered_name: str | None = None,
     ) -> str:
+        """Log a pyfunc model (name "model") with its artifacts, tags, signature and input
+        example. What the model is belongs to `skin.serving`, which calls this: the seam knows
+        MLflow, not the model."""
         import mlflow.pyfunc
-
-        from skin import serving
 
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=serving.SkinModel(),
+            python_model=python_model,
             artifacts=artifacts,
-            signature=serving.signature(),
-            input_example=serving.example_frame(),
+            signature=signature,
+            input_example=example,
             registered_model_name=registered_name,
             pip_requirements=_serving_requirements(),
             tags=tags,
         )
         return info.model_uri
 
-    def _attach_checkpoint(
-        self, checkpoint: Path, tmp: Path
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """The model's artifacts (a copy of the checkpoint, the run's calibration and operating
-        points) and the tags that pin the checkpoint by path and sha256."""
-        from skin import serving
-
-        copy = tmp / Path(CHECKPOINT_ARTIFACT).name  # hash the bytes uploaded, not a moving file
-        shutil.copyfile(checkpoint, copy)
-        report = tmp / "report"
-        report.mkdir()
+    def fetch_report(self, names: Sequence[str], dst: Path) -> None:
+        """Download this run's report/<name>.json files that exist into `dst`."""
         client = self._mlflow.MlflowClient(tracking_uri=self.uri)
         logged = {Path(a.path).name for a in client.list_artifacts(self.run_id, "report")}
-        for name in serving.REPORT_FILES:
+        for name in names:
             if f"{name}.json" in logged:
-                client.download_artifacts(self.run_id, f"report/{name}.json", str(report))
-        tags = {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: sha256_file(copy)}
-        return serving.artifacts_of(copy, report), tags
+                client.download_artifacts(self.run_id, f"report/{name}.json", str(dst))
 
     def log_dataset(self, frame: Any, name: str, digest: str, context: str) -> None:
         """The data version as an MLflow dataset input (the UI's Datasets column): `name` is the
@@ -396,7 +374,7 @@ class MLflowRegistry:
             if _code(err) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
         source, tags = model_uri, {"run_id": run_id}
-        if model_id := _model_id(model_uri):
+        if model_id := logged_model_id(model_uri):
             logged = self.client.get_logged_model(model_id)
             pinned = {
                 k: logged.tags[k] for k in (CHECKPOINT_TAG, CHECKPOINT_SHA_TAG) if k in logged.tags
@@ -444,7 +422,7 @@ class MLflowRegistry:
     def checkpoint_sha(self, model_uri: str) -> str | None:
         """The sha256 of the checkpoint a logged model (`models:/m-ID`) carries; None when it
         records none or the URI names no logged model."""
-        model_id = _model_id(model_uri)
+        model_id = logged_model_id(model_uri)
         if model_id is None:
             return None
         return self.client.get_logged_model(model_id).tags.get(CHECKPOINT_SHA_TAG)
@@ -582,7 +560,7 @@ class MLflowRegistry:
                 return self._of_model(ensemble, logged.tags, ref, None, run_id, dst)
             return self._best_epoch(run_id, f"runs:/{run_id}/model", None, dst)
         rest = ref.removeprefix("models:/").strip("/")
-        if model_id := _model_id(ref):
+        if model_id := logged_model_id(ref):
             logged = self.client.get_logged_model(model_id)
             return self._of_model(model_id, logged.tags, ref, None, logged.source_run_id, dst)
         if "@" in rest:
@@ -592,7 +570,7 @@ class MLflowRegistry:
         else:
             raise TrackingError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
         resolved, version = f"models:/{mv.name}/{mv.version}", str(mv.version)
-        model_id = mv.model_id or mv.tags.get(MODEL_ID_TAG) or _model_id(mv.source)
+        model_id = mv.model_id or mv.tags.get(MODEL_ID_TAG) or logged_model_id(mv.source)
         return self._of_model(model_id, mv.tags, resolved, version, mv.run_id or None, dst)
 
     def _of_model(
@@ -673,7 +651,7 @@ def _serving_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("torch", "torchvision", "timm", "pillow", "pandas")]
 
 
-def _model_id(uri: str) -> str | None:
+def logged_model_id(uri: str) -> str | None:
     """The logged-model id of `models:/m-ID`, else None."""
     rest = uri.removeprefix("models:/").strip("/") if uri.startswith("models:/") else ""
     return rest if rest.startswith("m-") and "/" not in rest and "@" not in rest else None

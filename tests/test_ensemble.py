@@ -14,8 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from skin.ensemble import EnsembleError, EnsemblePredictor, Member, write_members
-from skin.predict import load_predictor
+from skin import serving
+from skin.averaging import EnsembleError, EnsemblePredictor
+from skin.ensemble import Member, write_members
+from skin.loading import load_predictor
 from tests.helpers import invoke
 from tests.test_predict import tiny_checkpoints
 
@@ -93,7 +95,7 @@ def test_an_ensembles_own_temperature_is_read_from_members_json_or_refused_by_na
     before it existed serves the plain mean; a bad one is refused naming the file."""
     import shutil
 
-    from skin.ensemble import calibrate_mean
+    from skin.averaging import calibrate_mean
 
     paths, folder = members
     data = images()
@@ -138,7 +140,7 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     tracker = MLflowTracker(uri, "ensemble-unit")
     with tracked_run(tracker):
         tracker.log_metrics({GATE_METRIC: 0.5})
-        model_uri = tracker.log_ensemble(folder / "members.json", report)
+        model_uri = serving.log_ensemble(tracker, folder / "members.json", report)
     name = f"skin-ens-{uuid.uuid4().hex[:6]}"
     reg = register_and_gate(uri, name, model_uri, tracker.run_id)
     assert reg.alias == "champion"
@@ -365,7 +367,8 @@ def test_the_ensemble_stage_chooses_its_temperature_and_thresholds_on_its_own_de
     through this stage."""
     from skin import manifest as mf
     from skin.abstain import coverage_threshold
-    from skin.ensemble import calibrate_mean, ensemble_stage, fit_ensemble_temperature
+    from skin.averaging import calibrate_mean
+    from skin.ensemble import ensemble_stage, fit_ensemble_temperature
     from skin.operating import choose_thresholds
     from skin.tracking import NullTracker
     from tests.helpers import make_manifest

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from skin.export import export_onnx
-from skin.predict import PredictError, load_predictor
+from skin.loading import load_predictor
+from skin.predict import PredictError
 from tests.helpers import invoke
 from tests.test_serving import encoded, tiny_checkpoint
 

@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from skin import manifest as mf
-from skin.predict import PredictError, Predictor, load_predictor, predict_store
+from skin import serving
+from skin.loading import load_predictor
+from skin.predict import PredictError, Predictor, predict_store
 from tests.helpers import snapshot
 from tests.recipes import TINY
 
@@ -367,7 +369,7 @@ def register_epoch(tmp_path: Path, *, with_checkpoint: bool = True) -> Registere
             tracker.log_artifact(path, "checkpoints")
         tracker.log_metrics({"best_epoch": 2.0, GATE_METRIC: 0.5})
         if with_checkpoint:
-            model_uri = tracker.log_model(paths[2])
+            model_uri = serving.log_model(tracker, paths[2])
         else:  # as versions logged before checkpoints were kept (and fast: no pt2 export)
             model_uri = legacy_model(uri, tracker.run_id)
     name = f"skin-unit-{uuid.uuid4().hex[:6]}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from skin import serving
 from skin.ensemble import Member, write_members
 from skin.provenance import UNSEEN, ProvenanceError, model_manifests, seen_reasons
 from skin.tracking import MLflowRegistry, MLflowTracker, tracked_run
@@ -51,7 +52,7 @@ def test_an_ensembles_training_is_the_union_of_its_members_runs(tmp_path: Path) 
     tracker = MLflowTracker(uri, "provenance")
     with tracked_run(tracker):
         tracker.set_tags({"manifest_uri": str(evaluated)})
-        tracker.log_ensemble(folder / "members.json", None)
+        serving.log_ensemble(tracker, folder / "members.json", None)
     registry = MLflowRegistry(uri)
 
     found = model_manifests(registry, f"runs:/{tracker.run_id}/model", tmp_path / "dl")
@@ -64,6 +65,6 @@ def test_an_ensembles_training_is_the_union_of_its_members_runs(tmp_path: Path) 
     write_members([Member(ckpts[1], 1.0, str(ckpts[1]))], tmp_path / "files")
     tracker = MLflowTracker(uri, "provenance")
     with tracked_run(tracker):
-        tracker.log_ensemble(tmp_path / "files" / "members.json", None)
+        serving.log_ensemble(tracker, tmp_path / "files" / "members.json", None)
     with pytest.raises(ProvenanceError, match="checkpoint files, which record no manifest"):
         model_manifests(registry, tracker.run_id, tmp_path / "files-dl")

@@ -20,8 +20,8 @@ from skin.calibration import calibrate, nll
 from skin.compare import score_champion
 from skin.config import PipelineConfig
 from skin.evaluate import bias_variance, expected_calibration_error, flat_metrics, split_metrics
+from skin.loading import load_predictor
 from skin.operating import flat_operating, operating_points
-from skin.predict import load_predictor
 from skin.slices import slice_metrics, slice_table
 from skin.stages import abstention_measures, evaluate_stage, train_stage
 from skin.storage import open_store

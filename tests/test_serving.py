@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from skin import serving
 from skin.labels import CLASSES
-from skin.predict import Predictor, load_predictor
+from skin.loading import load_predictor
+from skin.predict import Predictor
 from skin.serving import mel_threshold
 from tests.recipes import TINY
 
@@ -70,7 +72,7 @@ def log_run(tmp: Path, report: dict[str, dict] | None = None) -> Logged:
             for name, content in report.items():
                 (folder / name).write_text(json.dumps(content))
             tracker.log_artifact(folder, "report")
-        model_uri = tracker.log_model(checkpoint)
+        model_uri = serving.log_model(tracker, checkpoint)
     assert model_uri is not None
     return Logged(uri, model_uri, checkpoint)
 

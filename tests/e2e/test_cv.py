@@ -15,8 +15,8 @@ from sklearn.metrics import balanced_accuracy_score
 
 from skin import manifest as mf
 from skin.abstain import coverage_threshold
-from skin.ensemble import calibrate_mean
-from skin.predict import load_predictor
+from skin.averaging import calibrate_mean
+from skin.loading import load_predictor
 from skin.sample_data import write_sample_dataset
 from skin.synthetic import class_counts
 from tests.helpers import invoke

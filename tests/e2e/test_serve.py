@@ -21,7 +21,7 @@ from PIL import Image
 
 from skin import manifest as mf
 from skin.labels import CLASSES
-from skin.predict import load_predictor
+from skin.loading import load_predictor
 from tests import servers
 from tests.recipes import TINY
 

@@ -1,0 +1,46 @@
+"""The import contract in pyproject.toml ([tool.importlinter]) holds: imports point one way and
+skin/ has no circle, imports inside functions included."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_import_contract_is_kept() -> None:
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = out.stdout + out.stderr
+    assert out.returncode == 0, f"lint-imports: a contract is broken:\n{report[-3000:]}"
+    assert "BROKEN" not in report and report.count("KEPT") >= 4, report[-2000:]
+
+
+def test_a_circle_breaks_the_contract(tmp_path: Path) -> None:
+    """The contract can fail: a package whose two modules import each other, one inside a
+    function (the kind of import that hid skin's old circle), is refused."""
+    pkg = tmp_path / "loop"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from loop import b\n")
+    (pkg / "b.py").write_text("def f():\n    from loop import a\n    return a\n")
+    (tmp_path / ".importlinter").write_text(
+        "[importlinter]\nroot_package = loop\n\n"
+        "[importlinter:contract:one]\nname = no circle\ntype = acyclic_siblings\nancestors = loop\n"
+    )
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode != 0 and "BROKEN" in out.stdout, out.stdout[-2000:] + out.stderr

@@ -24,8 +24,10 @@ from skin.bootstrap import (
     paired_bootstrap,
     recall_from_sums,
 )
+from skin.loading import load_predictor
 from skin.provenance import UNSEEN, model_manifests, seen_by_model
 from skin.slices import slice_values
+from skin.storage import open_store
 from skin.tracking import MLflowRegistry
 
 SLICE_ALPHA = 0.05  # family-wise: how often a challenger no worse on any slice is blocked
@@ -184,8 +186,6 @@ def score_champion(
 ) -> np.ndarray:
     """The champion's probabilities for the challenger's dev images, decoded and cropped the
     way the champion itself was evaluated (its own input size); NaN rows where an image failed."""
-    from skin.loading import load_predictor
-    from skin.storage import open_store
 
     champion = load_predictor(ref, tta=tta, tracking_uri=tracking_uri)
     if tuple(champion.classes) != tuple(classes):

@@ -26,10 +26,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from skin import manifest as mf
 from skin.config import DRIFT_CHECKS, DRIFT_PROPERTIES
+from skin.data import Normalize
 from skin.fetch import Fetcher
 from skin.imagecache import fetch_rows, objects_dir
 from skin.images import ImageDecodeError, centre_crop, decode
+from skin.model import build_model, input_spec, load_model_from_checkpoint, pooled_features
+from skin.plots import pyplot
+from skin.predict import model_reference
+from skin.tracking import MLflowRegistry, sha256_file
+from skin.train import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -455,9 +462,6 @@ def embed(model: Any, images: np.ndarray, spec: Any, batch_size: int = 64) -> np
     """Pooled backbone features of uint8 images (N, S, S, 3) decoded at `spec.cache_size`."""
     import torch
 
-    from skin.data import Normalize
-    from skin.model import pooled_features
-
     device = next(model.parameters()).device
     prep = Normalize(spec).to(device)
     model.eval()
@@ -631,9 +635,6 @@ def resolve_reference(
 ) -> Reference:
     """A registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`), a run (`runs:/ID/…` or
     a bare run id) or a manifest file: its manifest, and the model's checkpoint when there is one."""
-    from skin import manifest as mf
-    from skin.predict import model_reference
-    from skin.tracking import MLflowRegistry
 
     ref = model_reference(against)
     if not ref.startswith(("models:/", "runs:/")):
@@ -656,9 +657,6 @@ def backbone(
     checkpoint when there is one, else the configured model (`model`: config.model), seeded."""
     import torch
 
-    from skin.model import build_model, input_spec, load_model_from_checkpoint
-    from skin.train import pick_device
-
     device = pick_device("auto")
     if checkpoint and Path(checkpoint).name == "members.json":  # an ensemble: its first member
         first = json.loads(Path(checkpoint).read_text())["members"][0]["checkpoint"]
@@ -673,7 +671,6 @@ def backbone(
 
 
 def sha256_of(path: Path) -> str:
-    from skin.tracking import sha256_file
 
     return sha256_file(path)
 
@@ -683,9 +680,7 @@ def sha256_of(path: Path) -> str:
 
 def chart_png(report: DriftReport, path: Path) -> Path:
     """One bar per check: -log10 of its Holm-adjusted p-value against the alpha line."""
-    from skin.report import _plt
-
-    plt = _plt()
+    plt = pyplot()
     table = report.table()
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(table), 2) + 1.5))
     if len(table):

@@ -41,7 +41,10 @@ from skin.predict import (
     CALIBRATION_FILE,
     MEMBERS_FILE,
     ModelSource,
+    _checkpoint_file,
     calibrated_temperature,
+    mlflow_checkpoint,
+    model_reference,
 )
 from skin.provenance import UNSEEN, seen_reasons, trained_rows
 from skin.report import abstention_line, metrics_table_text, operating_points_json
@@ -49,7 +52,7 @@ from skin.report import predictions_frame as split_predictions
 from skin.runs import RunPaths
 from skin.stages import EvalOutcome, abstention_measures, with_ood_scores
 from skin.storage import open_store
-from skin.tracking import Tracker
+from skin.tracking import Tracker, resolve_tracking_uri, sha256_file
 from skin.train import pick_device
 
 MEMBER_CHECKPOINT = "checkpoint.pt"
@@ -143,7 +146,6 @@ def write_members(
 ) -> Path:
     """The ensemble folder under `dst`: member_<i>/ (checkpoint, calibration) and members.json
     (with the ensemble's own temperature; 1, the plain mean, until `calibration` is given)."""
-    from skin.tracking import sha256_file
 
     if not members:
         raise EnsembleError("an ensemble needs at least one member")
@@ -177,7 +179,6 @@ def write_members(
 
 def member_of(ref: str, dst: Path, tracking_uri: str | None) -> Member:
     """Download one member (a run id, runs:/, models:/ or a checkpoint path) with its temperature."""
-    from skin.predict import _checkpoint_file, mlflow_checkpoint, model_reference
 
     ref = model_reference(ref)
     dst.mkdir(parents=True, exist_ok=True)
@@ -356,7 +357,6 @@ def _assemble(
     refs: Sequence[str], paths: RunPaths, cfg: PipelineConfig, run_id: str
 ) -> tuple[list[Member], EnsemblePredictor]:
     """The members downloaded into the run's ensemble folder, loaded as one (uncalibrated) model."""
-    from skin.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     members = [member_of(r, paths.root / "download" / str(i), uri) for i, r in enumerate(refs)]

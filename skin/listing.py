@@ -12,6 +12,7 @@ import pandas as pd
 
 from skin.images import is_image_name
 from skin.labels import CLASSES
+from skin.manifest import frame_hash
 from skin.storage import ObjectInfo, StorageError, Store, safe_key
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ class Listing:
     def fingerprint(self) -> str:
         """Content hash of everything listed: changes when an image is added, removed or changed,
         and when its metadata (lesion id, age, site, sex) is added or corrected."""
-        from skin.manifest import frame_hash
 
         return frame_hash(self.images.astype("string"))
 

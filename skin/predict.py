@@ -25,7 +25,7 @@ from skin.labels import CLASSES
 from skin.model import InputSpec, input_spec, load_model_from_checkpoint
 from skin.storage import StorageError, exists_uri, is_s3, join_uri, open_store, read_uri
 from skin.tables import TABLE_SUFFIXES, write_table
-from skin.tracking import RUN_ID
+from skin.tracking import RUN_ID, MLflowRegistry, TrackingError
 from skin.train import amp_dtype
 from skin.tta import probabilities as tta_probabilities
 from skin.tta import view_logits
@@ -327,7 +327,6 @@ def mlflow_checkpoint(
     checkpoint behind a DataFrame interface, unpickled with cloudpickle; loading the checkpoint
     itself runs no pickled code, and keeps the registry's sha256 check and the run's record.
     """
-    from skin.tracking import MLflowRegistry, TrackingError
 
     try:
         found = MLflowRegistry(tracking_uri).checkpoint(ref, dst)

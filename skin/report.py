@@ -15,6 +15,7 @@ import pandas as pd
 
 from skin.evaluate import SplitMetrics
 from skin.operating import OperatingPoint, threshold_name
+from skin.plots import pyplot
 
 SPLITS = ("train", "dev", "test")
 METRIC_COLUMNS = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
@@ -25,18 +26,9 @@ if TYPE_CHECKING:
     from skin.config import PipelineConfig
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def confusion_png(confusion: pd.DataFrame, path: Path, title: str) -> None:
     """Counts and row-normalised recall side by side."""
-    plt = _plt()
+    plt = pyplot()
     counts = confusion.to_numpy()
     norm = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
@@ -71,7 +63,7 @@ def learning_curves_png(
     history: list[dict[str, float]], path: Path, best_epoch: int | None = None
 ) -> None:
     """Loss and accuracy per epoch over the whole run, the best epoch marked."""
-    plt = _plt()
+    plt = pyplot()
     h = pd.DataFrame(history)
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     if best_epoch is not None:
@@ -96,7 +88,7 @@ def per_class_png(
     per_class: pd.DataFrame, path: Path, title: str, recall_ci: pd.DataFrame | None = None
 ) -> None:
     """Precision, recall and F1 per class; recall with its 95 % interval (`low`, `high`) if given."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.5))
     x, width = np.arange(len(per_class)), 0.27
     for i, metric in enumerate(("precision", "recall", "f1")):
@@ -127,7 +119,7 @@ def roc_png(
     """One-vs-rest ROC per class; melanoma's operating points (thresholds from dev) marked."""
     from sklearn.metrics import roc_curve
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for c, name in enumerate(classes):
         if (y == c).any() and (y != c).any():
@@ -175,7 +167,7 @@ def reliability_png(
     calibrated: tuple[np.ndarray, float] | None = None,
 ) -> None:
     """Accuracy against confidence; with `calibrated` (probabilities, ECE) after scaling too."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
     ax.plot(*reliability_bins(y, probs, bins), "o-", label=f"model (ECE {ece:.3f})")
@@ -198,7 +190,7 @@ def slices_png(table: pd.DataFrame, path: Path, overall: float | None = None) ->
     scored = table[table["scored"].astype(bool)].reset_index(drop=True)
     if scored.empty:
         return False
-    plt = _plt()
+    plt = pyplot()
     ba = scored["balanced_accuracy"].astype(float)
     low = (ba - scored["balanced_accuracy_ci_low"].astype(float)).clip(lower=0).fillna(0)
     high = (scored["balanced_accuracy_ci_high"].astype(float) - ba).clip(lower=0).fillna(0)
@@ -239,7 +231,7 @@ def misclassified_png(
     if len(wrong) == 0:
         return 0
     worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:n]
-    plt = _plt()
+    plt = pyplot()
     cols = min(4, len(worst))
     lines = (len(worst) + cols - 1) // cols
     fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 3.5 * lines), squeeze=False)

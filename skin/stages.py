@@ -407,7 +407,7 @@ def evaluate_stage(
 def _log_model(tracker: Tracker, checkpoint: Path) -> str | None:
     """The image-in pyfunc into the run. skin.serving is imported here, not at the top: it
     imports MLflow, which this module (and a GPU box without MLflow) must not need."""
-    from skin import serving
+    from skin import serving  # MLflow's pyfunc: only when a model is logged
 
     return serving.log_model(tracker, checkpoint)
 

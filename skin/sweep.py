@@ -37,6 +37,7 @@ from skin.compare import probabilities
 from skin.config import ConfigError, PipelineConfig, load_config, pick
 from skin.datastages import SPLIT_ENTRIES
 from skin.evaluate import flat_metrics, split_metrics
+from skin.plots import pyplot
 
 if TYPE_CHECKING:
     import optuna
@@ -566,9 +567,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 def history_png(study: optuna.Study, path: Path) -> None:
     """Each complete trial's value and the best so far, in trial order."""
-    from skin.report import _plt
-
-    plt = _plt()
+    plt = pyplot()
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     numbers = [t.number for t in done]
     values = [float(t.value) for t in done]
@@ -593,15 +592,13 @@ def importance_png(study: optuna.Study, path: Path) -> dict[str, float]:
     (fewer than two complete trials, or nothing varied)."""
     import optuna
 
-    from skin.report import _plt
-
     try:
         importances = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):
         return {}
     if not importances:
         return {}
-    plt = _plt()
+    plt = pyplot()
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(7, 1.5 + 0.4 * len(names)))
     ax.barh(names, [importances[n] for n in names])

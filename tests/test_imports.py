@@ -3,6 +3,7 @@ skin/ has no circle, imports inside functions included."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,34 @@ def test_a_circle_breaks_the_contract(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode != 0 and "BROKEN" in out.stdout, out.stdout[-2000:] + out.stderr
+
+
+def test_a_project_import_inside_a_function_says_why() -> None:
+    """An import inside a function hides a dependency (it hid skin's circle for a year): inside
+    skin/ one of our own modules may be imported in a function only with a comment saying why
+    (an optional heavy dependency behind it, such as MLflow). The CLI is exempt: it imports its
+    flows per command to start fast."""
+    silent = []
+    for path in sorted((ROOT / "skin").rglob("*.py")):
+        if path.name == "cli.py":
+            continue
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                names = _imported(node)
+                own = [n for n in names if n.split(".")[0] in ("skin", "tasks", "flows")]
+                if own and not any(
+                    "#" in line for line in lines[node.lineno - 2 : node.end_lineno]
+                ):
+                    silent.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {own}")
+    assert not silent, "imports inside functions without a reason:\n" + "\n".join(silent)
+
+
+def _imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module]
+    return []

@@ -108,6 +108,7 @@ def test_a_champion_with_another_class_set_cannot_be_compared() -> None:
         probabilities(frame, CLASSES)
 
 
+@pytest.mark.slow  # 120 simulated registrations: out of `make test-fast`, still in `make test`
 def test_the_slice_rule_blocks_on_evidence_not_on_the_worst_of_many_noisy_slices() -> None:
     """18 slices of an ISIC-shaped dev set (2,500 images, 1-3 photos per lesion): a challenger
     better everywhere by +0.11 is blocked <= 5 % of the time; one that loses 0.25 on a slice of

@@ -276,6 +276,7 @@ def test_every_dev_metric_the_evaluation_logs_may_rank_trials() -> None:
     assert parse_space({**raw, "metric": "dev_log_loss"}).direction == "minimize"
 
 
+@pytest.mark.slow  # a simulation of 120 sweeps: out of `make test-fast`, still in `make test`
 def test_the_best_of_20_null_trials_is_promoted_at_most_5_percent_gated_on_held_back_dev() -> None:
     from benchmarks.decision_rates.search import RESAMPLES, false_promotions
 

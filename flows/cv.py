@@ -327,9 +327,9 @@ def ensemble_flow(
         )
     if cv_run:
         return fold_ensemble(cfg, cv_run, register=register_model)
-    assert runs is not None
-    uri = manifest or _run_manifest(cfg, runs[0])
-    return ensemble_run(cfg, runs, manifest_ref(uri), register=register_model)
+    members = list(runs or [])  # not empty: checked above
+    uri = manifest or _run_manifest(cfg, members[0])
+    return ensemble_run(cfg, members, manifest_ref(uri), register=register_model)
 
 
 def _run_manifest(cfg: PipelineConfig, ref: str) -> str:

@@ -118,7 +118,8 @@ def retrain_decision(
             f" {verdict} retrain.min_new_fraction {limit:.1%}"
         )
         return share > limit, why, drift
-    assert drift is not None
+    if drift is None:  # checked_drift(required=True) answers or raises; never silently nothing
+        raise RuntimeError("retrain.when is 'drift' but check-drift gave no verdict")
     return bool(drift["drifted"]), f"check-drift: {drift['verdict']}", drift
 
 

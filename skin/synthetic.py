@@ -372,7 +372,6 @@ def class_counts(
         if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
             raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
         return dict.fromkeys(CLASSES, per_class)
-    assert total is not None
     if isinstance(total, bool) or not isinstance(total, int):
         raise ValueError(f"total must be an integer, got {total!r}")
     if minimum < 0:

@@ -183,7 +183,8 @@ def code_key(entries: tuple[Any, ...], root: Path = ROOT) -> str:
     h = hashlib.sha256()
     for name in sorted(stage_modules(*entries, root=root)):
         path = module_path(name, root)
-        assert path is not None  # the closure holds files only
+        if path is None:  # the closure holds files only: a module gone mid-run is an error
+            raise FileNotFoundError(f"module {name} vanished while its code key was computed")
         h.update(name.encode())
         h.update(read_source(path))
     for entry in entries:

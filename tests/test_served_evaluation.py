@@ -28,6 +28,7 @@ from skin.storage import open_store
 from skin.tracking import MLflowTracker, NullTracker, tracked_run
 from skin.tta import probabilities
 from tests.helpers import make_manifest
+from tests.test_stages import with_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,6 @@ EPOCHS = 4
 ATOL = 1e-5  # served against the file: one forward pass, other batch sizes
 EXACT = 1e-9  # recomputed from the file: the same numbers, stored in float64
 HELD = "DF"
-SEXES = ["male", "female"]
 # Logged but not a function of the predictions files: the epoch chosen, the configured human
 # level, and TTA's gain (a second, single-view pass over test).
 NOT_FROM_FILE = {"best_epoch", "human_level", "test_balanced_accuracy_no_tta", "tta_gain"}
@@ -52,21 +52,6 @@ class Run:
     tracking_uri: str | None = None
     run_id: str | None = None
     model_uri: str | None = None
-
-
-def with_metadata(uri: str) -> pd.DataFrame:
-    """The manifest with patient metadata (sex, age, site) and lesions of two images each."""
-    m = mf.read(uri)
-    n = np.arange(len(m))
-    lesion = m.groupby(["split", "label"]).cumcount() // 2
-    m = m.assign(
-        lesion_id=m["split"] + "-" + m["label"] + "-" + lesion.astype(str),
-        sex=np.resize(SEXES, len(m)),
-        age_approx=(n % 4 * 20 + 5).astype(float),
-        anatom_site_general=np.where(n % 5 == 0, None, "torso"),
-    )
-    mf.write(m, uri)
-    return m
 
 
 def tiny_run(tmp: Path, data: Path, *, mlflow: bool, **overrides: object) -> Run:

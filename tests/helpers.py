@@ -125,3 +125,23 @@ def assign_splits(df: pd.DataFrame, **kwargs: Any) -> pd.Series:
     from skin.split import split_with_moves
 
     return split_with_moves(df, **kwargs).split
+
+
+SEXES = ["male", "female"]
+
+
+def with_metadata(uri: str) -> pd.DataFrame:
+    """The manifest with patient metadata (sex, age, site) and lesions of two images each."""
+    from skin import manifest as mf
+
+    m = mf.read(uri)
+    n = np.arange(len(m))
+    lesion = m.groupby(["split", "label"]).cumcount() // 2
+    m = m.assign(
+        lesion_id=m["split"] + "-" + m["label"] + "-" + lesion.astype(str),
+        sex=np.resize(SEXES, len(m)),
+        age_approx=(n % 4 * 20 + 5).astype(float),
+        anatom_site_general=np.where(n % 5 == 0, None, "torso"),
+    )
+    mf.write(m, uri)
+    return m

@@ -11,14 +11,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_import_contract_is_kept() -> None:
-    out = subprocess.run(
+def lint_imports(cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`lint-imports` of this venv, run in `cwd` (which holds the contract), without its cache."""
+    return subprocess.run(
         [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
+
+
+def test_the_import_contract_is_kept() -> None:
+    out = lint_imports(ROOT)
     report = out.stdout + out.stderr
     assert out.returncode == 0, f"lint-imports: a contract is broken:\n{report[-3000:]}"
     assert "BROKEN" not in report and report.count("KEPT") >= 4, report[-2000:]
@@ -36,14 +42,7 @@ def test_a_circle_breaks_the_contract(tmp_path: Path) -> None:
         "[importlinter]\nroot_package = loop\n\n"
         "[importlinter:contract:one]\nname = no circle\ntype = acyclic_siblings\nancestors = loop\n"
     )
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-    )
+    out = lint_imports(tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode != 0 and "BROKEN" in out.stdout, out.stdout[-2000:] + out.stderr
 
 

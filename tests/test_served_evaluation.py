@@ -27,8 +27,7 @@ from skin.stages import abstention_measures, evaluate_stage, train_stage
 from skin.storage import open_store
 from skin.tracking import MLflowTracker, NullTracker, tracked_run
 from skin.tta import probabilities
-from tests.helpers import make_manifest
-from tests.test_stages import with_metadata
+from tests.helpers import make_manifest, with_metadata
 
 pytestmark = pytest.mark.slow
 

@@ -11,15 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin import manifest as mf
 from skin.stages import EvalOutcome, evaluate_stage, train_stage
 from skin.tracking import NullTracker
-from tests.helpers import make_manifest
+from tests.helpers import SEXES, make_manifest, with_metadata
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
-SEXES = ["male", "female"]
 
 
 @dataclass
@@ -29,21 +27,6 @@ class Evaluated:
     manifest: pd.DataFrame
     report: Path
     classes: tuple[str, ...]
-
-
-def with_metadata(uri: str) -> pd.DataFrame:
-    """The manifest with patient metadata (sex, age, site) and lesions of two images each."""
-    m = mf.read(uri)
-    n = np.arange(len(m))
-    lesion = m.groupby(["split", "label"]).cumcount() // 2
-    m = m.assign(
-        lesion_id=m["split"] + "-" + m["label"] + "-" + lesion.astype(str),
-        sex=np.resize(SEXES, len(m)),
-        age_approx=(n % 4 * 20 + 5).astype(float),
-        anatom_site_general=np.where(n % 5 == 0, None, "torso"),
-    )
-    mf.write(m, uri)
-    return m
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from skin.config import SplitConfig
-from skin.datastages import build_manifest, source_uri
-from skin.labels import CLASSES
-from skin.listing import METADATA, list_dataset
-from skin.storage import open_store
-from skin.synthetic import iter_sample_images
+from skin.base.config import SplitConfig
+from skin.base.labels import CLASSES
+from skin.data.listing import METADATA, list_dataset
+from skin.data.stages import build_manifest, source_uri
+from skin.data.storage import open_store
+from skin.data.synthetic import iter_sample_images
 
 DATA_ROOT = Path(os.environ.get("SKIN_BENCH_DATA", Path(tempfile.gettempdir()) / "skin-bench-data"))
 RENDER = 128  # lesions are drawn at this side, then enlarged: drawing at 1024 px costs ~1 s each

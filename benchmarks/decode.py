@@ -14,8 +14,8 @@ from PIL import Image
 
 from benchmarks.common import Context, best_of, result
 from benchmarks.data import isic_like, manifest
-from skin.imagecache import build_cache, cpu_workers
-from skin.images import decode_file
+from skin.data.imagecache import build_cache, cpu_workers
+from skin.data.images import decode_file
 
 NAME = "decode"
 TARGET = 3.0

@@ -12,8 +12,8 @@ import numpy as np
 from benchmarks.common import Context, best_of, result, timed
 from benchmarks.data import isic_like, manifest
 from benchmarks.decode import SIZE, plain
-from skin.data import EvalImages, make_loader
-from skin.imagecache import ImageCache, build_cache
+from skin.data.imagecache import ImageCache, build_cache
+from skin.train.datasets import EvalImages, make_loader
 
 NAME = "epoch_cache"
 TARGET = 20.0

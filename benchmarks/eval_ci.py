@@ -8,8 +8,8 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 from benchmarks.common import Context, best_of, result, timed
-from skin.bootstrap import confidence_intervals, percentile_interval
-from skin.labels import CLASSES, ISIC2019_COUNTS
+from skin.base.labels import CLASSES, ISIC2019_COUNTS
+from skin.stats.bootstrap import confidence_intervals, percentile_interval
 
 NAME = "eval_ci"
 TARGET_S = 2.0  # the target: under 2 s for 1,000 resamples of 25,331 predictions
@@ -70,7 +70,7 @@ def run(ctx: Context) -> dict[str, Any]:
             f"a Python loop of stratified index draws + sklearn balanced_accuracy_score; "
             f"{loop_n} resamples timed ({loop_s:.2f} s), scaled to {RESAMPLES}"
         ),
-        ours_note="skin.bootstrap.confidence_intervals(auc=False): accuracy, balanced accuracy, per-class recall",
+        ours_note="skin.stats.bootstrap.confidence_intervals(auc=False): accuracy, balanced accuracy, per-class recall",
         balanced_accuracy_interval=[round(v, 4) for v in iv.scalars["balanced_accuracy"]],
         loop_interval=[round(float(v), 4) for v in percentile_interval(scores)],
         lesions=by_lesion.units,

@@ -29,10 +29,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.data import isic_like, manifest  # noqa: E402
-from skin import manifest as mf  # noqa: E402
-from skin.augment import BatchAugment  # noqa: E402
-from skin.config import AugmentConfig, load_config  # noqa: E402
-from skin.data import (  # noqa: E402
+from skin.base.config import AugmentConfig, load_config  # noqa: E402
+from skin.data import manifest as mf  # noqa: E402
+from skin.data.imagecache import ImageCache, build_cache  # noqa: E402
+from skin.train.augment import BatchAugment  # noqa: E402
+from skin.train.datasets import (  # noqa: E402
     EvalImages,
     Normalize,
     TrainImages,
@@ -40,8 +41,7 @@ from skin.data import (  # noqa: E402
     make_loader,
     set_epoch,
 )
-from skin.imagecache import ImageCache, build_cache  # noqa: E402
-from skin.model import InputSpec, build_model, input_spec, train_mode  # noqa: E402
+from skin.train.model import InputSpec, build_model, input_spec, train_mode  # noqa: E402
 
 MODELS = ("tf_mixnet_s", "tf_efficientnet_lite0")
 
@@ -163,14 +163,14 @@ def throughput(name: str, cache: ImageCache, labels: np.ndarray, plan: Plan) -> 
         "ratio_plain_no_workers": round(inline / pure, 3),
         "ratio_augmented_per_image_workers": round(per_image_rate / pure, 3),
         "loader_workers": workers,
-        "augmentation": "batched on the GPU (skin.augment) from pinned uint8 batches",
+        "augmentation": "batched on the GPU (skin.train.augment) from pinned uint8 batches",
     }
 
 
 def head_only(folder: Path, work: Path, plan: Plan) -> dict[str, Any]:
-    """The notebook recipe through skin.stages.train_stage (features once, head 50 epochs)."""
-    from skin.stages import train_stage
-    from skin.tracking import NullTracker
+    """The notebook recipe through skin.train.stage.train_stage (features once, head 50 epochs)."""
+    from skin.track.tracking import NullTracker
+    from skin.train.stage import train_stage
 
     m = manifest(str(folder))
     uri = str(work / "head-manifest.parquet")
@@ -215,8 +215,8 @@ def head_only(folder: Path, work: Path, plan: Plan) -> dict[str, Any]:
 def train_stage_rate(folder: Path, work: Path, plan: Plan) -> dict[str, Any]:
     """The real training loop (`train_stage`: augmentation on the GPU, 8 workers, AMP,
     channels_last, dev scoring each epoch): train images/s per epoch after the first."""
-    from skin.stages import train_stage
-    from skin.tracking import NullTracker
+    from skin.track.tracking import NullTracker
+    from skin.train.stage import train_stage
 
     m = manifest(str(folder))
     uri = str(work / "fit-manifest.parquet")

@@ -1,5 +1,5 @@
 """GPU smoke test of the real stages: a full fine-tune (AMP, channels_last, augmentation, workers)
-then evaluation with TTA, through skin.stages exactly as the pipeline runs them.
+then evaluation with TTA, through skin.evaluate.stage exactly as the pipeline runs them.
 
 `python -m benchmarks.gpu_smoke` on a GPU machine (no Prefect, MLflow or boto3 needed); prints and
 writes $OUT/gpu_smoke.json.
@@ -21,11 +21,12 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.data import isic_like  # noqa: E402
-from skin import manifest as mf  # noqa: E402
-from skin.config import load_config  # noqa: E402
-from skin.datastages import build_manifest, list_images, source_uri  # noqa: E402
-from skin.stages import evaluate_stage, train_stage  # noqa: E402
-from skin.tracking import NullTracker  # noqa: E402
+from skin.base.config import load_config  # noqa: E402
+from skin.data import manifest as mf  # noqa: E402
+from skin.data.stages import build_manifest, list_images, source_uri  # noqa: E402
+from skin.evaluate.stage import evaluate_stage  # noqa: E402
+from skin.track.tracking import NullTracker  # noqa: E402
+from skin.train.stage import train_stage  # noqa: E402
 
 
 def main() -> dict[str, object]:

@@ -1,7 +1,7 @@
 """head_only: the notebook recipe (tf_mixnet_s, head only, Adam 1e-3, batch 128, 50 epochs).
 
 The notebook ran the frozen backbone on every image every epoch with BatchNorm in train mode;
-ours (skin.stages.train_stage) decodes once, computes pooled features once, trains the head on
+ours (skin.train.stage.train_stage) decodes once, computes pooled features once, trains the head on
 them, then scores the test split with the full model, as the evaluate stage does.
 No tf_mixnet_s ImageNet weights offline: both start from the same random tf_mixnet_s (the
 timed recipe). The same comparison then runs with tf_efficientnet_lite0 and the ImageNet
@@ -25,14 +25,15 @@ from torchvision import transforms
 
 from benchmarks.common import Context, result
 from benchmarks.data import isic_like, manifest
-from skin import manifest as mf
-from skin.config import PipelineConfig, load_config
-from skin.feeds import index_splits
-from skin.model import input_spec, load_model_from_checkpoint
-from skin.runs import RunPaths
-from skin.stages import make_model, predict_split, train_stage
-from skin.tracking import NullTracker
-from skin.weights import PACKAGE_SPEC
+from skin.base.config import PipelineConfig, load_config
+from skin.base.runs import RunPaths
+from skin.data import manifest as mf
+from skin.evaluate.stage import predict_split
+from skin.track.tracking import NullTracker
+from skin.train.feeds import index_splits
+from skin.train.model import input_spec, load_model_from_checkpoint
+from skin.train.stage import make_model, train_stage
+from skin.train.weights import PACKAGE_SPEC
 
 NAME = "head_only"
 TARGET = 25.0

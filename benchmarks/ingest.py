@@ -14,8 +14,8 @@ import boto3
 from benchmarks.common import Context, env, result, timed
 from benchmarks.data import isic_like, manifest, upload
 from benchmarks.proxy import DelayProxy
-from skin.fetch import Fetcher, FetchStats
-from skin.storage import S3Store
+from skin.data.fetch import Fetcher, FetchStats
+from skin.data.storage import S3Store
 from tests.servers import start_moto
 
 NAME = "ingest"

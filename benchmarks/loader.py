@@ -13,12 +13,12 @@ from torch import nn
 
 from benchmarks.common import Context, result
 from benchmarks.data import isic_like, manifest
-from skin.augment import BatchAugment
-from skin.config import AugmentConfig, load_config
-from skin.data import EvalImages, Normalize, TrainImages, default_workers, make_loader
-from skin.imagecache import ImageCache, build_cache
-from skin.model import InputSpec, input_spec, train_mode
-from skin.stages import make_model
+from skin.base.config import AugmentConfig, load_config
+from skin.data.imagecache import ImageCache, build_cache
+from skin.train.augment import BatchAugment
+from skin.train.datasets import EvalImages, Normalize, TrainImages, default_workers, make_loader
+from skin.train.model import InputSpec, input_spec, train_mode
+from skin.train.stage import make_model
 
 NAME = "loader"
 TARGET = 0.9
@@ -151,7 +151,7 @@ def run(ctx: Context) -> dict[str, Any]:
         images_per_s={k: round(images / v, 2) for k, v in best.items()},
         ratio_plain_loader=round(best["in_memory"] / best["loader_plain"], 3),
         ratio_augmented_workers=round(best["in_memory"] / best["loader_augmented_workers"], 3),
-        augmentation="loader_augmented: batched on the device (skin.augment, the default backend);"
+        augmentation="loader_augmented: batched on the device (skin.train.augment, the default backend);"
         " loader_augmented_workers: per image with torchvision in loader workers",
         torch_threads=torch.get_num_threads(),
     )

@@ -56,8 +56,8 @@ def child(mode: str, manifest_path: str, root: str, steps: int) -> dict[str, Any
     import pandas as pd
     import torch
 
-    from skin.config import load_config
-    from skin.stages import make_model
+    from skin.base.config import load_config
+    from skin.train.stage import make_model
 
     peaks = Peaks()
     peaks.start()
@@ -95,7 +95,7 @@ def _notebook(m, model, root):
     from PIL import Image
     from torchvision import transforms
 
-    from skin.model import input_spec
+    from skin.train.model import input_spec
 
     spec = input_spec(model, SIZE)
     tfm = transforms.Compose(
@@ -114,9 +114,9 @@ def _ours(m, model, root):
     """The pipeline's way: decode once into the uint8 memmap, batches read from it."""
     import numpy as np
 
-    from skin.data import EvalImages, Normalize, make_loader
-    from skin.imagecache import build_cache
-    from skin.model import input_spec
+    from skin.data.imagecache import build_cache
+    from skin.train.datasets import EvalImages, Normalize, make_loader
+    from skin.train.model import input_spec
 
     spec = input_spec(model, SIZE)
     cache = build_cache(m, spec.cache_size, root)

@@ -15,8 +15,8 @@ import numpy as np
 from benchmarks.common import Context, best_of, result
 from benchmarks.data import isic_like
 from benchmarks.decode import plain
-from skin.labels import CLASSES
-from skin.synthetic import render_lesion
+from skin.base.labels import CLASSES
+from skin.data.synthetic import render_lesion
 
 NAME = "render"
 SIZE = 64

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Context, result
-from skin.sample_data import write_sample_dataset
-from skin.synthetic import class_counts
+from skin.data.sample_data import write_sample_dataset
+from skin.data.synthetic import class_counts
 from tests.recipes import TINY
 from tests.servers import free_port, start
 

@@ -1,6 +1,6 @@
 """serve: one-image requests to `mlflow models serve`, against the same forward pass in process.
 
-The served model is the image-in pyfunc (skin.serving) saved from a checkpoint; every request is
+The served model is the image-in pyfunc (skin.serve.pyfunc) saved from a checkpoint; every request is
 one real JPEG as base64 (`dataframe_split`), answered over HTTP on loopback. The baseline is
 `Predictor.predict` on the same bytes in this process: the ratio is in-process p50 / served p50
 (how much of a request is the model, the rest being HTTP, JSON, base64 and pandas).
@@ -31,9 +31,9 @@ MODEL = "tf_efficientnet_lite0"  # the demo's model (ImageNet weights shipped by
 
 def checkpoint(folder: Path) -> Path:
     """A checkpoint of the demo's model as training writes it (format, config, classes)."""
-    from skin import checkpoint as ckpt
-    from skin.config import load_config
-    from skin.model import build_model
+    from skin.base.config import load_config
+    from skin.train import checkpoint as ckpt
+    from skin.train.model import build_model
 
     cfg = load_config(None, {"model.name": MODEL, "model.pretrained": False})
     model = build_model(MODEL, len(cfg.data.classes), pretrained=False)
@@ -46,7 +46,7 @@ def images(n: int, side: int = 600) -> list[bytes]:
     """ISIC-sized JPEGs (HAM10000 is 600x450) of generated lesions."""
     from PIL import Image
 
-    from skin.synthetic import iter_sample_images
+    from skin.data.synthetic import iter_sample_images
 
     out = []
     for img in iter_sample_images({"MEL": n}, 128, seed=3):  # rendered small, then upscaled
@@ -106,8 +106,8 @@ def free_port() -> int:
 def run(ctx: Context) -> dict[str, Any]:
     import mlflow.pyfunc
 
-    from skin import serving
-    from skin.loading import load_predictor
+    from skin.serve import pyfunc as serving
+    from skin.serve.loading import load_predictor
 
     n = ctx.pick(40, 200)
     ckpt_path = checkpoint(ctx.work / "ckpt")

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from benchmarks.common import Context, result
-from skin.sample_data import write_sample_dataset
-from skin.synthetic import class_counts
+from skin.data.sample_data import write_sample_dataset
+from skin.data.synthetic import class_counts
 from tests.recipes import TINY
 
 NAME = "sweep"

@@ -6,8 +6,9 @@ from typing import Any
 
 from prefect import Task, unmapped
 
-from skin.config import PipelineConfig, load_config
-from skin.datastages import (
+from skin.base.config import PipelineConfig, load_config
+from skin.base.runs import cache_root
+from skin.data.stages import (
     ListingRef,
     ManifestRef,
     latest_manifest,
@@ -15,11 +16,10 @@ from skin.datastages import (
     previous_for,
     set_latest,
 )
-from skin.runs import cache_root
-from skin.stages import TrainOutcome
-from skin.storage import check_reachable as check_data_reachable
-from skin.tracking import check_reachable as check_tracking_reachable
-from skin.tracking import resolve_tracking_uri
+from skin.data.storage import check_reachable as check_data_reachable
+from skin.track.tracking import check_reachable as check_tracking_reachable
+from skin.track.tracking import resolve_tracking_uri
+from skin.train.stage import TrainOutcome
 from tasks.data import list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
 from tasks.training import decode_images_task, train_task

@@ -19,10 +19,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import call, data_stages, flow_config, resolve_config, shard_stages
-from skin import manifest as mf
-from skin.config import PipelineConfig
-from skin.datastages import ManifestRef, manifest_ref, save_manifest
-from skin.folds import (
+from skin.base.config import PipelineConfig
+from skin.base.runs import RunPaths
+from skin.data import manifest as mf
+from skin.data.stages import ManifestRef, manifest_ref, save_manifest
+from skin.evaluate.provenance import run_manifests
+from skin.evaluate.stage import EvalOutcome
+from skin.search.folds import (
     FOLD_METRICS,
     CVOutcome,
     assign_folds,
@@ -30,11 +33,8 @@ from skin.folds import (
     fold_manifest,
     out_of_fold,
 )
-from skin.predict import RUN_ID
-from skin.provenance import run_manifests
-from skin.runs import RunPaths
-from skin.stages import EvalOutcome
-from skin.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, tracked_run
+from skin.serve.predict import RUN_ID
+from skin.track.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, tracked_run
 from tasks.caching import IO_RETRIES, Names, keyed_on
 from tasks.training import _tags, decode_images_task, evaluate_task, register_task, train_task
 
@@ -259,7 +259,7 @@ def ensemble_run(
     evaluated on `manifest`'s dev as the ensemble scores it, and on its test), then, with
     `register`, through the promotion gate like any run. Fold models and runs alike: none may
     have trained on the dev or test."""
-    from skin.ensemble import check_members_unseen, ensemble_stage
+    from skin.search.ensemble import check_members_unseen, ensemble_stage
 
     check_members_unseen(_member_manifests(cfg, members), mf.read(manifest.uri))
     tracker = MLflowTracker(
@@ -292,7 +292,7 @@ def fold_ensemble(
     cfg: PipelineConfig, parent_run_id: str, *, register: bool = False
 ) -> dict[str, Any]:
     """The fold models of a cross-validation (its parent run) as one ensemble, calibrated and
-    thresholded on the manifest's dev, which the folds left out (see `skin.ensemble.SAME_DEV`);
+    thresholded on the manifest's dev, which the folds left out (see `skin.search.ensemble.SAME_DEV`);
     a cross-validation whose folds took dev in (made before #21) is refused by name."""
     registry = MLflowRegistry(cfg.tracking.tracking_uri)
     tags = registry.run_tags(parent_run_id)

@@ -10,9 +10,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, flow_config
-from skin.config import PipelineConfig, digest
-from skin.datastages import ListingRef
-from skin.drift import Reference, resolve_reference
+from skin.base.config import PipelineConfig, digest
+from skin.data.stages import ListingRef
+from skin.monitor.drift import Reference, resolve_reference
 from tasks.data import list_task
 from tasks.drift import check_drift_task
 from tasks.events import DRIFT_DETECTED, dataset_resource, emit

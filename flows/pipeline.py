@@ -9,12 +9,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, data_stages, flow_config, model_stages
 from flows.drift import champion_ref, drift_stage, reference_for
-from skin import manifest as mf
-from skin.config import PipelineConfig
-from skin.datastages import ListingRef, ManifestRef, read_listing, read_skipped
-from skin.drift import new_fraction
-from skin.report import abstention_line, bias_variance_line, metrics_table_text
-from skin.tracking import MLflowRegistry
+from skin.base.config import PipelineConfig
+from skin.data import manifest as mf
+from skin.data.stages import ListingRef, ManifestRef, read_listing, read_skipped
+from skin.evaluate.report import abstention_line, bias_variance_line, metrics_table_text
+from skin.monitor.drift import new_fraction
+from skin.track.tracking import MLflowRegistry
 from tasks.events import RETRAIN_SKIPPED, dataset_resource, emit
 from tasks.training import evaluate_task, register_task
 

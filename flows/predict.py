@@ -7,9 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from skin.config import DEFAULT_MODEL
-from skin.loading import load_predictor
-from skin.predict import output_uri, predict_store
+from skin.base.config import DEFAULT_MODEL
+from skin.serve.loading import load_predictor
+from skin.serve.predict import output_uri, predict_store
 
 
 @task(name="predict-images")

@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
-from skin.storage import is_s3
+from skin.data.storage import is_s3
 
 
 def use_s3_result_storage(

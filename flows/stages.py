@@ -15,8 +15,8 @@ from flows.common import (
     resolve_config,
     resolve_manifest,
 )
-from skin.datastages import manifest_ref
-from skin.runs import RunPaths
+from skin.base.runs import RunPaths
+from skin.data.stages import manifest_ref
 from tasks.data import list_task
 from tasks.training import evaluate_task
 

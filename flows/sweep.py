@@ -19,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.common import call, data_stages, flow_config, resolve_config
-from skin.config import PipelineConfig, digest
-from skin.datastages import ManifestRef, manifest_ref, set_latest
-from skin.runs import RunPaths, run_pointer
-from skin.stages import EvalOutcome
-from skin.sweep import (
+from skin.base.config import PipelineConfig, digest
+from skin.base.runs import RunPaths, run_pointer
+from skin.data.stages import ManifestRef, manifest_ref, set_latest
+from skin.evaluate.stage import EvalOutcome
+from skin.search.sweep import (
     PARENT_RUN,
     Asked,
     Space,
@@ -45,8 +45,8 @@ from skin.sweep import (
     trials_to_run,
     validate_space,
 )
-from skin.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, resolve_tracking_uri
-from skin.train import TrainingStopped
+from skin.track.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, resolve_tracking_uri
+from skin.train.loop import TrainingStopped
 from tasks.training import (
     decode_images_task,
     evaluate_task,
@@ -339,7 +339,7 @@ def study_facts(
         # trials valued alike: a study ranked another way is not resumed
         "ranked_on": "out of fold over train (flows.cv)"
         if cv_folds
-        else "dev's select half (skin.sweep.dev_halves)",
+        else "dev's select half (skin.search.sweep.dev_halves)",
     }
 
 
@@ -356,7 +356,7 @@ def held_back_predictions(config: PipelineConfig, run_id: str) -> tuple[Path, di
     lesions = held["lesion_id"].nunique() if "lesion_id" in held else len(held)
     return path, {
         "gate.images": f"held back: {len(held)} of {len(dev)} dev images ({lesions} lesions),"
-        " the half of dev no trial was ranked on (skin.sweep.dev_halves)",
+        " the half of dev no trial was ranked on (skin.search.sweep.dev_halves)",
     }
 
 

@@ -21,9 +21,9 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
-from skin.config import PipelineConfig, config_digest, digest
-from skin.storage import StorageError, exists_uri
-from skin.tracking import MLflowRegistry, resolve_tracking_uri
+from skin.base.config import PipelineConfig, config_digest, digest
+from skin.data.storage import StorageError, exists_uri
+from skin.track.tracking import MLflowRegistry, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from skin import manifest as mf
-from skin.config import PipelineConfig
-from skin.datastages import (
+from skin.base.config import PipelineConfig
+from skin.data import manifest as mf
+from skin.data.stages import (
     ListingRef,
     ManifestRef,
     balance,

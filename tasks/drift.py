@@ -1,5 +1,5 @@
 """The check-drift task: compare a dataset with the reference model's training data; the logic
-lives in skin.drift, the record goes to its own MLflow run (tagged skin.stage=check-drift)."""
+lives in skin.monitor.drift, the record goes to its own MLflow run (tagged skin.stage=check-drift)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 
 from prefect import task
 
-from skin import manifest as mf
-from skin.config import PipelineConfig, config_digest, digest
-from skin.datastages import ListingRef, read_listing, source_uri
-from skin.drift import (
+from skin.base.config import PipelineConfig, config_digest, digest
+from skin.base.runs import cache_root
+from skin.data import manifest as mf
+from skin.data.stages import ListingRef, read_listing, source_uri
+from skin.monitor.drift import (
     DriftReport,
     Reference,
     backbone,
@@ -19,8 +20,7 @@ from skin.drift import (
     drift_params,
     write_report,
 )
-from skin.runs import cache_root
-from skin.tracking import MLflowTracker, tracked_run
+from skin.track.tracking import MLflowTracker, tracked_run
 from tasks.caching import IO_RETRIES, Names, keyed_on
 from tasks.training import _tags
 

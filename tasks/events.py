@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from prefect.events import emit_event
 
-from skin.registry import CHAMPION, Registration
+from skin.release.registry import CHAMPION, Registration
 
 MODEL_PROMOTED = "skin.model.promoted"  # a version became champion
 DRIFT_DETECTED = "skin.drift.detected"  # the data moved away from the champion's training data

@@ -7,11 +7,11 @@ from typing import Any
 
 from prefect import task
 
-from skin import manifest as mf
-from skin.config import PipelineConfig
-from skin.datastages import ManifestRef
-from skin.model import build_model, input_spec
-from skin.shards import ShardInfo, build_shard, finish, shard_count, shards_uri
+from skin.base.config import PipelineConfig
+from skin.data import manifest as mf
+from skin.data.shards import ShardInfo, build_shard, finish, shard_count, shards_uri
+from skin.data.stages import ManifestRef
+from skin.train.model import build_model, input_spec
 from tasks.caching import IO_RETRIES, keyed_on
 
 _SHARD_KEY = ("manifest.hash", "size", "index", "shard_rows", "uri")

@@ -11,19 +11,20 @@ from typing import Any
 from filelock import FileLock
 from prefect import runtime, task
 
-from skin import manifest as mf
-from skin.compare import dev_comparison
-from skin.config import PipelineConfig, config_digest, digest
-from skin.datastages import ManifestRef, read_skipped, skipped_uri
-from skin.launch import launch
-from skin.model import build_model, input_spec
-from skin.modelcard import model_card
-from skin.progress import terminal_bars
-from skin.registry import GatePolicy, Registration, register_and_gate
-from skin.runs import RunPaths, cache_root, run_pointer
-from skin.shards import image_cache
-from skin.stages import EvalOutcome, TrainOutcome, evaluate_stage, train_stage
-from skin.tracking import MLflowRegistry, MLflowTracker, resolve_tracking_uri, tracked_run
+from skin.base.config import PipelineConfig, config_digest, digest
+from skin.base.progress import terminal_bars
+from skin.base.runs import RunPaths, cache_root, run_pointer
+from skin.data import manifest as mf
+from skin.data.shards import image_cache
+from skin.data.stages import ManifestRef, read_skipped, skipped_uri
+from skin.evaluate.compare import dev_comparison
+from skin.evaluate.modelcard import model_card
+from skin.evaluate.stage import EvalOutcome, evaluate_stage
+from skin.release.registry import GatePolicy, Registration, register_and_gate
+from skin.track.tracking import MLflowRegistry, MLflowTracker, resolve_tracking_uri, tracked_run
+from skin.train.launch import launch
+from skin.train.model import build_model, input_spec
+from skin.train.stage import TrainOutcome, train_stage
 from tasks.caching import IO_RETRIES, Names, keyed_on, say
 from tasks.events import emit_promotion
 

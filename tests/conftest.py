@@ -133,8 +133,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 generated images per class at 40 px, in class folders (read-only for tests)."""
-    from skin.sample_data import write_sample_dataset
-    from skin.synthetic import class_counts
+    from skin.data.sample_data import write_sample_dataset
+    from skin.data.synthetic import class_counts
 
     root = tmp_path_factory.mktemp("sample") / "data"
     write_sample_dataset(str(root), class_counts(per_class=40), size=40, seed=1)

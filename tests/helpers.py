@@ -22,7 +22,7 @@ def snapshot(s3_client: Any, bucket: str) -> dict[str, tuple[str, int]]:
 
 def tiny_config(tmp_path: Path, data: Path | str, **extra: object) -> Any:
     """The tiny recipe on `data`, working under `tmp_path`, with dotted overrides."""
-    from skin.config import load_config
+    from skin.base.config import load_config
 
     overrides = {**TINY, "data.uri": str(data), "work_dir": str(tmp_path / "work"), **extra}
     return load_config(None, overrides)
@@ -30,8 +30,8 @@ def tiny_config(tmp_path: Path, data: Path | str, **extra: object) -> Any:
 
 def make_manifest(tmp_path: Path, data: Path, **extra: object) -> tuple[str, Any]:
     """List and split `data` into a manifest under `tmp_path`: its URI and the config used."""
-    from skin import manifest as mf
-    from skin.datastages import build_manifest, list_images, source_uri
+    from skin.data import manifest as mf
+    from skin.data.stages import build_manifest, list_images, source_uri
 
     cfg = tiny_config(tmp_path, data, **extra)
     df = build_manifest(list_images(cfg.data), source_uri(cfg.data.uri), cfg.split)
@@ -59,9 +59,9 @@ SIZE = 36
 
 def cache_manifest(uri: str) -> pd.DataFrame:
     """Every listed image as a train row: the cache needs keys, fingerprints and the source."""
-    from skin.datastages import source_uri
-    from skin.listing import list_dataset
-    from skin.storage import open_store
+    from skin.data.listing import list_dataset
+    from skin.data.stages import source_uri
+    from skin.data.storage import open_store
 
     images = list_dataset(open_store(uri), "folders").images
     return images.assign(split="train", keep=True, source=source_uri(uri))
@@ -69,7 +69,7 @@ def cache_manifest(uri: str) -> pd.DataFrame:
 
 def with_splits(m: pd.DataFrame) -> pd.DataFrame:
     """Rows dealt round-robin to train, dev and test; every third train row not kept."""
-    from skin.manifest import SPLITS
+    from skin.data.manifest import SPLITS
 
     split = np.resize(np.array(SPLITS), len(m))
     keep = (split != "train") | (np.arange(len(m)) % 9 != 0)
@@ -84,7 +84,7 @@ def reordered(m: pd.DataFrame, order: str) -> pd.DataFrame:
 
 def plain_spec(size: int) -> Any:
     """A model input that is the cached image as it is (no centre crop)."""
-    from skin.model import InputSpec
+    from skin.train.model import InputSpec
 
     return InputSpec(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic", 1.0)
 
@@ -99,8 +99,8 @@ def split_keys(m: pd.DataFrame, split: str) -> pd.DataFrame:
 
 def assert_each_key_reads_its_own_image(p, m: pd.DataFrame, data: Path) -> None:
     """Every served row is its manifest row's own image under its own label."""
-    from skin.images import decode
-    from skin.manifest import SPLITS
+    from skin.data.images import decode
+    from skin.data.manifest import SPLITS
 
     index = {c: i for i, c in enumerate(p.classes)}
     for split in SPLITS:
@@ -114,7 +114,7 @@ def assert_each_key_reads_its_own_image(p, m: pd.DataFrame, data: Path) -> None:
 
 def write_data(uri: str, per_class: int = 3) -> None:
     """Three generated 48 px images per class, written by few threads (few S3 clients)."""
-    from skin.sample_data import write_sample_dataset
+    from skin.data.sample_data import write_sample_dataset
 
     counts = dict.fromkeys(["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"], per_class)
     write_sample_dataset(uri, counts, size=48, seed=5, threads=2)  # few S3 clients to start
@@ -122,7 +122,7 @@ def write_data(uri: str, per_class: int = 3) -> None:
 
 def assign_splits(df: pd.DataFrame, **kwargs: Any) -> pd.Series:
     """Only the split name of each row (what most split tests look at)."""
-    from skin.split import split_with_moves
+    from skin.data.split import split_with_moves
 
     return split_with_moves(df, **kwargs).split
 
@@ -132,7 +132,7 @@ SEXES = ["male", "female"]
 
 def with_metadata(uri: str) -> pd.DataFrame:
     """The manifest with patient metadata (sex, age, site) and lesions of two images each."""
-    from skin import manifest as mf
+    from skin.data import manifest as mf
 
     m = mf.read(uri)
     n = np.arange(len(m))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp, softmax
 
-from skin.abstain import (
+from skin.stats.abstain import (
     Abstention,
     abstention_metrics,
     auroc,

@@ -7,9 +7,9 @@ import torch
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as tvf
 
-from skin.augment import BatchAugment, Draw
-from skin.config import AugmentConfig
-from skin.data import DIHEDRAL, dihedral_view
+from skin.base.config import AugmentConfig
+from skin.train.augment import BatchAugment, Draw
+from skin.train.datasets import DIHEDRAL, dihedral_view
 
 ON = AugmentConfig(enabled=True)
 
@@ -139,8 +139,9 @@ def test_refuses_what_is_not_a_uint8_rgb_batch() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["device", "workers"])
 def test_augmented_training_learns(tmp_path, sample_data, backend: str) -> None:
-    from skin.stages import evaluate_stage, train_stage
-    from skin.tracking import NullTracker
+    from skin.evaluate.stage import evaluate_stage
+    from skin.track.tracking import NullTracker
+    from skin.train.stage import train_stage
     from tests.helpers import make_manifest
 
     extra = {

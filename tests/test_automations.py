@@ -11,7 +11,7 @@ import pytest
 from prefect.events import Event, RelatedResource, Resource
 
 from flows import automations as au
-from skin.registry import CHALLENGER, CHAMPION, Registration
+from skin.release.registry import CHALLENGER, CHAMPION, Registration
 from tasks import events
 
 BLOCK = uuid.uuid4()
@@ -191,7 +191,7 @@ def test_a_bad_webhook_url_is_refused_without_echoing_its_token() -> None:
 def test_register_task_announces_only_a_new_champion(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, alias: str, posts: int
 ) -> None:
-    from skin.config import PipelineConfig
+    from skin.base.config import PipelineConfig
     from tasks import training
 
     sent: list[dict[str, Any]] = []

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skin.abstain import Abstention
-from skin.averaging import (
+from skin.serve.averaging import (
     PROB_FLOOR,
     EnsembleError,
     calibrate_mean,
@@ -18,6 +17,7 @@ from skin.averaging import (
     ensemble_rule,
     ensemble_temperature,
 )
+from skin.stats.abstain import Abstention
 
 
 def test_temperature_one_serves_the_plain_mean_and_others_sharpen_or_soften_it() -> None:

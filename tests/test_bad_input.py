@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from skin.cli import app
-from skin.images import ImageDecodeError, decode
-from skin.sample_data import write_sample_dataset
+from skin.data.images import ImageDecodeError, decode
+from skin.data.sample_data import write_sample_dataset
 from tests.helpers import snapshot
 from tests.recipes import TINY
 

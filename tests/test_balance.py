@@ -1,11 +1,11 @@
-"""skin.balance: the majority class in train cut to the next class's size, as a seeded keep-flag."""
+"""skin.data.balance: the majority class in train cut to the next class's size, as a seeded keep-flag."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from skin.balance import BalanceError, undersample
+from skin.data.balance import BalanceError, undersample
 
 
 def manifest(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from skin.bootstrap import (
+from skin.stats.bootstrap import (
     balanced_from_recall,
     confidence_intervals,
     flat_intervals,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from skin.config import ConfigError, config_digest, load_config
-from skin.datastages import ManifestRef
+from skin.base.config import ConfigError, config_digest, load_config
+from skin.data.stages import ManifestRef
 from tasks.caching import file_hash, keyed_on
 
 
@@ -122,18 +122,25 @@ def test_evaluate_stage_reaches_the_statistics_it_imports(tmp_path: Path) -> Non
     from tasks.training import evaluate_task, train_task
 
     found = stage_modules(evaluate_task.fn)
-    missed = {"skin.bootstrap", "skin.calibration", "skin.operating", "skin.slices", "skin.predict"}
+    missed = {
+        "skin.stats.bootstrap", "skin.stats.calibration", "skin.stats.operating", "skin.stats.slices",
+        "skin.serve.predict",
+    }  # fmt: skip
     assert missed <= found, f"evaluate's code key misses {sorted(missed - found)}"
-    assert {"skin.augment", "skin.labels", "skin.manifest"} <= stage_modules(train_task.fn)
-    assert "skin.cli" not in found and "skin.registry" not in found, "nothing evaluate can't reach"
+    assert {"skin.train.augment", "skin.base.labels", "skin.data.manifest"} <= stage_modules(
+        train_task.fn
+    )
+    assert "skin.cli" not in found and "skin.release.registry" not in found, (
+        "nothing evaluate can't reach"
+    )
 
     root = copy_project(tmp_path)
     before = code_key((evaluate_task.fn,), root)
-    with (root / "skin/cli.py").open("a") as fh:
+    with (root / "skin/cli/__init__.py").open("a") as fh:
         fh.write("\n# an edit outside evaluate's reach\n")
     forget_code()
     assert code_key((evaluate_task.fn,), root) == before
-    with (root / "skin/bootstrap.py").open("a") as fh:
+    with (root / "skin/stats/bootstrap.py").open("a") as fh:
         fh.write("\nLEVEL = 0.9  # an edit evaluate imports\n")
     forget_code()
     assert code_key((evaluate_task.fn,), root) != before, "stale intervals would be served"

@@ -9,8 +9,12 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from skin.abstain import coverage_threshold, ood_scores
-from skin.calibration import (
+from skin.base.config import load_config
+from skin.base.labels import CLASSES
+from skin.evaluate.report import Scored
+from skin.evaluate.stage import evaluation_findings
+from skin.stats.abstain import coverage_threshold, ood_scores
+from skin.stats.calibration import (
     LOG_T_BOUNDS,
     apply_temperature,
     calibrate,
@@ -20,11 +24,7 @@ from skin.calibration import (
     nll,
     nll_and_gradient,
 )
-from skin.config import load_config
-from skin.labels import CLASSES
-from skin.operating import threshold_at_specificity
-from skin.report import Scored
-from skin.stages import evaluation_findings
+from skin.stats.operating import threshold_at_specificity
 
 
 def calibrated(rng: np.random.Generator, n: int, classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +93,7 @@ def test_a_fit_driven_to_the_bound_is_rejected_and_t_one_kept(
 ) -> None:
     logits, y = uninformative(np.random.default_rng(4), 400)
     assert fit_temperature(logits, y) == pytest.approx(np.exp(LOG_T_BOUNDS[1]), rel=1e-3)
-    with caplog.at_level("WARNING", logger="skin.calibration"):
+    with caplog.at_level("WARNING", logger="skin.stats.calibration"):
         fit = calibrate(logits, y)
     assert not fit.accepted and fit.temperature == 1.0, fit
     assert fit.fitted == pytest.approx(np.exp(LOG_T_BOUNDS[1]), rel=1e-3), fit
@@ -106,8 +106,10 @@ def test_a_fit_that_raises_dev_log_loss_is_rejected(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     logits, y = calibrated(np.random.default_rng(5), 2000)
-    monkeypatch.setattr("skin.calibration.fit_temperature", lambda z, labels: 4.0)  # a bad fit
-    with caplog.at_level("WARNING", logger="skin.calibration"):
+    monkeypatch.setattr(
+        "skin.stats.calibration.fit_temperature", lambda z, labels: 4.0
+    )  # a bad fit
+    with caplog.at_level("WARNING", logger="skin.stats.calibration"):
         fit = calibrate(logits, y)
     assert nll(logits, y, 4.0) > nll(logits, y), "the simulated fit is worse than T = 1"
     assert not fit.accepted and fit.temperature == 1.0 and fit.fitted == 4.0, fit

@@ -1,4 +1,4 @@
-"""skin.checkpoint: atomic epoch files, `last`/`best` links, retention that keeps `best`, safe loads."""
+"""skin.train.checkpoint: atomic epoch files, `last`/`best` links, retention that keeps `best`, safe loads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skin import checkpoint as ckpt
+from skin.train import checkpoint as ckpt
 
 
 def state(value: float) -> dict[str, object]:

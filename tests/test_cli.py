@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from skin import manifest as mf
+from skin.base.config import load_config
 from skin.cli import app
-from skin.config import load_config
+from skin.data import manifest as mf
 
 runner = CliRunner()
 FILE_SPLIT = "split:\n  seed: 7\n  fractions: [0.6, 0.2, 0.2]\n  balance: none\n"
@@ -37,8 +37,8 @@ def _config(folder: Path, text: str = "") -> Path:
 @pytest.fixture(scope="module")
 def unbalanced(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """NV three times the size of every other class, so undersampling has something to drop."""
-    from skin.labels import CLASSES
-    from skin.sample_data import write_sample_dataset
+    from skin.base.labels import CLASSES
+    from skin.data.sample_data import write_sample_dataset
 
     root = tmp_path_factory.mktemp("unbalanced") / "data"
     counts = {c: 48 if c == "NV" else 16 for c in CLASSES}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skin import manifest as mf
+from skin.data import manifest as mf
 from tests.helpers import invoke, snapshot
 
 pytestmark = pytest.mark.server
@@ -102,7 +102,7 @@ def test_bad_split_options_fail_fast_with_the_field_named(
 
 
 def test_tiny_class_and_empty_dataset_are_clear_errors(tmp_path: Path, prefect_api) -> None:
-    from skin.sample_data import write_sample_dataset
+    from skin.data.sample_data import write_sample_dataset
 
     data = tmp_path / "data"
     write_sample_dataset(str(data), {"NV": 20, "DF": 2}, size=24, seed=0, repeat_fraction=0.0)

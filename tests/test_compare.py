@@ -1,4 +1,4 @@
-"""Champion against challenger on the same images (skin/compare.py) and the paired gate policy."""
+"""Champion against challenger on the same images (skin/evaluate/compare.py) and the paired gate policy."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pandas as pd
 import pytest
 
 from benchmarks.decision_rates.gate import SMALL_SLICE, blocked_by_slice, gate_trial, isic_dev
-from skin.compare import Comparison, compare, dev_comparison, probabilities, promotion_markdown
-from skin.folds import assign_folds, fold_manifest
-from skin.labels import CLASSES as ISIC
-from skin.registry import CHALLENGER, CHAMPION, Champion, GatePolicy, paired_gate
+from skin.base.labels import CLASSES as ISIC
+from skin.evaluate.compare import (
+    Comparison,
+    compare,
+    dev_comparison,
+    probabilities,
+    promotion_markdown,
+)
+from skin.release.registry import CHALLENGER, CHAMPION, Champion, GatePolicy, paired_gate
+from skin.search.folds import assign_folds, fold_manifest
 from tests.helpers import assign_splits
 
 CLASSES = ("MEL", "NV", "BCC")
@@ -154,8 +160,8 @@ def gate_on(
         asked.update(rows["key"])
         return np.random.default_rng(2).dirichlet(np.ones(len(classes)), len(rows))
 
-    monkeypatch.setattr("skin.compare.score_champion", score)
-    monkeypatch.setattr("skin.compare.champion_manifests", lambda ref, uri: champion)
+    monkeypatch.setattr("skin.evaluate.compare.score_champion", score)
+    monkeypatch.setattr("skin.evaluate.compare.champion_manifests", lambda ref, uri: champion)
     run = dev_comparison(tmp_path / "predictions_dev.parquet", ISIC, dataset="h", tta=False,
                          tracking_uri=None, n_resamples=200, seed=0, min_slice_size=30,
                          manifest_uri=str(tmp_path / "manifest.parquet"), min_images=min_images)  # fmt: skip

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from skin.base.config import ConfigError, PipelineConfig, flatten, load_config
 from skin.cli import app
-from skin.config import ConfigError, PipelineConfig, flatten, load_config
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""skin.data: cache-backed datasets, the (seed, epoch) sampler and loader, device normalisation."""
+"""skin.train.datasets: cache-backed datasets, the (seed, epoch) sampler and loader, device normalisation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from skin import data as skdata
-from skin.config import AugmentConfig
-from skin.data import (
+from skin.base.config import AugmentConfig
+from skin.data.imagecache import ImageCache
+from skin.train import datasets as skdata
+from skin.train.datasets import (
     EpochSampler,
     EvalImages,
     Normalize,
@@ -21,9 +22,8 @@ from skin.data import (
     make_loader,
     set_epoch,
 )
-from skin.features import FeatureSet
-from skin.imagecache import ImageCache
-from skin.model import InputSpec
+from skin.train.features import FeatureSet
+from skin.train.model import InputSpec
 
 SIDE = 12
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skin import manifest as mf
-from skin.config import SplitConfig
-from skin.datastages import (
+from skin.base.config import SplitConfig
+from skin.data import manifest as mf
+from skin.data.listing import Listing, list_dataset
+from skin.data.stages import (
     ManifestRef,
     build_manifest,
     dataset_id,
@@ -23,8 +24,7 @@ from skin.datastages import (
     source_uri,
     split_key,
 )
-from skin.listing import Listing, list_dataset
-from skin.storage import open_store
+from skin.data.storage import open_store
 
 COUNTS = {"AK": 6, "BCC": 6, "BKL": 6, "DF": 6, "MEL": 10, "NV": 40, "SCC": 6, "VASC": 6}
 
@@ -32,7 +32,7 @@ COUNTS = {"AK": 6, "BCC": 6, "BKL": 6, "DF": 6, "MEL": 10, "NV": 40, "SCC": 6, "
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """86 generated 16 px images in class folders, plus two files the listing must skip."""
-    from skin.sample_data import write_sample_dataset
+    from skin.data.sample_data import write_sample_dataset
 
     root = tmp_path_factory.mktemp("stages") / "data"
     write_sample_dataset(str(root), COUNTS, size=16, seed=3, threads=2)

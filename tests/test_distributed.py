@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from skin import checkpoint as ckpt
-from skin import manifest as mf
-from skin.config import ConfigError
-from skin.data import make_loader
-from skin.datastages import build_manifest, list_images, source_uri
-from skin.features import FeatureSet
-from skin.launch import launch
-from skin.stages import TrainOutcome, train_stage
-from skin.tracking import NullTracker
+from skin.base.config import ConfigError
+from skin.data import manifest as mf
+from skin.data.stages import build_manifest, list_images, source_uri
+from skin.track.tracking import NullTracker
+from skin.train import checkpoint as ckpt
+from skin.train.datasets import make_loader
+from skin.train.features import FeatureSet
+from skin.train.launch import launch
+from skin.train.stage import TrainOutcome, train_stage
 from tests.helpers import tiny_config
 
 # Head-only on cached features: exact arithmetic (no BatchNorm statistics in the trained part).
@@ -137,8 +137,8 @@ def test_train_task_with_nproc_records_into_its_one_mlflow_run(
     """train.nproc > 1: the task launches torchrun; rank 0 logs into the task's open run."""
     from mlflow import MlflowClient
 
-    from skin.config import PipelineConfig
-    from skin.datastages import manifest_ref
+    from skin.base.config import PipelineConfig
+    from skin.data.stages import manifest_ref
     from tasks.training import train_task
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -13,9 +13,11 @@ from PIL import Image
 from scipy import stats
 
 from benchmarks.decision_rates.drift import reports, simulate
-from skin.config import DriftConfig
-from skin.datastages import source_uri
-from skin.drift import (
+from skin.base.config import DriftConfig
+from skin.data.listing import list_dataset
+from skin.data.stages import source_uri
+from skin.data.storage import open_store
+from skin.monitor.drift import (
     PROPERTIES,
     DriftParams,
     DriftReport,
@@ -33,8 +35,6 @@ from skin.drift import (
     property_tests,
     reference_rows,
 )
-from skin.listing import list_dataset
-from skin.storage import open_store
 
 CLASSES = list("ABCDEFGH")
 MIX = np.array([40, 15, 12, 10, 4, 3, 1, 1], dtype=float) / 86
@@ -148,8 +148,8 @@ def tinted_copy(src: Path, dst: Path, red: float = 1.35) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from skin.model import build_model, input_spec
-    from skin.train import seed_everything
+    from skin.train.loop import seed_everything
+    from skin.train.model import build_model, input_spec
 
     seed_everything(0)
     model = build_model("test_resnet", 8, pretrained=False)
@@ -159,8 +159,8 @@ def tiny_model():
 def test_a_colour_cast_is_flagged_and_an_independent_sample_is_not(
     tmp_path: Path, sample_data: Path, tiny_model
 ) -> None:
-    from skin.sample_data import write_sample_dataset
-    from skin.synthetic import class_counts
+    from skin.data.sample_data import write_sample_dataset
+    from skin.data.synthetic import class_counts
 
     reference = _rows(sample_data).assign(split="train", keep=True)
     params = DriftParams(current="all", sample=120)
@@ -217,8 +217,8 @@ def test_check_drift_task_records_a_cast_against_a_manifest_in_mlflow(
 ) -> None:
     from mlflow import MlflowClient
 
-    from skin.datastages import list_images, save_listing
-    from skin.drift import resolve_reference
+    from skin.data.stages import list_images, save_listing
+    from skin.monitor.drift import resolve_reference
     from tasks.drift import check_drift_task
     from tests.helpers import make_manifest, tiny_config
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from skin import serving
-from skin.averaging import EnsembleError, EnsemblePredictor
-from skin.ensemble import Member, write_members
-from skin.loading import load_predictor
+from skin.search.ensemble import Member, write_members
+from skin.serve import pyfunc as serving
+from skin.serve.averaging import EnsembleError, EnsemblePredictor
+from skin.serve.loading import load_predictor
 from tests.helpers import invoke
 from tests.test_predict import tiny_checkpoints
 
@@ -95,7 +95,7 @@ def test_an_ensembles_own_temperature_is_read_from_members_json_or_refused_by_na
     before it existed serves the plain mean; a bad one is refused naming the file."""
     import shutil
 
-    from skin.averaging import calibrate_mean
+    from skin.serve.averaging import calibrate_mean
 
     paths, folder = members
     data = images()
@@ -124,9 +124,9 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     and by MLflow's pyfunc with the single model's columns: same probabilities as the members."""
     import mlflow.pyfunc
 
-    from skin.abstain import Abstention, abstention_json
-    from skin.registry import GATE_METRIC, register_and_gate
-    from skin.tracking import MLflowTracker, tracked_run
+    from skin.release.registry import GATE_METRIC, register_and_gate
+    from skin.stats.abstain import Abstention, abstention_json
+    from skin.track.tracking import MLflowTracker, tracked_run
 
     paths, folder = members
     data = images()
@@ -231,9 +231,9 @@ def test_an_ensemble_predicts_a_folder_through_the_batch_flow(members, tmp_path:
 def test_ensemble_evaluation_sets_an_msp_unk_threshold_on_dev_for_the_coverage() -> None:
     """The ensemble's rule: 1 - max of its averaged probabilities, threshold on dev known images
     for the coverage, read on test with the single run's metric names; scores per image."""
-    from skin.abstain import read_abstention
-    from skin.ensemble import evaluate_ensemble, summary_markdown
-    from skin.labels import CLASSES
+    from skin.base.labels import CLASSES
+    from skin.search.ensemble import evaluate_ensemble, summary_markdown
+    from skin.stats.abstain import read_abstention
 
     rng = np.random.default_rng(1)
 
@@ -271,7 +271,7 @@ def with_rule(folder: Path, dst: Path, kind: str, threshold: float) -> Path:
     """A copy of the ensemble folder with an abstention.json beside its members.json."""
     import shutil
 
-    from skin.abstain import Abstention, abstention_json
+    from skin.stats.abstain import Abstention, abstention_json
 
     shutil.copytree(folder, dst)
     doc = abstention_json(Abstention(kind, threshold), 0.9, None, np.zeros(3))
@@ -285,7 +285,7 @@ def test_an_ensemble_with_a_stored_rule_answers_unk_in_predict_batch_and_serving
     """abstention.json beside members.json (as `ensemble_stage` writes it, and as the logged
     model carries it): `score`, the batch flow and the served frame answer UNK past it."""
     from flows.predict import predict_task
-    from skin.serving import ensemble_artifacts_of, load_served, predict_frame
+    from skin.serve.pyfunc import ensemble_artifacts_of, load_served, predict_frame
 
     _, folder = members
     data = images()
@@ -330,8 +330,8 @@ def test_the_ensemble_stage_abstains_as_a_run_and_predicts_its_own_scores(
 ) -> None:
     """`ensemble_stage`: the single run's abstention metrics, abstention.json in the report and
     beside members.json, per-image scores; loading the folder back gives the same scores."""
-    from skin.ensemble import ensemble_stage
-    from skin.tracking import NullTracker
+    from skin.search.ensemble import ensemble_stage
+    from skin.track.tracking import NullTracker
     from tests.helpers import make_manifest
 
     paths, _ = members
@@ -365,12 +365,12 @@ def test_the_ensemble_stage_chooses_its_temperature_and_thresholds_on_its_own_de
     chosen on what it serves over dev (the members' mean, then its own temperature), not on any
     one member's probabilities; `skin cv`'s fold ensembles and `skin ensemble --runs` both come
     through this stage."""
-    from skin import manifest as mf
-    from skin.abstain import coverage_threshold
-    from skin.averaging import calibrate_mean
-    from skin.ensemble import ensemble_stage, fit_ensemble_temperature
-    from skin.operating import choose_thresholds
-    from skin.tracking import NullTracker
+    from skin.data import manifest as mf
+    from skin.search.ensemble import ensemble_stage, fit_ensemble_temperature
+    from skin.serve.averaging import calibrate_mean
+    from skin.stats.abstain import coverage_threshold
+    from skin.stats.operating import choose_thresholds
+    from skin.track.tracking import NullTracker
     from tests.helpers import make_manifest
 
     paths, _ = members
@@ -403,8 +403,8 @@ def test_the_ensemble_stage_chooses_its_temperature_and_thresholds_on_its_own_de
 
 def test_drift_embeds_with_an_ensemble_champions_first_member(members) -> None:
     """Once an ensemble is champion, `skin drift` reads its members.json, not a checkpoint."""
-    from skin.config import ModelConfig
-    from skin.drift import backbone
+    from skin.base.config import ModelConfig
+    from skin.monitor.drift import backbone
 
     _, folder = members
     net, spec = backbone(str(folder / "members.json"), ModelConfig(), None, 8)
@@ -415,7 +415,7 @@ def test_drift_embeds_with_an_ensemble_champions_first_member(members) -> None:
 
 
 def test_members_that_trained_on_the_judged_images_are_refused() -> None:
-    from skin.ensemble import check_members_unseen, seen_in_training
+    from skin.search.ensemble import check_members_unseen, seen_in_training
 
     evaluation = pd.DataFrame(
         {

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from skin.evaluate import (
+from skin.stats.metrics import (
     SplitMetrics,
     bias_variance,
     diagnosis,

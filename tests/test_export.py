@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skin.export import export_onnx
-from skin.loading import load_predictor
-from skin.predict import PredictError
+from skin.serve.export import export_onnx
+from skin.serve.loading import load_predictor
+from skin.serve.predict import PredictError
 from tests.helpers import invoke
 from tests.test_serving import encoded, tiny_checkpoint
 

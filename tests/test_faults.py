@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from skin.config import DataConfig
-from skin.storage import S3Store, StorageError
-from skin.validate import validate_dataset
+from skin.base.config import DataConfig
+from skin.data.storage import S3Store, StorageError
+from skin.data.validate import validate_dataset
 from tests.faults import FaultyProxy, Plan
 
 pytestmark = pytest.mark.server
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.server
 
 @pytest.fixture
 def small_bucket(s3_client, bucket: str) -> str:
-    from skin.sample_data import write_sample_dataset
+    from skin.data.sample_data import write_sample_dataset
 
     write_sample_dataset(f"s3://{bucket}/d", dict.fromkeys(["AK", "NV", "MEL"], 6), size=24, seed=2)
     return bucket

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from skin.config import PipelineConfig
-from skin.data import Normalize
-from skin.features import extract
-from skin.feeds import index_splits
-from skin.images import decode
-from skin.manifest import SPLITS
-from skin.model import build_model, pooled_features
+from skin.base.config import PipelineConfig
+from skin.data.images import decode
+from skin.data.manifest import SPLITS
+from skin.train.datasets import Normalize
+from skin.train.features import extract
+from skin.train.feeds import index_splits
+from skin.train.model import build_model, pooled_features
 from tests.helpers import (
     SIZE,
     cache_manifest,

@@ -1,4 +1,4 @@
-"""skin.feeds: which cache rows each split serves, and the two feeds `fit` trains on."""
+"""skin.train.feeds: which cache rows each split serves, and the two feeds `fit` trains on."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from skin.config import AugmentConfig, PipelineConfig, TrainConfig
-from skin.data import EvalImages, TrainImages
-from skin.distributed import World
-from skin.features import HeadOnFeatures
-from skin.feeds import (
+from skin.base.config import AugmentConfig, PipelineConfig, TrainConfig
+from skin.data.imagecache import ImageCache
+from skin.train.datasets import EvalImages, TrainImages
+from skin.train.distributed import World
+from skin.train.features import HeadOnFeatures
+from skin.train.feeds import (
     Placement,
     SplitImages,
     feature_feeds,
@@ -21,8 +22,7 @@ from skin.feeds import (
     index_splits,
     place_model,
 )
-from skin.imagecache import ImageCache
-from skin.model import build_model
+from skin.train.model import build_model
 from tests.helpers import SIZE, cache_manifest, plain_spec, with_splits, write_data
 
 CPU = Placement(torch.device("cpu"), channels_last=False, dtype=None)
@@ -160,7 +160,7 @@ def test_the_image_feed_picks_where_images_are_cropped_and_augmented(
 
 
 def test_the_image_feed_sets_train_mode_keeping_frozen_batchnorm_still() -> None:
-    from skin.model import apply_freeze
+    from skin.train.model import apply_freeze
 
     data = fake_split()
     model = build_model("test_resnet", 4, pretrained=False)

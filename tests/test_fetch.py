@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.proxy import DelayProxy
-from skin.fetch import Fetcher, FetchError, ObjectCache
-from skin.storage import LocalStore, S3Store
+from skin.data.fetch import Fetcher, FetchError, ObjectCache
+from skin.data.storage import LocalStore, S3Store
 
 
 def put_objects(s3_client, bucket: str, n: int = 12) -> dict[str, bytes]:

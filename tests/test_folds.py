@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skin.folds import FoldError, assign_folds, fold_manifest
-from skin.manifest import validate
-from skin.split import split_with_moves
+from skin.data.manifest import validate
+from skin.data.split import split_with_moves
+from skin.search.folds import FoldError, assign_folds, fold_manifest
 
 
 def make_manifest(counts: dict[str, int], lesion_every: int, dup_every: int, seed: int):
@@ -120,7 +120,7 @@ def test_too_many_folds_for_the_groups_is_a_clear_error() -> None:
 def test_oof_metrics_pool_every_fold_and_average_the_fold_scores() -> None:
     from sklearn.metrics import balanced_accuracy_score
 
-    from skin.folds import cv_metrics, out_of_fold
+    from skin.search.folds import cv_metrics, out_of_fold
 
     m = make_manifest(COUNTS, lesion_every=2, dup_every=0, seed=4)
     folds = assign_folds(m, 3, seed=4)

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from skin import manifest as mf
-from skin.config import ConfigError, load_config
+from skin.base.config import ConfigError, load_config
+from skin.data import manifest as mf
 from tests.helpers import make_manifest, plain_spec
 
 HELD = "DF"
@@ -20,7 +20,7 @@ HELD = "DF"
 def test_the_held_out_class_is_set_apart_after_the_split_from_the_same_cache(
     tmp_path: Path, sample_data: Path
 ) -> None:
-    from skin.feeds import index_splits
+    from skin.train.feeds import index_splits
 
     uri, cfg = make_manifest(tmp_path, sample_data)
     manifest = mf.read(uri)
@@ -46,7 +46,7 @@ def test_the_held_out_class_is_set_apart_after_the_split_from_the_same_cache(
 
 
 def test_the_held_out_class_changes_the_training_key_and_must_be_a_class(tmp_path: Path) -> None:
-    from skin.datastages import ManifestRef
+    from skin.data.stages import ManifestRef
     from tasks.training import train_key
 
     ref = ManifestRef(uri="m.parquet", hash="abc", dataset="d", images=1)
@@ -105,10 +105,11 @@ class HeldOut:
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory: pytest.TempPathFactory) -> HeldOut:
-    from skin.sample_data import write_sample_dataset
-    from skin.stages import evaluate_stage, train_stage
-    from skin.synthetic import class_counts
-    from skin.tracking import NullTracker
+    from skin.data.sample_data import write_sample_dataset
+    from skin.data.synthetic import class_counts
+    from skin.evaluate.stage import evaluate_stage
+    from skin.track.tracking import NullTracker
+    from skin.train.stage import train_stage
 
     tmp = tmp_path_factory.mktemp("holdout")
     data = tmp / "data"
@@ -135,7 +136,7 @@ def test_a_held_out_class_is_detected_well_above_chance(held_out: HeldOut) -> No
 
 @pytest.mark.slow
 def test_the_held_out_model_knows_seven_classes_and_its_report_says_unk(held_out: HeldOut) -> None:
-    from skin import checkpoint as ckpt
+    from skin.train import checkpoint as ckpt
 
     classes = ckpt.load(held_out.checkpoint)["classes"]
     assert HELD not in classes and len(classes) == 7, classes

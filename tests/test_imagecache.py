@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from benchmarks.proxy import DelayProxy
-from skin.config import PipelineConfig
-from skin.feeds import index_splits
-from skin.imagecache import (
+from skin.base.config import PipelineConfig
+from skin.data.imagecache import (
     FORMAT,
     ImageCache,
     build_cache,
@@ -23,7 +22,8 @@ from skin.imagecache import (
     read_meta,
     write_meta,
 )
-from skin.images import decode
+from skin.data.images import decode
+from skin.train.feeds import index_splits
 from tests.helpers import (
     SIZE,
     assert_each_key_reads_its_own_image,
@@ -117,7 +117,7 @@ def test_unfetchable_and_undecodable_images_are_marked_bad(
 
 
 def test_a_persistent_loader_replays_each_epoch_like_a_fresh_one(tmp_path: Path) -> None:
-    from skin.data import EvalImages, make_loader, set_epoch
+    from skin.train.datasets import EvalImages, make_loader, set_epoch
 
     data = tmp_path / "data"
     write_data(str(data), per_class=4)
@@ -165,7 +165,7 @@ def test_rows_are_found_by_key_and_an_unknown_key_is_an_error(tmp_path: Path) ->
 
 
 def test_cache_meta_reads_back_as_written_and_another_format_is_refused(tmp_path: Path) -> None:
-    from skin.storage import LocalStore
+    from skin.data.storage import LocalStore
 
     store = LocalStore(tmp_path)
     ok = np.array([True, False, True])

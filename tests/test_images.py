@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skin.images import _to_rgb, centre_crop, decode, is_image_name
+from skin.data.images import _to_rgb, centre_crop, decode, is_image_name
 
 
 def encoded(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -53,7 +53,7 @@ def test_a_project_import_inside_a_function_says_why() -> None:
     flows per command to start fast."""
     silent = []
     for path in sorted((ROOT / "skin").rglob("*.py")):
-        if path.name == "cli.py":
+        if path.parent.name == "cli":
             continue
         lines = path.read_text().splitlines()
         for fn in ast.walk(ast.parse("\n".join(lines))):

@@ -1,4 +1,4 @@
-"""skin.launch: how torchrun is started, what its failures say, and what rank 0 hands back.
+"""skin.train.launch: how torchrun is started, what its failures say, and what rank 0 hands back.
 
 torchrun itself is replaced by a small Python child (the real multi-process run is in
 tests/test_distributed.py): these tests pin the launcher's own contract around it.
@@ -15,12 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from skin import launch as launcher
-from skin.config import load_config
-from skin.launch import TAIL_CHARS, LaunchError, _open_tracker, _parser, launch
-from skin.runs import RunPaths
-from skin.stages import TrainOutcome
-from skin.tracking import NullTracker
+from skin.base.config import load_config
+from skin.base.runs import RunPaths
+from skin.track.tracking import NullTracker
+from skin.train import launch as launcher
+from skin.train.launch import TAIL_CHARS, LaunchError, _open_tracker, _parser, launch
+from skin.train.stage import TrainOutcome
 from tests.recipes import TINY
 
 
@@ -81,7 +81,7 @@ def test_the_command_is_torchrun_on_this_module_with_the_runs_own_config(
     cmd = child.cmd
     assert cmd[:4] == [sys.executable, "-m", "torch.distributed.run", "--standalone"], cmd
     assert cmd[cmd.index("--nproc_per_node") + 1] == "3"
-    assert cmd[cmd.index("-m", 2) + 1] == "skin.launch"
+    assert cmd[cmd.index("-m", 2) + 1] == "skin.train.launch"
     assert cmd[cmd.index("--manifest") + 1] == "s3://b/manifest.parquet"
     assert cmd[cmd.index("--config") + 1] == str(paths.launch_config)
     assert cmd[cmd.index("--run-id") + 1] == "r1" and cmd[-1] == "--tracking"

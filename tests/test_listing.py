@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skin.listing import GROUND_TRUTH, METADATA, ListingError, list_dataset
-from skin.storage import LocalStore, S3Store, StorageError, open_store
+from skin.data.listing import GROUND_TRUTH, METADATA, ListingError, list_dataset
+from skin.data.storage import LocalStore, S3Store, StorageError, open_store
 from tests.helpers import snapshot
 
 pytestmark = pytest.mark.server

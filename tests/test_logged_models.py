@@ -11,7 +11,7 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 
-from skin.labels import CLASSES
+from skin.base.labels import CLASSES
 from tests.fixtures.images import fixture_images
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,4 +31,4 @@ def test_the_fixture_is_what_the_pipeline_logs() -> None:
     text = (FIXTURES / "logged_model" / "MLmodel").read_text()
     assert "python_function" in text and "artifacts/checkpoint.pt" in text, text[:500]
     assert (FIXTURES / "logged_model" / "python_model.pkl").stat().st_size > 0
-    pytest.importorskip("skin.serving")  # the module the pickle names must exist
+    pytest.importorskip("skin.serve.pyfunc")  # the module the pickle names must exist

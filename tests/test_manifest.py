@@ -1,4 +1,4 @@
-"""skin.manifest: the schema enforced on every write and read, round trips, the content hash."""
+"""skin.data.manifest: the schema enforced on every write and read, round trips, the content hash."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from skin import manifest as mf
+from skin.data import manifest as mf
 
 
 def good() -> pd.DataFrame:

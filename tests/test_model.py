@@ -1,4 +1,4 @@
-"""skin.model: a timm classifier built with 8 outputs, frozen by policy, rebuilt from a checkpoint."""
+"""skin.train.model: a timm classifier built with 8 outputs, frozen by policy, rebuilt from a checkpoint."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from skin import checkpoint as ckpt
-from skin.config import load_config
-from skin.labels import CLASSES
-from skin.model import (
+from skin.base.config import load_config
+from skin.base.labels import CLASSES
+from skin.train import checkpoint as ckpt
+from skin.train.model import (
     InputSpec,
     apply_freeze,
     build_model,
@@ -22,7 +22,7 @@ from skin.model import (
     pooled_features,
     train_mode,
 )
-from skin.weights import WeightsError
+from skin.train.weights import WeightsError
 from tests.recipes import TINY
 
 

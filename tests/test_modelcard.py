@@ -1,4 +1,4 @@
-"""Model cards (skin/modelcard.py): written from the run folder, claiming only what was measured."""
+"""Model cards (skin/evaluate/modelcard.py): written from the run folder, claiming only what was measured."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from skin.config import config_to_yaml, load_config
-from skin.modelcard import model_card
-from skin.runs import RunPaths
+from skin.base.config import config_to_yaml, load_config
+from skin.base.runs import RunPaths
+from skin.evaluate.modelcard import model_card
 
 
 def make_run(tmp_path: Path, *, slices: bool) -> RunPaths:
@@ -55,7 +55,7 @@ def test_card_states_the_unk_rule_and_what_it_gave_on_test(tmp_path: Path) -> No
     accepted accuracy, and the held-out-class AUROC where one was measured."""
     import json
 
-    from skin.abstain import Abstention, abstention_json
+    from skin.stats.abstain import Abstention, abstention_json
 
     run = make_run(tmp_path, slices=False)
     measured = {"test_abstain_rate": 0.0625, "test_accepted_accuracy": 0.8123,

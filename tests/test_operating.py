@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skin.operating import (
+from skin.stats.operating import (
     choose_thresholds,
     flat_operating,
     operating_points,

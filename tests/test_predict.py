@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skin import manifest as mf
-from skin import serving
-from skin.loading import load_predictor
-from skin.predict import PredictError, Predictor, predict_store
+from skin.data import manifest as mf
+from skin.serve import pyfunc as serving
+from skin.serve.loading import load_predictor
+from skin.serve.predict import PredictError, Predictor, predict_store
 from tests.helpers import snapshot
 from tests.recipes import TINY
 
@@ -108,11 +108,11 @@ def test_predictions_match_the_evaluation(trained: Trained) -> None:
     from mlflow import MlflowClient
     from sklearn.metrics import balanced_accuracy_score
 
-    from skin.calibration import apply_temperature
-    from skin.checkpoint import load
-    from skin.config import PipelineConfig
-    from skin.feeds import index_splits
-    from skin.stages import predict_split
+    from skin.base.config import PipelineConfig
+    from skin.evaluate.stage import predict_split
+    from skin.stats.calibration import apply_temperature
+    from skin.train.checkpoint import load
+    from skin.train.feeds import index_splits
 
     predictor = load_predictor(str(trained.checkpoint), "cpu")
     cfg = PipelineConfig.model_validate(load(trained.checkpoint)["config"])
@@ -142,7 +142,7 @@ def test_the_logged_mlflow_model_holds_the_same_weights(trained: Trained) -> Non
 
     import mlflow
 
-    from skin.labels import CLASSES
+    from skin.base.labels import CLASSES
 
     mlflow.set_tracking_uri(trained.tracking_uri)
     served = mlflow.pyfunc.load_model(f"models:/{trained.name}@champion")
@@ -157,7 +157,7 @@ def test_the_logged_mlflow_model_holds_the_same_weights(trained: Trained) -> Non
 @e2e
 def test_tta_prediction_is_invariant_to_flips_and_quarter_turns(trained: Trained) -> None:
     """Images at the decode size, so decoding is exact and only the model's orientation matters."""
-    from skin.images import decode
+    from skin.data.images import decode
 
     plain = load_predictor(str(trained.checkpoint), "cpu")
     tta = load_predictor(str(trained.checkpoint), "cpu", tta=True)
@@ -288,7 +288,9 @@ def _cli_has_predict() -> bool:
 
 
 @e2e
-@pytest.mark.skipif(not _cli_has_predict(), reason="`skin predict` is not in skin/cli.py yet")
+@pytest.mark.skipif(
+    not _cli_has_predict(), reason="`skin predict` is not in skin/cli/__init__.py yet"
+)
 def test_cli_predicts_images_and_folders(trained: Trained, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -341,9 +343,9 @@ def tiny_checkpoints(folder: Path) -> dict[int, Path]:
     import timm
     import torch
 
-    from skin import checkpoint as ckpt
-    from skin.config import load_config
-    from skin.labels import CLASSES
+    from skin.base.config import load_config
+    from skin.base.labels import CLASSES
+    from skin.train import checkpoint as ckpt
 
     cfg = load_config(None, dict(TINY)).model_dump(mode="json")
     paths = {}
@@ -358,8 +360,8 @@ def tiny_checkpoints(folder: Path) -> dict[int, Path]:
 def register_epoch(tmp_path: Path, *, with_checkpoint: bool = True) -> Registered:
     """What train, evaluate and register do to MLflow, for a run whose best epoch is 2."""
 
-    from skin.registry import GATE_METRIC, register_and_gate
-    from skin.tracking import MLflowTracker, tracked_run
+    from skin.release.registry import GATE_METRIC, register_and_gate
+    from skin.track.tracking import MLflowTracker, tracked_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     paths = tiny_checkpoints(tmp_path / "checkpoints")
@@ -387,7 +389,7 @@ def legacy_model(uri: str, run_id: str) -> str:
 
 
 def same_weights(model, checkpoint: Path) -> bool:
-    from skin import checkpoint as ckpt
+    from skin.train import checkpoint as ckpt
 
     saved = ckpt.load(checkpoint)["model"]
     return all(v.equal(saved[k]) for k, v in model.state_dict().items())
@@ -421,7 +423,7 @@ def test_a_changed_registered_checkpoint_is_refused(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=reg.uri)
     tags = client.get_model_version(reg.name, reg.version).tags
     location = client.get_logged_model(tags["skin.model_id"]).artifact_location
-    stored = Path(location.removeprefix("file://")) / tags["skin.checkpoint"]
+    stored = Path(location.removeprefix("file://")) / tags["skin.train.checkpoint"]
     assert stored.is_file(), f"the checkpoint is logged inside the model: {stored}"
     stored.write_bytes(reg.checkpoints[1].read_bytes())
     with pytest.raises(PredictError, match="sha256"):
@@ -440,7 +442,7 @@ def test_a_version_without_a_recorded_checkpoint_falls_back_to_the_runs_best_epo
 
 
 def test_a_bare_run_id_means_that_runs_model(tmp_path) -> None:
-    from skin.predict import model_reference
+    from skin.serve.predict import model_reference
 
     run_id = "0123456789abcdef0123456789abcdef"
     assert model_reference(run_id) == f"runs:/{run_id}/model"
@@ -463,7 +465,7 @@ class Abstaining:
 
 
 def abstaining_run(tmp_path: Path) -> Abstaining:
-    from skin.abstain import ood_scores
+    from skin.stats.abstain import ood_scores
 
     checkpoint = tiny_checkpoints(tmp_path / "run" / "checkpoints")[2]
     folder = tmp_path / "images"
@@ -533,7 +535,7 @@ def test_without_abstention_json_the_frame_is_as_before(tmp_path: Path) -> None:
 
 
 def test_a_run_reference_brings_the_runs_abstention_rule(tmp_path: Path) -> None:
-    from skin.tracking import MLflowTracker, tracked_run
+    from skin.track.tracking import MLflowTracker, tracked_run
 
     run = abstaining_run(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

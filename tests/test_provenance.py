@@ -1,4 +1,4 @@
-"""What a model trained on (skin/provenance.py): a run's manifest, an ensemble's members', and why
+"""What a model trained on (skin/evaluate/provenance.py): a run's manifest, an ensemble's members', and why
 a row was seen."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skin import serving
-from skin.ensemble import Member, write_members
-from skin.provenance import UNSEEN, ProvenanceError, model_manifests, seen_reasons
-from skin.tracking import MLflowRegistry, MLflowTracker, tracked_run
+from skin.evaluate.provenance import UNSEEN, ProvenanceError, model_manifests, seen_reasons
+from skin.search.ensemble import Member, write_members
+from skin.serve import pyfunc as serving
+from skin.track.tracking import MLflowRegistry, MLflowTracker, tracked_run
 from tests.test_predict import tiny_checkpoints
 
 

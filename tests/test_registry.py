@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from skin.registry import CHALLENGER, CHAMPION, GATE_METRIC, Champion, decide, gate
-from skin.tracking import CHECKPOINT_SHA_TAG
+from skin.release.registry import CHALLENGER, CHAMPION, GATE_METRIC, Champion, decide, gate
+from skin.track.tracking import CHECKPOINT_SHA_TAG
 from tasks.events import emit_promotion
 
 
@@ -60,7 +60,7 @@ def scored_model(uri: str, score: float | None, sha: str | None = None) -> tuple
 
 
 def register(uri: str, name: str, score: float | None, sha: str | None = None):
-    from skin.registry import register_and_gate
+    from skin.release.registry import register_and_gate
 
     run_id, model_uri = scored_model(uri, score, sha)
     return register_and_gate(uri, name, model_uri, run_id)
@@ -128,7 +128,7 @@ def test_a_champion_registered_without_a_run_is_not_replaced(store: str) -> None
 
 
 def test_a_model_without_a_dev_score_is_refused_by_name(store: str) -> None:
-    from skin.registry import RegistryError
+    from skin.release.registry import RegistryError
 
     with pytest.raises(RegistryError, match=f"no {GATE_METRIC}.*evaluate"):
         register(store, f"gate-{uuid.uuid4().hex[:6]}", None)

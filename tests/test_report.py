@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin import report
-from skin.bootstrap import confidence_intervals, flat_intervals
-from skin.calibration import apply_temperature, fit_temperature
-from skin.evaluate import flat_metrics, split_metrics
-from skin.operating import operating_points
-from skin.slices import slice_table
+from skin.evaluate import report
+from skin.stats.bootstrap import confidence_intervals, flat_intervals
+from skin.stats.calibration import apply_temperature, fit_temperature
+from skin.stats.metrics import flat_metrics, split_metrics
+from skin.stats.operating import operating_points
+from skin.stats.slices import slice_table
 
 CLASSES = ("MEL", "NV", "BCC")
 

@@ -1,4 +1,4 @@
-"""skin.runs: where every file of a run lives, one folder per run under `work_dir/runs/`."""
+"""skin.base.runs: where every file of a run lives, one folder per run under `work_dir/runs/`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from skin import checkpoint as ckpt
-from skin.runs import RunPaths, cache_root, run_pointer
+from skin.base.runs import RunPaths, cache_root, run_pointer
+from skin.train import checkpoint as ckpt
 
 FILES = [
     "best_checkpoint",

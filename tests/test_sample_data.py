@@ -1,4 +1,4 @@
-"""Generated datasets (skin/sample_data.py): ISIC's layout with plausible patient metadata."""
+"""Generated datasets (skin/data/sample_data.py): ISIC's layout with plausible patient metadata."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from skin.listing import METADATA, list_dataset
-from skin.sample_data import SITES, write_sample_dataset
-from skin.storage import open_store
-from skin.synthetic import class_counts
+from skin.data.listing import METADATA, list_dataset
+from skin.data.sample_data import SITES, write_sample_dataset
+from skin.data.storage import open_store
+from skin.data.synthetic import class_counts
 
 
 def test_isic_layout_carries_plausible_metadata_per_lesion(tmp_path: Path) -> None:

@@ -13,20 +13,26 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score, roc_auc_score
 
-from skin import manifest as mf
-from skin.abstain import SCORE_KINDS, auroc, ood_scores
-from skin.bootstrap import confidence_intervals, flat_intervals
-from skin.calibration import calibrate, nll
-from skin.compare import score_champion
-from skin.config import PipelineConfig
-from skin.evaluate import bias_variance, expected_calibration_error, flat_metrics, split_metrics
-from skin.loading import load_predictor
-from skin.operating import flat_operating, operating_points
-from skin.slices import slice_metrics, slice_table
-from skin.stages import abstention_measures, evaluate_stage, train_stage
-from skin.storage import open_store
-from skin.tracking import MLflowTracker, NullTracker, tracked_run
-from skin.tta import probabilities
+from skin.base.config import PipelineConfig
+from skin.data import manifest as mf
+from skin.data.storage import open_store
+from skin.evaluate.compare import score_champion
+from skin.evaluate.stage import abstention_measures, evaluate_stage
+from skin.serve.loading import load_predictor
+from skin.serve.tta import probabilities
+from skin.stats.abstain import SCORE_KINDS, auroc, ood_scores
+from skin.stats.bootstrap import confidence_intervals, flat_intervals
+from skin.stats.calibration import calibrate, nll
+from skin.stats.metrics import (
+    bias_variance,
+    expected_calibration_error,
+    flat_metrics,
+    split_metrics,
+)
+from skin.stats.operating import flat_operating, operating_points
+from skin.stats.slices import slice_metrics, slice_table
+from skin.track.tracking import MLflowTracker, NullTracker, tracked_run
+from skin.train.stage import train_stage
 from tests.helpers import make_manifest, with_metadata
 
 pytestmark = pytest.mark.slow

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skin import serving
-from skin.labels import CLASSES
-from skin.loading import load_predictor
-from skin.predict import Predictor
-from skin.serving import mel_threshold
+from skin.base.labels import CLASSES
+from skin.serve import pyfunc as serving
+from skin.serve.loading import load_predictor
+from skin.serve.predict import Predictor
+from skin.serve.pyfunc import mel_threshold
 from tests.recipes import TINY
 
 ATOL = 1e-5
@@ -28,8 +28,8 @@ def tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     import timm
     import torch
 
-    from skin import checkpoint as ckpt
-    from skin.config import load_config
+    from skin.base.config import load_config
+    from skin.train import checkpoint as ckpt
 
     torch.manual_seed(seed)
     model = timm.create_model(TINY["model.name"], pretrained=False, num_classes=len(CLASSES))
@@ -60,7 +60,7 @@ class Logged:
 
 def log_run(tmp: Path, report: dict[str, dict] | None = None) -> Logged:
     """A run that logged the report files given, then the model (as the evaluate stage does)."""
-    from skin.tracking import MLflowTracker, tracked_run
+    from skin.track.tracking import MLflowTracker, tracked_run
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     checkpoint = tiny_checkpoint(tmp / "checkpoints")
@@ -200,7 +200,7 @@ def test_a_run_folder_checkpoint_uses_its_runs_calibration(tmp_path: Path) -> No
 
 def raw_ood_scores(checkpoint: Path, images: list[bytes], kind: str) -> np.ndarray:
     """The OOD score of each image by the uncalibrated model (T = 1), as abstention computes it."""
-    from skin.abstain import ood_scores
+    from skin.stats.abstain import ood_scores
 
     raw = load_predictor(str(checkpoint), "cpu")
     _, logits = raw.probs_and_logits(np.stack([raw.to_input(b) for b in images]))

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skin import manifest as mf
-from skin.config import SharedConfig
-from skin.data import EpochSampler
-from skin.imagecache import build_cache
-from skin.shards import (
+from skin.base.config import SharedConfig
+from skin.data import manifest as mf
+from skin.data.imagecache import build_cache
+from skin.data.shards import (
     ShardedImages,
     ShardInfo,
     build_shard,
@@ -23,6 +22,7 @@ from skin.shards import (
     publish_shards,
     shards_uri,
 )
+from skin.train.datasets import EpochSampler
 from tests.helpers import (
     assert_each_key_reads_its_own_image,
     make_manifest,
@@ -112,7 +112,7 @@ def test_open_stream_refuses_a_disk_budget_below_two_shards(
 def test_shards_built_from_one_row_order_serve_each_key_in_another(
     tmp_path: Path, sample_data: Path, decoded_first: bool
 ) -> None:
-    from skin.feeds import index_splits
+    from skin.train.feeds import index_splits
 
     shared = {"shared.uri": str(tmp_path / "shared"), "shared.shard_rows": 32}
     uri, cfg_a = make_manifest(tmp_path / "a", sample_data, **shared)
@@ -171,8 +171,9 @@ def test_shard_aware_order_reads_each_shard_in_one_window(weighted: bool) -> Non
 def test_a_second_machine_streams_the_shared_shards_without_the_source(
     tmp_path: Path, sample_data: Path, bucket: str
 ) -> None:
-    from skin.stages import evaluate_stage, train_stage
-    from skin.tracking import NullTracker
+    from skin.evaluate.stage import evaluate_stage
+    from skin.track.tracking import NullTracker
+    from skin.train.stage import train_stage
 
     data = tmp_path / "data"
     shutil.copytree(sample_data, data)

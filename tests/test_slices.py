@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from skin.evaluate import expected_calibration_error
-from skin.slices import age_bands, sanitise, slice_metrics, slice_table, slice_values
+from skin.stats.metrics import expected_calibration_error
+from skin.stats.slices import age_bands, sanitise, slice_metrics, slice_table, slice_values
 
 CLASSES = ("BCC", "MEL", "NV")
 SAFE = re.compile(r"^[A-Za-z0-9_\-. /]+$")

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skin.balance import BalanceError, undersample
-from skin.labels import ISIC2019_COUNTS
-from skin.manifest import SPLITS, ManifestError, validate
-from skin.split import SplitError, SplitResult, split_report, split_with_moves
+from skin.base.labels import ISIC2019_COUNTS
+from skin.data.balance import BalanceError, undersample
+from skin.data.manifest import SPLITS, ManifestError, validate
+from skin.data.split import SplitError, SplitResult, split_report, split_with_moves
 from tests.helpers import assign_splits
 
 
@@ -165,8 +165,8 @@ def test_a_new_lesion_link_across_splits_moves_only_the_smaller_part() -> None:
 
 
 def test_moves_are_reported_and_logged_by_the_split_stage(caplog: pytest.LogCaptureFixture) -> None:
-    from skin.config import SplitConfig  # imports timm: only here
-    from skin.datastages import split_images
+    from skin.base.config import SplitConfig  # imports timm: only here
+    from skin.data.stages import split_images
 
     first = with_split(make_images({"AK": 40, "NV": 40}), seed=1)
     test_key = first[first["split"] == "test"]["key"].iloc[0]
@@ -176,7 +176,7 @@ def test_moves_are_reported_and_logged_by_the_split_stage(caplog: pytest.LogCapt
     grown.loc[grown["key"].isin([*train_keys, test_key]), "lesion_id"] = "joined"
     result = split_with_moves(grown, seed=1, previous=first[["key", "split"]])
     assert result.moves.to_dict("records") == [{"key": test_key, "from": "test", "to": "train"}]
-    with caplog.at_level("WARNING", logger="skin.datastages"):
+    with caplog.at_level("WARNING", logger="skin.data.stages"):
         out = split_images(grown, "x", SplitConfig(seed=1), previous=first[["key", "split"]])
     validate(out)
     assert "1 images of the previous manifest changed split (test->train: 1)" in caplog.text
@@ -202,7 +202,7 @@ def test_a_class_pinned_out_of_a_split_is_reported_loudly(
 ) -> None:
     first = with_split(make_images({"AK": 10, "NV": 40}))
     first.loc[first["label"] == "AK", "split"] = "train"  # an old manifest without AK in dev/test
-    with caplog.at_level("WARNING", logger="skin.split"):
+    with caplog.at_level("WARNING", logger="skin.data.split"):
         result = split_with_moves(first.drop(columns="split"), previous=first[["key", "split"]])
     assert result.gaps == [("AK", "dev"), ("AK", "test")], "pinned rows do not move for coverage"
     assert "class AK has no dev images" in caplog.text and "class AK has no test" in caplog.text
@@ -225,7 +225,7 @@ def test_lesion_groups_reach_every_split_for_every_seed() -> None:
 
 
 def _components(df: pd.DataFrame) -> list[int]:
-    """Rows linked by identical file or lesion: a union-find written apart from skin.split's."""
+    """Rows linked by identical file or lesion: a union-find written apart from skin.data.split's."""
     parent = list(range(len(df)))
 
     def root(i: int) -> int:

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin.stages import EvalOutcome, evaluate_stage, train_stage
-from skin.tracking import NullTracker
+from skin.evaluate.stage import EvalOutcome, evaluate_stage
+from skin.track.tracking import NullTracker
+from skin.train.stage import train_stage
 from tests.helpers import SEXES, make_manifest, with_metadata
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ def test_temperature_is_fitted_on_dev_and_reported_before_and_after(evaluated: E
 
 
 def test_operating_thresholds_come_from_dev_and_are_read_on_test(evaluated: Evaluated) -> None:
-    from skin.operating import threshold_at_specificity
+    from skin.stats.operating import threshold_at_specificity
 
     m = evaluated.outcome.metrics
     dev = pd.read_parquet(evaluated.report / "predictions_dev.parquet")
@@ -101,7 +102,7 @@ def test_operating_thresholds_come_from_dev_and_are_read_on_test(evaluated: Eval
     by_key = {(p["name"], p["target"]): p for p in saved["points"]}
     assert by_key[("mel", 0.9)]["threshold"] == pytest.approx(expected)
     assert saved["mel_threshold_at_spec90"] == pytest.approx(expected), "what prediction reads"
-    from skin.serving import mel_threshold
+    from skin.serve.pyfunc import mel_threshold
 
     assert mel_threshold(saved) == pytest.approx(expected), "the served model finds it"
     assert by_key[("malignant", 0.95)]["positive_classes"] == ["MEL", "BCC", "SCC"]

@@ -1,4 +1,4 @@
-"""skin.storage: one Store protocol over a folder and an S3 prefix; safe keys, atomic writes, lists."""
+"""skin.data.storage: one Store protocol over a folder and an S3 prefix; safe keys, atomic writes, lists."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from skin.storage import (
+from skin.data.storage import (
     LocalStore,
     ObjectInfo,
     S3Store,

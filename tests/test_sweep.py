@@ -12,8 +12,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from skin.config import load_config
-from skin.sweep import (
+from skin.base.config import load_config
+from skin.search.sweep import (
     SpaceError,
     ask,
     beating,
@@ -26,8 +26,8 @@ from skin.sweep import (
     trials_to_run,
     validate_space,
 )
-from skin.tracking import NullTracker, tracked_run
-from skin.train import TrainingStopped
+from skin.track.tracking import NullTracker, tracked_run
+from skin.train.loop import TrainingStopped
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,9 +162,9 @@ def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric_over_tra
     import flows.cv as cv
     from benchmarks.decision_rates.search import CLASSES, null_sweep
     from flows.sweep import make_scorer
-    from skin.folds import CVOutcome
-    from skin.stages import EvalOutcome
-    from skin.sweep import trial_value
+    from skin.evaluate.stage import EvalOutcome
+    from skin.search.folds import CVOutcome
+    from skin.search.sweep import trial_value
 
     sweep = null_sweep(np.random.default_rng(5), 300, 1)
     oof = sweep.dev.assign(
@@ -201,7 +201,7 @@ def test_cross_validated_scoring_ranks_by_the_pooled_out_of_fold_metric_over_tra
 def test_a_study_resumed_on_other_data_or_another_space_is_refused(tmp_path: Path) -> None:
     import optuna
 
-    from skin.sweep import SpaceError, pin_study
+    from skin.search.sweep import SpaceError, pin_study
 
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
     facts = {"data_uri": "s3://b/isic", "manifest_hash": "abc", "space": "d1"}
@@ -252,9 +252,9 @@ def test_a_metric_the_evaluation_never_logs_for_dev_is_refused_before_anything_r
 def test_every_dev_metric_the_evaluation_logs_may_rank_trials() -> None:
     import numpy as np
 
-    from skin.evaluate import split_metrics
-    from skin.stages import _eval_metrics
-    from skin.sweep import selectable_metrics
+    from skin.evaluate.stage import _eval_metrics
+    from skin.search.sweep import selectable_metrics
+    from skin.stats.metrics import split_metrics
 
     cfg = load_config()
     classes = cfg.data.known_classes
@@ -295,7 +295,7 @@ def test_the_best_of_20_null_trials_is_promoted_at_most_5_percent_gated_on_held_
 
 def test_dev_halves_keep_lesions_whole_and_do_not_depend_on_the_other_rows() -> None:
     from benchmarks.decision_rates.search import null_dev
-    from skin.sweep import GATE, SELECT, dev_halves
+    from skin.search.sweep import GATE, SELECT, dev_halves
 
     dev = null_dev(np.random.default_rng(0), 600)
     halves = dev_halves(dev)
@@ -309,8 +309,8 @@ def test_dev_halves_keep_lesions_whole_and_do_not_depend_on_the_other_rows() -> 
 
 def test_a_trial_value_is_the_evaluation_metric_on_the_select_half() -> None:
     from benchmarks.decision_rates.search import CLASSES, null_sweep
-    from skin.evaluate import flat_metrics, split_metrics
-    from skin.sweep import SELECT, dev_halves, half_score
+    from skin.search.sweep import SELECT, dev_halves, half_score
+    from skin.stats.metrics import flat_metrics, split_metrics
 
     sweep = null_sweep(np.random.default_rng(3), 300, 1)
     probs = sweep.trials[0]
@@ -327,9 +327,9 @@ def test_the_sweeps_best_trial_is_gated_on_the_held_back_half_and_its_tags_say_s
 ) -> None:
     import flows.sweep as fs
     from benchmarks.decision_rates.search import CLASSES, null_sweep
-    from skin.registry import Registration
-    from skin.runs import RunPaths
-    from skin.sweep import GATE, dev_halves
+    from skin.base.runs import RunPaths
+    from skin.release.registry import Registration
+    from skin.search.sweep import GATE, dev_halves
 
     cfg = load_config(None, {"work_dir": str(tmp_path)})
     assert tuple(cfg.data.known_classes) == tuple(CLASSES)
@@ -369,7 +369,7 @@ def test_the_sweeps_best_trial_is_gated_on_the_held_back_half_and_its_tags_say_s
 
 
 def test_a_sweep_resumed_right_after_a_crash_is_not_one_trial_short(tmp_path: Path) -> None:
-    from skin.sweep import settle
+    from skin.search.sweep import settle
 
     space = parse_space({"heartbeat": 1, "train.lr": {"type": "float", "low": 0.1, "high": 1}})
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"

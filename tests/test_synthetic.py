@@ -16,8 +16,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skin.labels import CLASSES, ISIC2019_COUNTS
-from skin.synthetic import (
+from skin.base.labels import CLASSES, ISIC2019_COUNTS
+from skin.data.synthetic import (
     SampleImage,
     class_counts,
     encode_jpeg,

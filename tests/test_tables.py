@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from skin.predict import PredictError, write_frame
-from skin.storage import exists_uri, read_uri
-from skin.tables import read_table, write_table
+from skin.data.storage import exists_uri, read_uri
+from skin.data.tables import read_table, write_table
+from skin.serve.predict import PredictError, write_frame
 
 FRAME = pd.DataFrame({"key": ["a.jpg", "b.jpg"], "probability": [0.25, 0.75]})
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from skin import manifest as mf
-from skin.listing import METADATA
-from skin.sample_data import write_sample_dataset
-from skin.synthetic import class_counts
+from skin.data import manifest as mf
+from skin.data.listing import METADATA
+from skin.data.sample_data import write_sample_dataset
+from skin.data.synthetic import class_counts
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]  # Prefect flows on the ephemeral API

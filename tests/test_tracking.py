@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skin.tracking import (
+from skin.track.tracking import (
     MissingRecordError,
     NullTracker,
     TrackingError,
@@ -86,7 +86,7 @@ def test_sha256_names_the_content(tmp_path: Path) -> None:
 
 
 def test_skin_does_not_import_mlflow_on_import() -> None:
-    """Every core module (all but skin.serving, an MLflow PythonModel by design) imports
+    """Every core module (all but skin.serve.pyfunc, an MLflow PythonModel by design) imports
     without MLflow or Prefect, so the library runs alone on a GPU box."""
     code = (
         "import importlib, pkgutil, sys, skin; "
@@ -105,7 +105,7 @@ def test_skin_does_not_import_mlflow_on_import() -> None:
 
 @pytest.fixture
 def registry(tmp_path: Path):
-    from skin.tracking import MLflowRegistry
+    from skin.track.tracking import MLflowRegistry
 
     return MLflowRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
@@ -140,7 +140,7 @@ def test_the_data_version_is_a_dataset_input_and_the_summary_a_description(tmp_p
     import pandas as pd
     from mlflow import MlflowClient
 
-    from skin.tracking import MLflowTracker
+    from skin.track.tracking import MLflowTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MLflowTracker(uri, "datasets")

@@ -15,12 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from skin import checkpoint as ckpt
-from skin.model import apply_freeze, build_model, is_head_only, train_mode
-from skin.stages import evaluate_stage, train_stage
-from skin.tracking import NullTracker
-from skin.train import CRASH_AFTER_EPOCH, FitParams, Selection, dev_metrics, dev_scores, fit
-from skin.weights import WeightsError
+from skin.evaluate.stage import evaluate_stage
+from skin.track.tracking import NullTracker
+from skin.train import checkpoint as ckpt
+from skin.train.loop import CRASH_AFTER_EPOCH, FitParams, Selection, dev_metrics, dev_scores, fit
+from skin.train.model import apply_freeze, build_model, is_head_only, train_mode
+from skin.train.stage import train_stage
+from skin.train.weights import WeightsError
 from tests.helpers import make_manifest, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_tiny_model_learns_and_reports_everything(tmp_path: Path, sample_data: P
 def _job(manifest: str, work: Path, epochs: int, run_id: str) -> list[str]:
     code = (
         "import sys, json; from tests.helpers import make_manifest, tiny_config; "
-        "from skin.stages import train_stage; from skin.tracking import NullTracker; "
+        "from skin.train.stage import train_stage; from skin.track.tracking import NullTracker; "
         f"cfg = tiny_config(__import__('pathlib').Path({str(work)!r}), {manifest!r}, "
         # Augmented (on the device): the resumed run must redraw the very same augmentations.
         f"**{{'train.epochs': {epochs}, 'train.augment.enabled': True}}); "
@@ -313,9 +314,9 @@ def test_dev_scores_are_the_loss_accuracy_and_balanced_accuracy_of_the_probabili
 def test_fit_params_carry_every_train_setting_the_loop_reads() -> None:
     from dataclasses import fields
 
-    from skin.config import load_config
-    from skin.stages import fit_params
-    from skin.train import FitParams
+    from skin.base.config import load_config
+    from skin.train.loop import FitParams
+    from skin.train.stage import fit_params
 
     settings = {"epochs": 3, "lr": 0.01, "optimizer": "adamw", "weight_decay": 0.1,
                 "scheduler": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1,

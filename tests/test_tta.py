@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from skin.data import dihedral_view
-from skin.tta import probabilities, view_logits, views
+from skin.serve.tta import probabilities, view_logits, views
+from skin.train.datasets import dihedral_view
 
 
 def test_tta_scores_the_eight_dihedral_views_and_without_it_the_image_alone() -> None:

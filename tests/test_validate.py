@@ -1,4 +1,4 @@
-"""skin.validate: every skipped object and every undecodable image of a data set, with why."""
+"""skin.data.validate: every skipped object and every undecodable image of a data set, with why."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skin.config import DataConfig
-from skin.listing import list_dataset
-from skin.sample_data import write_sample_dataset
-from skin.storage import open_store
-from skin.validate import ValidationReport, decode_problems, validate_dataset
+from skin.base.config import DataConfig
+from skin.data.listing import list_dataset
+from skin.data.sample_data import write_sample_dataset
+from skin.data.storage import open_store
+from skin.data.validate import ValidationReport, decode_problems, validate_dataset
 
 COUNTS = {"AK": 3, "MEL": 4, "NV": 5}
 

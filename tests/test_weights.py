@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from skin.weights import (
+from skin.train.weights import (
     PACKAGE_MODEL,
     PACKAGE_SPEC,
     WeightsError,

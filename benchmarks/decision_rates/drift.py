@@ -1,4 +1,4 @@
-"""Drift: false alarms at 1 and 3 photos per lesion, and power at a 0.8 SD shift, by skin.drift.judge.
+"""Drift: false alarms at 1 and 3 photos per lesion, and power at a 0.8 SD shift, by skin.monitor.drift.judge.
 
 Each trial draws an ISIC-shaped reference (ISIC 2019's class mix, 25k images in lesions of k photos)
 and a batch of new lesions from the same world (or with one property moved), samples both sides as
@@ -16,8 +16,8 @@ from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
 from benchmarks.common import Context
 from benchmarks.decision_rates import Rate, at_least, at_most
-from skin.drift import PROPERTIES, DriftParams, DriftReport, Side, judge, sample_rows
-from skin.labels import ISIC2019_COUNTS
+from skin.base.labels import ISIC2019_COUNTS
+from skin.monitor.drift import PROPERTIES, DriftParams, DriftReport, Side, judge, sample_rows
 
 PHOTO_NOISE = 0.3  # SD of a photo around its lesion (the lesion's spread is 1): small
 SIZES = np.array([[600, 450], [1024, 768], [1024, 1024], [2048, 1536]])  # cameras, per lesion

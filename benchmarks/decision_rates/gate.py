@@ -4,7 +4,7 @@ improvement, blocks a better model for a slice, and finds a slice that truly got
 Each trial draws an ISIC-shaped dev set (ISIC 2019's class shares, 1-3 photos per lesion, 18
 metadata slices: 7 sites, 2 sexes, 6 age bands, 3 sources) and two models whose errors share
 an image's difficulty (a photo of a hard lesion is hard for both), then runs the project's own
-`skin.compare.compare` and `skin.registry.paired_gate` on them.
+`skin.evaluate.compare.compare` and `skin.release.registry.paired_gate` on them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from scipy.stats import norm
 
 from benchmarks.common import Context
 from benchmarks.decision_rates import Rate, at_least, at_most, wilson
-from skin.compare import compare
-from skin.labels import CLASSES, ISIC2019_COUNTS
-from skin.registry import CHAMPION, paired_gate
+from skin.base.labels import CLASSES, ISIC2019_COUNTS
+from skin.evaluate.compare import compare
+from skin.release.registry import CHAMPION, paired_gate
 
 # The champion's recall per class (balanced accuracy ~0.64, an ISIC 2019 model of modest skill).
 RECALL = {"AK": 0.5, "BCC": 0.75, "BKL": 0.6, "DF": 0.6, "MEL": 0.6, "NV": 0.85,

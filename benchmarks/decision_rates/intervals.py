@@ -6,8 +6,8 @@ import numpy as np
 
 from benchmarks.common import Context
 from benchmarks.decision_rates import Rate, at_least
-from skin.bootstrap import confidence_intervals
-from skin.labels import CLASSES, ISIC2019_COUNTS
+from skin.base.labels import CLASSES, ISIC2019_COUNTS
+from skin.stats.bootstrap import confidence_intervals
 
 RECALL = np.linspace(0.45, 0.85, len(CLASSES))  # the population truth, per class
 

@@ -4,9 +4,9 @@ is promoted by the paired gate.
 Each Monte-Carlo trial draws an ISIC-shaped dev set (ISIC 2019's class shares, 1-3 photos per
 lesion), a champion and 20 sweep trials of the same true quality (errors shared by all models
 through image and lesion difficulty, plus each model's own lesion- and image-level noise). The
-sweep ranks its trials and the best goes through `skin.registry.paired_gate` on `skin.compare`'s
-paired bootstrap, as `skin sweep` does: ranked on one half of dev (`skin.sweep.half_score`),
-gated on the held-back half (`skin.sweep.held_back`). For contrast, the old behaviour: ranked and
+sweep ranks its trials and the best goes through `skin.release.registry.paired_gate` on `skin.evaluate.compare`'s
+paired bootstrap, as `skin sweep` does: ranked on one half of dev (`skin.search.sweep.half_score`),
+gated on the held-back half (`skin.search.sweep.held_back`). For contrast, the old behaviour: ranked and
 gated on the same images.
 """
 
@@ -19,11 +19,11 @@ import pandas as pd
 
 from benchmarks.common import Context
 from benchmarks.decision_rates import Rate, at_most, wilson
-from skin.compare import compare
-from skin.config import EvalConfig, RegistryConfig
-from skin.labels import CLASSES, ISIC2019_COUNTS
-from skin.registry import CHAMPION, paired_gate
-from skin.sweep import dev_halves, half_score, held_back, trial_value
+from skin.base.config import EvalConfig, RegistryConfig
+from skin.base.labels import CLASSES, ISIC2019_COUNTS
+from skin.evaluate.compare import compare
+from skin.release.registry import CHAMPION, paired_gate
+from skin.search.sweep import dev_halves, half_score, held_back, trial_value
 
 METRIC = "dev_balanced_accuracy"
 SIGNAL = 2.2  # the true class's logit margin: balanced accuracy near ISIC baselines (~0.6)

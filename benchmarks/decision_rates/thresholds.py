@@ -5,10 +5,10 @@ Simulated on ISIC 2019's shape: its class imbalance, 1-3 photos per lesion (a ph
 lesion's appearance), dev and test of ~3,800 images each (15 % of 25,331). Each member's logits
 are the truth plus noise partly shared by all members (members trained on overlapping data make
 correlated errors), scaled to be overconfident; each member is calibrated by its own temperature
-fitted on dev (`skin.calibration`). The single model is one member; the ensemble serves what
-`skin.ensemble.served_probabilities` gives (the members' mean, then the ensemble's own
+fitted on dev (`skin.stats.calibration`). The single model is one member; the ensemble serves what
+`skin.search.ensemble.served_probabilities` gives (the members' mean, then the ensemble's own
 temperature fitted on that mean over dev), and both choose their UNK threshold
-(`skin.abstain.coverage_threshold`) and operating points (`skin.operating.operating_points`) on
+(`skin.stats.abstain.coverage_threshold`) and operating points (`skin.stats.operating.operating_points`) on
 their own dev probabilities, then are read on test.
 """
 
@@ -20,11 +20,11 @@ import numpy as np
 
 from benchmarks.common import Context
 from benchmarks.decision_rates import Rate, near
-from skin.abstain import coverage_threshold, msp_of_probs
-from skin.calibration import apply_temperature, fit_temperature
-from skin.ensemble import served_probabilities
-from skin.labels import CLASSES, ISIC2019_COUNTS
-from skin.operating import MALIGNANT, operating_points
+from skin.base.labels import CLASSES, ISIC2019_COUNTS
+from skin.search.ensemble import served_probabilities
+from skin.stats.abstain import coverage_threshold, msp_of_probs
+from skin.stats.calibration import apply_temperature, fit_temperature
+from skin.stats.operating import MALIGNANT, operating_points
 
 COVERAGE = 0.95  # predict.abstain_coverage's default
 COVERAGE_TOLERANCE = 0.03  # test abstention promised within ± this of 1 - COVERAGE
@@ -123,7 +123,7 @@ def coverage_row(label: str, outcomes: list[Outcome]) -> Rate:
         COVERAGE,
         COVERAGE_TOLERANCE,
         covered,
-        note="threshold for the coverage chosen on dev (skin.abstain.coverage_threshold) on the"
+        note="threshold for the coverage chosen on dev (skin.stats.abstain.coverage_threshold) on the"
         f" probabilities the model serves; {within(covered, COVERAGE):.0%} of trials within"
         f" ± {COVERAGE_TOLERANCE:g}",
     )
@@ -141,7 +141,7 @@ def specificity_row(label: str, name: str, outcomes: list[Outcome]) -> Rate:
         SPEC_TOLERANCE,
         spec,
         note="mean over trials of the test specificity (~3,800 test images) at the threshold"
-        f" chosen on dev for the target (skin.operating); {within(spec, target):.0%} of trials"
+        f" chosen on dev for the target (skin.stats.operating); {within(spec, target):.0%} of trials"
         f" within ± {COVERAGE_TOLERANCE:g}; mean test sensitivity {sensitivity:.3f}",
     )
 

@@ -13,12 +13,12 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import balanced_accuracy_score
 
-from skin import manifest as mf
-from skin.abstain import coverage_threshold
-from skin.averaging import calibrate_mean
-from skin.loading import load_predictor
-from skin.sample_data import write_sample_dataset
-from skin.synthetic import class_counts
+from skin.data import manifest as mf
+from skin.data.sample_data import write_sample_dataset
+from skin.data.synthetic import class_counts
+from skin.serve.averaging import calibrate_mean
+from skin.serve.loading import load_predictor
+from skin.stats.abstain import coverage_threshold
 from tests.helpers import invoke
 from tests.recipes import TINY
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from skin.config import dotted_to_nested
-from skin.sample_data import write_sample_dataset
+from skin.base.config import dotted_to_nested
+from skin.data.sample_data import write_sample_dataset
 from tests.helpers import invoke
 from tests.recipes import TINY
 from tests.test_drift import tinted_copy

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from skin.sample_data import write_sample_dataset
-from skin.synthetic import class_counts
+from skin.data.sample_data import write_sample_dataset
+from skin.data.synthetic import class_counts
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]

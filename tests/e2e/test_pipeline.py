@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from skin import manifest as mf
-from skin.sample_data import write_sample_dataset
+from skin.data import manifest as mf
+from skin.data.sample_data import write_sample_dataset
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from skin import checkpoint as ckpt
-from skin.tracking import TrackingError
-from skin.train import CRASH_AFTER_EPOCH
+from skin.track.tracking import TrackingError
+from skin.train import checkpoint as ckpt
+from skin.train.loop import CRASH_AFTER_EPOCH
 from tests import servers
 from tests.recipes import TINY
 
@@ -190,7 +190,7 @@ def test_credentials_never_reach_params_tags_artifacts_or_logs(
     s3_client, bucket: str, tmp_path: Path, mlflow_server, prefect_server
 ) -> None:
     """Run the pipeline on S3 with secrets in the environment, then grep everything it produced."""
-    from skin.sample_data import write_sample_dataset
+    from skin.data.sample_data import write_sample_dataset
 
     data = f"s3://{bucket}/isic"
     write_sample_dataset(data, dict.fromkeys(["AK", "BCC", "NV", "MEL"], 8), size=32, seed=4)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skin.config import dotted_to_nested as nested
+from skin.base.config import dotted_to_nested as nested
 from tests.helpers import invoke, snapshot
 from tests.recipes import TINY
 

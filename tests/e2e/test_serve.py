@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skin import manifest as mf
-from skin.labels import CLASSES
-from skin.loading import load_predictor
+from skin.base.labels import CLASSES
+from skin.data import manifest as mf
+from skin.serve.loading import load_predictor
 from tests import servers
 from tests.recipes import TINY
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from skin.runs import RunPaths
-from skin.sweep import trial_value
-from skin.train import CRASH_AFTER_EPOCH
+from skin.base.runs import RunPaths
+from skin.search.sweep import trial_value
+from skin.train.loop import CRASH_AFTER_EPOCH
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow]

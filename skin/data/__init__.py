@@ -1,0 +1,5 @@
+"""From a store of images to a versioned manifest: storage (local or S3), listing, validation, the
+lesion-grouped split, undersampling, decoding and the image cache, shards and generated datasets.
+
+May import: base, stats, track.
+"""

@@ -53,14 +53,15 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if len(fractions) != 3:
         raise FractionsError(f"need {3} fractions (train, dev, test), got {list(fractions)}")
     if any(f < 0 for f in fractions) or fractions[0] <= 0:
-        raise FractionsError(f"fractions must be non-negative with train > 0, got {list(fractions)}")
+        raise FractionsError(
+            f"fractions must be non-negative with train > 0, got {list(fractions)}"
+        )
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise FractionsError(
             f"fractions must sum to 1, got {list(fractions)} (sum {sum(fractions):.4f});"
             " e.g. 0.8,0.1,0.1"
         )
     return (float(fractions[0]), float(fractions[1]), float(fractions[2]))
-
 
 
 class SplitConfig(_Strict):

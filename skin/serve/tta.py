@@ -41,7 +41,7 @@ def view_logits(
     `logit_*` columns then reproduce every probability. Averaging logits is the normalised
     geometric mean of the views' probabilities (log-linear pooling). Convention is split (VGG
     averaged softmaxes; ttach's default `mean` merge averages the model's outputs, usually
-    logits); on the tiny run of tests/test_served_evaluation.py the two differed by at most
+    logits); on the tiny run of tests/evaluate/test_served_evaluation.py the two differed by at most
     4.7e-4 in probability, so the choice is made for consistency, not accuracy.
     """
     logits = []

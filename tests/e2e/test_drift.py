@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from skin.base.config import dotted_to_nested
 from skin.data.sample_data import write_sample_dataset
 from tests.helpers import invoke
+from tests.monitor.test_drift import tinted_copy
 from tests.recipes import TINY
-from tests.test_drift import tinted_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

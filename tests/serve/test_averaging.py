@@ -1,6 +1,6 @@
 """An ensemble as a predictor: the mean of probabilities, its own temperature, refusals by name.
 
-Whole ensembles built from trained members are tested in tests/test_ensemble.py."""
+Whole ensembles built from trained members are tested in tests/search/test_ensemble.py."""
 
 from __future__ import annotations
 

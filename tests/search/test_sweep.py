@@ -29,7 +29,7 @@ from skin.search.sweep import (
 from skin.track.tracking import NullTracker, tracked_run
 from skin.train.loop import TrainingStopped
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_shipped_space_file_is_valid_against_the_demo_config() -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from flows.workpools import GPU_TOLERATION, SHM_MOUNT, SHM_VOLUME, kubernetes_gpu_template
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def pool_variables(name: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from skin.evaluate.provenance import UNSEEN, ProvenanceError, model_manifests, s
 from skin.search.ensemble import Member, write_members
 from skin.serve import pyfunc as serving
 from skin.track.tracking import MLflowRegistry, MLflowTracker, tracked_run
-from tests.test_predict import tiny_checkpoints
+from tests.serve.test_predict import tiny_checkpoints
 
 
 def manifest(keys: list[str], split: str, lesion: str) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from skin.search.ensemble import Member, write_members
 from skin.serve.averaging import EnsemblePredictor
 from skin.serve.loading import load_predictor
 from skin.serve.predict import PredictError, Predictor, checkpoint_predictor, resolved_model
-from tests.test_predict import tiny_checkpoints
+from tests.serve.test_predict import tiny_checkpoints
 
 pytestmark = pytest.mark.slow  # trains two tiny epochs
 

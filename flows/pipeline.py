@@ -199,7 +199,7 @@ def pipeline_flow(
     `retrained: False` with the `reason`.
     """
     log = get_run_logger()
-    cfg = flow_config(config_path, overrides, data_uri)  # data and tracking reachable first
+    cfg = flow_config(config_path, overrides, data_uri, training=True)  # all reachable first
     stages: dict[str, str] = {}
 
     listing, manifest = data_stages(cfg, stages, refresh=refresh)

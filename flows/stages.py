@@ -60,7 +60,7 @@ def train_flow(
     refresh: bool = False,
 ) -> dict[str, Any]:
     """Train from a manifest (URI, or 'latest' for the dataset); `run_id` resumes that run."""
-    cfg = flow_config(config_path, overrides, data_uri)
+    cfg = flow_config(config_path, overrides, data_uri, training=True)
     ref = resolve_manifest(manifest, cfg)
     stages: dict[str, str] = {}
     _, outcome = model_stages(cfg, stages, ref, refresh=refresh, run_id=run_id)

@@ -406,7 +406,7 @@ def sweep_flow(
     promotion gate at the end."""
     log = get_run_logger()
     t0 = time.perf_counter()
-    cfg = flow_config(config_path, overrides, data_uri)
+    cfg = flow_config(config_path, overrides, data_uri, training=True)
     space = checked_space(space_path, cfg, cv_folds)
     name = name or Path(space_path).stem
     storage = storage or default_storage(cfg.work_dir)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from prefect import Task, unmapped
+from prefect import Task, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import MissingContextError
 
 from skin.base.config import PipelineConfig, load_config
 from skin.base.runs import cache_root
@@ -61,12 +64,43 @@ def preflight(cfg: PipelineConfig, *, tracking: bool = True, training: bool = Fa
         check_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
 
 
+REFRESH_HINT = "refresh=true runs it again (deployments: --param refresh=true; skin run --refresh)"
+
+
 def call(task: Task, stages: dict[str, str], *, refresh: bool = False, **kwargs: Any) -> Any:
-    """Run a task; record 'ran' or 'cached' under its name (users and tests read this)."""
+    """Run a task; record 'ran' or 'cached' under its name (users and tests read this), and say
+    in the run's log when it came from the cache."""
     runner = task.with_options(refresh_cache=True) if refresh else task
     state = runner(**kwargs, return_state=True)
     stages[task.name] = "cached" if state.name == "Cached" else "ran"
+    if stages[task.name] == "cached":
+        _log().info(
+            "%s came from the cache (same inputs, config and code); %s", task.name, REFRESH_HINT
+        )
     return state.result()
+
+
+def cached_note(stages: dict[str, str]) -> str | None:
+    """The line a run's artifact carries when some of its stages came from the cache."""
+    cached = [name for name, how in stages.items() if how == "cached"]
+    if not cached:
+        return None
+    return f"From the cache (same inputs, config and code): {', '.join(cached)}; {REFRESH_HINT}."
+
+
+def publish_stages(key: str, title: str, stages: dict[str, str]) -> None:
+    """A single-stage run's Prefect artifact: which stages ran and which came from the cache."""
+    lines = [f"# {title}", "", *(f"- {name}: {how}" for name, how in stages.items())]
+    note = cached_note(stages)
+    create_markdown_artifact(key=key, markdown="\n".join([*lines, *(["", note] if note else [])]))
+
+
+def _log() -> Any:
+    """The flow run's logger, or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:

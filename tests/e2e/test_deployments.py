@@ -228,7 +228,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     url = server.url
     try:
         env = {**base_env, "PREFECT_API_URL": f"{url}/api", "SKIN_PROJECT_DIR": str(REPO),
-               "PREFECT_WORKER_QUERY_SECONDS": "2"}  # fmt: skip
+               "PREFECT_WORKER_QUERY_SECONDS": "2",
+               # an offline worker, whatever this machine reaches: no hub, an empty hub cache
+               "HF_ENDPOINT": f"http://127.0.0.1:{servers.free_port()}",
+               "HF_HUB_CACHE": str(tmp / "hub"), "TORCH_HOME": str(tmp / "torch")}  # fmt: skip
         assert sample.wait(timeout=60) == 0, (
             f"skin sample-data failed:\n{sample.communicate()[0]!r}"
         )
@@ -435,3 +438,63 @@ def test_evaluate_runs_alone_against_the_earlier_run(
     )
     _assert_completed(evaluate, "skin-evaluate/evaluate", stack.logs)
     assert (stack.work_dir / "runs" / chained.run_id).is_dir(), f"no run folder in {stack.work_dir}"
+
+
+def _logs_of(stack: Stack, flow_run_id: Any) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    return "\n".join(r.message for r in stack.client.read_logs(log_filter=flt))
+
+
+def _artifact(stack: Stack, key: str, flow_run_id: Any) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    found = stack.client.read_artifacts(
+        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+    )
+    return "\n".join(str(a.data) for a in found if a.flow_run_id == flow_run_id)
+
+
+def test_evaluate_again_from_the_cache_says_so_and_how_to_force_it(
+    stack: Stack, chained: Chained, triggered: Triggered
+) -> None:
+    from prefect.deployments import run_deployment
+
+    params = {"run_id": chained.run_id, "overrides": {"work_dir": str(stack.work_dir),
+              "tracking.tracking_uri": stack.tracking_uri}}  # fmt: skip
+    runs = [run_deployment("skin-evaluate/evaluate", parameters=params, timeout=RUN_TIMEOUT,
+                           poll_interval=1) for _ in range(2)]  # fmt: skip
+    again = runs[-1]
+    _assert_completed(again, "skin-evaluate/evaluate again", stack.logs)
+    note = "evaluate came from the cache"
+    said = _wait("the cache note in the log", lambda: note in (t := _logs_of(stack, again.id)) and t,
+                 stack.logs, timeout=30)  # fmt: skip
+    assert "refresh=true" in said, said
+    summary = _artifact(stack, "skin-evaluate-summary", again.id)
+    assert "evaluate: cached" in summary and "refresh=true" in summary, summary
+
+
+def test_a_permanent_error_fails_at_once_and_missing_weights_before_any_stage(
+    stack: Stack, chained: Chained
+) -> None:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+
+    where = {"work_dir": str(stack.work_dir), "tracking.tracking_uri": stack.tracking_uri}
+    missing = stack.data.parent / "no-such-folder"
+    listed = run_deployment("skin-list/list", timeout=RUN_TIMEOUT, poll_interval=1,
+                            parameters={"data_uri": str(missing), "overrides": where})  # fmt: skip
+    assert listed.state is not None and listed.state.is_failed(), listed.state
+    ids = FlowRunFilter(id=FlowRunFilterId(any_=[listed.id]))
+    (task_run,) = stack.client.read_task_runs(flow_run_filter=ids)
+    assert task_run.run_count == 1, f"a missing path was retried: {task_run.run_count} runs"
+    _wait("'not retried' in the log", lambda: "not retried" in _logs_of(stack, listed.id),
+          stack.logs, timeout=30)  # fmt: skip
+    # The deployments' own recipe (tf_mixnet_s, hub weights) on an offline worker.
+    trained = run_deployment("skin-train/train", timeout=RUN_TIMEOUT, poll_interval=1,
+                             parameters={"data_uri": str(stack.data), "overrides": where})  # fmt: skip
+    assert trained.state is not None and trained.state.is_failed(), trained.state
+    assert "tf_mixnet_s with model.pretrained" in (trained.state.message or ""), trained.state
+    ids = FlowRunFilter(id=FlowRunFilterId(any_=[trained.id]))
+    assert stack.client.read_task_runs(flow_run_filter=ids) == [], "no stage ran before the check"

@@ -238,13 +238,15 @@ def _render_failed(ui_url: str | None) -> str:
     from prefect.server.schemas.core import Flow, FlowRun
     from prefect.server.schemas.states import Failed
     from prefect.server.utilities.user_templates import render_user_template_sync
-    from prefect.settings import PREFECT_UI_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     flow = Flow(name="skin-pipeline")
     run = FlowRun(name="brave-otter", flow_id=flow.id, state=Failed(message="boom"),
                   parameters={"data_uri": "s3://b/d"})  # fmt: skip
     (action,) = _declared()[au.RUN_FAILED].actions
-    with temporary_settings(updates={PREFECT_UI_URL: ui_url}):
+    # Without a UI URL Prefect derives one from the API URL: a server started without either
+    # (the usual `prefect server start`) knows neither.
+    with temporary_settings(updates={PREFECT_UI_URL: ui_url, PREFECT_API_URL: None}):
         return render_user_template_sync(action.body, {"flow_run": run, "flow": flow})
 
 

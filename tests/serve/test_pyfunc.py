@@ -18,6 +18,7 @@ from skin.serve import pyfunc as serving
 from skin.serve.loading import load_predictor
 from skin.serve.predict import Predictor
 from skin.serve.pyfunc import mel_threshold
+from tests.helpers import tracking_db
 from tests.recipes import TINY
 
 ATOL = 1e-5
@@ -62,7 +63,7 @@ def log_run(tmp: Path, report: dict[str, dict] | None = None) -> Logged:
     """A run that logged the report files given, then the model (as the evaluate stage does)."""
     from skin.track.tracking import MLflowTracker, tracked_run
 
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = tracking_db(tmp)
     checkpoint = tiny_checkpoint(tmp / "checkpoints")
     tracker = MLflowTracker(uri, "serving")
     with tracked_run(tracker):

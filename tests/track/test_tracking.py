@@ -18,6 +18,7 @@ from skin.track.tracking import (
     sha256_file,
     tracked_run,
 )
+from tests.helpers import tracking_db
 
 
 class Recorder(NullTracker):
@@ -108,7 +109,7 @@ def test_skin_does_not_import_mlflow_on_import() -> None:
 def registry(tmp_path: Path):
     from skin.track.tracking import MLflowRegistry
 
-    return MLflowRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return MLflowRegistry(tracking_db(tmp_path))
 
 
 def test_a_collected_run_is_a_missing_record_not_a_crash(registry) -> None:
@@ -143,7 +144,7 @@ def test_the_data_version_is_a_dataset_input_and_the_summary_a_description(tmp_p
 
     from skin.track.tracking import MLflowTracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_db(tmp_path)
     tracker = MLflowTracker(uri, "datasets")
     frame = pd.DataFrame({"key": ["a.jpg", "b.jpg"], "label": ["MEL", "NV"]})
     tracker.log_dataset(frame, "s3://bucket/isic", "abc123", "test")

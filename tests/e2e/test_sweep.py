@@ -126,9 +126,10 @@ def test_a_trial_identical_to_a_pruned_one_gets_its_own_run_the_pruned_run_keeps
 
 
 def skin_sweep(
-    tmp_path: Path, data: Path, space: Path, home: str, crash: bool
+    tmp_path: Path, data: Path, space: Path, home: str, crash: bool, api: str
 ) -> subprocess.CompletedProcess:
-    """`skin --json sweep` in its own process (its own temporary Prefect API)."""
+    """`skin --json sweep` in its own process, on the session's Prefect server (no temporary API
+    to start and stop in each process)."""
     env = {k: v for k, v in os.environ.items() if k != CRASH_AFTER_EPOCH}
     if crash:
         env[CRASH_AFTER_EPOCH] = "1"
@@ -162,25 +163,27 @@ def skin_sweep(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**env, "PREFECT_HOME": str(tmp_path / home)},
+        env={**env, "PREFECT_HOME": str(tmp_path / home), "PREFECT_API_URL": f"{api}/api"},
     )
     try:
         proc.wait(timeout=600)
-    finally:  # a SIGKILLed `skin` leaves its temporary Prefect API running, holding the pipes
+    finally:  # whatever a SIGKILLed `skin` left of its process group, holding the pipes
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     out, err = proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@pytest.mark.server
 def test_a_killed_sweep_resumes_its_study_retrying_the_dead_trial(
-    tmp_path: Path, sample_data: Path
+    tmp_path: Path, sample_data: Path, prefect_server
 ) -> None:
     space = space_file(tmp_path, pruner="none")
-    killed = skin_sweep(tmp_path, sample_data, space, "prefect-a", crash=True)
+    api = prefect_server.url
+    killed = skin_sweep(tmp_path, sample_data, space, "prefect-a", crash=True, api=api)
     assert killed.returncode == -9, killed.stderr[-2000:]
 
-    resumed = skin_sweep(tmp_path, sample_data, space, "prefect-b", crash=False)
+    resumed = skin_sweep(tmp_path, sample_data, space, "prefect-b", crash=False, api=api)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     study = optuna.load_study(
         study_name="k", storage=f"sqlite:///{tmp_path / 'work' / 'sweeps.db'}"

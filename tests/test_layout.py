@@ -7,6 +7,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_LINES = 40
+# Owed, not exempt: the CLI's command groups (split out of one skin/cli.py) are tested through the
+# `skin` app in tests/cli/test_cli.py, test_cli_data.py and test_interface.py until each has its
+# own file. The list only shrinks: a module that gets its test file must leave it.
+OWED = frozenset(
+    f"skin/cli/{name}.py"
+    for name in ("data", "main", "monitor", "options", "pipeline", "search", "serve", "server")
+)
 
 
 def mirror_of(module: Path) -> list[Path]:
@@ -36,12 +43,15 @@ def modules() -> list[Path]:
 
 
 def test_every_module_has_its_test_file() -> None:
-    missing = [
-        f"{m.relative_to(ROOT)} -> {mirror_of(m)[0].relative_to(ROOT)}"
+    lacking = {
+        str(m.relative_to(ROOT)): mirror_of(m)[0].relative_to(ROOT)
         for m in modules()
         if not any(t.is_file() for t in mirror_of(m))
-    ]
+    }
+    missing = [f"{m} -> {t}" for m, t in lacking.items() if m not in OWED]
     assert not missing, "modules without their test file:\n  " + "\n  ".join(missing)
+    paid = sorted(OWED - set(lacking))
+    assert not paid, f"these have their test file now (or are gone): drop them from OWED: {paid}"
 
 
 def test_the_rule_sees_every_floor_and_maps_each_kind_of_module() -> None:

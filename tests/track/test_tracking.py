@@ -87,12 +87,14 @@ def test_sha256_names_the_content(tmp_path: Path) -> None:
 
 
 def test_skin_does_not_import_mlflow_on_import() -> None:
-    """Every core module (all but skin.serve.pyfunc, an MLflow PythonModel by design) imports
-    without MLflow or Prefect, so the library runs alone on a GPU box."""
+    """Every core module (all but skin.serve.pyfunc, an MLflow PythonModel by design, the model's
+    code skin.serve.skin_model, and skin.cli.__main__, which runs the CLI) imports without MLflow
+    or Prefect, so the library runs alone on a GPU box."""
     code = (
         "import importlib, pkgutil, sys, skin; "
         "names = [m.name for m in pkgutil.walk_packages(skin.__path__, 'skin.')"
-        " if m.name not in ('skin.serve.pyfunc', 'skin.serve.skin_model', 'skin.serving')]; "
+        " if m.name not in ('skin.serve.pyfunc', 'skin.serve.skin_model', 'skin.serving',"
+        " 'skin.cli.__main__')]; "
         "[importlib.import_module(n) for n in names]; "
         "print(len(names), 'mlflow' in sys.modules, 'prefect' in sys.modules)"
     )

@@ -126,10 +126,9 @@ def test_a_trial_identical_to_a_pruned_one_gets_its_own_run_the_pruned_run_keeps
 
 
 def skin_sweep(
-    tmp_path: Path, data: Path, space: Path, home: str, crash: bool, api: str
+    tmp_path: Path, data: Path, space: Path, home: str, crash: bool
 ) -> subprocess.CompletedProcess:
-    """`skin --json sweep` in its own process, on the session's Prefect server (no temporary API
-    to start and stop in each process)."""
+    """`skin --json sweep` in its own process (its own temporary Prefect API)."""
     env = {k: v for k, v in os.environ.items() if k != CRASH_AFTER_EPOCH}
     if crash:
         env[CRASH_AFTER_EPOCH] = "1"
@@ -163,27 +162,25 @@ def skin_sweep(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**env, "PREFECT_HOME": str(tmp_path / home), "PREFECT_API_URL": f"{api}/api"},
+        env={**env, "PREFECT_HOME": str(tmp_path / home)},
     )
     try:
         proc.wait(timeout=600)
-    finally:  # whatever a SIGKILLed `skin` left of its process group, holding the pipes
+    finally:  # a SIGKILLed `skin` leaves its temporary Prefect API running, holding the pipes
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     out, err = proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.mark.server
 def test_a_killed_sweep_resumes_its_study_retrying_the_dead_trial(
-    tmp_path: Path, sample_data: Path, prefect_server
+    tmp_path: Path, sample_data: Path
 ) -> None:
     space = space_file(tmp_path, pruner="none")
-    api = prefect_server.url
-    killed = skin_sweep(tmp_path, sample_data, space, "prefect-a", crash=True, api=api)
+    killed = skin_sweep(tmp_path, sample_data, space, "prefect-a", crash=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
 
-    resumed = skin_sweep(tmp_path, sample_data, space, "prefect-b", crash=False, api=api)
+    resumed = skin_sweep(tmp_path, sample_data, space, "prefect-b", crash=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     study = optuna.load_study(
         study_name="k", storage=f"sqlite:///{tmp_path / 'work' / 'sweeps.db'}"

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import Task, unmapped
+from prefect.artifacts import create_markdown_artifact
 
 from skin.base.config import PipelineConfig, load_config
 from skin.base.runs import cache_root
+from skin.data.audit import AuditRef
 from skin.data.stages import (
+    LeakReport,
     ListingRef,
     ManifestRef,
     latest_manifest,
@@ -17,10 +20,11 @@ from skin.data.stages import (
     set_latest,
 )
 from skin.data.storage import check_reachable as check_data_reachable
+from skin.data.storage import join_uri, read_uri
 from skin.track.tracking import check_reachable as check_tracking_reachable
 from skin.track.tracking import resolve_tracking_uri
 from skin.train.stage import TrainOutcome
-from tasks.data import list_task, split_task, undersample_task
+from tasks.data import audit_task, list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
 from tasks.training import decode_images_task, train_task
 
@@ -76,15 +80,44 @@ def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
     return manifest_ref(reference)
 
 
+def publish_audit(audit: AuditRef, report: LeakReport | None = None) -> str:
+    """The audit summary (with the leaks against a manifest, if any) as Prefect artifact
+    `skin-audit`; returns the Markdown."""
+    text = read_uri(join_uri(audit.uri, "summary.md")).decode()
+    if report is not None:
+        text += (
+            f"\n## Held against a manifest\n\n{report.pairs} near-duplicate pairs straddle its"
+            f" splits; {report.test_images_leaked} test images have a copy in another split"
+            f" (`{report.leaks_uri}`).\n"
+        )
+        if report.effect:
+            rows = [
+                f"| {m} | {v['all']:.4f} | {v['without_leaks']:.4f} | {v['change']:+.4f} |"
+                for m, v in report.effect.items()
+            ]
+            text += "\n| test metric | all | without leaked | change |\n|---|---|---|---|\n"
+            text += "\n".join(rows) + "\n"
+    create_markdown_artifact(key="skin-audit", markdown=text, description="skin data audit")
+    return text
+
+
 def data_stages(
     cfg: PipelineConfig, stages: dict[str, str], *, refresh: bool, previous: str | None = "latest"
 ) -> tuple[ListingRef, ManifestRef]:
-    """List → split → undersample; the manifest becomes the dataset's latest.
+    """List → audit (when `audit.enabled`) → split → undersample; the manifest becomes the
+    dataset's latest.
 
     `previous`: 'latest' (stay stable against the dataset's newest manifest), a manifest URI, or
     None for a fresh split.
     """
     listing = call(list_task, stages, config=cfg)
+    audit = (
+        call(audit_task, stages, refresh=refresh, listing=listing, config=cfg)
+        if cfg.audit.enabled
+        else None
+    )
+    if audit is not None:
+        publish_audit(audit)
     prev_uri = None
     if previous == "latest":
         latest = latest_manifest(cfg.state_uri, cfg.data.uri)
@@ -92,7 +125,15 @@ def data_stages(
     elif previous:
         prev_uri = previous
     prev = manifest_ref(prev_uri) if prev_uri else None  # keyed on its content, not its name
-    split = call(split_task, stages, refresh=refresh, listing=listing, config=cfg, previous=prev)
+    split = call(
+        split_task,
+        stages,
+        refresh=refresh,
+        listing=listing,
+        config=cfg,
+        previous=prev,
+        audit=audit,
+    )
     manifest = call(undersample_task, stages, refresh=refresh, split=split, config=cfg)
     set_latest(manifest, cfg.state_uri, cfg.data.uri)
     return listing, manifest

@@ -1,4 +1,4 @@
-"""Prefect tasks for the data stages: list, split, undersample. Logic lives in skin.
+"""Prefect tasks for the data stages: list, audit, split, undersample. Logic lives in skin.
 
 Each task takes the typed config the flow validated once, and references (a listing, a manifest)
 that carry their content hashes: the cache key is made of exactly those, the config entries the
@@ -12,16 +12,18 @@ from prefect.cache_policies import NO_CACHE
 
 from skin.base.config import PipelineConfig
 from skin.data import manifest as mf
+from skin.data.audit import AUDIT_ENTRIES, AuditRef
 from skin.data.stages import (
     ListingRef,
     ManifestRef,
+    audit_listing,
     balance,
     list_images,
-    read_listing,
     save_listing,
     save_manifest,
     source_uri,
     split_images,
+    split_input,
     split_key,
 )
 from tasks.caching import IO_RETRIES, Names, keyed_on
@@ -38,21 +40,47 @@ def list_task(config: PipelineConfig) -> ListingRef:
 
 
 @task(
+    name="audit",
+    cache_policy=keyed_on(
+        "listing.fingerprint",
+        config_sections=(*(f"audit.{e}" for e in AUDIT_ENTRIES), "model.name", *_STATE),
+        names=Names(files=("clusters_uri",)),
+    ),
+    **IO_RETRIES,
+)
+def audit_task(listing: ListingRef, config: PipelineConfig) -> AuditRef:
+    """Near-duplicates and unusable images of a listing; reads the store, never writes to it."""
+    return audit_listing(listing, config.data, config.audit, config.state_uri, config.work_dir)
+
+
+@task(
     name="split",
     cache_policy=keyed_on(
         "listing.fingerprint",
         "previous.hash",
-        config_sections=("split.fractions", "split.seed", "split.group_by_lesion", *_STATE),
+        "audit.hash",
+        config_sections=(
+            "split.fractions",
+            "split.seed",
+            "split.group_by_lesion",
+            "audit.group_near_duplicates",
+            *_STATE,
+        ),
         names=Names(files=("uri",)),
     ),
     **IO_RETRIES,
 )
 def split_task(
-    listing: ListingRef, config: PipelineConfig, previous: ManifestRef | None = None
+    listing: ListingRef,
+    config: PipelineConfig,
+    previous: ManifestRef | None = None,
+    audit: AuditRef | None = None,
 ) -> ManifestRef:
-    """Stratified split of a listing; keeps the splits of `previous` (the dataset's latest)."""
+    """Stratified split of a listing (near-duplicate clusters kept together like lesions when
+    audited); keeps the splits of `previous` (the dataset's latest)."""
     prev = mf.read(previous.uri) if previous else None
-    df = split_images(read_listing(listing.uri), source_uri(config.data.uri), config.split, prev)
+    images = split_input(listing, audit, config.audit.group_near_duplicates)
+    df = split_images(images, source_uri(config.data.uri), config.split, prev)
     lineage = {
         "listing_fingerprint": listing.fingerprint,
         "previous_uri": previous.uri if previous else None,

@@ -6,14 +6,27 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from skin.base.config import DataConfig, SplitConfig, config_digest
+from skin.base.config import AuditConfig, DataConfig, SplitConfig, config_digest
+from skin.base.runs import cache_root
 from skin.data import manifest as mf
+from skin.data.audit import (
+    AuditRef,
+    attach_clusters,
+    audit_images,
+    audit_key,
+    read_findings_table,
+    save_audit,
+    summary_markdown,
+)
 from skin.data.balance import undersample
+from skin.data.leaks import cross_split_pairs, leak_effect, leaked_keys
 from skin.data.listing import Listing, list_dataset
 from skin.data.split import split_with_moves
 from skin.data.storage import StorageError, is_s3, join_uri, open_store, read_uri, write_uri
@@ -134,6 +147,76 @@ def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
 
 def read_listing(uri: str) -> pd.DataFrame:
     return read_table(uri)
+
+
+def audits_root(work_dir: str, data_uri: str) -> str:
+    return join_uri(work_dir, "audits", dataset_id(data_uri))
+
+
+def audit_listing(
+    listing: ListingRef,
+    data: DataConfig,
+    audit: AuditConfig,
+    state_uri: str,
+    work_dir: str,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+) -> AuditRef:
+    """Stage 1b: audit a listing (near-duplicates, unusable images) into its own folder, named by
+    the listing's fingerprint and the audit settings, with its Markdown summary beside it."""
+    images = read_listing(listing.uri)
+    findings = audit_images(open_store(data.uri), images, audit, cache_root(work_dir), embed)
+    root = join_uri(audits_root(state_uri, data.uri), audit_key(listing.fingerprint, audit))
+    ref = save_audit(findings, root, listing.fingerprint)
+    write_uri(join_uri(root, "summary.md"), summary_markdown(ref, findings).encode())
+    return ref
+
+
+@dataclass(frozen=True)
+class LeakReport:
+    """An audit held against a manifest: pairs across its splits, and a run's metric change."""
+
+    leaks_uri: str
+    pairs: int
+    test_images_leaked: int
+    effect_uri: str | None = None
+    effect: dict[str, dict[str, float]] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def audit_against(
+    audit: AuditRef,
+    manifest: ManifestRef,
+    classes: tuple[str, ...],
+    run_report: Path | None = None,
+) -> LeakReport:
+    """The audit's near-duplicate pairs that straddle `manifest`'s splits ("would have
+    leaked"), and with a run's report folder, its test metrics with and without the leaked
+    test images."""
+    leaks = cross_split_pairs(mf.read(manifest.uri), read_findings_table(audit, "pairs"))
+    uri = join_uri(audit.uri, f"leaks-{manifest.hash}.csv")
+    write_table(leaks, uri)
+    leaked = leaked_keys(leaks, "test")
+    if run_report is None:
+        return LeakReport(uri, len(leaks), len(leaked))
+    predictions = run_report / "predictions_test.parquet"
+    if not predictions.is_file():
+        raise FileNotFoundError(
+            f"no test predictions at {predictions}: evaluate the run first (skin evaluate)"
+        )
+    effect = leak_effect(pd.read_parquet(predictions), leaked, classes)
+    effect_uri = join_uri(audit.uri, f"effect-{manifest.hash}-{run_report.parent.name}.csv")
+    write_table(effect.reset_index(), effect_uri)
+    return LeakReport(uri, len(leaks), len(leaked), effect_uri, effect.to_dict(orient="index"))
+
+
+def split_input(listing: ListingRef, audit: AuditRef | None, group: bool = True) -> pd.DataFrame:
+    """The listing the split takes: with each image's near-duplicate cluster when audited."""
+    images = read_listing(listing.uri)
+    if audit is None or not group:
+        return images
+    return attach_clusters(images, read_findings_table(audit, "clusters"))
 
 
 def split_images(

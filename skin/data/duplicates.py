@@ -1,0 +1,202 @@
+"""Near-duplicate images: perceptual hashes that survive re-encoding, resizing, small crops, 90°
+turns, flips and brightness; candidates from hash bands (never all pairs); clusters by union-find."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy.fft import dctn
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+HASH_SIDE = 16  # a 16 x 16 pHash: 256 bits (8 x 8 cannot tell apart look-alike lesions)
+BITS = HASH_SIDE * HASH_SIDE
+GREY_SIDE = 4 * HASH_SIDE  # imagehash's pHash: a DCT of a grey image 4x the hash's side
+SCALES = (1.0, 0.95, 0.9)  # centre crops hashed too: a copy cropped by ≤ 10 % matches one of them
+TURNS = 8  # the dihedral group: 4 rotations by 90°, each with and without a mirror
+VARIANTS = len(SCALES) * TURNS
+BANDS = 16  # a 256-bit hash cut into 16-bit bands: any two within 15 bits share a band exactly
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def grey(square: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """The centre `scale` of an RGB square as the grey GREY_SIDE² image pHash reads (as imagehash)."""
+    img = Image.fromarray(square)
+    side = img.size[0]
+    if scale < 1.0:
+        cut = side * (1 - scale) / 2
+        img = img.crop((round(cut), round(cut), round(side - cut), round(side - cut)))
+    img = img.convert("L").resize((GREY_SIDE, GREY_SIDE), Image.Resampling.LANCZOS)
+    return np.asarray(img, dtype=np.float64)
+
+
+def dihedral_phashes(pixels: np.ndarray) -> np.ndarray:
+    """pHash bits of the 8 turns and mirrors of a grey image from one DCT: [8, BITS] bool.
+
+    A mirror flips the sign of the odd DCT frequencies along its axis and a transpose swaps the
+    axes, so every variant's low-frequency block comes from the first one (turn 0 is imagehash's
+    `phash(img, hash_size=HASH_SIDE)`, bit for bit).
+    """
+    low = dctn(pixels, type=2, axes=(0, 1), norm=None)[:HASH_SIDE, :HASH_SIDE]
+    odd = (-1.0) ** np.arange(HASH_SIDE)
+    variants = []
+    for block in (low, low.T):
+        for flip_rows in (False, True):
+            for flip_cols in (False, True):
+                v = block * (odd[:, None] if flip_rows else 1) * (odd[None, :] if flip_cols else 1)
+                variants.append(v > np.median(v))
+    return np.stack([v.reshape(-1) for v in variants])
+
+
+def image_codes(square: np.ndarray) -> np.ndarray:
+    """Every hashed variant of one image (centre crops x dihedral turns), packed: [VARIANTS, 32]."""
+    bits = np.concatenate([dihedral_phashes(grey(square, s)) for s in SCALES])
+    return np.packbits(bits, axis=1)
+
+
+def reference_phash(square: np.ndarray) -> np.ndarray:
+    """imagehash's own pHash of the full image (what turn 0 must equal): [BITS] bool."""
+    img = Image.fromarray(square).convert("L")
+    img = img.resize((GREY_SIDE, GREY_SIDE), Image.Resampling.LANCZOS)
+    return imagehash.phash(img, hash_size=HASH_SIDE).hash.reshape(-1)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bit distances between packed codes (broadcast over leading axes)."""
+    return _POPCOUNT[np.bitwise_xor(a, b)].sum(axis=-1, dtype=np.int32)
+
+
+def candidate_pairs(codes: np.ndarray, max_bucket: int = 2000) -> tuple[np.ndarray, int]:
+    """Pairs (i < j) whose hashes share a 16-bit band exactly, and the buckets skipped as too full.
+
+    Each image's upright full-frame hash is looked up among every variant of every image, band
+    by band (multi-index hashing): two codes within BANDS - 1 bits always share a band, so no
+    pair under the threshold is missed while cost grows with the matches, not with n².
+    """
+    n = len(codes)
+    bands = np.ascontiguousarray(codes).view(np.uint16)  # [n, V, BANDS]
+    band_id = np.arange(BANDS, dtype=np.int64) << 16
+    index_keys = (bands.astype(np.int64) | band_id).reshape(-1)
+    owner = np.repeat(np.arange(n), VARIANTS * BANDS)
+    order = np.argsort(index_keys, kind="stable")
+    index_keys, owner = index_keys[order], owner[order]
+    query = (bands[:, 0, :].astype(np.int64) | band_id).reshape(-1)
+    asker = np.repeat(np.arange(n), BANDS)
+    lo = np.searchsorted(index_keys, query, side="left")
+    hi = np.searchsorted(index_keys, query, side="right")
+    size = hi - lo
+    crowded = size > max_bucket
+    skipped = len(np.unique(query[crowded]))
+    size = np.where(crowded, 0, size)
+    first = np.repeat(asker, size)
+    start = np.repeat(lo - np.cumsum(size) + size, size)
+    second = owner[start + np.arange(size.sum())]
+    keep = first != second
+    a, b = np.minimum(first, second)[keep], np.maximum(first, second)[keep]
+    pairs = np.unique(a.astype(np.int64) * n + b)
+    return np.stack([pairs // n, pairs % n], axis=1), skipped
+
+
+def pair_distances(codes: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Each pair's smallest bit distance: one's upright full frame against any variant of the other."""
+    out = np.empty(len(pairs), dtype=np.int32)
+    for s in range(0, len(pairs), chunk):
+        i, j = pairs[s : s + chunk, 0], pairs[s : s + chunk, 1]
+        ij = hamming(codes[i, :1], codes[j]).min(axis=1)
+        ji = hamming(codes[j, :1], codes[i]).min(axis=1)
+        out[s : s + chunk] = np.minimum(ij, ji)
+    return out
+
+
+Embed = Callable[[np.ndarray], np.ndarray]  # image indices -> one embedding per row
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """Confirmed pairs (key_a, key_b, distance, similarity, rule) and clusters (key, cluster)."""
+
+    pairs: pd.DataFrame
+    clusters: pd.DataFrame
+    candidates: int
+    crowded_buckets: int
+
+
+PAIR_COLUMNS = ["key_a", "key_b", "distance", "similarity", "cosine", "rule"]
+
+
+def find_near_duplicates(
+    keys: Sequence[str],
+    fingerprints: Sequence[str],
+    codes: np.ndarray,
+    max_distance: int,
+    *,
+    embed: Embed | None = None,
+    min_cosine: float = 0.9,
+    max_bucket: int = 2000,
+) -> NearDuplicates:
+    """Pairs within `max_distance` bits (confirmed by embedding cosine when `embed` is given),
+    clustered: each cluster is named by its smallest key, with its weakest link and its rules."""
+    keys_arr = np.asarray(keys, dtype=object)
+    fps = np.asarray(fingerprints, dtype=object)
+    pairs, crowded = candidate_pairs(codes, max_bucket)
+    dist = pair_distances(codes, pairs)
+    close = dist <= max_distance
+    pairs, dist = pairs[close], dist[close]
+    cosine = np.full(len(pairs), np.nan)
+    rule = np.where(fps[pairs[:, 0]] == fps[pairs[:, 1]], "identical file", f"phash≤{max_distance}")
+    if embed is not None and len(pairs):
+        cosine = _cosines(embed, pairs)
+        same_file = rule == "identical file"
+        kept = same_file | (cosine >= min_cosine)
+        rule = np.where(same_file, rule, f"phash≤{max_distance}+cosine≥{min_cosine:g}")
+        pairs, dist, cosine, rule = pairs[kept], dist[kept], cosine[kept], rule[kept]
+    table = pd.DataFrame(
+        {
+            "key_a": keys_arr[pairs[:, 0]] if len(pairs) else [],
+            "key_b": keys_arr[pairs[:, 1]] if len(pairs) else [],
+            "distance": dist,
+            "similarity": 1.0 - dist / BITS,
+            "cosine": cosine,
+            "rule": rule,
+        },
+        columns=PAIR_COLUMNS,
+    )
+    return NearDuplicates(table, clusters_of(keys_arr, pairs, table), len(dist), crowded)
+
+
+def _cosines(embed: Embed, pairs: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each pair's embeddings (each image embedded once)."""
+    members = np.unique(pairs)
+    vectors = np.asarray(embed(members), dtype=np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    row = {int(m): r for r, m in enumerate(members)}
+    a = vectors[[row[int(i)] for i in pairs[:, 0]]]
+    b = vectors[[row[int(j)] for j in pairs[:, 1]]]
+    return (a * b).sum(axis=1)
+
+
+CLUSTER_COLUMNS = ["key", "cluster", "size", "similarity", "rules"]
+
+
+def clusters_of(keys: np.ndarray, pairs: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    """Connected components of the confirmed pairs: members, size, weakest similarity, rules."""
+    if not len(pairs):
+        return pd.DataFrame(columns=CLUSTER_COLUMNS)
+    n = len(keys)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    members = np.unique(pairs)
+    out = pd.DataFrame({"key": keys[members], "component": label[members]})
+    out["cluster"] = out.groupby("component")["key"].transform("min")
+    out["size"] = out.groupby("component")["key"].transform("size")
+    component = pd.Series(label[pairs[:, 0]])
+    weakest = table["similarity"].groupby(component.to_numpy()).min()
+    rules = table["rule"].groupby(component.to_numpy()).agg(lambda r: ",".join(sorted(set(r))))
+    out["similarity"] = out["component"].map(weakest)
+    out["rules"] = out["component"].map(rules)
+    return out[CLUSTER_COLUMNS].sort_values(["cluster", "key"], ignore_index=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from skin.data.duplicates import (
     BITS,
@@ -104,7 +103,10 @@ def measure_planted(per_class: int, copies_per_kind: int, max_distance: int = 16
     codes = np.stack([image_codes(decode(s.data, 128)) for s in images])
     found = find_near_duplicates(keys, keys, codes, max_distance)
     origin = {k: truth.get(k, (k, ""))[0] for k in keys}
-    right = [origin[a] == origin[b] for a, b in zip(found.pairs["key_a"], found.pairs["key_b"], strict=True)]
+    right = [
+        origin[a] == origin[b]
+        for a, b in zip(found.pairs["key_a"], found.pairs["key_b"], strict=True)
+    ]
     pairs = {frozenset(p) for p in found.pairs[["key_a", "key_b"]].values.tolist()}
     rows = []
     for kind in COPY_KINDS:

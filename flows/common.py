@@ -86,9 +86,9 @@ def publish_audit(audit: AuditRef, report: LeakReport | None = None) -> str:
     text = read_uri(join_uri(audit.uri, "summary.md")).decode()
     if report is not None:
         text += (
-            f"\n## Held against a manifest\n\n{report.pairs} near-duplicate pairs straddle its"
-            f" splits; {report.test_images_leaked} test images have a copy in another split"
-            f" (`{report.leaks_uri}`).\n"
+            f"\n## Held against a manifest\n\n{report.pairs} near-duplicate pairs would have"
+            f" leaked (they straddle its splits); {report.test_images_leaked} test images have a"
+            f" copy in another split (`{report.leaks_uri}`).\n"
         )
         if report.effect:
             rows = [

@@ -14,6 +14,7 @@ from skin.data.stages import (
     LeakReport,
     ListingRef,
     ManifestRef,
+    SuspectReport,
     latest_manifest,
     manifest_ref,
     previous_for,
@@ -80,7 +81,9 @@ def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
     return manifest_ref(reference)
 
 
-def publish_audit(audit: AuditRef, report: LeakReport | None = None) -> str:
+def publish_audit(
+    audit: AuditRef, report: LeakReport | None = None, suspects: SuspectReport | None = None
+) -> str:
     """The audit summary (with the leaks against a manifest, if any) as Prefect artifact
     `skin-audit`; returns the Markdown."""
     text = read_uri(join_uri(audit.uri, "summary.md")).decode()
@@ -97,6 +100,13 @@ def publish_audit(audit: AuditRef, report: LeakReport | None = None) -> str:
             ]
             text += "\n| test metric | all | without leaked | change |\n|---|---|---|---|\n"
             text += "\n".join(rows) + "\n"
+    if suspects is not None:
+        per = " · ".join(f"{c}: {n}" for c, n in sorted(suspects.per_class.items())) or "none"
+        text += (
+            f"\n## Suspect labels\n\n{suspects.suspects} of {suspects.ranked} out-of-fold images"
+            f" are label issues (cleanlab); per given class: {per}. Table:"
+            f" `{suspects.label_issues_uri}`, contact sheet: `{suspects.sheet_uri}`.\n"
+        )
     create_markdown_artifact(key="skin-audit", markdown=text, description="skin data audit")
     return text
 

@@ -23,6 +23,7 @@ from skin.data.imagecache import objects_dir
 from skin.data.images import ImageDecodeError, decode
 from skin.data.manifest import CLUSTER, frame_hash
 from skin.data.quality import MEASURES, QualityLimits, flag, measure
+from skin.data.sheets import contact_sheet
 from skin.data.storage import Store, join_uri, read_uri, write_uri
 from skin.data.tables import read_table, write_table
 
@@ -90,6 +91,45 @@ def scan(
         measures,
         pd.DataFrame(failed, columns=["key", "error"]),
     )
+
+
+def thumbnails(
+    store: Store, images: pd.DataFrame, keys: list[str], fetch_root: str | Path, side: int = 96
+) -> list[np.ndarray | None]:
+    """Small decoded copies of some listed images (None where unreadable), for contact sheets."""
+    rows = images.set_index("key").reindex(keys)
+    fps = rows["fingerprint"].fillna("").tolist()
+    out: list[np.ndarray | None] = [None] * len(keys)
+    for got in Fetcher(objects_dir(fetch_root)).fetch(store, keys, fps):
+        if got.path is not None:
+            try:
+                out[got.index] = decode(got.path.read_bytes(), side)
+            except ImageDecodeError:
+                continue
+    return out
+
+
+SHEET_CLUSTERS = 8  # clusters on the contact sheet, largest first
+SHEET_MEMBERS = 6  # members shown per cluster
+
+
+def cluster_sheet(
+    store: Store, images: pd.DataFrame, clusters: pd.DataFrame, fetch_root: str | Path
+) -> bytes:
+    """The largest near-duplicate clusters, one row each: members with the cluster's rule."""
+    sizes = clusters.groupby("cluster")["key"].size().sort_values(ascending=False, kind="stable")
+    rows = [
+        clusters[clusters["cluster"] == c].head(SHEET_MEMBERS) for c in sizes.index[:SHEET_CLUSTERS]
+    ]
+    tiles: list[tuple[np.ndarray | None, str]] = []
+    for row in rows:
+        keys = row["key"].tolist()
+        label = dict(zip(images["key"], images["label"], strict=True))
+        pixels = thumbnails(store, images, keys, fetch_root)
+        captions = [f"{Path(k).stem}\n{label.get(k, '?')} {row['rules'].iloc[0]}" for k in keys]
+        tiles += list(zip(pixels, captions, strict=True))
+        tiles += [(None, "")] * (SHEET_MEMBERS - len(keys))
+    return contact_sheet(tiles, columns=SHEET_MEMBERS)
 
 
 def limits(audit: AuditConfig) -> QualityLimits:

@@ -21,13 +21,17 @@ from skin.data.audit import (
     attach_clusters,
     audit_images,
     audit_key,
+    cluster_sheet,
     read_findings_table,
     save_audit,
     summary_markdown,
+    thumbnails,
 )
 from skin.data.balance import undersample
+from skin.data.label_issues import label_issues, rank_labels
 from skin.data.leaks import cross_split_pairs, leak_effect, leaked_keys
 from skin.data.listing import Listing, list_dataset
+from skin.data.sheets import contact_sheet
 from skin.data.split import split_with_moves
 from skin.data.storage import StorageError, is_s3, join_uri, open_store, read_uri, write_uri
 from skin.data.tables import read_table, write_table
@@ -164,11 +168,67 @@ def audit_listing(
     """Stage 1b: audit a listing (near-duplicates, unusable images) into its own folder, named by
     the listing's fingerprint and the audit settings, with its Markdown summary beside it."""
     images = read_listing(listing.uri)
-    findings = audit_images(open_store(data.uri), images, audit, cache_root(work_dir), embed)
+    store = open_store(data.uri)
+    findings = audit_images(store, images, audit, cache_root(work_dir), embed)
     root = join_uri(audits_root(state_uri, data.uri), audit_key(listing.fingerprint, audit))
     ref = save_audit(findings, root, listing.fingerprint)
     write_uri(join_uri(root, "summary.md"), summary_markdown(ref, findings).encode())
+    clusters = findings.duplicates.clusters
+    if len(clusters):
+        sheet = cluster_sheet(store, images, clusters, cache_root(work_dir))
+        write_uri(join_uri(root, "clusters.png"), sheet)
     return ref
+
+
+@dataclass(frozen=True)
+class SuspectReport:
+    """Suspect labels from a CV run: the table, the contact sheet, and counts per class."""
+
+    folder: str
+    label_issues_uri: str
+    sheet_uri: str
+    suspects: int
+    ranked: int
+    per_class: dict[str, int]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def audit_labels(
+    oof: pd.DataFrame,
+    classes: tuple[str, ...],
+    listing: ListingRef,
+    data_uri: str,
+    folder: Path,
+    work_dir: str,
+    top: int = 50,
+) -> SuspectReport:
+    """Rank a CV run's out-of-fold predictions by label quality; write `label_issues.csv` (key,
+    given_label, suggested_label, score) and a contact sheet of the worst `top` into `folder`."""
+    ranked = rank_labels(oof, classes)
+    issues = label_issues(ranked)
+    folder.mkdir(parents=True, exist_ok=True)
+    issues.to_csv(folder / "label_issues.csv", index=False)
+    ranked.to_csv(folder / "label_ranking.csv", index=False)
+    worst = issues.head(top)
+    images = read_listing(listing.uri)
+    pixels = thumbnails(open_store(data_uri), images, worst["key"].tolist(), cache_root(work_dir))
+    captions = [
+        f"{Path(r.key).stem}\ngiven {r.given_label} -> {r.suggested_label} {r.score:.2f}"
+        for r in worst.itertuples()
+    ]
+    (folder / "label_issues.png").write_bytes(
+        contact_sheet(list(zip(pixels, captions, strict=True)))
+    )
+    return SuspectReport(
+        folder=str(folder),
+        label_issues_uri=str(folder / "label_issues.csv"),
+        sheet_uri=str(folder / "label_issues.png"),
+        suspects=len(issues),
+        ranked=len(ranked),
+        per_class={str(k): int(v) for k, v in issues["given_label"].value_counts().items()},
+    )
 
 
 @dataclass(frozen=True)

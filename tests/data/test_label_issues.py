@@ -66,7 +66,7 @@ def test_flipped_labels_lead_the_suspects() -> None:
 
 
 def test_the_table_names_given_and_suggested_labels_worst_first() -> None:
-    oof, flipped = simulated_oof(400, 0.05, 9)
+    oof, _ = simulated_oof(400, 0.05, 9)
     ranked = rank_labels(oof, CLASSES)
     assert list(ranked.columns) == ["key", "given_label", "suggested_label", "score", "issue"]
     assert ranked["score"].is_monotonic_increasing and ranked["score"].between(0, 1).all()

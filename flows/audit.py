@@ -9,12 +9,19 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 
-from flows.common import call, flow_config, publish_audit, resolve_manifest
+from flows.common import audit_stage, call, flow_config, publish_audit, resolve_manifest
 from skin.base.config import PipelineConfig
 from skin.base.runs import RunPaths
-from skin.data.stages import ListingRef, SuspectReport, audit_against, audit_labels
+from skin.data.stages import (
+    ListingRef,
+    SuspectReport,
+    audit_against,
+    audit_labels,
+    label_issues_uri,
+)
+from skin.data.storage import write_uri
 from skin.track.tracking import MLflowRegistry
-from tasks.data import audit_task, list_task
+from tasks.data import list_task
 
 OOF = "cv/oof_predictions.parquet"  # where `skin cv` keeps them (locally and in its MLflow run)
 
@@ -42,6 +49,8 @@ def suspect_labels(cfg: PipelineConfig, listing: ListingRef, cv_run: str) -> Sus
         oof, cfg.data.known_classes, listing, cfg.data.uri, folder, cfg.work_dir, top
     )
     registry.record(cv_run, files={"audit": folder})
+    dataset_copy = label_issues_uri(cfg.state_uri, cfg.data.uri)  # what audit.exclude reads
+    write_uri(dataset_copy, (folder / "label_issues.csv").read_bytes())
     return found
 
 
@@ -61,7 +70,7 @@ def audit_flow(
     cfg = flow_config(config_path, overrides, data_uri, tracking=cv_run is not None)
     stages: dict[str, str] = {}
     listing = call(list_task, stages, config=cfg)
-    audit = call(audit_task, stages, refresh=refresh, listing=listing, config=cfg)
+    audit = audit_stage(cfg, stages, listing, refresh=refresh)
     report = None
     if manifest:
         ref = resolve_manifest(manifest, cfg)

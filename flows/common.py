@@ -15,6 +15,7 @@ from skin.data.stages import (
     ListingRef,
     ManifestRef,
     SuspectReport,
+    audit_inputs,
     latest_manifest,
     manifest_ref,
     previous_for,
@@ -111,6 +112,22 @@ def publish_audit(
     return text
 
 
+def audit_stage(
+    cfg: PipelineConfig, stages: dict[str, str], listing: ListingRef, *, refresh: bool
+) -> AuditRef:
+    """The audit task, keyed on the listing and on the contents of what its exclusions read."""
+    suspects, inputs = audit_inputs(cfg.audit, cfg.state_uri, cfg.data.uri)
+    return call(
+        audit_task,
+        stages,
+        refresh=refresh,
+        listing=listing,
+        config=cfg,
+        suspects_uri=suspects,
+        inputs_hash=inputs,
+    )
+
+
 def data_stages(
     cfg: PipelineConfig, stages: dict[str, str], *, refresh: bool, previous: str | None = "latest"
 ) -> tuple[ListingRef, ManifestRef]:
@@ -121,11 +138,7 @@ def data_stages(
     None for a fresh split.
     """
     listing = call(list_task, stages, config=cfg)
-    audit = (
-        call(audit_task, stages, refresh=refresh, listing=listing, config=cfg)
-        if cfg.audit.enabled
-        else None
-    )
+    audit = audit_stage(cfg, stages, listing, refresh=refresh) if cfg.audit.enabled else None
     if audit is not None:
         publish_audit(audit)
     prev_uri = None

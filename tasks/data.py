@@ -43,14 +43,29 @@ def list_task(config: PipelineConfig) -> ListingRef:
     name="audit",
     cache_policy=keyed_on(
         "listing.fingerprint",
-        config_sections=(*(f"audit.{e}" for e in AUDIT_ENTRIES), "model.name", *_STATE),
+        "inputs_hash",
+        config_sections=(*(f"audit.{e}" for e in AUDIT_ENTRIES), *_STATE),
         names=Names(files=("clusters_uri",)),
     ),
     **IO_RETRIES,
 )
-def audit_task(listing: ListingRef, config: PipelineConfig) -> AuditRef:
-    """Near-duplicates and unusable images of a listing; reads the store, never writes to it."""
-    return audit_listing(listing, config.data, config.audit, config.state_uri, config.work_dir)
+def audit_task(
+    listing: ListingRef,
+    config: PipelineConfig,
+    suspects_uri: str | None = None,
+    inputs_hash: str | None = None,
+) -> AuditRef:
+    """Near-duplicates and unusable images of a listing, and what `audit.exclude` leaves out
+    (`suspects_uri`: the dataset's label issues); reads the store, never writes to it.
+    `inputs_hash`: the contents of the label issues and of `audit.exclude_keys` (`audit_inputs`)."""
+    return audit_listing(
+        listing,
+        config.data,
+        config.audit,
+        config.state_uri,
+        config.work_dir,
+        suspects_uri=suspects_uri,
+    )
 
 
 @task(

@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from PIL import Image
 
 from skin.base.config import AuditConfig, config_digest, digest
 from skin.data.duplicates import VARIANTS, Embed, NearDuplicates, find_near_duplicates, image_codes
+from skin.data.exclusions import EXCLUDED_COLUMNS
 from skin.data.fetch import Fetcher
 from skin.data.imagecache import objects_dir
 from skin.data.images import ImageDecodeError, decode
@@ -41,6 +42,8 @@ AUDIT_ENTRIES = (
     "bright",
     "flat",
     "blur_ratio",
+    "exclude",
+    "exclude_keys",
 )
 
 
@@ -145,6 +148,7 @@ class Findings:
     unusable: pd.DataFrame
     measures: pd.DataFrame
     failed: pd.DataFrame
+    excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EXCLUDED_COLUMNS))
 
 
 def audit_images(
@@ -195,6 +199,7 @@ class AuditRef:
     candidates: int
     crowded_buckets: int
     clusters_uri: str = ""
+    excluded: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -204,9 +209,10 @@ class AuditRef:
         return join_uri(self.uri, f"{name}.csv")
 
 
-def audit_key(listing_fingerprint: str, audit: AuditConfig) -> str:
-    """The folder name of an audit: same listing and same settings, same findings."""
-    return digest(listing_fingerprint, config_digest(audit, AUDIT_ENTRIES))[:16]
+def audit_key(listing_fingerprint: str, audit: AuditConfig, *contents: str | None) -> str:
+    """The folder name of an audit: same listing, settings and input files (`contents`: their
+    hashes), same findings."""
+    return digest(listing_fingerprint, config_digest(audit, AUDIT_ENTRIES), contents)[:16]
 
 
 def save_audit(findings: Findings, root: str, listing_fingerprint: str) -> AuditRef:
@@ -218,13 +224,18 @@ def save_audit(findings: Findings, root: str, listing_fingerprint: str) -> Audit
         "unusable": findings.unusable,
         "measures": findings.measures,
         "undecodable": findings.failed,
+        "excluded": findings.excluded,
     }
     for name, table in tables.items():
         write_table(table, join_uri(root, f"{name}.csv"))
     content = frame_hash(d.clusters[["key", "cluster"]].astype("string"))
     ref = AuditRef(
         uri=root,
-        hash=digest(content, frame_hash(findings.unusable.astype("string")))[:16],
+        hash=digest(
+            content,
+            frame_hash(findings.unusable.astype("string")),
+            frame_hash(findings.excluded.astype("string")),
+        )[:16],
         listing_fingerprint=listing_fingerprint,
         images=len(findings.measures) + len(findings.failed),
         pairs=len(d.pairs),
@@ -235,6 +246,7 @@ def save_audit(findings: Findings, root: str, listing_fingerprint: str) -> Audit
         candidates=d.candidates,
         crowded_buckets=d.crowded_buckets,
         clusters_uri=join_uri(root, "clusters.csv"),
+        excluded=len(findings.excluded),
     )
     write_uri(join_uri(root, "audit.json"), json.dumps(ref.to_dict(), indent=2).encode())
     return ref
@@ -279,6 +291,7 @@ def summary_markdown(
         f"- near-duplicate pairs: {ref.pairs} (of {ref.candidates} candidate pairs from hash"
         f" bands), in {ref.clusters} clusters holding {ref.clustered_images} images",
         f"- unusable images: {ref.unusable}; undecodable: {ref.undecodable}",
+        f"- excluded from the split (audit.exclude, audit.exclude_keys): {ref.excluded}",
     ]
     if ref.crowded_buckets:
         lines.append(f"- hash buckets skipped as too full: {ref.crowded_buckets}")
@@ -297,6 +310,12 @@ def summary_markdown(
             "",
             top.reset_index().to_markdown(index=False),
         ]
+    if len(findings.excluded):
+        by = findings.excluded.groupby("excluded_by")["key"].agg(
+            ["size", lambda k: ", ".join(k[:5])]
+        )
+        by.columns = ["images", "e.g."]
+        lines += ["", "## Excluded", "", by.reset_index().to_markdown(index=False)]
     if len(findings.unusable):
         by = findings.unusable.groupby("reason")["key"].agg(["size", lambda k: ", ".join(k[:5])])
         by.columns = ["images", "e.g."]

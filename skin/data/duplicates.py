@@ -21,7 +21,9 @@ SCALES = (1.0, 0.95, 0.9)  # centre crops hashed too: a copy cropped by ≤ 10 %
 TURNS = 8  # the dihedral group: 4 rotations by 90°, each with and without a mirror
 VARIANTS = len(SCALES) * TURNS
 BANDS = 16  # a 256-bit hash cut into 16-bit bands: any two within 15 bits share a band exactly
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+# Bands are cut from the bits in a fixed shuffled order: pHash's bits are ordered by frequency,
+# and neighbouring low frequencies agree across look-alike images (5x more candidates unshuffled).
+BAND_ORDER = np.random.default_rng(20231).permutation(BITS)
 
 
 def grey(square: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -68,7 +70,10 @@ def reference_phash(square: np.ndarray) -> np.ndarray:
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bit distances between packed codes (broadcast over leading axes)."""
-    return _POPCOUNT[np.bitwise_xor(a, b)].sum(axis=-1, dtype=np.int32)
+    x = np.bitwise_xor(
+        np.ascontiguousarray(a).view(np.uint64), np.ascontiguousarray(b).view(np.uint64)
+    )
+    return np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
 
 
 def candidate_pairs(codes: np.ndarray, max_bucket: int = 2000) -> tuple[np.ndarray, int]:
@@ -79,7 +84,8 @@ def candidate_pairs(codes: np.ndarray, max_bucket: int = 2000) -> tuple[np.ndarr
     pair under the threshold is missed while cost grows with the matches, not with n².
     """
     n = len(codes)
-    bands = np.ascontiguousarray(codes).view(np.uint16)  # [n, V, BANDS]
+    shuffled = np.packbits(np.unpackbits(codes, axis=2)[:, :, BAND_ORDER], axis=2)
+    bands = np.ascontiguousarray(shuffled).view(np.uint16)  # [n, V, BANDS]
     band_id = np.arange(BANDS, dtype=np.int64) << 16
     index_keys = (bands.astype(np.int64) | band_id).reshape(-1)
     owner = np.repeat(np.arange(n), VARIANTS * BANDS)
@@ -144,6 +150,7 @@ def find_near_duplicates(
     keys_arr = np.asarray(keys, dtype=object)
     fps = np.asarray(fingerprints, dtype=object)
     pairs, crowded = candidate_pairs(codes, max_bucket)
+    candidates = len(pairs)
     dist = pair_distances(codes, pairs)
     close = dist <= max_distance
     pairs, dist = pairs[close], dist[close]
@@ -166,7 +173,7 @@ def find_near_duplicates(
         },
         columns=PAIR_COLUMNS,
     )
-    return NearDuplicates(table, clusters_of(keys_arr, pairs, table), len(dist), crowded)
+    return NearDuplicates(table, clusters_of(keys_arr, pairs, table), candidates, crowded)
 
 
 def _cosines(embed: Embed, pairs: np.ndarray) -> np.ndarray:

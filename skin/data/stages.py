@@ -7,13 +7,13 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from skin.base.config import AuditConfig, DataConfig, SplitConfig, config_digest
+from skin.base.config import AuditConfig, DataConfig, SplitConfig, config_digest, digest
 from skin.base.runs import cache_root
 from skin.data import manifest as mf
 from skin.data.audit import (
@@ -28,12 +28,22 @@ from skin.data.audit import (
     thumbnails,
 )
 from skin.data.balance import undersample
+from skin.data.exclusions import excluded, reviewed_keys
 from skin.data.label_issues import label_issues, rank_labels
 from skin.data.leaks import cross_split_pairs, leak_effect, leaked_keys
 from skin.data.listing import Listing, list_dataset
+from skin.data.manifest import frame_hash
 from skin.data.sheets import contact_sheet
 from skin.data.split import split_with_moves
-from skin.data.storage import StorageError, is_s3, join_uri, open_store, read_uri, write_uri
+from skin.data.storage import (
+    StorageError,
+    exists_uri,
+    is_s3,
+    join_uri,
+    open_store,
+    read_uri,
+    write_uri,
+)
 from skin.data.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
@@ -157,6 +167,23 @@ def audits_root(work_dir: str, data_uri: str) -> str:
     return join_uri(work_dir, "audits", dataset_id(data_uri))
 
 
+def label_issues_uri(work_dir: str, data_uri: str) -> str:
+    """Where the dataset's latest suspect labels (from `skin audit --cv-run`) are kept."""
+    return join_uri(audits_root(work_dir, data_uri), "label_issues.csv")
+
+
+def audit_inputs(audit: AuditConfig, state_uri: str, data_uri: str) -> tuple[str | None, str]:
+    """The dataset's label issues (when `audit.exclude` names them and they exist) and one hash
+    of the contents of every file the audit's exclusions read: what its cache key needs."""
+    suspects = label_issues_uri(state_uri, data_uri)
+    wanted = "label_issues" in audit.exclude and exists_uri(suspects)
+    parts = [suspects if wanted else None, audit.exclude_keys]
+    blobs = [
+        hashlib.sha256(read_uri(u)).hexdigest() if u and exists_uri(u) else None for u in parts
+    ]
+    return parts[0], digest(blobs)
+
+
 def audit_listing(
     listing: ListingRef,
     data: DataConfig,
@@ -164,13 +191,25 @@ def audit_listing(
     state_uri: str,
     work_dir: str,
     embed: Callable[[list[str]], np.ndarray] | None = None,
+    suspects_uri: str | None = None,
 ) -> AuditRef:
     """Stage 1b: audit a listing (near-duplicates, unusable images) into its own folder, named by
-    the listing's fingerprint and the audit settings, with its Markdown summary beside it."""
+    the listing's fingerprint, the audit settings and its input files, with its Markdown summary
+    beside it; what `audit.exclude`/`exclude_keys` leave out of the split is listed there too."""
     images = read_listing(listing.uri)
     store = open_store(data.uri)
     findings = audit_images(store, images, audit, cache_root(work_dir), embed)
-    root = join_uri(audits_root(state_uri, data.uri), audit_key(listing.fingerprint, audit))
+    suspects = read_table(suspects_uri, csv_dtype={"key": "string"}) if suspects_uri else None
+    keys = reviewed_keys(audit.exclude_keys) if audit.exclude_keys else None
+    d = findings.duplicates
+    out = excluded(images, audit.exclude, d.clusters, findings.unusable, suspects, keys)
+    findings = replace(findings, excluded=out)
+    contents = (
+        frame_hash(suspects.astype("string")) if suspects is not None else None,
+        digest(keys) if keys else None,
+    )
+    name = audit_key(listing.fingerprint, audit, *contents)
+    root = join_uri(audits_root(state_uri, data.uri), name)
     ref = save_audit(findings, root, listing.fingerprint)
     write_uri(join_uri(root, "summary.md"), summary_markdown(ref, findings).encode())
     clusters = findings.duplicates.clusters
@@ -272,9 +311,18 @@ def audit_against(
 
 
 def split_input(listing: ListingRef, audit: AuditRef | None, group: bool = True) -> pd.DataFrame:
-    """The listing the split takes: with each image's near-duplicate cluster when audited."""
+    """The listing the split takes: less what the audit was asked to exclude, with each image's
+    near-duplicate cluster when audited (and `group`)."""
     images = read_listing(listing.uri)
-    if audit is None or not group:
+    if audit is None:
+        return images
+    if audit.excluded:
+        gone = set(read_findings_table(audit, "excluded")["key"])
+        log.warning(
+            "audit: %d images excluded from the split (%s)", len(gone), audit.table("excluded")
+        )
+        images = images[~images["key"].isin(gone)].reset_index(drop=True)
+    if not group:
         return images
     return attach_clusters(images, read_findings_table(audit, "clusters"))
 

@@ -128,3 +128,24 @@ def test_audit_settings_have_defaults_and_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="exclude"):
         AuditConfig(exclude=("everything",))
     assert SplitConfig().group_by_lesion, "the lesion setting is unchanged"
+
+
+def test_excluded_findings_leave_the_split_and_are_listed_with_why(
+    planted: tuple[Path, dict], tmp_path: Path
+) -> None:
+    data, truth = planted
+    cfg, work = DataConfig(uri=str(data)), str(tmp_path / "work")
+    listing = save_listing(list_images(cfg), work, cfg.uri)
+    reviewed = tmp_path / "reviewed.txt"
+    reviewed.write_text("MEL/" + next(s for s in truth) + ".jpg\n")
+    audit = AuditConfig(exclude=("near_duplicates", "unusable"), exclude_keys=str(reviewed))
+    ref = audit_listing(listing, cfg, audit, work, work)
+    out = read_findings_table(ref, "excluded")
+    assert ref.excluded == len(out) >= len(truth) + 2, out
+    why = dict(zip(out["key"], out["excluded_by"], strict=True))
+    assert "unusable: tiny" in why["NV/TINY.jpg"] and "near_duplicates" in set(why.values())
+    images = split_input(listing, ref)
+    assert not set(out["key"]) & set(images["key"]), "excluded images reached the split"
+    kept = images.dropna(subset=[mf.CLUSTER])
+    assert kept.groupby(mf.CLUSTER).size().max() == 1, "one image per cluster is kept"
+    assert "excluded from the split" in (Path(ref.uri) / "summary.md").read_text()

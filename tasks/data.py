@@ -100,6 +100,7 @@ def split_task(
         "listing_fingerprint": listing.fingerprint,
         "previous_uri": previous.uri if previous else None,
         "split_key": split_key(config.split),
+        "audit_uri": audit.uri if audit else None,
     }
     return save_manifest(
         df, config.state_uri, config.data.uri, latest=False, stage="split", lineage=lineage
@@ -122,5 +123,6 @@ def undersample_task(split: ManifestRef, config: PipelineConfig) -> ManifestRef:
         "listing_fingerprint": split.listing_fingerprint,
         "previous_uri": split.previous_uri,
         "split_key": split.split_key,
+        "audit_uri": split.audit_uri,
     }
     return save_manifest(df, config.state_uri, config.data.uri, latest=True, lineage=lineage)

@@ -329,7 +329,7 @@ class AuditConfig(_Strict):
     bright: float = Field(245.0, ge=0, le=255, description="mean grey at or above: almost white")
     flat: float = Field(4.0, ge=0, description="grey standard deviation at or below: constant")
     blur_ratio: float = Field(
-        0.05, ge=0, lt=1, description="Laplacian variance under this share of the median: blurred"
+        0.02, ge=0, lt=1, description="Laplacian variance under this share of the median: blurred"
     )
     label_issues_top: int = Field(50, ge=1, description="suspects shown in the contact sheet")
     exclude: tuple[Literal["near_duplicates", "label_issues", "unusable"], ...] = Field(

@@ -20,7 +20,7 @@ class QualityLimits:
     dark: float = 12.0  # mean grey level (0-255) at or below: almost black
     bright: float = 245.0  # at or above: almost white
     flat: float = 4.0  # grey-level standard deviation at or below: near-constant
-    blur_ratio: float = 0.05  # Laplacian variance under this share of the dataset median
+    blur_ratio: float = 0.02  # Laplacian variance under this share of the dataset median
 
 
 def measure(square: np.ndarray, width: int, height: int) -> dict[str, float]:

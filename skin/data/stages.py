@@ -61,6 +61,7 @@ class ManifestRef:
     listing_fingerprint: str | None = None
     previous_uri: str | None = None
     split_key: str | None = None
+    audit_uri: str | None = None  # the audit the split grouped (and excluded) by
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

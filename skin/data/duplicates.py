@@ -3,7 +3,7 @@ turns, flips and brightness; candidates from hash bands (never all pairs); clust
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import imagehash
@@ -76,12 +76,15 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
 
 
-def candidate_pairs(codes: np.ndarray, max_bucket: int = 2000) -> tuple[np.ndarray, int]:
-    """Pairs (i < j) whose hashes share a 16-bit band exactly, and the buckets skipped as too full.
+def candidate_blocks(
+    codes: np.ndarray, max_bucket: int = 2000, block: int = 2048
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs (i < j) whose hashes share a 16-bit band exactly, a block of query images at a
+    time (memory bounded by one block's matches), each with the too-full band keys it skipped.
 
     Each image's upright full-frame hash is looked up among every variant of every image, band
     by band (multi-index hashing): two codes within BANDS - 1 bits always share a band, so no
-    pair under the threshold is missed while cost grows with the matches, not with n².
+    pair under the threshold is missed, and only band-sharing pairs are ever compared.
     """
     n = len(codes)
     shuffled = np.packbits(np.unpackbits(codes, axis=2)[:, :, BAND_ORDER], axis=2)
@@ -91,21 +94,28 @@ def candidate_pairs(codes: np.ndarray, max_bucket: int = 2000) -> tuple[np.ndarr
     owner = np.repeat(np.arange(n), VARIANTS * BANDS)
     order = np.argsort(index_keys, kind="stable")
     index_keys, owner = index_keys[order], owner[order]
-    query = (bands[:, 0, :].astype(np.int64) | band_id).reshape(-1)
-    asker = np.repeat(np.arange(n), BANDS)
-    lo = np.searchsorted(index_keys, query, side="left")
-    hi = np.searchsorted(index_keys, query, side="right")
-    size = hi - lo
-    crowded = size > max_bucket
-    skipped = len(np.unique(query[crowded]))
-    size = np.where(crowded, 0, size)
-    first = np.repeat(asker, size)
-    start = np.repeat(lo - np.cumsum(size) + size, size)
-    second = owner[start + np.arange(size.sum())]
-    keep = first != second
-    a, b = np.minimum(first, second)[keep], np.maximum(first, second)[keep]
-    pairs = np.unique(a.astype(np.int64) * n + b)
-    return np.stack([pairs // n, pairs % n], axis=1), skipped
+    for first_row in range(0, n, block):
+        rows = np.arange(first_row, min(first_row + block, n))
+        query = (bands[rows, 0, :].astype(np.int64) | band_id).reshape(-1)
+        asker = np.repeat(rows, BANDS)
+        lo = np.searchsorted(index_keys, query, side="left")
+        size = np.searchsorted(index_keys, query, side="right") - lo
+        crowded = size > max_bucket
+        size = np.where(crowded, 0, size)
+        first = np.repeat(asker, size)
+        start = np.repeat(lo - np.cumsum(size) + size, size)
+        second = owner[start + np.arange(size.sum())]
+        keep = first != second
+        a, b = np.minimum(first, second)[keep], np.maximum(first, second)[keep]
+        pairs = np.unique(a.astype(np.int64) * n + b)
+        yield np.stack([pairs // n, pairs % n], axis=1), np.unique(query[crowded])
+
+
+def candidate_pairs(codes: np.ndarray, max_bucket: int = 2000) -> tuple[np.ndarray, int]:
+    """Every candidate pair at once, and how many band keys were skipped as too full."""
+    blocks = list(candidate_blocks(codes, max_bucket))
+    pairs = np.unique(np.concatenate([p for p, _ in blocks]), axis=0)
+    return pairs, len(np.unique(np.concatenate([c for _, c in blocks])))
 
 
 def pair_distances(codes: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -149,11 +159,7 @@ def find_near_duplicates(
     clustered: each cluster is named by its smallest key, with its weakest link and its rules."""
     keys_arr = np.asarray(keys, dtype=object)
     fps = np.asarray(fingerprints, dtype=object)
-    pairs, crowded = candidate_pairs(codes, max_bucket)
-    candidates = len(pairs)
-    dist = pair_distances(codes, pairs)
-    close = dist <= max_distance
-    pairs, dist = pairs[close], dist[close]
+    pairs, dist, candidates, crowded = _close_pairs(codes, max_distance, max_bucket)
     cosine = np.full(len(pairs), np.nan)
     rule = np.where(fps[pairs[:, 0]] == fps[pairs[:, 1]], "identical file", f"phash≤{max_distance}")
     if embed is not None and len(pairs):
@@ -174,6 +180,24 @@ def find_near_duplicates(
         columns=PAIR_COLUMNS,
     )
     return NearDuplicates(table, clusters_of(keys_arr, pairs, table), candidates, crowded)
+
+
+def _close_pairs(
+    codes: np.ndarray, max_distance: int, max_bucket: int
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The candidate pairs within `max_distance` bits and their distances, block by block; the
+    candidates compared and the band keys skipped as too full."""
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    dists, crowded, candidates = [np.zeros(0, dtype=np.int32)], [np.zeros(0, np.int64)], 0
+    for pairs, skipped in candidate_blocks(codes, max_bucket):
+        dist = pair_distances(codes, pairs)
+        close = dist <= max_distance
+        found.append(pairs[close])
+        dists.append(dist[close])
+        crowded.append(skipped)
+        candidates += len(pairs)
+    pairs, first = np.unique(np.concatenate(found), axis=0, return_index=True)
+    return pairs, np.concatenate(dists)[first], candidates, len(np.unique(np.concatenate(crowded)))
 
 
 def _cosines(embed: Embed, pairs: np.ndarray) -> np.ndarray:

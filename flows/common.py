@@ -125,7 +125,14 @@ def audit_stage(
         config=cfg,
         suspects_uri=suspects,
         inputs_hash=inputs,
+        backbone=backbone_of(cfg) if cfg.audit.embeddings else None,
     )
+
+
+def backbone_of(cfg: PipelineConfig) -> str:
+    """The model whose embeddings confirm the audit's hash pairs, as its cache key reads it."""
+    m = cfg.model
+    return f"{m.name}|weights={m.weights}|pretrained={m.pretrained}"
 
 
 def data_stages(

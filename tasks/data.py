@@ -11,14 +11,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from skin.base.config import PipelineConfig
+from skin.base.runs import cache_root
 from skin.data import manifest as mf
-from skin.data.audit import AUDIT_ENTRIES, AuditRef
+from skin.data.audit import AUDIT_ENTRIES, AuditRef, thumbnails
 from skin.data.stages import (
     ListingRef,
     ManifestRef,
     audit_listing,
     balance,
     list_images,
+    read_listing,
     save_listing,
     save_manifest,
     source_uri,
@@ -26,6 +28,9 @@ from skin.data.stages import (
     split_input,
     split_key,
 )
+from skin.data.storage import open_store
+from skin.train.features import image_embedder
+from skin.train.model import build_model, input_spec
 from tasks.caching import IO_RETRIES, Names, keyed_on
 
 # Where a data stage writes (its result names a file there) and which dataset it is.
@@ -44,6 +49,7 @@ def list_task(config: PipelineConfig) -> ListingRef:
     cache_policy=keyed_on(
         "listing.fingerprint",
         "inputs_hash",
+        "backbone",
         config_sections=(*(f"audit.{e}" for e in AUDIT_ENTRIES), *_STATE),
         names=Names(files=("clusters_uri",)),
     ),
@@ -54,16 +60,28 @@ def audit_task(
     config: PipelineConfig,
     suspects_uri: str | None = None,
     inputs_hash: str | None = None,
+    backbone: str | None = None,
 ) -> AuditRef:
     """Near-duplicates and unusable images of a listing, and what `audit.exclude` leaves out
     (`suspects_uri`: the dataset's label issues); reads the store, never writes to it.
-    `inputs_hash`: the contents of the label issues and of `audit.exclude_keys` (`audit_inputs`)."""
+    `inputs_hash`: the contents of the label issues and of `audit.exclude_keys` (`audit_inputs`);
+    `backbone`: the model whose embeddings confirm hash pairs (`audit.embeddings`), or None."""
+    embed = None
+    if backbone is not None:
+        images = read_listing(listing.uri)
+        store, root = open_store(config.data.uri), cache_root(config.work_dir)
+        net = build_model(
+            config.model.name, 1, pretrained=config.model.pretrained, weights=config.model.weights
+        )
+        load = lambda keys, side: thumbnails(store, images, keys, root, side)  # noqa: E731
+        embed = image_embedder(net, input_spec(net), load)
     return audit_listing(
         listing,
         config.data,
         config.audit,
         config.state_uri,
         config.work_dir,
+        embed=embed,
         suspects_uri=suspects_uri,
     )
 

@@ -70,3 +70,45 @@ def test_turning_the_audit_on_gathers_each_leaking_cluster_into_one_split(
     assert df[mf.CLUSTER].notna().sum() == found["audit"]["clustered_images"]
     again = audit_flow(data_uri=str(data), overrides=ov, manifest="latest")
     assert again["leaks"]["pairs"] == 0, again["leaks"]
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_suspect_labels_from_a_cv_run_are_logged_to_it_and_can_be_excluded(
+    data: Path, tmp_path: Path, prefect_api: None
+) -> None:
+    import numpy as np
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from flows.audit import audit_flow
+    from flows.stages import split_flow
+    from skin.track.tracking import MLflowRegistry
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ov = {**TINY, "work_dir": str(tmp_path / "work"), "tracking.tracking_uri": tracking}
+    cv_run = MLflowRegistry(tracking).create_run("audit-cv", "cv", {})
+    keys = sorted(str(p.relative_to(data)) for p in data.rglob("*.jpg"))
+    labels = [k.split("/")[0] for k in keys]
+    classes = ["AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC"]
+    probs = np.full((len(keys), len(classes)), 0.02)
+    probs[np.arange(len(keys)), [classes.index(c) for c in labels]] = 0.86
+    wrong = keys[:3]  # the models are sure these are MEL
+    probs[:3] = 0.02
+    probs[:3, classes.index("MEL")] = 0.86
+    oof = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes]).assign(key=keys, label=labels)
+    folder = tmp_path / "work" / "cv" / cv_run
+    folder.mkdir(parents=True)
+    oof.to_parquet(folder / "oof_predictions.parquet")
+
+    found = audit_flow(data_uri=str(data), overrides=ov, cv_run=cv_run)
+    suspects = pd.read_csv(found["suspects"]["label_issues_uri"])
+    assert set(wrong) <= set(suspects["key"]), suspects
+    assert list(suspects.columns) == ["key", "given_label", "suggested_label", "score"]
+    logged = {a.path for a in MlflowClient(tracking).list_artifacts(cv_run, "audit")}
+    assert {"audit/label_issues.csv", "audit/label_issues.png"} <= logged, logged
+    assert "Suspect labels" in found["summary"]
+
+    split = split_flow(data_uri=str(data), overrides={**ov, "audit.exclude": ["label_issues"]})
+    df = mf.read(split["manifest"]["uri"])
+    assert not set(suspects["key"]) & set(df["key"]), "excluded suspects reached the manifest"

@@ -125,9 +125,9 @@ def cluster_sheet(
         clusters[clusters["cluster"] == c].head(SHEET_MEMBERS) for c in sizes.index[:SHEET_CLUSTERS]
     ]
     tiles: list[tuple[np.ndarray | None, str]] = []
+    label = dict(zip(images["key"], images["label"], strict=True))
     for row in rows:
         keys = row["key"].tolist()
-        label = dict(zip(images["key"], images["label"], strict=True))
         pixels = thumbnails(store, images, keys, fetch_root)
         captions = [f"{Path(k).stem}\n{label.get(k, '?')} {row['rules'].iloc[0]}" for k in keys]
         tiles += list(zip(pixels, captions, strict=True))

@@ -26,9 +26,9 @@ SIDE = 128  # generated side: decoding real 600x450-1024x1024 JPEGs costs more (
 
 
 def planted(n: int) -> tuple[Path, pd.DataFrame]:
-    """A class-folder dataset of ~n images, 1 % of them copies of each kind (6 % in all), with
+    """A class-folder dataset of ~n images, 1 % of them copies of each kind (7 % in all), with
     the truth (copy image id, original image id, kind); written once under SKIN_BENCH_DATA."""
-    folder = DATA_ROOT / f"audit-{n}"
+    folder = DATA_ROOT / f"audit-v2-{n}"
     truth_csv = folder / "truth.csv"
     if truth_csv.exists():
         return folder, pd.read_csv(truth_csv)

@@ -149,12 +149,13 @@ def with_metadata(uri: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- planted copies
 
-COPY_KINDS = ("jpeg60", "resize", "crop", "rot90", "flip", "bright")
+COPY_KINDS = ("jpeg60", "resize", "crop", "corner_crop", "rot90", "flip", "bright")
 
 
 def make_copy(data: bytes, kind: str) -> bytes:
     """A near-duplicate of a JPEG as public data sets hold them: re-encoded at quality 60,
-    resized to 0.75, cropped by 5 % (centred), turned by 90°, mirrored, or 10 % brighter."""
+    resized to 0.75, cropped by 5 % (centred, or towards the top-left corner), turned by 90°,
+    mirrored, or 10 % brighter."""
     import io
 
     from PIL import Image, ImageEnhance
@@ -170,6 +171,8 @@ def make_copy(data: bytes, kind: str) -> bytes:
     elif kind == "crop":
         dx, dy = round(w * 0.025), round(h * 0.025)
         img = img.crop((dx, dy, w - dx, h - dy))
+    elif kind == "corner_crop":
+        img = img.crop((0, 0, round(w * 0.95), round(h * 0.95)))
     elif kind == "rot90":
         img = img.transpose(Image.Transpose.ROTATE_90)
     elif kind == "flip":

@@ -17,22 +17,33 @@ from scipy.sparse.csgraph import connected_components
 HASH_SIDE = 16  # a 16 x 16 pHash: 256 bits (8 x 8 cannot tell apart look-alike lesions)
 BITS = HASH_SIDE * HASH_SIDE
 GREY_SIDE = 4 * HASH_SIDE  # imagehash's pHash: a DCT of a grey image 4x the hash's side
-SCALES = (1.0, 0.95, 0.9)  # centre crops hashed too: a copy cropped by ≤ 10 % matches one of them
+# Regions hashed besides the full frame, as (side, x, y) shares of the square: a copy cropped by
+# 5-10 % around the centre, or by 5 % towards a corner, is the full frame of one of them.
+REGIONS = (
+    (1.0, 0.0, 0.0),
+    (0.95, 0.025, 0.025),
+    (0.9, 0.05, 0.05),
+    (0.95, 0.0, 0.0),
+    (0.95, 0.05, 0.0),
+    (0.95, 0.0, 0.05),
+    (0.95, 0.05, 0.05),
+)
 TURNS = 8  # the dihedral group: 4 rotations by 90°, each with and without a mirror
-VARIANTS = len(SCALES) * TURNS
+VARIANTS = len(REGIONS) * TURNS
 BANDS = 16  # a 256-bit hash cut into 16-bit bands: any two within 15 bits share a band exactly
 # Bands are cut from the bits in a fixed shuffled order: pHash's bits are ordered by frequency,
 # and neighbouring low frequencies agree across look-alike images (5x more candidates unshuffled).
 BAND_ORDER = np.random.default_rng(20231).permutation(BITS)
 
 
-def grey(square: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """The centre `scale` of an RGB square as the grey GREY_SIDE² image pHash reads (as imagehash)."""
+def grey(square: np.ndarray, region: tuple[float, float, float] = (1.0, 0.0, 0.0)) -> np.ndarray:
+    """One region (side, x, y as shares) of an RGB square as the grey GREY_SIDE² image pHash
+    reads (as imagehash does)."""
     img = Image.fromarray(square)
-    side = img.size[0]
-    if scale < 1.0:
-        cut = side * (1 - scale) / 2
-        img = img.crop((round(cut), round(cut), round(side - cut), round(side - cut)))
+    side, (share, x, y) = img.size[0], region
+    if share < 1.0:
+        box = (x * side, y * side, (x + share) * side, (y + share) * side)
+        img = img.crop(tuple(round(v) for v in box))
     img = img.convert("L").resize((GREY_SIDE, GREY_SIDE), Image.Resampling.LANCZOS)
     return np.asarray(img, dtype=np.float64)
 
@@ -56,8 +67,8 @@ def dihedral_phashes(pixels: np.ndarray) -> np.ndarray:
 
 
 def image_codes(square: np.ndarray) -> np.ndarray:
-    """Every hashed variant of one image (centre crops x dihedral turns), packed: [VARIANTS, 32]."""
-    bits = np.concatenate([dihedral_phashes(grey(square, s)) for s in SCALES])
+    """Every hashed variant of one image (regions x dihedral turns), packed: [VARIANTS, 32]."""
+    bits = np.concatenate([dihedral_phashes(grey(square, r)) for r in REGIONS])
     return np.packbits(bits, axis=1)
 
 

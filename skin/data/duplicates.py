@@ -30,7 +30,8 @@ REGIONS = (
 )
 TURNS = 8  # the dihedral group: 4 rotations by 90°, each with and without a mirror
 VARIANTS = len(REGIONS) * TURNS
-BANDS = 16  # a 256-bit hash cut into 16-bit bands: any two within 15 bits share a band exactly
+BANDS = 16  # a 256-bit hash cut into 16-bit bands: any two within 14 bits share two exactly
+SHARED = 2  # bands a candidate pair must share (one lets 5x more look-alike pairs through)
 # Bands are cut from the bits in a fixed shuffled order: pHash's bits are ordered by frequency,
 # and neighbouring low frequencies agree across look-alike images (5x more candidates unshuffled).
 BAND_ORDER = np.random.default_rng(20231).permutation(BITS)
@@ -90,12 +91,12 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def candidate_blocks(
     codes: np.ndarray, max_bucket: int = 2000, block: int = 2048
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pairs (i < j) whose hashes share a 16-bit band exactly, a block of query images at a
-    time (memory bounded by one block's matches), each with the too-full band keys it skipped.
+    """Pairs (i < j) whose hashes share SHARED 16-bit bands exactly, a block of query images at
+    a time (memory bounded by one block's matches), each with the too-full band keys it skipped.
 
     Each image's upright full-frame hash is looked up among every variant of every image, band
-    by band (multi-index hashing): two codes within BANDS - 1 bits always share a band, so no
-    pair under the threshold is missed, and only band-sharing pairs are ever compared.
+    by band (multi-index hashing): two codes within BANDS - SHARED bits always share SHARED
+    bands, so no such pair is missed, and only band-sharing pairs are ever compared.
     """
     n = len(codes)
     shuffled = np.packbits(np.unpackbits(codes, axis=2)[:, :, BAND_ORDER], axis=2)
@@ -116,9 +117,12 @@ def candidate_blocks(
         first = np.repeat(asker, size)
         start = np.repeat(lo - np.cumsum(size) + size, size)
         second = owner[start + np.arange(size.sum())]
+        band = np.repeat(np.tile(np.arange(BANDS), len(rows)), size)
         keep = first != second
         a, b = np.minimum(first, second)[keep], np.maximum(first, second)[keep]
-        pairs = np.unique(a.astype(np.int64) * n + b)
+        pair_band = np.unique((a.astype(np.int64) * n + b) * BANDS + band[keep])
+        pairs, shared = np.unique(pair_band // BANDS, return_counts=True)
+        pairs = pairs[shared >= SHARED]
         yield np.stack([pairs // n, pairs % n], axis=1), np.unique(query[crowded])
 
 

@@ -17,7 +17,7 @@ from benchmarks.common import Context, result, timed
 from benchmarks.data import DATA_ROOT
 from skin.base.config import AuditConfig
 from skin.data.audit import audit_images, scan
-from skin.data.duplicates import find_near_duplicates, hamming
+from skin.data.duplicates import VARIANTS, find_near_duplicates, hamming
 from skin.data.storage import open_store
 from tests.helpers import COPY_KINDS, planted_images
 
@@ -134,6 +134,6 @@ def run(ctx: Context) -> dict[str, Any]:
         unusable=ours["unusable"],
         audit_peak_rss_mb=round(ours["peak_rss_mb"], 1),
         **recall_precision(ours["pairs"], truth),
-        baseline_note=f"the same scan, then every pair compared (all 24 variants); {rows} rows timed, scaled to n(n-1)/2 pairs",
+        baseline_note=f"the same scan, then every pair compared (all {VARIANTS} variants); {rows} rows timed, scaled to n(n-1)/2 pairs",
         ours_note="skin.data.audit.audit_images in a fresh process: fetch, decode, hash, measure (2 threads), hash bands, clusters, quality flags",
     )

@@ -112,3 +112,22 @@ def test_suspect_labels_from_a_cv_run_are_logged_to_it_and_can_be_excluded(
     split = split_flow(data_uri=str(data), overrides={**ov, "audit.exclude": ["label_issues"]})
     df = mf.read(split["manifest"]["uri"])
     assert not set(suspects["key"]) & set(df["key"]), "excluded suspects reached the manifest"
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_embeddings_confirm_the_hash_pairs_through_the_audit_task(
+    data: Path, tmp_path: Path, prefect_api: None
+) -> None:
+    import pandas as pd
+
+    from flows.audit import audit_flow
+
+    ov = {**TINY, "work_dir": str(tmp_path / "work"), "audit.embeddings": True}
+    strict = audit_flow(data_uri=str(data), overrides={**ov, "audit.min_cosine": 0.9})
+    pairs = pd.read_csv(Path(strict["audit"]["uri"]) / "pairs.csv")
+    assert len(pairs) and pairs["cosine"].between(0.9, 1.0 + 1e-6).all(), pairs
+    assert pairs["rule"].str.contains("cosine≥0.9").all(), pairs["rule"].unique()
+    nothing = audit_flow(data_uri=str(data), overrides={**ov, "audit.min_cosine": 1.0})
+    assert nothing["stages"]["audit"] == "ran", "the cosine setting is in the audit's key"
+    assert nothing["audit"]["pairs"] <= strict["audit"]["pairs"]

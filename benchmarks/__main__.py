@@ -26,6 +26,7 @@ ORDER = (
     "serve",
     "sweep",
     "decisions",
+    "audit",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -11,6 +12,7 @@ from flows.common import cached_note, call, data_stages, flow_config, model_stag
 from flows.drift import champion_ref, drift_stage, reference_for
 from skin.base.config import PipelineConfig
 from skin.data import manifest as mf
+from skin.data.audit import load_audit
 from skin.data.stages import ListingRef, ManifestRef, read_listing, read_skipped
 from skin.evaluate.report import abstention_line, bias_variance_line, metrics_table_text
 from skin.monitor.drift import new_fraction
@@ -188,6 +190,23 @@ def not_retrained(
     }
 
 
+def record_audit(cfg: PipelineConfig, run_id: str, manifest: ManifestRef) -> None:
+    """The audit the manifest was split by (summary, clusters, exclusions) into the run's
+    `audit/` artifacts, with its counts as tags; an audit on S3 is left where it is, named."""
+    if not manifest.audit_uri:
+        return
+    ref = load_audit(manifest.audit_uri)
+    tags = {
+        "audit_uri": ref.uri,
+        "audit_near_duplicate_pairs": str(ref.pairs),
+        "audit_unusable": str(ref.unusable),
+        "audit_excluded": str(ref.excluded),
+    }
+    local = Path(ref.uri)
+    files = {"audit": local} if local.is_dir() else None
+    MLflowRegistry(cfg.tracking.tracking_uri).record(run_id, tags=tags, files=files)
+
+
 @flow(name="skin-pipeline", log_prints=True)
 def pipeline_flow(
     data_uri: str | None = None,
@@ -237,6 +256,7 @@ def pipeline_flow(
             manifest=manifest,
         ).to_dict()
     publish_input_report(listing, images["bad"])
+    record_audit(cfg, trained.run_id, manifest)
     result = {
         "run_id": trained.run_id,
         "skipped": listing.skipped,

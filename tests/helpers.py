@@ -192,3 +192,64 @@ def tinted_copy(src: Path, dst: Path, red: float = 1.35) -> Path:
         Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
         path.write_bytes(buf.getvalue())
     return dst
+
+
+# --------------------------------------------------------------------------- planted copies
+
+COPY_KINDS = ("jpeg60", "resize", "crop", "corner_crop", "rot90", "flip", "bright")
+
+
+def make_copy(data: bytes, kind: str) -> bytes:
+    """A near-duplicate of a JPEG as public data sets hold them: re-encoded at quality 60,
+    resized to 0.75, cropped by 5 % (centred, or towards the top-left corner), turned by 90°,
+    mirrored, or 10 % brighter."""
+    import io
+
+    from PIL import Image, ImageEnhance
+
+    from skin.data.synthetic import encode_jpeg
+
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = img.size
+    if kind == "jpeg60":
+        return encode_jpeg(img, quality=60)
+    if kind == "resize":
+        img = img.resize((round(w * 0.75), round(h * 0.75)), Image.Resampling.BICUBIC)
+    elif kind == "crop":
+        dx, dy = round(w * 0.025), round(h * 0.025)
+        img = img.crop((dx, dy, w - dx, h - dy))
+    elif kind == "corner_crop":
+        img = img.crop((0, 0, round(w * 0.95), round(h * 0.95)))
+    elif kind == "rot90":
+        img = img.transpose(Image.Transpose.ROTATE_90)
+    elif kind == "flip":
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    elif kind == "bright":
+        img = ImageEnhance.Brightness(img).enhance(1.1)
+    else:
+        raise ValueError(f"unknown copy kind {kind!r}; known: {COPY_KINDS}")
+    return encode_jpeg(img)
+
+
+def planted_images(
+    per_class: int, copies_per_kind: int, size: int = 96, seed: int = 3
+) -> tuple[list[Any], dict[str, tuple[str, str]]]:
+    """Distinct generated lesions plus copies of some of them, each copy a new image id and a
+    new lesion id: (images, {copy image_id: (original image_id, kind)})."""
+    from dataclasses import replace
+
+    from skin.base.labels import CLASSES
+    from skin.data.synthetic import iter_sample_images
+
+    counts = dict.fromkeys(CLASSES, per_class)
+    originals = list(iter_sample_images(counts, size, seed, repeat_fraction=0.0))
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(originals), size=copies_per_kind * len(COPY_KINDS), replace=False)
+    out, truth = list(originals), {}
+    for n, i in enumerate(picks):
+        kind, src = COPY_KINDS[n // copies_per_kind], originals[int(i)]
+        image_id = f"COPY_{n:05d}"
+        copy = replace(src, image_id=image_id, lesion_id=f"COPYLESION_{n:05d}")
+        out.append(replace(copy, data=make_copy(src.data, kind)))
+        truth[image_id] = (src.image_id, kind)
+    return out, truth

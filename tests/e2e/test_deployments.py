@@ -131,6 +131,7 @@ def _assert_completed(run: Any, what: str, logs: Callable[[], str]) -> None:
 STAGES = {
     "pipeline",
     "list",
+    "audit",
     "split",
     "train",
     "evaluate",

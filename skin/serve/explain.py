@@ -1,0 +1,292 @@
+"""Class-activation maps: where a model looked for its answer, through `pytorch_grad_cam`.
+
+A map is computed on exactly what the model was shown: `Predictor.to_input` decodes and crops
+the image, `Normalize` with the model's own mean and std runs inside the explained network, and
+with TTA the map is the mean of the views' maps, each turned back to the image's orientation. An
+ensemble's map is the mean of its members' maps. The target layer is chosen per architecture
+(`target_layer`), or named by `explain.target_layer`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from skin.serve.tta import views
+from skin.train.datasets import Normalize, dihedral_view
+
+METHODS = {"gradcam": GradCAM, "eigencam": EigenCAM}  # Grad-CAM; Eigen-CAM needs no gradient
+CHUNK = 16  # images per backward pass: bounds the activations and gradients held at once
+
+
+class ExplainError(ValueError):
+    """A map cannot be made (unknown method, class or layer); says which and what is available."""
+
+
+@dataclass(frozen=True)
+class Maps:
+    """Maps of N images: the crops the model saw, maps in [0, 1], the answer, the class explained."""
+
+    images: np.ndarray  # uint8 [N, size, size, 3]
+    cams: np.ndarray  # float32 [N, size, size], each scaled to [0, 1]
+    probs: np.ndarray  # calibrated probabilities [N, classes], as `Predictor.predict`
+    targets: np.ndarray  # int [N]: the class each map explains
+    method: str
+    layer: str
+
+
+# --------------------------------------------------------------------------- the target layer
+
+
+def target_layer(net: nn.Module, size: int, name: str | None = None) -> str:
+    """The layer whose activations are mapped: `name` when given, else the last layer that
+    outputs the final feature map (what the head pools): a CNN's last stage, `conv_head`+`bn2`,
+    ConvNeXt's `norm_pre`; for a transformer (tokens, no grid) the last block's `norm1`."""
+    modules = dict(net.named_modules())
+    if name:
+        if name not in modules:
+            tail = [n for n in modules if n][-6:]
+            raise ExplainError(
+                f"explain.target_layer {name!r} is not a layer of {type(net).__name__};"
+                f" its last layers are {tail}"
+            )
+        return name
+    shapes = _output_shapes(net, size)
+    final = shapes.pop("", None)  # the network itself
+    feats = _features_shape(net, size)
+    if len(feats) == 3:  # tokens [N, T, C]: a vision transformer
+        blocks = [n for n in modules if n.endswith(".norm1")]
+        if not blocks:
+            raise ExplainError(
+                f"{type(net).__name__}: tokens but no block norm1: set explain.target_layer"
+            )
+        return blocks[-1]
+    found = [n for n, shape in shapes.items() if shape == feats]
+    if len(feats) != 4 or not found or final is None:
+        raise ExplainError(
+            f"{type(net).__name__}: no layer outputs its {list(feats)} feature map;"
+            " set explain.target_layer to a layer name"
+        )
+    return found[-1]
+
+
+def _output_shapes(net: nn.Module, size: int) -> dict[str, tuple[int, ...]]:
+    """Each module's output shape on one probe image, in the order the modules finished."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, module in net.named_modules():
+
+        def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                shapes.pop(name, None)  # a module called twice counts at its last call
+                shapes[name] = tuple(out.shape)
+
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            net(_probe(net, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _features_shape(net: nn.Module, size: int) -> tuple[int, ...]:
+    features = getattr(net, "forward_features", None)
+    if features is None:
+        raise ExplainError(f"{type(net).__name__} is not a timm model: set explain.target_layer")
+    with torch.no_grad():
+        return tuple(features(_probe(net, size)).shape)
+
+
+def _probe(net: nn.Module, size: int) -> torch.Tensor:
+    param = next(net.parameters())
+    return torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
+
+
+def tokens_to_grid(prefix: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A transformer's tokens [N, prefix + h*w, C] as a CNN's map [N, C, h, w] (square grid)."""
+
+    def reshape(x: torch.Tensor) -> torch.Tensor:
+        grid = x[:, prefix:, :]
+        side = round(grid.shape[1] ** 0.5)
+        return grid.reshape(x.shape[0], side, side, x.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+# --------------------------------------------------------------------------- maps
+
+
+class _Prepared(nn.Module):
+    """The network behind its own normalisation: float 0–255 NCHW in, logits out."""
+
+    def __init__(self, net: nn.Module, norm: nn.Module) -> None:
+        super().__init__()
+        self.net, self.norm = net, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(x))
+
+
+def class_maps(
+    net: nn.Module,
+    norm: nn.Module,
+    images: np.ndarray,
+    targets: Sequence[int],
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    tta: bool = False,
+) -> np.ndarray:
+    """Maps [N, size, size] in [0, 1] of uint8 images [N, size, size, 3] for class `targets[i]`;
+    with `tta`, the mean over the 8 views (each map turned back), as TTA predicts."""
+    if method not in METHODS:
+        raise ExplainError(f"explain.method {method!r}: use one of {sorted(METHODS)}")
+    size = images.shape[1]
+    name = target_layer(net, size, layer)
+    module = dict(net.named_modules())[name]
+    feats = _features_shape(net, size) if layer is None else ()
+    reshape = tokens_to_grid(getattr(net, "num_prefix_tokens", 1)) if len(feats) == 3 else None
+    device = next(net.parameters()).device
+    total = np.zeros((len(images), size, size), dtype=np.float64)
+    with METHODS[method](_Prepared(net, norm), [module], reshape_transform=reshape) as cam:
+        for i in range(0, len(images), CHUNK):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + CHUNK])).to(device)
+            # the input needs a gradient: a frozen network's activations would have none
+            x = x.permute(0, 3, 1, 2).float().requires_grad_(True)
+            wanted = [ClassifierOutputTarget(int(c)) for c in targets[i : i + CHUNK]]
+            for k, transpose in views(tta):
+                view = cam(input_tensor=dihedral_view(x, k, transpose), targets=wanted)
+                total[i : i + CHUNK] += _undo_view(view, k, transpose)
+    return _unit(total / len(views(tta)))
+
+
+def _undo_view(cams: np.ndarray, k: int, transpose: bool) -> np.ndarray:
+    """A view's maps [N, H, W] in the image's orientation: k quarter turns back, then transpose."""
+    back = np.rot90(cams, -k, axes=(1, 2)) if k else cams
+    return back.transpose(0, 2, 1) if transpose else back
+
+
+def _unit(cams: np.ndarray) -> np.ndarray:
+    """Each map scaled to [0, 1] (an all-zero map stays zero)."""
+    low = cams.min(axis=(1, 2), keepdims=True)
+    span = cams.max(axis=(1, 2), keepdims=True) - low
+    return ((cams - low) / np.where(span > 0, span, 1.0)).astype(np.float32)
+
+
+def explain_arrays(
+    predictor: object,
+    images: np.ndarray,
+    target: str | None = None,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> Maps:
+    """Maps of decoded, cropped images for `target` (a class name), else each one's answer; an
+    ensemble (a predictor with `members`) averages its members' maps."""
+    probs = predictor.predict_arrays(images)  # type: ignore[attr-defined]
+    classes = tuple(predictor.classes)  # type: ignore[attr-defined]
+    targets = np.full(len(images), class_index(classes, target)) if target else probs.argmax(1)
+    members = getattr(predictor, "members", None) or [predictor]
+    cams = np.mean([_member_maps(m, images, targets, method, layer) for m in members], axis=0)
+    name = layer or target_layer(members[0].model, images.shape[1])
+    return Maps(images, _unit(cams), probs, targets.astype(int), method, name)
+
+
+def explain_images(
+    predictor: object,
+    images: Sequence[bytes],
+    target: str | None = None,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> Maps:
+    """`explain_arrays` for image bytes, decoded and cropped as the predictor does."""
+    arrays = np.stack([predictor.to_input(b) for b in images])  # type: ignore[attr-defined]
+    return explain_arrays(predictor, arrays, target, method=method, layer=layer)
+
+
+def _member_maps(
+    member: object, images: np.ndarray, targets: np.ndarray, method: str, layer: str | None
+) -> np.ndarray:
+    spec = member.spec  # type: ignore[attr-defined]
+    if images.shape[1] != spec.size:
+        raise ExplainError(f"images are {images.shape[1]} px, the model takes {spec.size} px")
+    norm = Normalize(spec).to(member.device)  # type: ignore[attr-defined]
+    net = member.model  # type: ignore[attr-defined]
+    return class_maps(net, norm, images, targets, method=method, layer=layer, tta=member.tta)  # type: ignore[attr-defined]
+
+
+def class_index(classes: Sequence[str], name: str) -> int:
+    """The column of class `name`, or an error listing the model's classes."""
+    if name not in classes:
+        raise ExplainError(f"class {name!r} is not one of this model's classes {list(classes)}")
+    return list(classes).index(name)
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """The map over the image (jet colours; `weight` of the image), uint8 RGB."""
+    return show_cam_on_image(
+        image.astype(np.float32) / 255.0, cam, use_rgb=True, image_weight=weight
+    )
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """A uint8 RGB array as PNG bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def overlay_base64(image: np.ndarray, cam: np.ndarray) -> str:
+    """The overlay as a base64 PNG: what the served model's `explanation` column holds."""
+    return base64.b64encode(png_bytes(overlay(image, cam))).decode("ascii")
+
+
+# --------------------------------------------------------------------------- sanity checks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (Adebayo et al. 2018's similarity); nan if flat."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(np.ravel(a)), rankdata(np.ravel(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def mass_share(cam: np.ndarray, mask: np.ndarray) -> float:
+    """The share of a map's mass inside `mask` (bool, same shape); nan for an all-zero map."""
+    total = float(cam.sum())
+    return float(cam[mask].sum()) / total if total > 0 else float("nan")
+
+
+def randomised_cascade(net: nn.Module) -> Iterator[str]:
+    """Re-initialise the network's top-level children from the output back to the input, one at a
+    time and cumulatively (Adebayo et al.'s cascading randomisation); yields each child's name
+    after it is randomised. Changes `net` in place: run it on a copy."""
+    for name, child in reversed(list(net.named_children())):
+        touched = False
+        for module in child.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+                touched = True
+        if touched:
+            yield name

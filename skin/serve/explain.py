@@ -13,14 +13,20 @@ import base64
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from pytorch_grad_cam import EigenCAM, GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from skin.base.plots import pyplot
+from skin.data.images import ImageDecodeError
+from skin.data.storage import StorageError
 from skin.serve.tta import views
 from skin.train.datasets import Normalize, dihedral_view
 
@@ -290,3 +296,97 @@ def randomised_cascade(net: nn.Module) -> Iterator[str]:
                 touched = True
         if touched:
             yield name
+
+
+# --------------------------------------------------------------------------- files
+
+
+def sheet_png(image: np.ndarray, cam: np.ndarray, title: str, lines: Sequence[str]) -> bytes:
+    """The image and its map side by side, `lines` (the answer, top classes) beneath: a PNG."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.9))
+    for ax, picture, name in zip(axes, (image, overlay(image, cam)), ("image", title), strict=True):
+        ax.imshow(picture)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.text(0.5, 0.02, "\n".join(lines), ha="center", va="bottom", fontsize=9, family="monospace")
+    fig.tight_layout(rect=(0, 0.04 + 0.045 * len(lines), 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def answer_lines(row: pd.Series, classes: Sequence[str], k: int = 3) -> list[str]:
+    """The top-k classes with probabilities of a `Predictor.score` row, and its UNK answer."""
+    probs = np.array([row[f"prob_{c}"] for c in classes], dtype=float)
+    top = "  ".join(f"{classes[j]} {probs[j]:.3f}" for j in np.argsort(-probs, kind="stable")[:k])
+    lines = [f"top {k}: {top}"]
+    if "ood_score" in row.index:
+        lines.append(f"answer: {row['predicted_label']} (OOD score {row['ood_score']:.3f})")
+    return lines
+
+
+def output_name(key: str, taken: set[str]) -> str:
+    """`<image stem>.cam.png`, numbered when two images share a stem."""
+    stem = PurePosixPath(key.rstrip("/")).stem or "image"
+    name, n = f"{stem}.cam.png", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.cam.png"
+    taken.add(name)
+    return name
+
+
+def write_explanations(
+    predictor: Any,
+    keys: Sequence[str],
+    fetch: Callable[[str], bytes],
+    out: Path,
+    target: str | None = None,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> pd.DataFrame:
+    """Predict and map each image, and write `<out>/<stem>.cam.png` (image, map, top three, UNK
+    answer); never overwrites a file. The prediction table gains `explained` (the class mapped)
+    and `explanation_file`; an image that cannot be read keeps its error and gets no file."""
+    if target is not None:
+        class_index(predictor.classes, target)  # a wrong class fails before any work
+    taken: set[str] = set()
+    files = {key: out / output_name(key, taken) for key in keys}
+    existing = [str(p) for p in files.values() if p.exists()]
+    if existing:
+        raise ExplainError(
+            f"{existing[0]} already exists: choose another folder (nothing overwritten)"
+        )
+    data = {key: _fetched(fetch, key) for key in keys}
+    frame = predictor.score(keys, lambda key: _raise_or(data[key]))
+    good = [i for i, e in enumerate(frame["error"]) if not isinstance(e, str)]
+    explained: list[str | None] = [None] * len(keys)
+    written: list[str | None] = [None] * len(keys)
+    if good:
+        arrays = [data[keys[i]] for i in good]
+        maps = explain_images(predictor, arrays, target, method=method, layer=layer)
+        out.mkdir(parents=True, exist_ok=True)
+        for j, i in enumerate(good):
+            explained[i] = predictor.classes[maps.targets[j]]
+            title = f"{method} for {explained[i]} ({maps.layer})"
+            lines = answer_lines(frame.iloc[i], predictor.classes)
+            files[keys[i]].write_bytes(sheet_png(maps.images[j], maps.cams[j], title, lines))
+            written[i] = str(files[keys[i]])
+    as_objects = {"explained": explained, "explanation_file": written}  # None stays None
+    return frame.assign(**{k: pd.Series(v, dtype=object) for k, v in as_objects.items()})
+
+
+def _fetched(fetch: Callable[[str], bytes], key: str) -> bytes | Exception:
+    try:
+        return fetch(key)
+    except (ImageDecodeError, StorageError, OSError) as err:  # as Predictor.score reports them
+        return err
+
+
+def _raise_or(data: bytes | Exception) -> bytes:
+    if isinstance(data, Exception):
+        raise data
+    return data

@@ -240,3 +240,21 @@ def test_a_model_without_abstention_answers_one_of_its_classes(logged: Logged) -
     out = load(logged).predict(pd.DataFrame({"image": [b64(encoded("PNG", 30))]}))
     assert "ood_score" not in out.columns and "abstained" not in out.columns, out.columns
     assert out["label"][0] in CLASSES, out
+
+
+def test_explain_is_a_request_param_that_adds_a_map_to_each_answered_row(logged: Logged) -> None:
+    good = encoded("PNG", 8)
+    frame = pd.DataFrame({"image": [b64(good), b64(b"not an image"), b64(encoded("JPEG", 9))]})
+    model = load(logged)
+    plain, explained = model.predict(frame), model.predict(frame, params={"explain": True})
+    assert "explanation" not in plain.columns, "without the param, the answer is unchanged"
+    same = [c for c in plain.columns if c != "error"]  # an error names a Python object's address
+    pd.testing.assert_frame_equal(explained[same], plain[same])
+    assert explained["error"].notna().tolist() == [False, True, False], explained["error"]
+    assert explained["explanation"][1] is None, "a failed row gets no map"
+    size = load_predictor(str(logged.checkpoint), "cpu").spec.size
+    for i in (0, 2):
+        with Image.open(io.BytesIO(base64.b64decode(explained["explanation"][i]))) as png:
+            assert png.format == "PNG" and png.size == (size, size), png
+    params = {p.name: p for p in model.metadata.get_params_schema().params}
+    assert params["explain"].dtype.name == "boolean" and params["explain"].default is False

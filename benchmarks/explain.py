@@ -21,6 +21,8 @@ NAME = "explain"
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    import torch
+
     from skin.serve.explain import explain_images, overlay_base64
     from skin.serve.loading import load_predictor
 
@@ -54,11 +56,11 @@ def run(ctx: Context) -> dict[str, Any]:
         tta_s.append(time.perf_counter() - t0)
     p50 = {name: float(np.percentile(t, 50)) for name, t in times.items()}
     return result(
-        NAME, ctx, p50["predict"], p50["gradcam"], 0.2, model=MODEL, size=predictor.spec.size,
+        NAME, ctx, p50["predict"], p50["gradcam"], 0.2, model=MODEL, side=predictor.spec.size,
         images=n, image="600x450 JPEG", predict_p50_s=round(p50["predict"], 4),
         gradcam_p50_s=round(p50["gradcam"], 4), eigencam_p50_s=round(p50["eigencam"], 4),
         gradcam_tta_p50_s=round(float(np.percentile(tta_s, 50)), 4),
-        layer=explain_images(predictor, jpegs[:1]).layer,
+        layer=explain_images(predictor, jpegs[:1]).layer, torch_threads=torch.get_num_threads(),
         baseline_note="Predictor.predict([jpeg]): decode, crop, forward, softmax",
         ours_note="explain_images + overlay_base64: decode, crop, prediction, Grad-CAM"
         " (forward and backward), overlay PNG as base64 (the served column)",

@@ -38,8 +38,9 @@ def error_picks(y: np.ndarray, probs: np.ndarray, per_class: int, limit: int) ->
     for c in np.unique(y):
         wrong = np.flatnonzero((y == c) & (answer != c))
         right = np.flatnonzero((y == c) & (answer == c))
-        for picked, kind in ((wrong[np.argsort(-confidence[wrong], kind="stable")], "mistake"),
-                             (right[np.argsort(confidence[right], kind="stable")], "unsure")):  # fmt: skip
+        most_sure_wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
+        least_sure_right = right[np.argsort(confidence[right], kind="stable")]
+        for picked, kind in ((most_sure_wrong, "mistake"), (least_sure_right, "least sure hit")):
             index += picked[:per_class].tolist()
             why += [kind] * min(per_class, len(picked))
     return Shown(np.array(index[:limit], dtype=int), why[:limit])
@@ -98,7 +99,7 @@ def write_gallery(
     if settings.gallery == 0 or len(y) == 0:
         return []
     sheets = {f"gallery_{split}.png": (error_picks(y, probs, settings.gallery, settings.gallery_max),
-                                       f"{split}: confident mistakes and unsure correct answers")}  # fmt: skip
+                                       f"{split}: confident mistakes and least sure correct answers")}  # fmt: skip
     if mel_threshold is not None:
         misses = mel_misses(y, probs, classes, mel_threshold, settings.gallery_max)
         sheets[f"gallery_{split}_mel_misses.png"] = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -66,6 +67,24 @@ def target_layer(net: nn.Module, size: int, name: str | None = None) -> str:
                 f" its last layers are {tail}"
             )
         return name
+    return _chosen(net, size)[0]
+
+
+_CHOSEN: weakref.WeakKeyDictionary[nn.Module, dict[int, tuple[str, bool]]] = (
+    weakref.WeakKeyDictionary()
+)  # per network and input size: the probe runs once, not once a request
+
+
+def _chosen(net: nn.Module, size: int) -> tuple[str, bool]:
+    """The automatic layer of `net` at `size`, and whether its features are tokens (a ViT)."""
+    known = _CHOSEN.setdefault(net, {})
+    if size not in known:
+        known[size] = _probe_layer(net, size)
+    return known[size]
+
+
+def _probe_layer(net: nn.Module, size: int) -> tuple[str, bool]:
+    modules = dict(net.named_modules())
     shapes = _output_shapes(net, size)
     final = shapes.pop("", None)  # the network itself
     feats = _features_shape(net, size)
@@ -75,14 +94,14 @@ def target_layer(net: nn.Module, size: int, name: str | None = None) -> str:
             raise ExplainError(
                 f"{type(net).__name__}: tokens but no block norm1: set explain.target_layer"
             )
-        return blocks[-1]
+        return blocks[-1], True
     found = [n for n, shape in shapes.items() if shape == feats]
     if len(feats) != 4 or not found or final is None:
         raise ExplainError(
             f"{type(net).__name__}: no layer outputs its {list(feats)} feature map;"
             " set explain.target_layer to a layer name"
         )
-    return found[-1]
+    return found[-1], False
 
 
 def _output_shapes(net: nn.Module, size: int) -> dict[str, tuple[int, ...]]:
@@ -161,20 +180,30 @@ def class_maps(
     size = images.shape[1]
     name = target_layer(net, size, layer)
     module = dict(net.named_modules())[name]
-    feats = _features_shape(net, size) if layer is None else ()
-    reshape = tokens_to_grid(getattr(net, "num_prefix_tokens", 1)) if len(feats) == 3 else None
+    tokens = _chosen(net, size)[1]
+    reshape = tokens_to_grid(getattr(net, "num_prefix_tokens", 1)) if tokens else None
     device = next(net.parameters()).device
     total = np.zeros((len(images), size, size), dtype=np.float64)
-    with METHODS[method](_Prepared(net, norm), [module], reshape_transform=reshape) as cam:
-        for i in range(0, len(images), CHUNK):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + CHUNK])).to(device)
-            # the input needs a gradient: a frozen network's activations would have none
-            x = x.permute(0, 3, 1, 2).float().requires_grad_(True)
-            wanted = [ClassifierOutputTarget(int(c)) for c in targets[i : i + CHUNK]]
-            for k, transpose in views(tta):
-                view = cam(input_tensor=dihedral_view(x, k, transpose), targets=wanted)
-                total[i : i + CHUNK] += _undo_view(view, k, transpose)
+    cut = module.register_forward_hook(_cut_below)  # before the CAM's own hook: it sees the cut
+    try:
+        with METHODS[method](_Prepared(net, norm), [module], reshape_transform=reshape) as cam:
+            for i in range(0, len(images), CHUNK):
+                x = torch.from_numpy(np.ascontiguousarray(images[i : i + CHUNK])).to(device)
+                x = x.permute(0, 3, 1, 2).float()
+                wanted = [ClassifierOutputTarget(int(c)) for c in targets[i : i + CHUNK]]
+                for k, transpose in views(tta):
+                    view = cam(input_tensor=dihedral_view(x, k, transpose), targets=wanted)
+                    total[i : i + CHUNK] += _undo_view(view, k, transpose)
+    finally:
+        cut.remove()
     return _unit(total / len(views(tta)))
+
+
+def _cut_below(_module: nn.Module, _inputs: object, out: object) -> object:
+    """The mapped layer's output as a new leaf that needs a gradient: the backward pass stops
+    there (no gradient for the layers below, which a map does not use), and a frozen network's
+    activations still get one."""
+    return out.detach().requires_grad_(True) if isinstance(out, torch.Tensor) else None
 
 
 def _undo_view(cams: np.ndarray, k: int, transpose: bool) -> np.ndarray:

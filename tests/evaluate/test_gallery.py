@@ -30,7 +30,8 @@ def test_each_class_shows_its_most_confident_mistakes_and_least_confident_hits()
     probs = _probs([1, 2, 1, 0, 0, 1, 0, 1], [0.6, 0.9, 0.7, 0.8, 0.5, 0.95, 0.55, 0.6])
     shown = error_picks(y, probs, per_class=2, limit=48)
     assert shown.index.tolist() == [1, 2, 4, 3, 6, 7, 5]
-    assert shown.why == ["mistake", "mistake", "unsure", "unsure", "mistake", "unsure", "unsure"]
+    hit = "least sure hit"
+    assert shown.why == ["mistake", "mistake", hit, hit, "mistake", hit, hit]
     capped = error_picks(y, probs, per_class=2, limit=3)
     assert capped.index.tolist() == [1, 2, 4] and len(capped.why) == 3
 

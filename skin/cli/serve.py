@@ -115,6 +115,7 @@ def _predict_images(
         {"model": predictor.source.resolved, "tta": tta, "output": out, "predictions": rows},
         _predictions_table(rows, min(k, len(predictor.classes)), title),
         f"predictions written to {out}" if out else None,
+        f"maps written to {explain}" if explain else None,
     )
     if any(r["error"] for r in rows):
         raise typer.Exit(1)
@@ -211,6 +212,8 @@ def _top_rows(frame: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
         error = row["error"] if isinstance(row["error"], str) else None
         top = [] if error else [{"label": c, "probability": p} for c, p in best]
         out = {"image": row["key"], "top_k": top, "error": error}
+        if "explanation_file" in frame.columns:  # skin predict --explain
+            out["explanation"] = _text(row["explanation_file"])
         if "ood_score" in frame.columns:
             ok = error is None
             out |= {"answer": row["predicted_label"] if ok else None,

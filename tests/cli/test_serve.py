@@ -65,7 +65,8 @@ def test_predict_explain_writes_the_maps_beside_the_predictions(tmp_path: Path) 
     code, text = invoke("--json", "predict", *paths, "--model", str(run.checkpoint), "--out",
                         str(table), "--explain", str(maps))  # fmt: skip
     assert code == 0, text
-    assert len(json.loads(text)["predictions"]) == 2
+    rows = json.loads(text)["predictions"]
+    assert [Path(r["explanation"]).name for r in rows] == ["lesion_0.cam.png", "lesion_1.cam.png"]
     assert sorted(p.name for p in maps.iterdir()) == ["lesion_0.cam.png", "lesion_1.cam.png"]
     written = table.read_text().splitlines()[0].split(",")
     assert "explanation_file" in written and "predicted_label" in written, written

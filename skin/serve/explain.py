@@ -333,13 +333,14 @@ def randomised_cascade(net: nn.Module) -> Iterator[str]:
 def sheet_png(image: np.ndarray, cam: np.ndarray, title: str, lines: Sequence[str]) -> bytes:
     """The image and its map side by side, `lines` (the answer, top classes) beneath: a PNG."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.9))
+    text_in = 0.1 + 0.18 * len(lines)  # inches of text under the pictures
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.5 + text_in))
     for ax, picture, name in zip(axes, (image, overlay(image, cam)), ("image", title), strict=True):
         ax.imshow(picture)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.text(0.5, 0.02, "\n".join(lines), ha="center", va="bottom", fontsize=9, family="monospace")
-    fig.tight_layout(rect=(0, 0.04 + 0.045 * len(lines), 1, 1))
+    fig.tight_layout(rect=(0, text_in / (3.5 + text_in), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)

@@ -23,6 +23,7 @@ from skin.base.runs import RunPaths
 from skin.data import manifest as mf
 from skin.evaluate import report
 from skin.evaluate.gallery import write_gallery
+from skin.serve.explain import ExplainError
 from skin.serve.export import export_onnx
 from skin.serve.predict import checkpoint_predictor, resolved_model
 from skin.serve.tta import DEFINITION as TTA_DEFINITION
@@ -191,11 +192,14 @@ def _gallery(
     mel90 = next(
         (p.threshold for p in findings.operating if p.name == "mel" and p.target == 0.90), None
     )
-    write_gallery(
-        out, "test", model, data.spec, data.cache.images, data.rows["test"],
-        scored.probs["test"][1], findings.calibrated_test, scored.classes, cfg.explain,
-        mel_threshold=mel90, tta=cfg.evaluate.tta,
-    )  # fmt: skip
+    try:
+        write_gallery(
+            out, "test", model, data.spec, data.cache.images, data.rows["test"],
+            scored.probs["test"][1], findings.calibrated_test, scored.classes, cfg.explain,
+            mel_threshold=mel90, tta=cfg.evaluate.tta,
+        )  # fmt: skip
+    except ExplainError as err:  # an architecture without a mappable layer: the metrics stand
+        log.warning("no error gallery: %s", err)
 
 
 def _log_model(tracker: Tracker, checkpoint: Path) -> str | None:

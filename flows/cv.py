@@ -41,6 +41,7 @@ from tasks.training import _tags, decode_images_task, evaluate_task, register_ta
 CV_TAG = "skin.cv"  # on the parent run: the number of folds
 FOLD_TAG = "skin.cv_fold"  # on a fold's run: its fold number
 MEMBERS_TAG = "skin.cv_runs"  # on the parent run: the fold runs, in fold order
+ENSEMBLE_TAG = "skin.cv_ensemble"  # on the parent run: the fold ensemble's run (nested under it)
 FOLD_SECTIONS = ("split.seed", "split.group_by_lesion", "split.balance", "split.majority_class")
 
 
@@ -293,7 +294,8 @@ def fold_ensemble(
 ) -> dict[str, Any]:
     """The fold models of a cross-validation (its parent run) as one ensemble, calibrated and
     thresholded on the manifest's dev, which the folds left out (see `skin.search.ensemble.SAME_DEV`);
-    a cross-validation whose folds took dev in (made before #21) is refused by name."""
+    a cross-validation whose folds took dev in (made before #21) is refused by name. Its run is
+    nested under the parent, which names it (`skin.cv_ensemble`)."""
     registry = MLflowRegistry(cfg.tracking.tracking_uri)
     tags = registry.run_tags(parent_run_id)
     if MEMBERS_TAG not in tags:
@@ -301,13 +303,15 @@ def fold_ensemble(
             f"run {parent_run_id} is not a finished cross-validation (no {MEMBERS_TAG} tag)"
         )
     manifest = manifest_ref(tags["manifest_uri"])
-    return ensemble_run(
+    result = ensemble_run(
         cfg,
         tags[MEMBERS_TAG].split(","),
         manifest,
         register=register,
-        tags={"skin.cv_parent": parent_run_id},
+        tags={"skin.cv_parent": parent_run_id, PARENT_TAG: parent_run_id},
     )
+    registry.record(parent_run_id, tags={ENSEMBLE_TAG: result["run_id"]})
+    return result
 
 
 @flow(name="skin-ensemble", log_prints=True)
@@ -360,8 +364,20 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "",
             f"Mean {m['cv_balanced_accuracy_mean']:.4f} ± {m.get('cv_balanced_accuracy_std', 0):.4f}"
             f" (std over folds); pooled out-of-fold {m['cv_oof_balanced_accuracy']:.4f}.",
+            *(["", ensemble_line(result["ensemble"])] if result.get("ensemble") else []),
         ]
     )
+
+
+def ensemble_line(ensemble: dict[str, Any]) -> str:
+    """Where the fold ensemble is: its MLflow run (nested under the CV parent) and its score."""
+    run = ensemble["run_id"]
+    link = f"[`{run}`]({ensemble['url']})" if ensemble.get("url") else f"`{run}`"
+    score = ensemble.get("metrics", {}).get("test_balanced_accuracy")
+    scored = f", test balanced accuracy {score:.4f}" if score is not None else ""
+    reg = ensemble.get("registration")
+    registered = f"; registered v{reg['version']} as {reg['alias']}" if reg else ""
+    return f"Fold ensemble: MLflow run {link}, nested under the CV parent{scored}{registered}."
 
 
 @flow(name="skin-cv", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -382,7 +398,7 @@ def cv_flow(
     runner (`cv_flow.with_options(task_runner=...)`, e.g. Dask) spreads them over machines.
     """
     log = get_run_logger()
-    cfg = flow_config(config_path, overrides, data_uri)
+    cfg = flow_config(config_path, overrides, data_uri, training=True)
     stages: dict[str, str] = {}
     _, manifest = data_stages(cfg, stages, refresh=refresh)
     outcome = cross_validate(cfg, manifest, folds, stages, refresh=refresh)
@@ -390,5 +406,6 @@ def cv_flow(
     log.info("cross-validated balanced accuracy %.4f (pooled out of fold)", outcome.score)
     if ensemble or register_model:
         result["ensemble"] = fold_ensemble(cfg, outcome.parent_run_id, register=register_model)
+        log.info(ensemble_line(result["ensemble"]))
     create_markdown_artifact(key="skin-cv-summary", markdown=summary_markdown(result))
     return result

@@ -3,6 +3,9 @@
 Imported only to log or serve a model (it subclasses MLflow's PythonModel). The weights travel
 inside the model as the training checkpoint, loaded with weights_only=True; preprocessing and
 the forward pass are `Predictor`'s, the one path `skin predict` and evaluation share.
+
+Models are logged from code (`MODEL_CODE`, which names only `skin.serve.SkinModel`), not
+pickled: models pickled before 2026-12 name `skin.serving.SkinModel`, which stays importable.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ REPORT_FILES = (CALIBRATION, OPERATING_POINTS, ABSTENTION)  # travel with the mo
 MEL_THRESHOLD = "mel_threshold_at_spec90"
 MEMBERS = "members"  # an ensemble's members.json; its members in member_<i>/ beside it
 INPUTS = ("image", "uri")
+# The models-from-code file MLflow copies into each logged model and runs to load it.
+MODEL_CODE = Path(__file__).with_name("skin_model.py")
 
 
 @dataclass(frozen=True)
@@ -203,8 +208,8 @@ def ensemble_artifacts_of(members: Path, report: Path | None) -> dict[str, str]:
 
 
 def log_model(tracker: Tracker, checkpoint: Path, registered_name: str | None = None) -> str | None:
-    """Log the image-in pyfunc (`SkinModel`, name "model") made from `checkpoint` into the
-    tracker's run: the exact weights (and their hash) travel inside the model's artifacts, with
+    """Log the image-in pyfunc (`SkinModel` from code, name "model") made from `checkpoint` into
+    the tracker's run: the exact weights (and their hash) travel inside the model's artifacts, with
     the run's report/calibration.json, operating_points.json and abstention.json where they
     exist. None where the tracker records no models."""
     with tempfile.TemporaryDirectory(prefix="skin-model-") as tmp:
@@ -215,7 +220,7 @@ def log_model(tracker: Tracker, checkpoint: Path, registered_name: str | None = 
         tracker.fetch_report(REPORT_FILES, report)
         tags = {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: sha256_file(copy)}
         return tracker.log_pyfunc(
-            SkinModel(), artifacts_of(copy, report), tags, signature(), example_frame(),
+            str(MODEL_CODE), artifacts_of(copy, report), tags, signature(), example_frame(),
             registered_name,
         )  # fmt: skip
 
@@ -230,7 +235,7 @@ def log_ensemble(
     tags = {CHECKPOINT_TAG: f"artifacts/{Path(members).name}"}
     tags[CHECKPOINT_SHA_TAG] = sha256_file(Path(members))
     uri = tracker.log_pyfunc(
-        SkinModel(), ensemble_artifacts_of(Path(members), report), tags, signature(),
+        str(MODEL_CODE), ensemble_artifacts_of(Path(members), report), tags, signature(),
         example_frame(), registered_name,
     )  # fmt: skip
     if uri is not None:

@@ -24,6 +24,7 @@ ORDER = (
     "eval_ci",
     "render",
     "serve",
+    "explain",
     "sweep",
     "decisions",
     "audit",

@@ -12,7 +12,7 @@ MIN_LINES = 40
 # own file. The list only shrinks: a module that gets its test file must leave it.
 OWED = frozenset(
     f"skin/cli/{name}.py"
-    for name in ("data", "main", "monitor", "options", "pipeline", "search", "serve", "server")
+    for name in ("data", "main", "monitor", "options", "pipeline", "search", "server")
 )
 
 

@@ -365,6 +365,29 @@ class AuditConfig(_Strict):
     workers: int = Field(2, ge=1, description="processes that decode and hash")
 
 
+class ExplainConfig(_Strict):
+    """Class-activation maps: `skin explain`, `skin predict --explain`, the served `explanation`
+    column and each evaluation's error gallery (README: Seeing what the model looked at)."""
+
+    method: Literal["gradcam", "eigencam"] = Field(
+        "gradcam", description="gradcam (Grad-CAM, per class) or eigencam (gradient-free)"
+    )
+    target_layer: str | None = Field(
+        None,
+        description="the mapped layer, a name from model.named_modules(); None = chosen per"
+        " architecture (a CNN's final feature map, a transformer's last block)",
+    )
+    gallery: int = Field(
+        2,
+        ge=0,
+        description="error gallery: per class, this many most confident mistakes and least"
+        " confident correct answers on test; 0 = no gallery",
+    )
+    gallery_max: int = Field(
+        48, ge=1, description="images on a gallery sheet at most (bounds its time: one map each)"
+    )
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline: one object, validated once, saved with every run."""
 
@@ -381,6 +404,7 @@ class PipelineConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
 
     @model_validator(mode="after")
     def _classes_are_known(self) -> PipelineConfig:

@@ -131,6 +131,14 @@ RETRAIN_WHEN = flag(
     "--retrain-when",
     "always, new-data or drift (README: When to retrain).",
 )
+METHOD = flag("explain.method", str, "--method", "gradcam (per class) or eigencam (gradient-free).")
+TARGET_LAYER = flag(
+    "explain.target_layer",
+    str,
+    "--target-layer",
+    "Layer to map, a name in model.named_modules() (default: chosen per architecture).",
+)
+EXPLAIN_FLAGS = (METHOD, TARGET_LAYER)
 MODEL_FLAGS = (
     MODEL,
     flag("model.pretrained", bool, "--pretrained/--no-pretrained", "ImageNet weights or random."),

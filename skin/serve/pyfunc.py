@@ -134,16 +134,41 @@ class SkinModel(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         tta = bool((params or {}).get("tta", False))
-        return predict_frame(self.served, pd.DataFrame(model_input), tta=tta)
+        frame = pd.DataFrame(model_input)
+        out = predict_frame(self.served, frame, tta=tta)
+        if (params or {}).get("explain"):  # opt-in: without it, the answer is unchanged
+            maps = explanation_column(self.served, frame, out, tta=tta)
+            out["explanation"] = pd.Series(maps, index=out.index, dtype=object)  # None: JSON null
+        return out
+
+
+def explanation_column(
+    served: Served, frame: pd.DataFrame, answered: pd.DataFrame, *, tta: bool = False
+) -> list[str | None]:
+    """Each answered row's class-activation map for its answer, as a base64 PNG of the overlay
+    (`skin.serve.explain`); None where the row failed."""
+    from skin.serve import explain  # grad-cam and OpenCV: loaded only when a map is asked for
+
+    good = [i for i, error in enumerate(answered["error"]) if not isinstance(error, str)]
+    column: list[str | None] = [None] * len(frame)
+    if good:
+        predictor = served.predictor.using(tta=tta)
+        maps = explain.explain_images(predictor, [row_bytes(frame, i) for i in good])
+        for j, i in enumerate(good):
+            column[i] = explain.overlay_base64(maps.images[j], maps.cams[j])
+    return column
 
 
 def signature() -> Any:
-    """Inputs `image` and `uri` (strings, each optional), output columns, param `tta`."""
+    """Inputs `image` and `uri` (strings, each optional), output columns, params `tta` and
+    `explain` (adds the `explanation` column)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", name, required=False) for name in INPUTS])
-    params = ParamSchema([ParamSpec("tta", "boolean", False)])
+    params = ParamSchema(
+        [ParamSpec("tta", "boolean", False), ParamSpec("explain", "boolean", False)]
+    )
     return ModelSignature(inputs=inputs, params=params)
 
 

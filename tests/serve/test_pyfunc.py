@@ -264,3 +264,21 @@ def test_a_logged_model_is_its_code_not_a_pickle(logged: Logged, tmp_path: Path)
     out = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"image": [b64(images[0])]}))
     expected = load_predictor(str(logged.checkpoint), "cpu").predict(images)
     np.testing.assert_allclose(probs_of(out), expected, atol=ATOL)
+
+
+def test_explain_is_a_request_param_that_adds_a_map_to_each_answered_row(logged: Logged) -> None:
+    good = encoded("PNG", 8)
+    frame = pd.DataFrame({"image": [b64(good), b64(b"not an image"), b64(encoded("JPEG", 9))]})
+    model = load(logged)
+    plain, explained = model.predict(frame), model.predict(frame, params={"explain": True})
+    assert "explanation" not in plain.columns, "without the param, the answer is unchanged"
+    same = [c for c in plain.columns if c != "error"]  # an error names a Python object's address
+    pd.testing.assert_frame_equal(explained[same], plain[same])
+    assert explained["error"].notna().tolist() == [False, True, False], explained["error"]
+    assert explained["explanation"][1] is None, "a failed row gets no map"
+    size = load_predictor(str(logged.checkpoint), "cpu").spec.size
+    for i in (0, 2):
+        with Image.open(io.BytesIO(base64.b64decode(explained["explanation"][i]))) as png:
+            assert png.format == "PNG" and png.size == (size, size), png
+    params = {p.name: p for p in model.metadata.get_params_schema().params}
+    assert params["explain"].dtype.name == "boolean" and params["explain"].default is False

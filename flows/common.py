@@ -19,7 +19,7 @@ from skin.data.stages import (
 from skin.data.storage import check_reachable as check_data_reachable
 from skin.track.tracking import check_reachable as check_tracking_reachable
 from skin.track.tracking import resolve_tracking_uri
-from skin.train.stage import TrainOutcome
+from skin.train.outcome import TrainOutcome
 from tasks.data import list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
 from tasks.training import decode_images_task, train_task

@@ -460,7 +460,7 @@ def embed(model: Any, images: np.ndarray, spec: Any, batch_size: int = 64) -> np
 
     # torch, timm, torchvision behind these: only when embeddings are compared (drift.embeddings)
     from skin.train.datasets import Normalize
-    from skin.train.model import pooled_features
+    from skin.train.model import pooled_features  # (the same: torch, only for embeddings)
 
     device = next(model.parameters()).device
     prep = Normalize(spec).to(device)
@@ -659,7 +659,11 @@ def backbone(
 
     # torch, timm, torchvision behind these: only when embeddings are compared (drift.embeddings)
     from skin.train.loop import pick_device
-    from skin.train.model import build_model, input_spec, load_model_from_checkpoint
+    from skin.train.model import (  # (the same: torch, only for embeddings)
+        build_model,
+        input_spec,
+        load_model_from_checkpoint,
+    )
 
     device = pick_device("auto")
     if checkpoint and Path(checkpoint).name == "members.json":  # an ensemble: its first member

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -94,14 +95,22 @@ def skin(code: Path, cwd: Path, home: Path, *args: str, api_url: str | None = No
     if api_url:
         env["PREFECT_API_URL"] = api_url
     cmd = [sys.executable, "-c", DRIVER, "--json", *args]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"skin {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     heavy = [ln for ln in proc.stderr.splitlines() if ln.startswith("HEAVY ")]
     out, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{") :])
-    return {"wall_s": wall, "out": out, "heavy": json.loads(heavy[-1][6:]) if heavy else None}
+    used = json.loads(heavy[-1][6:]) if heavy else None
+    return {"wall_s": wall, "cpu_s": cpu, "out": out, "heavy": used}
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the waited-for children so far: the command, and the
+    temporary Prefect server it waits for. Less moved by other users' load than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def old_server(work: Path) -> Any:
@@ -177,6 +186,9 @@ def run(ctx: Context) -> dict[str, Any]:
         load_avg_1m_per_repeat=loads,
         median_s={k: round(v, 2) for k, v in median.items()},
         every_s={k: [round(r["wall_s"], 2) for r in v] for k, v in runs.items()},
+        median_cpu_s={
+            k: round(statistics.median(r["cpu_s"] for r in v), 2) for k, v in runs.items()
+        },
         ratios={
             "temporary": round(median["base_temporary"] / median["ours_temporary"], 2),
             "server": round(median["base_server"] / median["ours_server"], 2),

@@ -113,6 +113,18 @@ def _global_refs(fn: Callable[..., Any]) -> tuple[list[Any], str]:
     return [(n, fn.__globals__[n]) for n in names if n in fn.__globals__], text
 
 
+def _local_imports(fn: Callable[..., Any], text: str) -> set[str]:
+    """The project modules a function imports in its own body (a heavy stage module imported
+    only when the task runs): they are part of its code as much as the globals it names."""
+    module = fn.__module__
+    path = module_path(module)
+    package = (
+        module if path is not None and path.name == "__init__.py" else module.rpartition(".")[0]
+    )
+    found = {m for node in ast.walk(ast.parse(text)) for m in _imported(node, package)}
+    return {m for m in found if module_path(m) is not None}
+
+
 @cache
 def function_reach(fn: Callable[..., Any]) -> tuple[frozenset[str], tuple[str, ...]]:
     """(the project modules a task-side function uses, the text of the same-module helpers and
@@ -128,6 +140,7 @@ def function_reach(fn: Callable[..., Any]) -> tuple[frozenset[str], tuple[str, .
         seen.add(f)
         refs, text = _global_refs(f)
         texts.append(text)
+        modules.update(_local_imports(f, text))
         for name, obj in refs:
             todo += _follow(f, name, obj, modules, texts)
     return frozenset(modules), tuple(texts)

@@ -11,7 +11,6 @@ from skin.base.config import PipelineConfig
 from skin.data import manifest as mf
 from skin.data.shards import ShardInfo, build_shard, finish, shard_count, shards_uri
 from skin.data.stages import ManifestRef
-from skin.train.model import build_model, input_spec
 from tasks.caching import IO_RETRIES, keyed_on
 
 _SHARD_KEY = ("manifest.hash", "size", "index", "shard_rows", "uri")
@@ -21,6 +20,8 @@ def shard_plan(manifest_uri: str, cfg: PipelineConfig) -> dict[str, Any]:
     """Where a manifest's shards go and how many there are (cheap: reads the manifest only)."""
     if cfg.shared.uri is None:
         raise ValueError("set shared.uri (an s3:// prefix) to build shared image shards")
+    from skin.train.model import build_model, input_spec  # torch, timm: only with shared shards
+
     skeleton = build_model(cfg.model.name, len(cfg.data.classes), pretrained=False)
     size = input_spec(skeleton, cfg.train.image_size).cache_size
     manifest = mf.read(manifest_uri)

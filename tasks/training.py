@@ -19,12 +19,10 @@ from skin.data.shards import image_cache
 from skin.data.stages import ManifestRef, read_skipped, skipped_uri
 from skin.evaluate.compare import dev_comparison
 from skin.evaluate.modelcard import model_card
-from skin.evaluate.stage import EvalOutcome, evaluate_stage
+from skin.evaluate.outcome import EvalOutcome
 from skin.release.registry import GatePolicy, Registration, register_and_gate
 from skin.track.tracking import MLflowRegistry, MLflowTracker, resolve_tracking_uri, tracked_run
-from skin.train.launch import launch
-from skin.train.model import build_model, input_spec
-from skin.train.stage import TrainOutcome, train_stage
+from skin.train.outcome import TrainOutcome
 from tasks.caching import IO_RETRIES, Names, keyed_on, say
 from tasks.events import emit_promotion
 
@@ -50,6 +48,8 @@ def _tags(extra: dict[str, str] | None = None) -> dict[str, str]:
 )
 def decode_images_task(manifest: ManifestRef, config: PipelineConfig) -> dict[str, Any]:
     """Fetch and decode every image once (parallel); the cache folder and the images that failed."""
+    from skin.train.model import build_model, input_spec  # torch, timm: only when the stage runs
+
     skeleton = build_model(config.model.name, len(config.data.classes), pretrained=False)
     spec = input_spec(skeleton, config.train.image_size)
     root = cache_root(config.work_dir)
@@ -85,6 +85,10 @@ def train_task(
     after an epoch (a pruner; single-process training only, nproc > 1 trains to the end): the
     task then fails with `TrainingStopped`, so nothing is cached (neither is in the key: they do
     not change what a finished training is)."""
+    # torch, timm, torchvision: imported when a training runs, not when its cached result is read
+    from skin.train.launch import launch
+    from skin.train.stage import train_stage
+
     cfg = config
     key = train_key(cfg, manifest)
     manifest_uri, manifest_hash = manifest.uri, manifest.hash
@@ -168,6 +172,9 @@ def evaluate_task(
     manifest: ManifestRef, run_id: str, checkpoint: str, config: PipelineConfig
 ) -> EvalOutcome:
     """Score a checkpoint on every split and log into the training's MLflow run."""
+    # torch, timm, torchvision: only when an evaluation runs, not when its cached result is read
+    from skin.evaluate.stage import evaluate_stage
+
     cfg, manifest_uri = config, manifest.uri
     tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
     with tracked_run(tracker):

@@ -4,6 +4,7 @@ skin/ has no circle, imports inside functions included."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,46 @@ def _imported(node: ast.AST) -> list[str]:
     if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
         return [node.module]
     return []
+
+
+# What a cached re-run needs must not pull the libraries that only running a stage needs: torch,
+# torchvision and timm alone take seconds to import (scikit-learn and scipy one more).
+HEAVY = ("torch", "torchvision", "timm", "sklearn", "scipy", "mlflow")
+LIGHT = (
+    "skin.cli",
+    "flows.pipeline",
+    "flows.server",
+    "tasks.training",
+    "tasks.drift",
+    "tasks.shards",
+    # The types a cached stage's pickled result is read back as:
+    "skin.train.outcome",
+    "skin.evaluate.outcome",
+    "skin.release.registry",
+    "skin.data.stages",
+    "skin.monitor.drift",
+)
+
+
+def test_the_cached_run_path_imports_no_heavy_library(tmp_path: Path) -> None:
+    """In a fresh interpreter: the CLI, the pipeline flow, its tasks and the result types load,
+    and a config naming a timm model is validated, without torch, timm, sklearn, scipy or
+    mlflow (once the installed timm's model names are remembered)."""
+    from skin.base.config import timm_models_file
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path)}
+    names = tmp_path / timm_models_file().relative_to(timm_models_file().parents[1])
+    names.parent.mkdir(parents=True)
+    names.write_text("tf_efficientnet_lite0\n")
+    code = (
+        "import importlib, sys\n"
+        f"for m in {LIGHT!r}: importlib.import_module(m)\n"
+        "from flows.common import resolve_config\n"
+        "cfg = resolve_config('configs/demo.yaml', {}, None)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", f"imported: {out.stdout.strip()}"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +24,36 @@ DEFAULT_MODEL = f"models:/{REGISTERED_MODEL}@champion"  # what prediction serves
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
+
+
+def timm_models_file() -> Path:
+    """Where the installed timm's architecture names are remembered (one file per version)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "skin" / f"timm-{importlib.metadata.version('timm')}-models.txt"
+
+
+@cache
+def remembered_timm_models() -> frozenset[str]:
+    """The architectures this timm version has: validating a config must not import timm (and
+    torch with it: seconds) on every command; empty until a validation has imported it once."""
+    try:
+        return frozenset(timm_models_file().read_text().split())
+    except OSError:
+        return frozenset()
+
+
+def remember_timm_models(names: Sequence[str]) -> None:
+    """Write the list once (atomically: concurrent commands may race); unwritable: no harm."""
+    path = timm_models_file()
+    if path.is_file():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("\n".join(names) + "\n")
+        tmp.replace(path)
+    except OSError:
+        return
 
 
 class _Strict(BaseModel):
@@ -109,11 +142,14 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        import timm  # local: timm import is slow and only needed to validate
+        if v.split(".", 1)[0] in remembered_timm_models():  # known without importing torch
+            return v
+        import timm  # local: timm imports torch (seconds); only for a name not remembered yet
 
         if not timm.is_model(v):
             close = timm.list_models(f"*{v.split('_')[-1]}*")[:5]
             raise ValueError(f"unknown timm model {v!r}; similar: {close or 'none'}")
+        remember_timm_models(timm.list_models())
         return v
 
     @model_validator(mode="after")

@@ -8,7 +8,8 @@ May import: every floor of skin, and the flows (each command imports its flow wh
     search     cv, ensemble, sweep
     monitor    drift
     serve      predict, export
-    server     result-storage, notify (the shared Prefect server's setup)
+    server     server start|stop|status (a local Prefect server every command reuses),
+               result-storage, notify (the shared Prefect server's setup)
 
 and the parts they share: `options` (each option and config flag declared once), `command` (the
 frame of every command: flags, settings checked, errors as one line and an exit code), `output`

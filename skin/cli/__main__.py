@@ -2,4 +2,5 @@
 
 from skin.cli import app
 
-app(prog_name="skin")
+if __name__ == "__main__":  # not when a tool imports every module (tests walk the package)
+    app(prog_name="skin")

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from flows.server import use_running_server
 from skin.cli import data, monitor, pipeline, search, serve, server
 from skin.cli.output import state
 
@@ -48,6 +49,7 @@ def _main(
     # machines, and keep its telemetry (which can trip over the local database) off.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    use_running_server()  # `skin server start`'s server, if it answers: no temporary one then
     level = logging.DEBUG if debug else logging.WARNING if quiet or json_out else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "urllib3", "httpx", "s3transfer", "PIL", "matplotlib"):

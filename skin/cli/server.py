@@ -1,4 +1,5 @@
-"""Commands that set up the shared Prefect server: task results in S3, webhook notifications."""
+"""Commands that set up the Prefect server: a local one every command reuses, task results in
+S3, webhook notifications."""
 
 from __future__ import annotations
 
@@ -14,6 +15,58 @@ notify_app = typer.Typer(
     help="Webhook notifications: failed runs, new champions, drift.", no_args_is_help=True
 )
 app.add_typer(notify_app, name="notify")
+server_app = typer.Typer(
+    help="A local Prefect server that every later skin command reuses (no temporary server).",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+@command(server_app, "start")
+def server_start_cmd(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200,
+) -> None:
+    """Start a Prefect server on 127.0.0.1 once (in the background); later skin commands in this
+    PREFECT_HOME use it instead of starting a temporary one each time. Safe to re-run.
+
+    Example: skin server start · skin run --data demo/data · skin server stop
+    """
+    from flows.server import LOG, start_server
+
+    server = start_server(port=port)
+    show(
+        {"api_url": server.api_url, "pid": server.pid, "prefect_home": server.home},
+        None,
+        f"Prefect server [bold]{server.api_url}[/] (pid {server.pid}); skin commands reuse it",
+        f"log: {server.home}/{LOG} · UI: {server.api_url.removesuffix('/api')} · stop: skin server stop",
+    )
+
+
+@command(server_app, "stop")
+def server_stop_cmd() -> None:
+    """Stop the server `skin server start` started; commands go back to a temporary one."""
+    from flows.server import stop_server
+
+    server = stop_server()
+    stopped = {"stopped": server is not None, "pid": server.pid if server else None}
+    show(stopped, None, f"stopped pid {server.pid}" if server else "no server was recorded")
+
+
+@command(server_app, "status")
+def server_status_cmd() -> None:
+    """Which Prefect API the next command uses: PREFECT_API_URL, the local server, or none."""
+    import os
+
+    from flows.server import running_server
+
+    server, url = running_server(), os.environ.get("PREFECT_API_URL")
+    where = url or (server.api_url if server else None)
+    line = (
+        f"Prefect API: [bold]{where}[/]"
+        if where
+        else "no server: each command starts a temporary one"
+    )
+    show({"api_url": where, "local_server": server is not None}, None, line)
 
 
 @command(app, "result-storage")

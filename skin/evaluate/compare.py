@@ -18,7 +18,6 @@ import pandas as pd
 from skin.data import manifest as mf
 from skin.data.storage import open_store
 from skin.evaluate.provenance import UNSEEN, model_manifests, seen_by_model
-from skin.serve.loading import load_predictor
 from skin.stats.bootstrap import (
     PairedDifference,
     balanced_from_recall,
@@ -186,6 +185,8 @@ def score_champion(
 ) -> np.ndarray:
     """The champion's probabilities for the challenger's dev images, decoded and cropped the
     way the champion itself was evaluated (its own input size); NaN rows where an image failed."""
+    # torch and timm behind it: only when a champion is scored, not when a registration is read
+    from skin.serve.loading import load_predictor
 
     champion = load_predictor(ref, tta=tta, tracking_uri=tracking_uri)
     if tuple(champion.classes) != tuple(classes):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,6 +22,7 @@ from skin.base.runs import RunPaths
 from skin.data import manifest as mf
 from skin.evaluate import report
 from skin.evaluate.gallery import write_gallery
+from skin.evaluate.outcome import EvalOutcome  # cached results pickled before name it here
 from skin.serve.explain import ExplainError
 from skin.serve.export import export_onnx
 from skin.serve.predict import checkpoint_predictor, resolved_model
@@ -52,21 +52,6 @@ from skin.train.model import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalOutcome:
-    """What an evaluation found: metrics, the bias/variance reading, reports, the logged model."""
-
-    run_id: str
-    metrics: dict[str, float]
-    diagnosis: str
-    report_dir: str
-    url: str | None = None
-    model_uri: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -32,11 +32,7 @@ from skin.data import manifest as mf
 from skin.data.fetch import Fetcher
 from skin.data.imagecache import fetch_rows, objects_dir
 from skin.data.images import ImageDecodeError, centre_crop, decode
-from skin.serve.predict import model_reference
-from skin.track.tracking import MLflowRegistry, sha256_file
-from skin.train.datasets import Normalize
-from skin.train.loop import pick_device
-from skin.train.model import build_model, input_spec, load_model_from_checkpoint, pooled_features
+from skin.track.tracking import MLflowRegistry, model_reference, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -462,6 +458,10 @@ def embed(model: Any, images: np.ndarray, spec: Any, batch_size: int = 64) -> np
     """Pooled backbone features of uint8 images (N, S, S, 3) decoded at `spec.cache_size`."""
     import torch
 
+    # torch, timm, torchvision behind these: only when embeddings are compared (drift.embeddings)
+    from skin.train.datasets import Normalize
+    from skin.train.model import pooled_features  # (the same: torch, only for embeddings)
+
     device = next(model.parameters()).device
     prep = Normalize(spec).to(device)
     model.eval()
@@ -656,6 +656,14 @@ def backbone(
     """(network, input spec) whose pooled features are compared: the reference model's own
     checkpoint when there is one, else the configured model (`model`: config.model), seeded."""
     import torch
+
+    # torch, timm, torchvision behind these: only when embeddings are compared (drift.embeddings)
+    from skin.train.loop import pick_device
+    from skin.train.model import (  # (the same: torch, only for embeddings)
+        build_model,
+        input_spec,
+        load_model_from_checkpoint,
+    )
 
     device = pick_device("auto")
     if checkpoint and Path(checkpoint).name == "members.json":  # an ensemble: its first member

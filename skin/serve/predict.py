@@ -25,7 +25,7 @@ from skin.data.tables import TABLE_SUFFIXES, write_table
 from skin.serve.tta import probabilities as tta_probabilities
 from skin.serve.tta import view_logits
 from skin.stats.abstain import UNK, Abstention, ood_scores, read_abstention
-from skin.track.tracking import RUN_ID, MLflowRegistry, TrackingError
+from skin.track.tracking import MLflowRegistry, TrackingError, model_reference
 from skin.train.datasets import Normalize
 from skin.train.loop import amp_dtype
 from skin.train.model import InputSpec, input_spec, load_model_from_checkpoint
@@ -210,13 +210,6 @@ def with_abstention(frame: pd.DataFrame, scores: np.ndarray, rule: Abstention) -
 
 
 # --------------------------------------------------------------------------- loading models
-
-
-def model_reference(ref: str) -> str:
-    """A bare MLflow run id means that run's model (`runs:/ID/model`); anything else as given."""
-    if RUN_ID.fullmatch(ref) and not Path(ref).exists():
-        return f"runs:/{ref}/model"
-    return ref
 
 
 @contextmanager

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 LEVEL = 0.95
 CHUNK_CELLS = 1 << 23  # draws held at once: 64 MB of int64
@@ -270,6 +269,8 @@ def paired_bootstrap(
     if n_resamples > 0:
         sums = resample_sums(features, y, groups, n_resamples, seed)
         if normal:
+            from scipy.stats import norm  # ~1 s to import: only for a normal interval
+
             half = float(norm.ppf(0.5 + level / 2)) * _stratified_sd(sums, y, groups)
             low, high = float(b - a) - half, float(b - a) + half
         else:

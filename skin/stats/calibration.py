@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 
 from skin.stats.bootstrap import check_predictions
@@ -48,6 +47,8 @@ def nll_and_gradient(
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The T that minimises NLL of softmax(logits / T) on these (dev) images."""
     check_predictions(y, logits, "dev logits")
+    from scipy.optimize import minimize  # ~0.5 s to import: only when a temperature is fitted
+
     result = minimize(
         nll_and_gradient,
         x0=np.zeros(1),

@@ -8,14 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    log_loss,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 
 @dataclass
@@ -41,6 +33,16 @@ def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15)
 
 def split_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> SplitMetrics:
     """Accuracy, balanced accuracy (ISIC 2019's metric), per-class P/R/F1, confusion, OvR AUC."""
+    # scikit-learn takes ~1 s to import: only when metrics are computed, not for a cached re-run
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
     labels = list(range(len(classes)))
     pred = probs.argmax(1)
     precision, recall, f1, support = precision_recall_fscore_support(

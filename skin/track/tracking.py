@@ -41,6 +41,13 @@ _MODEL_VERSIONS = "mlflow.modelVersions"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this parent
 
 
+def model_reference(ref: str) -> str:
+    """A bare MLflow run id means that run's model (`runs:/ID/model`); anything else as given."""
+    if RUN_ID.fullmatch(ref) and not Path(ref).exists():
+        return f"runs:/{ref}/model"
+    return ref
+
+
 class TrackingError(RuntimeError):
     """The tracking server cannot be reached, refused a request, or holds no usable record."""
 

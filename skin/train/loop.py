@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -145,6 +144,10 @@ def make_scheduler(
 
 def dev_scores(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
     """Dev loss, accuracy and balanced accuracy (the model-selection score) of probabilities."""
+    from sklearn.metrics import (
+        balanced_accuracy_score,  # ~1 s: not for prediction, which needs none
+    )
+
     pred = probs.argmax(1)
     loss = nn.functional.nll_loss(
         torch.log(torch.as_tensor(probs).clamp_min(1e-12)), torch.as_tensor(labels)

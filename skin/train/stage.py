@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,27 +42,9 @@ from skin.train.model import (
     input_spec,
     is_head_only,
 )
+from skin.train.outcome import TrainOutcome  # cached results pickled before name it here
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainOutcome:
-    """What a training left: its run folder, best checkpoint, epochs and history (JSON-able)."""
-
-    run_id: str
-    run_dir: str
-    best_checkpoint: str
-    best_epoch: int
-    last_epoch: int
-    resumed_from: int | None
-    stopped_early: bool
-    feature_path: bool
-    bad_images: int
-    history: list[dict[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def fit_params(cfg: PipelineConfig, train_labels: np.ndarray, n_classes: int) -> FitParams:

@@ -148,6 +148,22 @@ def test_evaluate_stage_reaches_the_statistics_it_imports(tmp_path: Path) -> Non
     assert code_key((evaluate_task.fn,), root) != before, "stale intervals would be served"
 
 
+def test_a_module_a_task_imports_in_its_body_is_in_its_code_key(tmp_path: Path) -> None:
+    """Heavy stage modules are imported inside task bodies (a cached re-run never imports
+    torch); they still belong to the task's code: editing one invalidates its results."""
+    from tasks.caching import code_key, forget_code, function_reach
+    from tasks.training import evaluate_task, train_task
+
+    assert "skin.train.stage" in function_reach(train_task.fn)[0]
+    assert "skin.evaluate.stage" in function_reach(evaluate_task.fn)[0]
+    root = copy_project(tmp_path)
+    before = code_key((train_task.fn,), root)
+    with (root / "skin/train/stage.py").open("a") as fh:
+        fh.write("\n# an edit the train task imports in its body\n")
+    forget_code()
+    assert code_key((train_task.fn,), root) != before, "stale trainings would be served"
+
+
 # --------------------------------------------------------------------------- validity
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import Task, unmapped
 
+from flows.outcomes import ShardsResult
 from skin.base.config import PipelineConfig, load_config
 from skin.base.runs import cache_root
 from skin.data.stages import (
@@ -100,7 +101,7 @@ def data_stages(
 
 def shard_stages(
     cfg: PipelineConfig, manifest: ManifestRef, stages: dict[str, str]
-) -> dict[str, Any]:
+) -> ShardsResult:
     """Decode the manifest's images into shared shards: one task per shard on the flow's task
     runner (threads, or a Dask cluster), then the index. Shards already built are skipped."""
     plan = shard_plan(manifest.uri, cfg)
@@ -119,14 +120,14 @@ def shard_stages(
     )
     meta = finish_shards_task(plan["uri"], plan["count"], plan["size"], plan["shard_rows"])
     stages[build_shard_task.name] = "ran" if fresh else "cached"
-    return {
-        "uri": plan["uri"],
-        "shards": len(built),
-        "built": fresh,
-        "reused": len(built) - fresh,
-        "bad": meta["bad"],
-        "count": meta["count"],
-    }
+    return ShardsResult(
+        uri=plan["uri"],
+        shards=len(built),
+        built=fresh,
+        reused=len(built) - fresh,
+        bad=meta["bad"],
+        count=meta["count"],
+    )
 
 
 def model_stages(

@@ -15,6 +15,7 @@ from flows.common import (
     resolve_config,
     resolve_manifest,
 )
+from flows.outcomes import EvaluateResult, ListResult, SplitResult, TrainResult
 from skin.base.runs import RunPaths
 from skin.data.stages import manifest_ref
 from tasks.data import list_task
@@ -26,10 +27,10 @@ def list_flow(
     data_uri: str | None = None,
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ListResult:
     """List a dataset: counts per class, skipped objects with reasons, and its fingerprint."""
     cfg = flow_config(config_path, overrides, data_uri, tracking=False)
-    return call(list_task, {}, config=cfg).to_dict()
+    return ListResult(**asdict(call(list_task, {}, config=cfg)))
 
 
 @flow(name="skin-split")
@@ -39,7 +40,7 @@ def split_flow(
     overrides: dict[str, Any] | None = None,
     previous: str | None = "latest",
     refresh: bool = False,
-) -> dict[str, Any]:
+) -> SplitResult:
     """List, split and undersample; the manifest becomes the dataset's latest.
 
     `previous`: 'latest' (default: keep earlier assignments), a manifest URI, or None (fresh).
@@ -47,7 +48,7 @@ def split_flow(
     cfg = flow_config(config_path, overrides, data_uri, tracking=False)
     stages: dict[str, str] = {}
     listing, manifest = data_stages(cfg, stages, refresh=refresh, previous=previous)
-    return {"manifest": manifest.to_dict(), "listing": listing.to_dict(), "stages": stages}
+    return SplitResult(manifest, listing, stages)
 
 
 @flow(name="skin-train")
@@ -58,13 +59,13 @@ def train_flow(
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
     refresh: bool = False,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Train from a manifest (URI, or 'latest' for the dataset); `run_id` resumes that run."""
     cfg = flow_config(config_path, overrides, data_uri)
     ref = resolve_manifest(manifest, cfg)
     stages: dict[str, str] = {}
     _, outcome = model_stages(cfg, stages, ref, refresh=refresh, run_id=run_id)
-    return {**asdict(outcome), "manifest_uri": ref.uri, "stages": stages}
+    return TrainResult(**asdict(outcome), manifest_uri=ref.uri, stages=stages)
 
 
 @flow(name="skin-evaluate")
@@ -75,7 +76,7 @@ def evaluate_flow(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     refresh: bool = False,
-) -> dict[str, Any]:
+) -> EvaluateResult:
     """Evaluate a training run's best checkpoint (or `checkpoint`) on its manifest (or `manifest`).
 
     The run's own saved config is the base; `config_path`/`overrides` adjust evaluation settings.
@@ -99,4 +100,4 @@ def evaluate_flow(
         checkpoint=ckpt,
         config=cfg,
     )
-    return {**asdict(outcome), "stages": stages}
+    return EvaluateResult(**asdict(outcome), stages=stages)

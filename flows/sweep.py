@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.common import call, data_stages, flow_config, resolve_config
+from flows.outcomes import SweepResult
 from skin.base.config import PipelineConfig, digest
 from skin.base.runs import RunPaths, run_pointer
 from skin.data.stages import ManifestRef, manifest_ref, set_latest
@@ -400,7 +401,7 @@ def sweep_flow(
     jobs: int = 1,
     cv_folds: int | None = None,
     register_best: bool = True,
-) -> dict[str, Any]:
+) -> SweepResult:
     """Search the space file's ranges until the study named `name` holds `trials` trials
     (started again with the same name, a sweep resumes). The best trial goes through the
     promotion gate at the end."""
@@ -452,21 +453,21 @@ def sweep_flow(
     parent.close("FINISHED")
     errors = failures(name, results, best)
     table = trials_table(study)
-    return {
-        "name": name,
-        "storage": storage,
-        "parent_run_id": parent.run_id,
-        "manifest_hash": manifest.hash,
-        "images": listing.images,
-        "ran": [r for r in results if not isinstance(r, BaseException)],
-        "errors": [f"{type(e).__name__}: {e}" for e in errors],
-        "trials": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
-        "best": best,
-        "registration": registration,
-        "stages": stages,
-        "data_seconds": data_seconds,
-        "seconds": time.perf_counter() - t0,
-    }
+    return SweepResult(
+        name=name,
+        storage=storage,
+        parent_run_id=parent.run_id,
+        manifest_hash=manifest.hash,
+        images=listing.images,
+        ran=[r for r in results if not isinstance(r, BaseException)],
+        errors=[f"{type(e).__name__}: {e}" for e in errors],
+        trials=table.astype(object).where(table.notna(), None).to_dict(orient="records"),
+        best=best,
+        registration=registration,
+        stages=stages,
+        data_seconds=data_seconds,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def sweep_flow_on_dask(address: str | None = None, workers: int = 2) -> Any:

@@ -9,6 +9,7 @@ from prefect import Task, unmapped
 from flows.outcomes import ShardsResult
 from skin.base.config import PipelineConfig, load_config
 from skin.base.runs import cache_root
+from skin.data.location import DatasetState
 from skin.data.stages import (
     ListingRef,
     ManifestRef,
@@ -68,7 +69,7 @@ def call(task: Task, stages: dict[str, str], *, refresh: bool = False, **kwargs:
 def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
     """'latest' (the dataset's newest manifest) or a manifest URI."""
     if reference == "latest":
-        ref = latest_manifest(cfg.state_uri, cfg.data.uri)
+        ref = latest_manifest(DatasetState.of(cfg))
         if ref is None:
             raise ValueError(
                 f"no manifest yet for {cfg.data.uri}: run the split stage first (skin split)"
@@ -88,14 +89,14 @@ def data_stages(
     listing = call(list_task, stages, config=cfg)
     prev_uri = None
     if previous == "latest":
-        latest = latest_manifest(cfg.state_uri, cfg.data.uri)
+        latest = latest_manifest(DatasetState.of(cfg))
         prev_uri = previous_for(latest, listing.fingerprint, cfg.split)
     elif previous:
         prev_uri = previous
     prev = manifest_ref(prev_uri) if prev_uri else None  # keyed on its content, not its name
     split = call(split_task, stages, refresh=refresh, listing=listing, config=cfg, previous=prev)
     manifest = call(undersample_task, stages, refresh=refresh, split=split, config=cfg)
-    set_latest(manifest, cfg.state_uri, cfg.data.uri)
+    set_latest(manifest, DatasetState.of(cfg))
     return listing, manifest
 
 

@@ -24,6 +24,7 @@ from flows.outcomes import CVResult, EnsembleResult
 from skin.base.config import PipelineConfig
 from skin.base.runs import RunPaths
 from skin.data import manifest as mf
+from skin.data.location import DatasetState
 from skin.data.stages import ManifestRef, manifest_ref, save_manifest
 from skin.evaluate.provenance import run_manifests
 from skin.evaluate.stage import EvalOutcome
@@ -70,8 +71,7 @@ def fold_manifests_task(
             fold_manifest(
                 df, assigned, f, balance=s.balance, majority_class=s.majority_class, seed=s.seed
             ),
-            config.state_uri,
-            config.data.uri,
+            DatasetState.of(config),
             latest=False,
             stage=f"fold{f + 1}of{folds}",
             lineage=lineage,

@@ -22,6 +22,7 @@ from flows.common import call, data_stages, flow_config, resolve_config
 from flows.outcomes import SweepResult
 from skin.base.config import PipelineConfig, digest
 from skin.base.runs import RunPaths, run_pointer
+from skin.data.location import DatasetState
 from skin.data.stages import ManifestRef, manifest_ref, set_latest
 from skin.evaluate.stage import EvalOutcome
 from skin.search.sweep import (
@@ -449,7 +450,7 @@ def sweep_flow(
         parent.close("FAILED")
         raise
     finally:  # trials with their own split moved the dataset's latest manifest: put it back
-        set_latest(manifest, cfg.state_uri, cfg.data.uri)
+        set_latest(manifest, DatasetState.of(cfg))
     parent.close("FINISHED")
     errors = failures(name, results, best)
     table = trials_table(study)

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from skin.base.config import PipelineConfig
 from skin.data import manifest as mf
+from skin.data.location import DatasetState
 from skin.data.stages import (
     ListingRef,
     ManifestRef,
@@ -34,7 +35,7 @@ _STATE = ("data.uri", "work_dir", "shared.uri")
 def list_task(config: PipelineConfig) -> ListingRef:
     """Always runs: the listing is how a re-run notices new, changed or removed images."""
     listing = list_images(config.data)
-    return save_listing(listing, config.state_uri, config.data.uri)
+    return save_listing(listing, DatasetState.of(config))
 
 
 @task(
@@ -58,9 +59,7 @@ def split_task(
         "previous_uri": previous.uri if previous else None,
         "split_key": split_key(config.split),
     }
-    return save_manifest(
-        df, config.state_uri, config.data.uri, latest=False, stage="split", lineage=lineage
-    )
+    return save_manifest(df, DatasetState.of(config), latest=False, stage="split", lineage=lineage)
 
 
 @task(
@@ -80,4 +79,4 @@ def undersample_task(split: ManifestRef, config: PipelineConfig) -> ManifestRef:
         "previous_uri": split.previous_uri,
         "split_key": split.split_key,
     }
-    return save_manifest(df, config.state_uri, config.data.uri, latest=True, lineage=lineage)
+    return save_manifest(df, DatasetState.of(config), latest=True, lineage=lineage)

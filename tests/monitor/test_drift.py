@@ -217,6 +217,7 @@ def test_check_drift_task_records_a_cast_against_a_manifest_in_mlflow(
 ) -> None:
     from mlflow import MlflowClient
 
+    from skin.data.location import DatasetState
     from skin.data.stages import list_images, save_listing
     from skin.monitor.drift import resolve_reference
     from tasks.drift import check_drift_task
@@ -230,7 +231,7 @@ def test_check_drift_task_records_a_cast_against_a_manifest_in_mlflow(
     cfg = tiny_config(
         tmp_path, cast, **{"tracking.tracking_uri": tracking, "drift.embeddings": False}
     )
-    listing = save_listing(list_images(cfg.data), cfg.state_uri, cfg.data.uri)
+    listing = save_listing(list_images(cfg.data), DatasetState.of(cfg))
     result = check_drift_task.fn(listing=listing, reference=reference, config=cfg)
     assert result["drifted"], result["checks"]
     assert "embedding_mmd" not in {c["check"] for c in result["checks"]}, "embeddings off"

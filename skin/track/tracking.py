@@ -25,9 +25,11 @@ from skin.track.refs import (
     AliasRef,
     LoggedModelRef,
     ModelRef,
+    ModelRefError,
     RunRef,
     VersionRef,
     as_model_ref,
+    parse_model_ref,
 )
 
 log = logging.getLogger(__name__)
@@ -568,7 +570,7 @@ class MLflowRegistry:
                 if ensemble:  # an ensemble's run has no checkpoints of its own: serve its model
                     logged = self.client.get_logged_model(ensemble)
                     return self._of_model(ensemble, logged.tags, ref.uri, None, run_id, dst)
-                return self._best_epoch(run_id, f"runs:/{run_id}/model", None, dst)
+                return self._best_epoch(run_id, RunRef(run_id).uri, None, dst)
             case LoggedModelRef(model_id=model_id):
                 logged = self.client.get_logged_model(model_id)
                 return self._of_model(
@@ -580,7 +582,8 @@ class MLflowRegistry:
                 mv = self.client.get_model_version(ref.name, ref.version)
             case _:
                 raise TrackingError(f"{ref}: not an MLflow model (runs:/ or models:/)")
-        resolved, version = f"models:/{mv.name}/{mv.version}", str(mv.version)
+        version = str(mv.version)
+        resolved = str(VersionRef(mv.name, version))
         model_id = mv.model_id or mv.tags.get(MODEL_ID_TAG) or logged_model_id(mv.source)
         return self._of_model(model_id, mv.tags, resolved, version, mv.run_id or None, dst)
 
@@ -662,7 +665,10 @@ def _serving_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("torch", "torchvision", "timm", "pillow", "pandas")]
 
 
-def logged_model_id(uri: str) -> str | None:
-    """The logged-model id of `models:/m-ID`, else None."""
-    rest = uri.removeprefix("models:/").strip("/") if uri.startswith("models:/") else ""
-    return rest if rest.startswith("m-") and "/" not in rest and "@" not in rest else None
+def logged_model_id(uri: str | None) -> str | None:
+    """The logged-model id of `models:/m-ID`, else None (any other reference, or none)."""
+    try:
+        ref = parse_model_ref(uri)  # type: ignore[arg-type]  (None: not a reference)
+    except ModelRefError:
+        return None
+    return ref.model_id if isinstance(ref, LoggedModelRef) else None

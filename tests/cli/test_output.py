@@ -1,0 +1,42 @@
+"""What commands print: JSON alone with --json, tables and lines for people, nothing with --quiet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.table import Table
+
+from skin.cli.output import registration_line, show, state
+
+
+def _show() -> None:
+    table = Table(title="counts")
+    table.add_column("class")
+    table.add_row("NV")
+    show({"images": 3}, table, "first line", None, "last line")
+
+
+@pytest.mark.parametrize("mode", ["json", "quiet", "people"])
+def test_each_mode_prints_only_its_own(
+    mode: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(state, "json", mode == "json")
+    monkeypatch.setitem(state, "quiet", mode == "quiet")
+    _show()
+    out = capsys.readouterr().out
+    if mode == "json":
+        assert json.loads(out) == {"images": 3}, out
+    elif mode == "quiet":
+        assert out == "", out
+    else:
+        assert "counts" in out and "NV" in out, out
+        assert out.rstrip().endswith("first line\nlast line"), "lines in order, None left out"
+
+
+def test_a_registration_reads_as_one_line() -> None:
+    reg = {"name": "m", "version": 3, "alias": "champion", "reason": "better"}
+    assert registration_line({"registration": reg}) == (
+        "registry: m v3 → [bold]champion[/]: better"
+    )
+    assert registration_line({}) is None and registration_line({"registration": None}) is None

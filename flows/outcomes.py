@@ -219,7 +219,7 @@ class SweepResult(FlowResult):
     errors: list[str]
     trials: list[dict[str, Any]]
     best: dict[str, Any] | None
-    registration: dict[str, Any] | None
+    registration: Registration | None
     stages: dict[str, str]
     data_seconds: float
     seconds: float

@@ -25,6 +25,7 @@ from skin.base.runs import RunPaths, run_pointer
 from skin.data.location import DatasetState
 from skin.data.stages import ManifestRef, manifest_ref, set_latest
 from skin.evaluate.stage import EvalOutcome
+from skin.release.registry import Registration
 from skin.search.sweep import (
     PARENT_RUN,
     Asked,
@@ -368,7 +369,7 @@ def register_best_trial(
     manifest: ManifestRef,
     stages: dict[str, str],
     parent: MLflowTracker,
-) -> dict[str, Any]:
+) -> Registration:
     """The best trial through the promotion gate, with its own config and manifest (a trial
     that changed how train is balanced has one), judged on the held-back half of dev: the
     images that picked it would flatter it."""
@@ -382,11 +383,11 @@ def register_best_trial(
         config=config,
         manifest=own,
         dev_predictions=str(held),
-    ).to_dict()
+    )
     r = registration
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    MLflowRegistry(uri).set_version_tags(r["name"], r["version"], tags)
-    parent.set_tags({"skin.registered": f"{r['name']} v{r['version']} {r['alias']}", **tags})
+    MLflowRegistry(uri).set_version_tags(r.name, r.version, tags)
+    parent.set_tags({"skin.registered": f"{r.name} v{r.version} {r.alias}", **tags})
     return registration
 
 

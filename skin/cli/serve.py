@@ -3,7 +3,7 @@ and export the network to ONNX."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.table import Table
 from skin.cli.command import command
 from skin.cli.options import ModelRefOpt, TrackingUriOpt
 from skin.cli.output import count_table, show
+
+if TYPE_CHECKING:
+    from skin.track.refs import ModelRef
 
 app = typer.Typer()
 
@@ -45,15 +48,15 @@ def predict_cmd(
 
     Examples: skin predict lesion.jpg --top-k 3 · skin predict s3://bucket/incoming --tta
     """
-    from skin.base.config import DEFAULT_MODEL
+    from skin.track.refs import DEFAULT_MODEL, parse_model_ref
 
-    model = model or DEFAULT_MODEL
+    ref = parse_model_ref(model) if model else DEFAULT_MODEL
     if not any(_is_batch(t) for t in targets):
-        _predict_images(targets, model, top_k, tta, out, tracking_uri)
+        _predict_images(targets, ref, top_k, tta, out, tracking_uri)
         return
     if len(targets) > 1:
         raise typer.BadParameter("give one folder or s3:// prefix, or image files: not a mix")
-    _predict_batch(targets[0], model, tta, out, tracking_uri)
+    _predict_batch(targets[0], ref, tta, out, tracking_uri)
 
 
 def _is_batch(target: str) -> bool:
@@ -68,7 +71,12 @@ def _is_batch(target: str) -> bool:
 
 
 def _predict_images(
-    targets: list[str], model: str, k: int, tta: bool, out: str | None, tracking_uri: str | None
+    targets: list[str],
+    model: ModelRef,
+    k: int,
+    tta: bool,
+    out: str | None,
+    tracking_uri: str | None,
 ) -> None:
     """Score the images here; exit 1 if any could not be read or decoded."""
     from skin.data.storage import read_uri
@@ -93,17 +101,20 @@ def _predict_images(
 
 
 def _predict_batch(
-    source: str, model: str, tta: bool, out: str | None, tracking_uri: str | None
+    source: str, model: ModelRef, tta: bool, out: str | None, tracking_uri: str | None
 ) -> None:
     """Every image under `source`, by the batch flow: counts per predicted class."""
     from flows.predict import predict_flow
 
-    result = predict_flow(source=source, model=model, out=out, tta=tta, tracking_uri=tracking_uri)
-    title = f"{result['images']} images under {source} · {result['model']}"
-    table = count_table(title, "predicted", dict(sorted(result["counts"].items())))
-    if result["errors"]:
-        table.add_row("[red]undecodable[/]", str(result["errors"]))
-    show(result, table, f"predictions: [bold]{result['output']}[/]")
+    # A flow parameter is a string (deployments pass strings): the flow parses it again.
+    result = predict_flow(
+        source=source, model=str(model), out=out, tta=tta, tracking_uri=tracking_uri
+    )
+    title = f"{result.images} images under {source} · {result.model}"
+    table = count_table(title, "predicted", dict(sorted(result.counts.items())))
+    if result.errors:
+        table.add_row("[red]undecodable[/]", str(result.errors))
+    show(result, table, f"predictions: [bold]{result.output}[/]")
 
 
 def _top_rows(frame: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
@@ -159,13 +170,14 @@ def export_cmd(
     """
     from pathlib import Path
 
-    from skin.base.config import DEFAULT_MODEL
     from skin.serve.export import export_onnx
     from skin.serve.loading import load_predictor
+    from skin.track.refs import DEFAULT_MODEL, parse_model_ref
 
     if fmt.lower() != "onnx":
         raise typer.BadParameter(f"format {fmt!r}: only onnx is supported", param_hint="--format")
-    predictor = load_predictor(model or DEFAULT_MODEL, "cpu", tracking_uri=tracking_uri)
+    ref = parse_model_ref(model) if model else DEFAULT_MODEL
+    predictor = load_predictor(ref, "cpu", tracking_uri=tracking_uri)
     path = export_onnx(predictor, Path(out))
     show(
         {"model": predictor.source.resolved, "format": "onnx", "output": str(path)},

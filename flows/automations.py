@@ -17,6 +17,7 @@ from uuid import UUID
 from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
+from prefect.events.worker import EventsWorker
 from prefect.settings import get_current_settings
 
 from tasks.events import DRIFT_DETECTED, MODEL_PROMOTED, NOTIFY_TEST
@@ -34,8 +35,8 @@ PAYLOAD = {"subject": "{{subject}}", "body": "{{body}}", "text": "{{subject}}\n{
 _FAILED_BODY = """\
 Flow run {{ flow_run.name }} of {{ flow.name }}{% if deployment %} (deployment \
 {{ deployment.name }}){% endif %} ended {{ flow_run.state.name }}: {{ flow_run.state.message }}
-{% if flow_run.parameters.data_uri %}Data: {{ flow_run.parameters.data_uri }}{% endif %}{% set link = flow_run|ui_url %}{% if link %}
-{{ link }}{% endif %}"""
+{% if flow_run.parameters.data_uri %}Data: {{ flow_run.parameters.data_uri }}{% endif %}{% set link = flow_run|ui_url %}
+{% if link %}{{ link }}{% else %}No link to the run: the Prefect server does not know its UI address (set PREFECT_UI_URL where the server runs).{% endif %}"""
 _PROMOTED_BODY = """\
 {% set p = event.payload %}{{ event.resource.id | replace('skin.model.', '') }} \
 v{{ event.resource['skin.version'] }} is the new champion (score {{ p.score }}), replacing \
@@ -159,3 +160,5 @@ def send_test(message: str) -> None:
 
     _require_server()
     emit(NOTIFY_TEST, {"prefect.resource.id": "skin.notify.test"}, {"message": message})
+    # Sent before the command ends: at exit Prefect would report it "Still processing items".
+    EventsWorker.instance().wait_until_empty()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from prefect import Task, unmapped
+from prefect import Task, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import MissingContextError
 
 from flows.outcomes import ShardsResult
 from skin.base.config import PipelineConfig, load_config
@@ -22,6 +25,7 @@ from skin.data.storage import check_reachable as check_data_reachable
 from skin.track.tracking import check_reachable as check_tracking_reachable
 from skin.track.tracking import resolve_tracking_uri
 from skin.train.stage import TrainOutcome
+from skin.train.weights import check_available as check_weights
 from tasks.data import list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
 from tasks.training import decode_images_task, train_task
@@ -43,27 +47,62 @@ def flow_config(
     data_uri: str | None,
     *,
     tracking: bool = True,
+    training: bool = False,
 ) -> PipelineConfig:
-    """A flow's one config boundary: validated once, data (and tracking) reachable, then typed
-    sections go to the tasks."""
+    """A flow's one config boundary: validated once, data (and tracking, and for a flow that
+    trains the pretrained weights) reachable, then typed sections go to the tasks."""
     cfg = resolve_config(config_path, overrides, data_uri)
-    preflight(cfg, tracking=tracking)
+    preflight(cfg, tracking=tracking, training=training)
     return cfg
 
 
-def preflight(cfg: PipelineConfig, *, tracking: bool = True) -> None:
-    """Reachability of the data and the tracking server, checked before any stage runs."""
+def preflight(cfg: PipelineConfig, *, tracking: bool = True, training: bool = False) -> None:
+    """Reachability of the data, the tracking server and (`training`) the pretrained weights:
+    checked before any stage runs, not after listing, splitting and decoding."""
     check_data_reachable(cfg.data.uri)
     if tracking:
         check_tracking_reachable(resolve_tracking_uri(cfg.tracking.tracking_uri))
+    if training:
+        check_weights(cfg.model.name, cfg.model.pretrained, cfg.model.weights)
+
+
+REFRESH_HINT = "refresh=true runs it again (deployments: --param refresh=true; skin run --refresh)"
 
 
 def call(task: Task, stages: dict[str, str], *, refresh: bool = False, **kwargs: Any) -> Any:
-    """Run a task; record 'ran' or 'cached' under its name (users and tests read this)."""
+    """Run a task; record 'ran' or 'cached' under its name (users and tests read this), and say
+    in the run's log when it came from the cache."""
     runner = task.with_options(refresh_cache=True) if refresh else task
     state = runner(**kwargs, return_state=True)
     stages[task.name] = "cached" if state.name == "Cached" else "ran"
+    if stages[task.name] == "cached":
+        _log().info(
+            "%s came from the cache (same inputs, config and code); %s", task.name, REFRESH_HINT
+        )
     return state.result()
+
+
+def cached_note(stages: dict[str, str]) -> str | None:
+    """The line a run's artifact carries when some of its stages came from the cache."""
+    cached = [name for name, how in stages.items() if how == "cached"]
+    if not cached:
+        return None
+    return f"From the cache (same inputs, config and code): {', '.join(cached)}; {REFRESH_HINT}."
+
+
+def publish_stages(key: str, title: str, stages: dict[str, str]) -> None:
+    """A single-stage run's Prefect artifact: which stages ran and which came from the cache."""
+    lines = [f"# {title}", "", *(f"- {name}: {how}" for name, how in stages.items())]
+    note = cached_note(stages)
+    create_markdown_artifact(key=key, markdown="\n".join([*lines, *(["", note] if note else [])]))
+
+
+def _log() -> Any:
+    """The flow run's logger, or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:

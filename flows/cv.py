@@ -44,6 +44,7 @@ from tasks.training import _tags, decode_images_task, evaluate_task, register_ta
 CV_TAG = "skin.cv"  # on the parent run: the number of folds
 FOLD_TAG = "skin.cv_fold"  # on a fold's run: its fold number
 MEMBERS_TAG = "skin.cv_runs"  # on the parent run: the fold runs, in fold order
+ENSEMBLE_TAG = "skin.cv_ensemble"  # on the parent run: the fold ensemble's run (nested under it)
 FOLD_SECTIONS = ("split.seed", "split.group_by_lesion", "split.balance", "split.majority_class")
 
 
@@ -295,7 +296,8 @@ def fold_ensemble(
 ) -> EnsembleResult:
     """The fold models of a cross-validation (its parent run) as one ensemble, calibrated and
     thresholded on the manifest's dev, which the folds left out (see `skin.search.ensemble.SAME_DEV`);
-    a cross-validation whose folds took dev in (made before #21) is refused by name."""
+    a cross-validation whose folds took dev in (made before #21) is refused by name. Its run is
+    nested under the parent, which names it (`skin.cv_ensemble`)."""
     registry = MLflowRegistry(cfg.tracking.tracking_uri)
     tags = registry.run_tags(parent_run_id)
     if MEMBERS_TAG not in tags:
@@ -303,13 +305,15 @@ def fold_ensemble(
             f"run {parent_run_id} is not a finished cross-validation (no {MEMBERS_TAG} tag)"
         )
     manifest = manifest_ref(tags["manifest_uri"])
-    return ensemble_run(
+    result = ensemble_run(
         cfg,
         [parse_model_ref(run_id) for run_id in tags[MEMBERS_TAG].split(",")],
         manifest,
         register=register,
-        tags={"skin.cv_parent": parent_run_id},
+        tags={"skin.cv_parent": parent_run_id, PARENT_TAG: parent_run_id},
     )
+    registry.record(parent_run_id, tags={ENSEMBLE_TAG: result.run_id})
+    return result
 
 
 @flow(name="skin-ensemble", log_prints=True)
@@ -361,8 +365,20 @@ def summary_markdown(result: CVResult) -> str:
             "",
             f"Mean {m['cv_balanced_accuracy_mean']:.4f} ± {m.get('cv_balanced_accuracy_std', 0):.4f}"
             f" (std over folds); pooled out-of-fold {m['cv_oof_balanced_accuracy']:.4f}.",
+            *(["", ensemble_line(result.ensemble)] if result.ensemble is not None else []),
         ]
     )
+
+
+def ensemble_line(ensemble: EnsembleResult) -> str:
+    """Where the fold ensemble is: its MLflow run (nested under the CV parent) and its score."""
+    run = ensemble.run_id
+    link = f"[`{run}`]({ensemble.url})" if ensemble.url else f"`{run}`"
+    score = ensemble.metrics.get("test_balanced_accuracy")
+    scored = f", test balanced accuracy {score:.4f}" if score is not None else ""
+    reg = ensemble.registration
+    registered = f"; registered v{reg.version} as {reg.alias}" if reg else ""
+    return f"Fold ensemble: MLflow run {link}, nested under the CV parent{scored}{registered}."
 
 
 @flow(name="skin-cv", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -383,7 +399,7 @@ def cv_flow(
     runner (`cv_flow.with_options(task_runner=...)`, e.g. Dask) spreads them over machines.
     """
     log = get_run_logger()
-    cfg = flow_config(config_path, overrides, data_uri)
+    cfg = flow_config(config_path, overrides, data_uri, training=True)
     stages: dict[str, str] = {}
     _, manifest = data_stages(cfg, stages, refresh=refresh)
     outcome = cross_validate(cfg, manifest, folds, stages, refresh=refresh)
@@ -391,6 +407,7 @@ def cv_flow(
     fold_model = None
     if ensemble or register_model:
         fold_model = fold_ensemble(cfg, outcome.parent_run_id, register=register_model)
+        log.info(ensemble_line(fold_model))
     result = CVResult(**asdict(outcome), stages=stages, ensemble=fold_model)
     create_markdown_artifact(key="skin-cv-summary", markdown=summary_markdown(result))
     return result

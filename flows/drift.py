@@ -14,7 +14,8 @@ from flows.outcomes import DriftResult
 from skin.base.config import PipelineConfig, digest
 from skin.data.stages import ListingRef
 from skin.monitor.drift import Reference, resolve_reference
-from skin.track.refs import AliasRef, ModelRef, champion, parse_model_ref
+from skin.track.refs import CHAMPION, AliasRef, ModelRef, champion, parse_model_ref
+from skin.track.tracking import MLflowRegistry, resolve_tracking_uri
 from tasks.data import list_task
 from tasks.drift import check_drift_task
 from tasks.events import DRIFT_DETECTED, dataset_resource, emit
@@ -23,6 +24,19 @@ from tasks.events import DRIFT_DETECTED, dataset_resource, emit
 def champion_ref(cfg: PipelineConfig) -> AliasRef:
     """The default reference: the registered model's champion."""
     return champion(cfg.tracking.registered_model)
+
+
+def require_champion(cfg: PipelineConfig) -> None:
+    """The default reference exists, or the error says what to do (not MLflow's "not found")."""
+    name = cfg.tracking.registered_model
+    registry = MLflowRegistry(cfg.tracking.tracking_uri)
+    if registry.by_alias(name, CHAMPION) is None:
+        raise LookupError(
+            f"no champion of {name} at {resolve_tracking_uri(cfg.tracking.tracking_uri)} to"
+            " compare the data with: register one first (`skin run`, or the pipeline deployment,"
+            " promotes a model through the gate), or name the reference with --against (against="
+            " for a deployment): models:/NAME/VERSION, an MLflow run id or a manifest URI"
+        )
 
 
 def reference_for(
@@ -84,9 +98,12 @@ def check_drift_flow(
     """Compare the dataset at `data_uri` with `against` (default: the champion's training data:
     models:/NAME@champion; also models:/NAME/VERSION, a run id or a manifest URI)."""
     cfg = flow_config(config_path, overrides, data_uri)
+    ref = parse_model_ref(against) if against else None  # the flow's boundary: a bad one fails here
+    if ref is None:
+        require_champion(cfg)
+        ref = champion_ref(cfg)
     stages: dict[str, str] = {}
     listing = call(list_task, stages, config=cfg)
-    ref = parse_model_ref(against) if against else champion_ref(cfg)  # the flow's boundary
     reference = reference_for(ref, cfg)
     result = drift_stage(cfg, stages, listing, reference, refresh=refresh)
     return DriftResult.of(result, reference, stages)

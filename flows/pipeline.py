@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import call, data_stages, flow_config, model_stages
+from flows.common import cached_note, call, data_stages, flow_config, model_stages
 from flows.drift import champion_ref, drift_stage, reference_for
 from flows.outcomes import NotRetrained, PipelineResult
 from skin.base.config import PipelineConfig
@@ -28,6 +28,7 @@ def artifact_markdown(result: PipelineResult) -> str:
     table = metrics_table_text(metrics).to_markdown()
     link = f"[{result.run_id}]({result.mlflow_url})" if result.mlflow_url else result.run_id
     stages = ", ".join(f"{k}: {v}" for k, v in result.stages.items())
+    cached = cached_note(result.stages)
     unk = abstention_line(metrics)
     return "\n".join(
         [
@@ -35,6 +36,7 @@ def artifact_markdown(result: PipelineResult) -> str:
             "",
             f"Manifest `{result.manifest_hash}` · best epoch {result.best_epoch} · stages: {stages}",
             "",
+            *([cached, ""] if cached else []),
             table,
             "",
             *([f"Unknown lesions: {unk}", ""] if unk else []),
@@ -162,6 +164,7 @@ def not_retrained(
                 f"Policy `retrain.when: {cfg.retrain.when}` · manifest `{manifest.hash}`",
                 "",
                 f"Reason: {reason}",
+                *(["", note] if (note := cached_note(stages)) else []),
             ]
         ),
         description=f"skin pipeline on {cfg.data.uri}: not retrained",
@@ -198,7 +201,7 @@ def pipeline_flow(
     `retrained: False` with the `reason`.
     """
     log = get_run_logger()
-    cfg = flow_config(config_path, overrides, data_uri)  # data and tracking reachable first
+    cfg = flow_config(config_path, overrides, data_uri, training=True)  # all reachable first
     stages: dict[str, str] = {}
 
     listing, manifest = data_stages(cfg, stages, refresh=refresh)

@@ -12,6 +12,7 @@ from flows.common import (
     data_stages,
     flow_config,
     model_stages,
+    publish_stages,
     resolve_config,
     resolve_manifest,
 )
@@ -48,6 +49,7 @@ def split_flow(
     cfg = flow_config(config_path, overrides, data_uri, tracking=False)
     stages: dict[str, str] = {}
     listing, manifest = data_stages(cfg, stages, refresh=refresh, previous=previous)
+    publish_stages("skin-split-summary", f"skin split: manifest `{manifest.hash}`", stages)
     return SplitResult(manifest, listing, stages)
 
 
@@ -61,10 +63,11 @@ def train_flow(
     refresh: bool = False,
 ) -> TrainResult:
     """Train from a manifest (URI, or 'latest' for the dataset); `run_id` resumes that run."""
-    cfg = flow_config(config_path, overrides, data_uri)
+    cfg = flow_config(config_path, overrides, data_uri, training=True)
     ref = resolve_manifest(manifest, cfg)
     stages: dict[str, str] = {}
     _, outcome = model_stages(cfg, stages, ref, refresh=refresh, run_id=run_id)
+    publish_stages("skin-train-summary", f"skin train: MLflow run `{outcome.run_id}`", stages)
     return TrainResult(**asdict(outcome), manifest_uri=ref.uri, stages=stages)
 
 
@@ -100,4 +103,5 @@ def evaluate_flow(
         checkpoint=ckpt,
         config=cfg,
     )
+    publish_stages("skin-evaluate-summary", f"skin evaluate: MLflow run `{run_id}`", stages)
     return EvaluateResult(**asdict(outcome), stages=stages)

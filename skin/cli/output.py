@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 console = Console()
 err_console = Console(stderr=True)
 state: dict[str, bool] = {"debug": False, "json": False, "quiet": False}
+PLAIN_MAX = 10_000  # columns a plain table may take in a pipe or a log (it never wraps a cell)
 
 
 def silent() -> bool:
@@ -33,7 +35,18 @@ def emit(data: Any, table: Table | None = None) -> None:
         plain = data.to_dict() if hasattr(data, "to_dict") else data
         sys.stdout.write(json.dumps(plain, indent=2, default=str) + "\n")
     elif not state["quiet"] and table is not None:
+        print_table(table)
+
+
+def print_table(table: Table) -> None:
+    """On a terminal as rich draws it; in a pipe or a log a plain table as wide as its content,
+    so that no value breaks over two lines inside its cell."""
+    if console.is_terminal:
         console.print(table)
+        return
+    table.box = box.SIMPLE
+    need = Console(file=console.file, width=PLAIN_MAX).measure(table).maximum
+    Console(file=console.file, width=max(need, 1)).print(table)
 
 
 def info(message: str) -> None:

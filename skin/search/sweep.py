@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +246,17 @@ def _pruning(spec: Any, source: str) -> Pruning:
     if set(options) - allowed:
         raise SpaceError(f"{source}: pruner options are {sorted(allowed)}, got {sorted(options)}")
     return Pruning(spec.get("type", "median"), **{k: int(v) for k, v in options.items()})
+
+
+def searched_overrides(space: Space, overrides: Mapping[str, Any]) -> list[str]:
+    """The overrides the space also searches: each trial's value replaces them (the space is
+    what the study compares; the overrides are the base every trial starts from)."""
+    given = {
+        name
+        for key, value in overrides.items()
+        for name in (_flat(value, f"{key}.") if isinstance(value, dict) else [key])
+    }
+    return [f for f in space.fields if f in given]
 
 
 def validate_space(space: Space, base: PipelineConfig) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -175,6 +176,14 @@ def _ensure_experiment(mlflow: Any, uri: str, name: str) -> None:
     mlflow.create_experiment(name, artifact_location=(db.parent / "mlartifacts" / name).as_uri())
 
 
+# MLflow's warnings on a dataset input that say nothing about ours: a local path matches two equal
+# source classes (it picks one), and a model-schema hint on integer columns (never a model input).
+DATASET_NOISE = (
+    "The specified dataset source can be interpreted in multiple ways",
+    "Hint: Inferred schema contains integer column",
+)
+
+
 class MLflowTracker:
     """One MLflow run, opened (or re-opened, to resume) on creation, ended by close()."""
 
@@ -263,8 +272,11 @@ class MLflowTracker:
         data URI, `digest` the manifest hash, `context` train/dev/test."""
         import mlflow.data
 
-        dataset = mlflow.data.from_pandas(frame, source=name, name=name, digest=digest)
-        self._mlflow.log_input(dataset, context=context)
+        with warnings.catch_warnings():
+            for text in DATASET_NOISE:
+                warnings.filterwarnings("ignore", message=re.escape(text))
+            dataset = mlflow.data.from_pandas(frame, source=name, name=name, digest=digest)
+            self._mlflow.log_input(dataset, context=context)
 
     def set_description(self, text: str) -> None:
         """The run's description in the UI (MLflow's `mlflow.note.content` tag)."""

@@ -90,3 +90,29 @@ def test_unreachable_s3_endpoint_fails_before_any_work(
     assert result.exit_code == 1, result.output
     assert "cannot reach bucket 'nowhere'" in result.output and "AWS_ENDPOINT_URL" in result.output
     assert not (tmp_path / "work").exists(), "nothing was written"
+
+
+def test_packaged_weights_of_another_architecture_are_refused_naming_the_fix() -> None:
+    demo = REPO / "configs" / "demo.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(demo, {"model.name": "tf_mixnet_s"})
+    text = str(err.value)
+    assert "model.weights" in text and "tf_efficientnet_lite0" in text, text
+    assert "model.weights: null" in text, f"the message must say how to clear them: {text}"
+    with pytest.raises(ConfigError, match="no such packaged weights"):
+        load_config(None, {"model.weights": "package:resnet-weights"})
+
+
+def test_a_null_override_clears_the_field_instead_of_being_dropped() -> None:
+    demo = REPO / "configs" / "demo.yaml"
+    cfg = load_config(demo, {"model.name": "tf_mixnet_s", "model.weights": None})
+    assert (cfg.model.name, cfg.model.weights) == ("tf_mixnet_s", None)
+    nested = load_config(demo, {"model": {"weights": None}, "split.majority_class": None})
+    assert nested.model.weights is None and nested.split.majority_class is None, (
+        "null clears a field whose default is not null too"
+    )
+
+
+def test_a_null_override_of_a_field_that_cannot_be_empty_is_refused_not_dropped() -> None:
+    with pytest.raises(ConfigError, match=r"train\.epochs.*null clears only"):
+        load_config(None, {"train.epochs": None})

@@ -51,3 +51,24 @@ def test_a_flow_result_prints_as_the_json_it_always_did(
     printed = json.loads(capsys.readouterr().out)
     assert printed == {"uri": "s3://b/shards", "shards": 2, "built": 1, "reused": 1, "bad": 0,
                        "count": 10}, printed  # fmt: skip
+
+
+def test_in_a_pipe_the_metrics_table_keeps_each_value_on_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skin.cli.output import metrics_table
+
+    monkeypatch.setitem(state, "json", False)
+    monkeypatch.setitem(state, "quiet", False)
+    names = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+    metrics = {"bias": 0.1, "variance": 0.02, "variance_test": 0.01}
+    for split in ("train", "dev", "test"):
+        for name in names:
+            metrics |= {f"{split}_{name}": 0.7123, f"{split}_{name}_ci_low": 0.681,
+                        f"{split}_{name}_ci_high": 0.7405}  # fmt: skip
+    show({}, metrics_table(metrics, "metrics"))
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("train", "dev", "test"))]
+    assert len(rows) == 3, f"one line per split:\n{out}"
+    assert all(row.count("0.7123 [0.681, 0.741]") == len(names) for row in rows), out
+    assert "│" not in out and "┃" not in out, f"a plain table, no box drawing:\n{out}"

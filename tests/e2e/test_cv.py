@@ -53,11 +53,15 @@ def test_cv_folds_are_grouped_scored_out_of_fold_and_ensembled(
     client = MlflowClient(tracking_uri=mlflow_server.url)
     parent = client.get_run(result["parent_run_id"])
     main = mf.read(parent.data.tags["manifest_uri"])
-    children = client.search_runs(
+    nested = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
     )
+    children = [c for c in nested if "skin.cv_fold" in c.data.tags]
     assert len(children) == FOLDS, "one child run per fold, nested under the parent"
+    ensembles = [c.info.run_id for c in nested if "skin.cv_fold" not in c.data.tags]
+    assert ensembles == [result["ensemble"]["run_id"]], "the ensemble is nested under the parent"
+    assert parent.data.tags["skin.cv_ensemble"] == ensembles[0], "and the parent names it"
     used = [mf.read(c.data.tags["manifest_uri"]) for c in children]  # what each fold trained on
     pool = main[main["split"] == "train"]
     assert pool["fingerprint"].duplicated().any(), "the data has exact duplicates to keep together"

@@ -7,7 +7,9 @@ or as the pipeline deployment's defaults through a single-stage redeploy).
 
 Steps over module fixtures, in order: the deployed stack (`stack`) → chaining switched on, a split
 run with parameters starts train (`chained`) → a `skin.dataset.updated` event starts the pipeline
-with data_uri from the event (`triggered`) → evaluate alone against that run.
+with data_uri from the event (`triggered`), whose cached stages say so → evaluate alone against
+that run → the deployments' own recipe (hub weights) refused before any stage on a worker that
+has no hub (HF_ENDPOINT on a closed port, an empty cache).
 """
 
 from __future__ import annotations
@@ -228,7 +230,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     url = server.url
     try:
         env = {**base_env, "PREFECT_API_URL": f"{url}/api", "SKIN_PROJECT_DIR": str(REPO),
-               "PREFECT_WORKER_QUERY_SECONDS": "2"}  # fmt: skip
+               "PREFECT_WORKER_QUERY_SECONDS": "2",
+               # an offline worker, whatever this machine reaches: no hub, an empty hub cache
+               "HF_ENDPOINT": f"http://127.0.0.1:{servers.free_port()}",
+               "HF_HUB_CACHE": str(tmp / "hub"), "TORCH_HOME": str(tmp / "torch")}  # fmt: skip
         assert sample.wait(timeout=60) == 0, (
             f"skin sample-data failed:\n{sample.communicate()[0]!r}"
         )
@@ -413,6 +418,22 @@ def test_the_triggered_pipeline_evaluates_the_trained_run(
     )
 
 
+def _logs_of(stack: Stack, flow_run_id: Any) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    return "\n".join(r.message for r in stack.client.read_logs(log_filter=flt))
+
+
+def _artifact(stack: Stack, key: str, flow_run_id: Any) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    found = stack.client.read_artifacts(
+        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+    )
+    return "\n".join(str(a.data) for a in found if a.flow_run_id == flow_run_id)
+
+
 # --------------------------------------------------------------------------- one stage alone
 
 
@@ -435,3 +456,35 @@ def test_evaluate_runs_alone_against_the_earlier_run(
     )
     _assert_completed(evaluate, "skin-evaluate/evaluate", stack.logs)
     assert (stack.work_dir / "runs" / chained.run_id).is_dir(), f"no run folder in {stack.work_dir}"
+    summary = _artifact(stack, "skin-evaluate-summary", evaluate.id)
+    assert "evaluate: ran" in summary or (
+        "evaluate: cached" in summary and "refresh=true" in summary
+    ), f"the artifact says whether evaluate ran or came from the cache: {summary}"
+
+
+def test_stages_from_the_cache_say_so_in_the_log_and_the_artifact(
+    stack: Stack, triggered: Triggered
+) -> None:
+    run = triggered.final  # its data and train stages come from the chained split and train
+    said = _wait("a cache note in the pipeline's log",
+                 lambda: "came from the cache" in (t := _logs_of(stack, run.id)) and t,
+                 stack.logs, timeout=30)  # fmt: skip
+    assert "refresh=true" in said, said
+    summary = _artifact(stack, "skin-run-summary", run.id)
+    assert "From the cache (same inputs, config and code)" in summary, summary
+
+
+def test_the_recipes_weights_are_checked_before_any_stage_on_an_offline_worker(
+    stack: Stack, chained: Chained
+) -> None:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+
+    # The deployments' own recipe (tf_mixnet_s with hub weights) on a worker without the hub.
+    where = {"work_dir": str(stack.work_dir), "tracking.tracking_uri": stack.tracking_uri}
+    trained = run_deployment("skin-train/train", timeout=RUN_TIMEOUT, poll_interval=1,
+                             parameters={"data_uri": str(stack.data), "overrides": where})  # fmt: skip
+    assert trained.state is not None and trained.state.is_failed(), trained.state
+    assert "tf_mixnet_s with model.pretrained" in (trained.state.message or ""), trained.state
+    ids = FlowRunFilter(id=FlowRunFilterId(any_=[trained.id]))
+    assert stack.client.read_task_runs(flow_run_filter=ids) == [], "no stage ran before the check"

@@ -87,13 +87,14 @@ class Setup:
     env: dict[str, str]
     client: Any  # a sync Prefect client on the server
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str, stderr: bool = False) -> str:
+        """stdout of a command that must succeed (and its stderr after it, with `stderr`)."""
         out = subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True,
                              timeout=120, check=False)  # fmt: skip
         assert out.returncode == 0, (
             f"{' '.join(args)} exited {out.returncode}:\n{out.stdout}{out.stderr}"
         )
-        return out.stdout
+        return out.stdout + (out.stderr if stderr else "")
 
     def wait_for(self, subject_part: str, got: list[dict[str, Any]]) -> dict[str, Any]:
         """Collect posts into `got` until one whose subject holds `subject_part` arrives."""
@@ -175,6 +176,7 @@ class Posts:
     failed: dict[str, Any]
     flow_run: Any  # the failed skin-* run
     all: list[dict[str, Any]]
+    notify_test: str  # what `skin notify test` printed (stdout and stderr)
 
 
 @pytest.fixture(scope="module")
@@ -199,15 +201,20 @@ def posts(setup: Setup) -> Posts:
     assert flow_run.state is not None and flow_run.state.is_failed(), f"should fail: {flow_run}"
     failed = setup.wait_for(flow_run.name, got)
     marker = f"barrier {uuid.uuid4().hex[:8]}"
-    setup.cli(SKIN, "notify", "test", "--message", marker)
+    said = setup.cli(SKIN, "notify", "test", "--message", marker, stderr=True)
     setup.wait_for("test notification", got)
-    return Posts(promoted, drifted, failed, flow_run, got)
+    return Posts(promoted, drifted, failed, flow_run, got, said)
 
 
 def test_each_event_posts_exactly_once(posts: Posts) -> None:
     subjects = [p.get("subject", "") for p in posts.all]
     assert len(subjects) == 4, f"expected promoted, drift, failed, test; got {subjects}"
     assert not any("other-project-flow" in s for s in subjects), f"foreign flow posted: {subjects}"
+
+
+def test_notify_test_says_it_was_sent_and_nothing_that_makes_a_user_doubt(posts: Posts) -> None:
+    assert "test event sent" in posts.notify_test, posts.notify_test
+    assert "Still processing items" not in posts.notify_test, posts.notify_test
 
 
 def test_promotion_post_names_the_model_version_and_scores(posts: Posts) -> None:

@@ -230,3 +230,29 @@ def test_a_drift_post_lists_whatever_evidence_the_event_carries() -> None:
     subject, body = _render(au.DRIFTED, event)
     assert subject == "skin: drift in s3://b/new", subject
     assert "mmd_p: 0.01" in body and "drifted: ['brightness']" in body, body
+
+
+def _render_failed(ui_url: str | None) -> str:
+    """The failure post's body for a failed run, with the server's PREFECT_UI_URL set or not."""
+    from prefect.server.events.actions import SendNotification as ServerSendNotification  # noqa: F401 (registers the filters)
+    from prefect.server.schemas.core import Flow, FlowRun
+    from prefect.server.schemas.states import Failed
+    from prefect.server.utilities.user_templates import render_user_template_sync
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    flow = Flow(name="skin-pipeline")
+    run = FlowRun(name="brave-otter", flow_id=flow.id, state=Failed(message="boom"),
+                  parameters={"data_uri": "s3://b/d"})  # fmt: skip
+    (action,) = _declared()[au.RUN_FAILED].actions
+    # Without a UI URL Prefect derives one from the API URL: a server started without either
+    # (the usual `prefect server start`) knows neither.
+    with temporary_settings(updates={PREFECT_UI_URL: ui_url, PREFECT_API_URL: None}):
+        return render_user_template_sync(action.body, {"flow_run": run, "flow": flow})
+
+
+def test_a_failure_post_links_the_run_or_says_why_it_cannot() -> None:
+    linked = _render_failed("http://prefect.test:4200")
+    assert "http://prefect.test:4200/runs/flow-run/" in linked and "No link" not in linked, linked
+    bare = _render_failed(None)
+    assert "brave-otter" in bare and "boom" in bare and "s3://b/d" in bare, bare
+    assert "No link to the run" in bare and "PREFECT_UI_URL" in bare, bare

@@ -41,3 +41,10 @@ def test_a_held_out_class_run_says_why_it_is_not_registered() -> None:
 def test_without_abstention_or_registration_the_artifact_says_log_model_is_off() -> None:
     text = artifact_markdown(result({}, registration=None))
     assert "Unknown lesions" not in text and "tracking.log_model is off" in text, text
+
+
+def test_the_artifact_says_which_stages_came_from_the_cache_and_how_to_force_them() -> None:
+    text = artifact_markdown(result({}, stages={"split": "cached", "train": "ran"}))
+    assert "From the cache (same inputs, config and code): split;" in text, text
+    assert "refresh=true" in text, text
+    assert "From the cache" not in artifact_markdown(result({})), "all ran: nothing to say"

@@ -20,6 +20,7 @@ from skin.search.sweep import (
     load_space,
     open_study,
     parse_space,
+    searched_overrides,
     suggest,
     trial_config,
     trials_table,
@@ -37,6 +38,22 @@ def test_the_shipped_space_file_is_valid_against_the_demo_config() -> None:
     validate_space(space, load_config(REPO / "configs" / "demo.yaml"))
     assert "train.lr" in space.fields
     assert space.pruner.kind == "median"
+
+
+def test_the_small_cpu_space_is_valid_against_the_demo_config() -> None:
+    space = load_space(REPO / "configs" / "sweep-cpu.yaml")
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    validate_space(space, demo)
+    assert "train.image_size" not in space.fields and "model.name" not in space.fields
+
+
+def test_the_overrides_a_space_replaces_are_named() -> None:
+    space = load_space(REPO / "configs" / "sweep.yaml")
+    given = {"train.image_size": 64, "model": {"freeze": "none"}, "train.epochs": 2}
+    assert searched_overrides(space, given) == ["model.freeze", "train.image_size"], (
+        "searched fields given as overrides, dotted or nested; others are not named"
+    )
+    assert searched_overrides(space, {"train.epochs": 2}) == []
 
 
 @pytest.mark.parametrize(

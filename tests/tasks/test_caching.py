@@ -11,7 +11,8 @@ import pytest
 
 from skin.base.config import ConfigError, config_digest, load_config
 from skin.data.stages import ManifestRef
-from tasks.caching import file_hash, keyed_on
+from skin.data.storage import StorageError
+from tasks.caching import IO_RETRIES, file_hash, keyed_on, transient
 
 
 def key_fn(*params: str, **kwargs):
@@ -240,3 +241,67 @@ def test_names_checks_files_where_this_run_reads_them_and_runs_in_its_store(
     assert "deleted" in (names.gone({"best_checkpoint": ".skin/best.pt", "run_id": run}, cfg) or "")
     refs = [ManifestRef(uri=".skin/best.pt", hash="a", dataset="d", images=1)] * 2
     assert Names(files=("uri",)).gone(refs, cfg) is None, "a list of references: each checked"
+
+
+def _client_error(code: str, status: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    response = {
+        "Error": {"Code": code, "Message": code},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "GetObject")  # type: ignore[arg-type]
+
+
+def _wrapped(cause: BaseException) -> StorageError:
+    """How the stores report an S3 failure: a StorageError raised from botocore's."""
+    try:
+        raise StorageError("cannot read s3://b/k") from cause
+    except StorageError as err:
+        return err
+
+
+def test_transient_errors_can_pass_permanent_ones_cannot() -> None:
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    passing = [
+        TimeoutError("read timed out"),
+        ConnectionResetError("reset by peer"),
+        _wrapped(_client_error("SlowDown", 503)),
+        _wrapped(_client_error("InternalError", 500)),
+        _wrapped(_client_error("Throttling", 400)),
+        _wrapped(EndpointConnectionError(endpoint_url="http://127.0.0.1:9")),
+        _wrapped(ReadTimeoutError(endpoint_url="http://127.0.0.1:9")),
+    ]
+    lasting = [
+        FileNotFoundError(2, "No such file or directory", "/data/isic"),
+        PermissionError(13, "Permission denied", "/data/isic"),
+        StorageError("data folder not found: /data/isic"),
+        ConfigError("invalid configuration: train.epochs"),
+        _wrapped(_client_error("NoSuchBucket", 404)),
+        _wrapped(_client_error("AccessDenied", 403)),
+        RuntimeError("shapes do not match"),
+    ]
+    assert [e for e in passing if not transient(e)] == [], "these can pass: retry them"
+    assert [e for e in lasting if transient(e)] == [], "these cannot pass: fail at once"
+
+
+@pytest.mark.server
+def test_a_missing_path_fails_at_once_and_a_timeout_is_retried(prefect_api: None) -> None:
+    from prefect import flow, task
+
+    calls: dict[str, int] = {}
+    fast = {**IO_RETRIES, "retry_delay_seconds": 0, "retry_jitter_factor": None}
+
+    @task(**fast)
+    def failing(kind: str) -> None:
+        calls[kind] = calls.get(kind, 0) + 1
+        raise FileNotFoundError(kind) if kind == "missing" else TimeoutError(kind)
+
+    @flow
+    def both() -> None:
+        for kind in ("missing", "timeout"):
+            failing(kind, return_state=True)
+
+    both()
+    assert calls == {"missing": 1, "timeout": 1 + IO_RETRIES["retries"]}, calls

@@ -159,3 +159,20 @@ def test_the_data_version_is_a_dataset_input_and_the_summary_a_description(tmp_p
     assert (inp.dataset.name, inp.dataset.digest) == ("s3://bucket/isic", "abc123")
     assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "test"
     assert run.data.tags["mlflow.note.content"].startswith("# skin run")
+
+
+def test_a_dataset_input_leaves_no_mlflow_warning_in_the_worker_log(tmp_path: Path) -> None:
+    import warnings
+
+    import pandas as pd
+
+    from skin.track.tracking import DATASET_NOISE, MLflowTracker
+
+    tracker = MLflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "datasets")
+    frame = pd.DataFrame({"key": ["a.jpg", "b.jpg"], "label": ["MEL", "NV"], "age": [40, 55]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.log_dataset(frame, f"{tmp_path / 'data'} [train]", "abc123", "train")
+    tracker.close()
+    said = [str(w.message) for w in caught]
+    assert not [s for s in said if s.startswith(DATASET_NOISE)], said

@@ -24,8 +24,10 @@ ORDER = (
     "eval_ci",
     "render",
     "serve",
+    "explain",
     "sweep",
     "decisions",
+    "audit",
 )
 
 

@@ -112,7 +112,7 @@ def run(ctx: Context) -> dict[str, Any]:
     n = ctx.pick(40, 200)
     ckpt_path = checkpoint(ctx.work / "ckpt")
     model_dir = ctx.work / "model"
-    mlflow.pyfunc.save_model(str(model_dir), python_model=serving.SkinModel(),
+    mlflow.pyfunc.save_model(str(model_dir), python_model=str(serving.MODEL_CODE),
                              artifacts=serving.artifacts_of(ckpt_path, None),
                              signature=serving.signature())  # fmt: skip
     jpegs = images(n)

@@ -12,21 +12,26 @@ from prefect.exceptions import MissingContextError
 from flows.outcomes import ShardsResult
 from skin.base.config import PipelineConfig, load_config
 from skin.base.runs import cache_root
+from skin.data.audit import AuditRef
 from skin.data.location import DatasetState
 from skin.data.stages import (
+    LeakReport,
     ListingRef,
     ManifestRef,
+    SuspectReport,
+    audit_inputs,
     latest_manifest,
     manifest_ref,
     previous_for,
     set_latest,
 )
 from skin.data.storage import check_reachable as check_data_reachable
+from skin.data.storage import join_uri, read_uri
 from skin.track.tracking import check_reachable as check_tracking_reachable
 from skin.track.tracking import resolve_tracking_uri
 from skin.train.stage import TrainOutcome
 from skin.train.weights import check_available as check_weights
-from tasks.data import list_task, split_task, undersample_task
+from tasks.data import audit_task, list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
 from tasks.training import decode_images_task, train_task
 
@@ -117,15 +122,72 @@ def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
     return manifest_ref(reference)
 
 
+def publish_audit(
+    audit: AuditRef, report: LeakReport | None = None, suspects: SuspectReport | None = None
+) -> str:
+    """The audit summary (with the leaks against a manifest, if any) as Prefect artifact
+    `skin-audit`; returns the Markdown."""
+    text = read_uri(join_uri(audit.uri, "summary.md")).decode()
+    if report is not None:
+        text += (
+            f"\n## Held against a manifest\n\n{report.pairs} near-duplicate pairs would have"
+            f" leaked (they straddle its splits); {report.test_images_leaked} test images have a"
+            f" copy in another split (`{report.leaks_uri}`).\n"
+        )
+        if report.effect:
+            rows = [
+                f"| {m} | {v['all']:.4f} | {v['without_leaks']:.4f} | {v['change']:+.4f} |"
+                for m, v in report.effect.items()
+            ]
+            text += "\n| test metric | all | without leaked | change |\n|---|---|---|---|\n"
+            text += "\n".join(rows) + "\n"
+    if suspects is not None:
+        per = " · ".join(f"{c}: {n}" for c, n in sorted(suspects.per_class.items())) or "none"
+        text += (
+            f"\n## Suspect labels\n\n{suspects.suspects} of {suspects.ranked} out-of-fold images"
+            f" are label issues (cleanlab); per given class: {per}. Table:"
+            f" `{suspects.label_issues_uri}`, contact sheet: `{suspects.sheet_uri}`.\n"
+        )
+    create_markdown_artifact(key="skin-audit", markdown=text, description="skin data audit")
+    return text
+
+
+def audit_stage(
+    cfg: PipelineConfig, stages: dict[str, str], listing: ListingRef, *, refresh: bool
+) -> AuditRef:
+    """The audit task, keyed on the listing and on the contents of what its exclusions read."""
+    suspects, inputs = audit_inputs(cfg.audit, cfg.state_uri, cfg.data.uri)
+    return call(
+        audit_task,
+        stages,
+        refresh=refresh,
+        listing=listing,
+        config=cfg,
+        suspects_uri=suspects,
+        inputs_hash=inputs,
+        backbone=backbone_of(cfg) if cfg.audit.embeddings else None,
+    )
+
+
+def backbone_of(cfg: PipelineConfig) -> str:
+    """The model whose embeddings confirm the audit's hash pairs, as its cache key reads it."""
+    m = cfg.model
+    return f"{m.name}|weights={m.weights}|pretrained={m.pretrained}"
+
+
 def data_stages(
     cfg: PipelineConfig, stages: dict[str, str], *, refresh: bool, previous: str | None = "latest"
 ) -> tuple[ListingRef, ManifestRef]:
-    """List → split → undersample; the manifest becomes the dataset's latest.
+    """List → audit (when `audit.enabled`) → split → undersample; the manifest becomes the
+    dataset's latest.
 
     `previous`: 'latest' (stay stable against the dataset's newest manifest), a manifest URI, or
     None for a fresh split.
     """
     listing = call(list_task, stages, config=cfg)
+    audit = audit_stage(cfg, stages, listing, refresh=refresh) if cfg.audit.enabled else None
+    if audit is not None:
+        publish_audit(audit)
     prev_uri = None
     if previous == "latest":
         latest = latest_manifest(DatasetState.of(cfg))
@@ -133,7 +195,15 @@ def data_stages(
     elif previous:
         prev_uri = previous
     prev = manifest_ref(prev_uri) if prev_uri else None  # keyed on its content, not its name
-    split = call(split_task, stages, refresh=refresh, listing=listing, config=cfg, previous=prev)
+    split = call(
+        split_task,
+        stages,
+        refresh=refresh,
+        listing=listing,
+        config=cfg,
+        previous=prev,
+        audit=audit,
+    )
     manifest = call(undersample_task, stages, refresh=refresh, split=split, config=cfg)
     set_latest(manifest, DatasetState.of(cfg))
     return listing, manifest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -12,6 +13,7 @@ from flows.drift import champion_ref, drift_stage, reference_for
 from flows.outcomes import NotRetrained, PipelineResult
 from skin.base.config import PipelineConfig
 from skin.data import manifest as mf
+from skin.data.audit import load_audit
 from skin.data.stages import ListingRef, ManifestRef, read_listing, read_skipped
 from skin.evaluate.report import abstention_line, bias_variance_line, metrics_table_text
 from skin.monitor.drift import new_fraction
@@ -187,6 +189,23 @@ def not_retrained(
     )
 
 
+def record_audit(cfg: PipelineConfig, run_id: str, manifest: ManifestRef) -> None:
+    """The audit the manifest was split by (summary, clusters, exclusions) into the run's
+    `audit/` artifacts, with its counts as tags; an audit on S3 is left where it is, named."""
+    if not manifest.audit_uri:
+        return
+    ref = load_audit(manifest.audit_uri)
+    tags = {
+        "audit_uri": ref.uri,
+        "audit_near_duplicate_pairs": str(ref.pairs),
+        "audit_unusable": str(ref.unusable),
+        "audit_excluded": str(ref.excluded),
+    }
+    local = Path(ref.uri)
+    files = {"audit": local} if local.is_dir() else None
+    MLflowRegistry(cfg.tracking.tracking_uri).record(run_id, tags=tags, files=files)
+
+
 @flow(name="skin-pipeline", log_prints=True)
 def pipeline_flow(
     data_uri: str | None = None,
@@ -236,6 +255,7 @@ def pipeline_flow(
             manifest=manifest,
         )
     publish_input_report(listing, images["bad"])
+    record_audit(cfg, trained.run_id, manifest)
     held = cfg.data.holdout_class
     result = PipelineResult(
         run_id=trained.run_id,

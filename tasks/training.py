@@ -144,6 +144,7 @@ def _log_skipped(tracker: MLflowTracker, cfg: PipelineConfig, manifest: Manifest
 EVAL_SECTIONS = (
     "evaluate",
     "predict",  # the abstention threshold's coverage and score
+    "explain",  # the error gallery: method, layer and size
     "data",
     "tracking",
     "train.image_size",

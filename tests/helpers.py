@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import io
+import shutil
+import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,33 @@ def snapshot(s3_client: Any, bucket: str) -> dict[str, tuple[str, int]]:
         for obj in page.get("Contents", []):
             out[obj["Key"]] = (obj["ETag"], obj["Size"])
     return out
+
+
+_EMPTY_DB: list[Path] = []  # an empty MLflow database, migrated once per test process
+
+
+def tracking_db(folder: Path, name: str = "mlflow.db") -> str:
+    """`sqlite:///<folder>/<name>` holding a fresh MLflow database: a copy of an empty one migrated
+    once per process (migrating costs ~5-10 s here, a copy ~0.1 s). It is what MLflow makes on
+    first use, less the default experiment, which MLflow then adds with this folder's artifacts."""
+    if not _EMPTY_DB:
+        _EMPTY_DB.append(_migrated_empty_db())
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / name).exists():
+        shutil.copyfile(_EMPTY_DB[0], folder / name)
+    return f"sqlite:///{folder / name}"
+
+
+def _migrated_empty_db() -> Path:
+    from mlflow import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="skin-tests-mlflow-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    db = folder / "empty.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # runs every migration
+    with sqlite3.connect(db) as con:  # the default experiment is made on each copy's first use
+        con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    return db
 
 
 def tiny_config(tmp_path: Path, data: Path | str, **extra: object) -> Any:
@@ -145,3 +177,79 @@ def with_metadata(uri: str) -> pd.DataFrame:
     )
     mf.write(m, uri)
     return m
+
+
+def tinted_copy(src: Path, dst: Path, red: float = 1.35) -> Path:
+    """The same images with a warm colour cast (red up, blue down): a new camera or light."""
+    from PIL import Image
+
+    shutil.copytree(src, dst)
+    for path in dst.rglob("*.jpg"):
+        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        rgb[..., 0] *= red
+        rgb[..., 2] *= 0.85
+        buf = io.BytesIO()
+        Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+        path.write_bytes(buf.getvalue())
+    return dst
+
+
+# --------------------------------------------------------------------------- planted copies
+
+COPY_KINDS = ("jpeg60", "resize", "crop", "corner_crop", "rot90", "flip", "bright")
+
+
+def make_copy(data: bytes, kind: str) -> bytes:
+    """A near-duplicate of a JPEG as public data sets hold them: re-encoded at quality 60,
+    resized to 0.75, cropped by 5 % (centred, or towards the top-left corner), turned by 90°,
+    mirrored, or 10 % brighter."""
+    import io
+
+    from PIL import Image, ImageEnhance
+
+    from skin.data.synthetic import encode_jpeg
+
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = img.size
+    if kind == "jpeg60":
+        return encode_jpeg(img, quality=60)
+    if kind == "resize":
+        img = img.resize((round(w * 0.75), round(h * 0.75)), Image.Resampling.BICUBIC)
+    elif kind == "crop":
+        dx, dy = round(w * 0.025), round(h * 0.025)
+        img = img.crop((dx, dy, w - dx, h - dy))
+    elif kind == "corner_crop":
+        img = img.crop((0, 0, round(w * 0.95), round(h * 0.95)))
+    elif kind == "rot90":
+        img = img.transpose(Image.Transpose.ROTATE_90)
+    elif kind == "flip":
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    elif kind == "bright":
+        img = ImageEnhance.Brightness(img).enhance(1.1)
+    else:
+        raise ValueError(f"unknown copy kind {kind!r}; known: {COPY_KINDS}")
+    return encode_jpeg(img)
+
+
+def planted_images(
+    per_class: int, copies_per_kind: int, size: int = 96, seed: int = 3
+) -> tuple[list[Any], dict[str, tuple[str, str]]]:
+    """Distinct generated lesions plus copies of some of them, each copy a new image id and a
+    new lesion id: (images, {copy image_id: (original image_id, kind)})."""
+    from dataclasses import replace
+
+    from skin.base.labels import CLASSES
+    from skin.data.synthetic import iter_sample_images
+
+    counts = dict.fromkeys(CLASSES, per_class)
+    originals = list(iter_sample_images(counts, size, seed, repeat_fraction=0.0))
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(originals), size=copies_per_kind * len(COPY_KINDS), replace=False)
+    out, truth = list(originals), {}
+    for n, i in enumerate(picks):
+        kind, src = COPY_KINDS[n // copies_per_kind], originals[int(i)]
+        image_id = f"COPY_{n:05d}"
+        copy = replace(src, image_id=image_id, lesion_id=f"COPYLESION_{n:05d}")
+        out.append(replace(copy, data=make_copy(src.data, kind)))
+        truth[image_id] = (src.image_id, kind)
+    return out, truth

@@ -327,6 +327,66 @@ class RetrainConfig(_Strict):
     )
 
 
+class AuditConfig(_Strict):
+    """The audit stage: near-duplicates (grouped by the split), unusable images, suspect labels."""
+
+    enabled: bool = Field(True, description="run the audit between list and split")
+    group_near_duplicates: bool = Field(
+        True, description="the split keeps each near-duplicate cluster together, like a lesion"
+    )
+    image_size: int = Field(128, ge=32, description="decoded side the audit measures and hashes")
+    max_distance: int = Field(
+        16, ge=0, le=64, description="pHash bits (of 256) within which two images are copies"
+    )
+    embeddings: bool = Field(
+        False, description="confirm hash pairs by backbone embeddings (model.name's weights)"
+    )
+    min_cosine: float = Field(0.9, gt=0.0, le=1.0, description="embedding cosine to confirm")
+    max_bucket: int = Field(
+        2000, ge=2, description="hash bands shared by more images are skipped (and counted)"
+    )
+    min_side: int = Field(64, ge=1, description="narrower images (pixels) are flagged tiny")
+    dark: float = Field(12.0, ge=0, le=255, description="mean grey at or below: almost black")
+    bright: float = Field(245.0, ge=0, le=255, description="mean grey at or above: almost white")
+    flat: float = Field(4.0, ge=0, description="grey standard deviation at or below: constant")
+    blur_ratio: float = Field(
+        0.02, ge=0, lt=1, description="Laplacian variance under this share of the median: blurred"
+    )
+    label_issues_top: int = Field(50, ge=1, description="suspects shown in the contact sheet")
+    exclude: tuple[Literal["near_duplicates", "label_issues", "unusable"], ...] = Field(
+        (),
+        description="findings dropped before the split (near_duplicates: all but one per"
+        " cluster); nothing is dropped unless named here",
+    )
+    exclude_keys: str | None = Field(
+        None, description="a reviewed list of keys to drop (CSV with a `key` column, or text)"
+    )
+    workers: int = Field(2, ge=1, description="processes that decode and hash")
+
+
+class ExplainConfig(_Strict):
+    """Class-activation maps: `skin explain`, `skin predict --explain`, the served `explanation`
+    column and each evaluation's error gallery (README: Seeing what the model looked at)."""
+
+    method: Literal["gradcam", "eigencam"] = Field(
+        "gradcam", description="gradcam (Grad-CAM, per class) or eigencam (gradient-free)"
+    )
+    target_layer: str | None = Field(
+        None,
+        description="the mapped layer, a name from model.named_modules(); None = chosen per"
+        " architecture (a CNN's final feature map, a transformer's last block)",
+    )
+    gallery: int = Field(
+        2,
+        ge=0,
+        description="error gallery: per class, this many most confident mistakes and least"
+        " confident correct answers on test; 0 = no gallery",
+    )
+    gallery_max: int = Field(
+        48, ge=1, description="images on a gallery sheet at most (bounds its time: one map each)"
+    )
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline: one object, validated once, saved with every run."""
 
@@ -342,6 +402,8 @@ class PipelineConfig(_Strict):
     shared: SharedConfig = Field(default_factory=SharedConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
 
     @model_validator(mode="after")
     def _classes_are_known(self) -> PipelineConfig:

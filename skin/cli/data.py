@@ -1,5 +1,5 @@
-"""Data commands: generate sample data, list, validate, split into a manifest, and decode a
-manifest's images into shared shards."""
+"""Data commands: generate sample data, list, validate, audit, split into a manifest, and decode
+a manifest's images into shared shards."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.table import Table
 
 from skin.cli.command import check_settings, command, run_flow
 from skin.cli.options import (
+    AUDIT_FLAGS,
     IMAGE_SIZE,
     LAYOUT,
     MODEL,
@@ -157,6 +158,67 @@ def split_cmd(
         frame_table(summary, f"manifest {out} · version {digest}"),
         f"[yellow]skipped:[/] {reasons(skipped)}" if skipped else None,
     )
+
+
+@command(app, "audit", LAYOUT, *AUDIT_FLAGS)
+def audit_cmd(
+    data: DataOpt,
+    manifest: Annotated[
+        str | None,
+        typer.Option(help="Manifest URI or 'latest': report the copies that straddle its splits."),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="With --manifest: that run's test metrics without leaks."),
+    ] = None,
+    cv_run: Annotated[
+        str | None,
+        typer.Option("--cv-run", help="A `skin cv` parent run: rank its suspect labels."),
+    ] = None,
+    config: ConfigOpt = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Audit again, ignore the cache.")
+    ] = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Find near-duplicates, unusable images and (with --cv-run) suspect labels; reads only.
+
+    Example: skin audit --data s3://isic/2019 --manifest latest --run-id RUN --cv-run CVRUN
+    """
+    from flows.audit import audit_flow
+
+    if run_id and not manifest:
+        raise typer.BadParameter("--run-id needs --manifest (the manifest the run was split by)")
+    result = run_flow(
+        audit_flow,
+        config,
+        overrides,
+        data_uri=data,
+        manifest=manifest,
+        run_id=run_id,
+        cv_run=cv_run,
+        refresh=refresh,
+    )
+    audit = result["audit"]
+    lines = [
+        f"audited {audit['images']} images: {audit['pairs']} near-duplicate pairs in"
+        f" {audit['clusters']} clusters, {audit['unusable']} unusable; findings in {audit['uri']}"
+    ]
+    if result["leaks"]:
+        leaks = result["leaks"]
+        lines.append(
+            f"{leaks['pairs']} pairs straddle the manifest's splits (would have leaked);"
+            f" {leaks['test_images_leaked']} test images have a copy elsewhere"
+        )
+        for metric, row in (leaks["effect"] or {}).items():
+            lines.append(
+                f"  test {metric}: {row['all']:.4f} -> {row['without_leaks']:.4f} without them"
+            )
+    if result["suspects"]:
+        s = result["suspects"]
+        lines.append(f"{s['suspects']} suspect labels: {s['label_issues_uri']}, {s['sheet_uri']}")
+    show(result, None, *lines)
 
 
 @command(app, "prepare", MODEL, IMAGE_SIZE, SHARD_ROWS)

@@ -109,6 +109,15 @@ SHARED = flag(
 )
 LAYOUT = flag("data.layout", str, "--layout", "auto, folders or isic.")
 SHARD_ROWS = flag("shared.shard_rows", int, "--shard-rows", "Images per shard.")
+AUDIT_FLAGS = (
+    flag("audit.max_distance", int, "--max-distance", "pHash bits (of 256) that make a copy."),
+    flag(
+        "audit.group_near_duplicates",
+        bool,
+        "--group/--no-group",
+        "Split keeps near-duplicate clusters together.",
+    ),
+)
 TTA = flag("evaluate.tta", bool, "--tta/--no-tta", "Test-time augmentation.")
 HOLDOUT = flag(
     "data.holdout_class",
@@ -122,6 +131,14 @@ RETRAIN_WHEN = flag(
     "--retrain-when",
     "always, new-data or drift (README: When to retrain).",
 )
+METHOD = flag("explain.method", str, "--method", "gradcam (per class) or eigencam (gradient-free).")
+TARGET_LAYER = flag(
+    "explain.target_layer",
+    str,
+    "--target-layer",
+    "Layer to map, a name in model.named_modules() (default: chosen per architecture).",
+)
+EXPLAIN_FLAGS = (METHOD, TARGET_LAYER)
 MODEL_FLAGS = (
     MODEL,
     flag("model.pretrained", bool, "--pretrained/--no-pretrained", "ImageNet weights or random."),

@@ -1,5 +1,5 @@
-"""Serving commands: predict images (one by one, or a whole folder or prefix by the batch flow)
-and export the network to ONNX."""
+"""Serving commands: predict images (one by one, or a whole folder or prefix by the batch flow),
+show where the model looked (class-activation maps), and export the network to ONNX."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from skin.cli.command import command
-from skin.cli.options import ModelRefOpt, TrackingUriOpt
+from skin.cli.options import EXPLAIN_FLAGS, ConfigOpt, ModelRefOpt, TrackingUriOpt
 from skin.cli.output import count_table, show
 
 if TYPE_CHECKING:
@@ -43,6 +43,16 @@ def predict_cmd(
         ),
     ] = None,
     tracking_uri: TrackingUriOpt = None,
+    explain: Annotated[
+        str | None,
+        typer.Option(
+            "--explain",
+            metavar="DIR",
+            help="Also write each image's class-activation map (<image>.cam.png) to DIR"
+            " (image files only; settings: --config's explain section).",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Predict lesion classes for images, or for every image under a folder or s3:// prefix.
 
@@ -52,10 +62,15 @@ def predict_cmd(
 
     ref = parse_model_ref(model) if model else DEFAULT_MODEL
     if not any(_is_batch(t) for t in targets):
-        _predict_images(targets, ref, top_k, tta, out, tracking_uri)
+        _predict_images(targets, ref, top_k, tta, out, tracking_uri, explain, config)
         return
     if len(targets) > 1:
         raise typer.BadParameter("give one folder or s3:// prefix, or image files: not a mix")
+    if explain:
+        raise typer.BadParameter(
+            "--explain maps image files, not a folder or prefix: use skin explain IMAGE...",
+            param_hint="--explain",
+        )
     _predict_batch(targets[0], ref, tta, out, tracking_uri)
 
 
@@ -77,16 +92,24 @@ def _predict_images(
     tta: bool,
     out: str | None,
     tracking_uri: str | None,
+    explain: str | None = None,
+    config: str | None = None,
 ) -> None:
-    """Score the images here; exit 1 if any could not be read or decoded."""
+    """Score the images here (and map them into `explain`); exit 1 if any could not be read."""
+    from skin.base.config import load_config
     from skin.data.storage import read_uri
     from skin.serve.loading import load_predictor
     from skin.serve.predict import check_output, write_frame
 
     if out:
         check_output(out)
+    settings = load_config(config).explain if explain else None
     predictor = load_predictor(model, tta=tta, tracking_uri=tracking_uri)
-    frame = predictor.score(targets, read_uri)
+    if settings is not None:
+        frame = _explained(predictor, targets, explain, None, settings)
+        frame = frame.drop(columns=["explained"])
+    else:
+        frame = predictor.score(targets, read_uri)
     if out:
         write_frame(frame, out)
     rows = _top_rows(frame, predictor, k)
@@ -95,9 +118,80 @@ def _predict_images(
         {"model": predictor.source.resolved, "tta": tta, "output": out, "predictions": rows},
         _predictions_table(rows, min(k, len(predictor.classes)), title),
         f"predictions written to {out}" if out else None,
+        f"maps written to {explain}" if explain else None,
     )
     if any(r["error"] for r in rows):
         raise typer.Exit(1)
+
+
+def _explained(
+    predictor: Any, images: list[str], out: Any, target: str | None, settings: Any
+) -> Any:
+    """Each image's prediction row, its map written to `out` (skin.serve.explain)."""
+    from pathlib import Path
+
+    from skin.data.storage import read_uri
+    from skin.serve.explain import write_explanations
+
+    return write_explanations(
+        predictor, images, read_uri, Path(out), target,
+        method=settings.method, layer=settings.target_layer,
+    )  # fmt: skip
+
+
+@command(app, "explain", *EXPLAIN_FLAGS)
+def explain_cmd(
+    images: Annotated[
+        list[str], typer.Argument(metavar="IMAGE", help="Image files or s3:// image URIs.")
+    ],
+    model: ModelRefOpt = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--class", help="Class to map, e.g. MEL (default: each image's answer)."),
+    ] = None,
+    out: Annotated[
+        str, typer.Option("--out", help="Folder for <image>.cam.png (never overwrites).")
+    ] = "explanations",
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="Predict and map over flips and rotations.")
+    ] = False,
+    config: ConfigOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Show where the model looked: per image, a PNG of the image, its class-activation map
+    (Grad-CAM by default), the top three classes and the UNK answer where the model abstains.
+
+    Example: skin explain lesion.jpg --model models:/skin-lesion-classifier@champion --class MEL
+    """
+    from skin.base.config import load_config
+    from skin.serve.loading import load_predictor
+    from skin.track.refs import DEFAULT_MODEL, parse_model_ref
+
+    settings = load_config(config, overrides).explain
+    ref = parse_model_ref(model) if model else DEFAULT_MODEL
+    predictor = load_predictor(ref, tta=tta, tracking_uri=tracking_uri)
+    frame = _explained(predictor, images, out, target, settings)
+    rows = [
+        {"image": r["key"], "explained": _text(r["explained"]), "file": _text(r["explanation_file"]),
+         "answer": _text(r["predicted_label"]), "error": _text(r["error"])}
+        for _, r in frame.iterrows()
+    ]  # fmt: skip
+    table = Table(title=f"{predictor.source.resolved} · {settings.method}")
+    for column in ("image", "answer", "explained", "file"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        cells = (row["answer"], row["explained"], row["file"])
+        table.add_row(row["image"], *([row["error"]] if row["error"] else cells))
+    show({"model": predictor.source.resolved, "method": settings.method, "images": rows}, table)
+    if any(r["error"] for r in rows):
+        raise typer.Exit(1)
+
+
+def _text(value: Any) -> str | None:
+    """A table cell as a string, or None for pandas' missing values."""
+    return value if isinstance(value, str) else None
 
 
 def _predict_batch(
@@ -126,6 +220,8 @@ def _top_rows(frame: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
         error = row["error"] if isinstance(row["error"], str) else None
         top = [] if error else [{"label": c, "probability": p} for c, p in best]
         out = {"image": row["key"], "top_k": top, "error": error}
+        if "explanation_file" in frame.columns:  # skin predict --explain
+            out["explanation"] = _text(row["explanation_file"])
         if "ood_score" in frame.columns:
             ok = error is None
             out |= {"answer": row["predicted_label"] if ok else None,

@@ -14,6 +14,9 @@ from skin.data.tables import is_csv, read_table, write_table
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 REQUIRED = ["key", "label", "split", "keep", "fingerprint", "source"]
 HASHED = ["key", "label", "split", "keep", "fingerprint"]
+CLUSTER = (
+    "duplicate_cluster"  # the audit's near-duplicate cluster: grouped by the split like a lesion
+)
 
 
 class ManifestError(ValueError):
@@ -52,7 +55,12 @@ def validate(df: pd.DataFrame, classes: tuple[str, ...] | list[str] = CLASSES) -
             f"{len(dropped_outside_train)} rows outside train have keep=False;"
             " undersampling applies to train only"
         )
-    for column, what in (("fingerprint", "identical files"), ("lesion_id", "images of one lesion")):
+    groups = (
+        ("fingerprint", "identical files"),
+        ("lesion_id", "images of one lesion"),
+        (CLUSTER, "near-duplicate images"),
+    )
+    for column, what in groups:
         if column not in df.columns:
             continue
         known = df[df[column].notna() & (df[column].astype(str) != "")]

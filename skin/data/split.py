@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from skin.base.config import FractionsError, check_fractions
-from skin.data.manifest import SPLITS
+from skin.data.manifest import CLUSTER, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class SplitResult:
         return (
             f"{len(self.moves)} images of the previous manifest changed split"
             f" ({', '.join(f'{a}->{b}: {n}' for (a, b), n in pairs.items())}): new links (same"
-            " lesion or identical file) joined images it had in different splits; each joined"
+            " lesion, identical file or near-duplicate) joined images it had in different splits; each joined"
             " group took the split of its largest earlier part"
             f" (e.g. {', '.join(self.moves['key'].head(3))})"
         )
@@ -49,7 +49,8 @@ def _fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 
 
 def _groups(df: pd.DataFrame, group_by_lesion: bool) -> np.ndarray:
-    """Connected components of 'same file' and 'same lesion': these must share a split."""
+    """Connected components of 'same file', 'same lesion' and 'near-duplicates' (the audit's
+    `duplicate_cluster`, when the listing carries it): these must share a split."""
     parent = list(range(len(df)))
 
     def find(i: int) -> int:
@@ -59,6 +60,7 @@ def _groups(df: pd.DataFrame, group_by_lesion: bool) -> np.ndarray:
         return i
 
     columns = ["fingerprint"] + (["lesion_id"] if group_by_lesion and "lesion_id" in df else [])
+    columns += [CLUSTER] if CLUSTER in df else []
     for column in columns:
         values = df[column].to_numpy()
         first: dict[object, int] = {}
@@ -91,9 +93,10 @@ def split_with_moves(
     previous: pd.DataFrame | None = None,
     group_by_lesion: bool = True,
 ) -> SplitResult:
-    """Split `df` (columns key, label, fingerprint[, lesion_id]); report the rows that moved.
+    """Split `df` (columns key, label, fingerprint[, lesion_id, duplicate_cluster]); report the
+    rows that moved.
 
-    Groups of rows tied by lesion or identical content share a split. A group with rows in
+    Groups of rows tied by lesion, identical content or a near-duplicate cluster share a split. A group with rows in
     `previous` keeps their split; if new links joined rows of several splits, the group takes the
     split of its largest earlier part (ties: the split its classes fill least) and the rest move.
     The other groups first give every class one group in each split it lacks (smallest first),

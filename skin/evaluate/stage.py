@@ -22,6 +22,8 @@ from skin.base.progress import silent
 from skin.base.runs import RunPaths
 from skin.data import manifest as mf
 from skin.evaluate import report
+from skin.evaluate.gallery import write_gallery
+from skin.serve.explain import ExplainError
 from skin.serve.export import export_onnx
 from skin.serve.predict import checkpoint_predictor, resolved_model
 from skin.serve.tta import DEFINITION as TTA_DEFINITION
@@ -162,6 +164,7 @@ def evaluate_stage(
     history = run_history(paths, state)
     facts = _run_facts(cfg, manifest)
     report.write_reports(paths.report, scored, metrics, reading, history, facts, findings)
+    _gallery(paths.report, model, data, scored, findings, cfg)
     tracker.log_artifact(paths.report, "report")
     tracker.set_tags({"diagnosis": reading})
     tracker.set_description(report.summary_head(paths.report / "summary.md"))
@@ -173,6 +176,31 @@ def evaluate_stage(
     if cfg.tracking.export_onnx:
         _export_onnx(Path(checkpoint_path), paths, tracker)
     return EvalOutcome(tracker.run_id, metrics, reading, str(paths.report), model_uri=model_uri)
+
+
+def _gallery(
+    out: Path,
+    model: torch.nn.Module,
+    data: SplitImages,
+    scored: report.Scored,
+    findings: report.Findings,
+    cfg: PipelineConfig,
+) -> None:
+    """Test's error gallery with class-activation maps (skin.evaluate.gallery), on the served
+    probabilities; melanoma misses at the MEL threshold for 90 % specificity on their own sheet."""
+    if "test" not in scored.probs or findings.calibrated_test is None:
+        return
+    mel90 = next(
+        (p.threshold for p in findings.operating if p.name == "mel" and p.target == 0.90), None
+    )
+    try:
+        write_gallery(
+            out, "test", model, data.spec, data.cache.images, data.rows["test"],
+            scored.probs["test"][1], findings.calibrated_test, scored.classes, cfg.explain,
+            mel_threshold=mel90, tta=cfg.evaluate.tta,
+        )  # fmt: skip
+    except ExplainError as err:  # an architecture without a mappable layer: the metrics stand
+        log.warning("no error gallery: %s", err)
 
 
 def _log_model(tracker: Tracker, checkpoint: Path) -> str | None:

@@ -3,6 +3,9 @@
 Imported only to log or serve a model (it subclasses MLflow's PythonModel). The weights travel
 inside the model as the training checkpoint, loaded with weights_only=True; preprocessing and
 the forward pass are `Predictor`'s, the one path `skin predict` and evaluation share.
+
+Models are logged from code (`MODEL_CODE`, which names only `skin.serve.SkinModel`), not
+pickled: models pickled before 2026-12 name `skin.serving.SkinModel`, which stays importable.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ REPORT_FILES = (CALIBRATION, OPERATING_POINTS, ABSTENTION)  # travel with the mo
 MEL_THRESHOLD = "mel_threshold_at_spec90"
 MEMBERS = "members"  # an ensemble's members.json; its members in member_<i>/ beside it
 INPUTS = ("image", "uri")
+# The models-from-code file MLflow copies into each logged model and runs to load it.
+MODEL_CODE = Path(__file__).with_name("skin_model.py")
 
 
 @dataclass(frozen=True)
@@ -129,16 +134,41 @@ class SkinModel(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         tta = bool((params or {}).get("tta", False))
-        return predict_frame(self.served, pd.DataFrame(model_input), tta=tta)
+        frame = pd.DataFrame(model_input)
+        out = predict_frame(self.served, frame, tta=tta)
+        if (params or {}).get("explain"):  # opt-in: without it, the answer is unchanged
+            maps = explanation_column(self.served, frame, out, tta=tta)
+            out["explanation"] = pd.Series(maps, index=out.index, dtype=object)  # None: JSON null
+        return out
+
+
+def explanation_column(
+    served: Served, frame: pd.DataFrame, answered: pd.DataFrame, *, tta: bool = False
+) -> list[str | None]:
+    """Each answered row's class-activation map for its answer, as a base64 PNG of the overlay
+    (`skin.serve.explain`); None where the row failed."""
+    from skin.serve import explain  # grad-cam and OpenCV: loaded only when a map is asked for
+
+    good = [i for i, error in enumerate(answered["error"]) if not isinstance(error, str)]
+    column: list[str | None] = [None] * len(frame)
+    if good:
+        predictor = served.predictor.using(tta=tta)
+        maps = explain.explain_images(predictor, [row_bytes(frame, i) for i in good])
+        for j, i in enumerate(good):
+            column[i] = explain.overlay_base64(maps.images[j], maps.cams[j])
+    return column
 
 
 def signature() -> Any:
-    """Inputs `image` and `uri` (strings, each optional), output columns, param `tta`."""
+    """Inputs `image` and `uri` (strings, each optional), output columns, params `tta` and
+    `explain` (adds the `explanation` column)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", name, required=False) for name in INPUTS])
-    params = ParamSchema([ParamSpec("tta", "boolean", False)])
+    params = ParamSchema(
+        [ParamSpec("tta", "boolean", False), ParamSpec("explain", "boolean", False)]
+    )
     return ModelSignature(inputs=inputs, params=params)
 
 
@@ -178,8 +208,8 @@ def ensemble_artifacts_of(members: Path, report: Path | None) -> dict[str, str]:
 
 
 def log_model(tracker: Tracker, checkpoint: Path, registered_name: str | None = None) -> str | None:
-    """Log the image-in pyfunc (`SkinModel`, name "model") made from `checkpoint` into the
-    tracker's run: the exact weights (and their hash) travel inside the model's artifacts, with
+    """Log the image-in pyfunc (`SkinModel` from code, name "model") made from `checkpoint` into
+    the tracker's run: the exact weights (and their hash) travel inside the model's artifacts, with
     the run's report/calibration.json, operating_points.json and abstention.json where they
     exist. None where the tracker records no models."""
     with tempfile.TemporaryDirectory(prefix="skin-model-") as tmp:
@@ -190,7 +220,7 @@ def log_model(tracker: Tracker, checkpoint: Path, registered_name: str | None = 
         tracker.fetch_report(REPORT_FILES, report)
         tags = {CHECKPOINT_TAG: CHECKPOINT_ARTIFACT, CHECKPOINT_SHA_TAG: sha256_file(copy)}
         return tracker.log_pyfunc(
-            SkinModel(), artifacts_of(copy, report), tags, signature(), example_frame(),
+            str(MODEL_CODE), artifacts_of(copy, report), tags, signature(), example_frame(),
             registered_name,
         )  # fmt: skip
 
@@ -205,7 +235,7 @@ def log_ensemble(
     tags = {CHECKPOINT_TAG: f"artifacts/{Path(members).name}"}
     tags[CHECKPOINT_SHA_TAG] = sha256_file(Path(members))
     uri = tracker.log_pyfunc(
-        SkinModel(), ensemble_artifacts_of(Path(members), report), tags, signature(),
+        str(MODEL_CODE), ensemble_artifacts_of(Path(members), report), tags, signature(),
         example_frame(), registered_name,
     )  # fmt: skip
     if uri is not None:

@@ -242,9 +242,10 @@ class MLflowTracker:
         example: Any,
         registered_name: str | None = None,
     ) -> str:
-        """Log a pyfunc model (name "model") with its artifacts, tags, signature and input
-        example. What the model is belongs to `skin.serve.pyfunc`, which calls this: the seam knows
-        MLflow, not the model."""
+        """Log a pyfunc model (name "model"; `python_model` a PythonModel or the path of a
+        models-from-code file) with its artifacts, tags, signature and input example. What the
+        model is belongs to `skin.serve.pyfunc`, which calls this: the seam knows MLflow, not the
+        model."""
         import mlflow.pyfunc
 
         info = mlflow.pyfunc.log_model(

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from skin.data.imagecache import ImageCache
+from skin.data.images import centre_crop
 from skin.train.datasets import EvalImages, Normalize, make_loader
 from skin.train.model import InputSpec, pooled_features
 
@@ -101,3 +102,30 @@ class FeatureSet(Dataset):
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(idx, dtype=torch.long)
         return self.feats[index], self.labels[index]
+
+
+def image_embedder(
+    model: nn.Module, spec: InputSpec, load: Callable[[list[str], int], list[np.ndarray | None]]
+) -> Callable[[list[str]], np.ndarray]:
+    """Keys in, one L2-normalised pooled backbone feature per key out (zeros where an image
+    cannot be read, so it confirms nothing): how the audit checks a hash pair by its content.
+    `load(keys, side)` decodes the images at `side`."""
+    prep = Normalize(spec)
+    model.eval()
+
+    def embed(keys: list[str]) -> np.ndarray:
+        out = np.zeros((len(keys), model.num_features), dtype=np.float32)
+        for start in range(0, len(keys), 64):
+            batch = keys[start : start + 64]
+            pixels = load(batch, spec.cache_size)
+            ok = [i for i, p in enumerate(pixels) if p is not None]
+            if not ok:
+                continue
+            images = np.stack([centre_crop(pixels[i], spec.size) for i in ok])
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+            feats = pooled_features(model, prep(x)).float().numpy()
+            out[[start + i for i in ok]] = feats
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    return embed

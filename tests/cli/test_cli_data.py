@@ -120,3 +120,28 @@ def test_tiny_class_and_empty_dataset_are_clear_errors(tmp_path: Path, prefect_a
     empty.mkdir()
     code, out = invoke("list", "--data", str(empty), "--config", str(_config(tmp_path)))
     assert code == 1 and "no labelled images" in out, out
+
+
+@pytest.mark.slow  # an S3 dataset audited through the CLI: tens of seconds
+def test_audit_finds_planted_copies_in_s3_and_changes_nothing_there(
+    s3_client, bucket: str, tmp_path: Path, prefect_api
+) -> None:
+    from tests.helpers import planted_images
+
+    images, truth = planted_images(per_class=5, copies_per_kind=1, size=96, seed=11)
+    for s in images:
+        s3_client.put_object(Bucket=bucket, Key=f"isic/{s.label}/{s.image_id}.jpg", Body=s.data)
+    before = snapshot(s3_client, bucket)
+    data, work = f"s3://{bucket}/isic", ["--config", str(_config(tmp_path))]
+    code, out = invoke("audit", "--data", data, "--manifest", "latest", *work)
+    assert code == 1 and "no manifest yet" in out, "a manifest that is not there is named"
+    code, out = invoke("split", "--data", data, "--out", str(tmp_path / "m.parquet"), *work)
+    assert code == 0, out
+    code, out = invoke("--json", "audit", "--data", data, "--manifest", "latest", *work)
+    assert code == 0, out
+    result = json.loads(out)
+    assert result["audit"]["pairs"] >= len(truth), result["audit"]
+    assert result["leaks"]["pairs"] == 0, "the split kept every cluster in one split"
+    assert snapshot(s3_client, bucket) == before, "the audit wrote to or changed the bucket"
+    code, out = invoke("audit", "--data", data, "--run-id", "r1", *work)
+    assert code != 0 and "--manifest" in out, out

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from skin.base.labels import ISIC2019_COUNTS
 from skin.data.balance import BalanceError, undersample
-from skin.data.manifest import SPLITS, ManifestError, validate
+from skin.data.manifest import CLUSTER, SPLITS, ManifestError, validate
 from skin.data.split import SplitError, SplitResult, split_report, split_with_moves
 from tests.helpers import assign_splits
 
@@ -225,13 +225,16 @@ def test_lesion_groups_reach_every_split_for_every_seed() -> None:
 
 
 def _components(df: pd.DataFrame) -> list[int]:
-    """Rows linked by identical file or lesion: a union-find written apart from skin.data.split's."""
+    """Rows linked by identical file, lesion or near-duplicate cluster: a union-find written
+    apart from skin.data.split's."""
     parent = list(range(len(df)))
 
     def root(i: int) -> int:
         return i if parent[i] == i else root(parent[i])
 
-    for column in ("fingerprint", "lesion_id"):
+    for column in ("fingerprint", "lesion_id", CLUSTER):
+        if column not in df:
+            continue
         first: dict[str, int] = {}
         for i, value in enumerate(df[column]):
             if pd.notna(value):
@@ -342,6 +345,77 @@ def test_growth_never_fails_never_leaks_and_reaches_every_split(
         assert sorted(missing) == sorted(result.gaps), "every empty cell must be reported"
         assert previous is not None or not missing, f"a fresh split left {missing} empty"
         previous = out[["key", "split"]]
+
+
+def _cluster_rows(data: st.DataObject, labels: list[str], step: int, clusters: list[str]) -> list:
+    """New images, each maybe a near-duplicate of an earlier cluster (of any class) or a new one."""
+    out = []
+    for label in labels:
+        for k in range(data.draw(st.integers(0, 6))):
+            key = f"{label}/d{step}_{k}.jpg"
+            cluster = data.draw(st.sampled_from([None, f"new-{key}", *clusters]))
+            out.append({"key": key, "label": label, "fingerprint": f"fp-{key}", CLUSTER: cluster})
+            if cluster is not None and cluster not in clusters:
+                clusters.append(cluster)
+    return out
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(data=st.data(), seed=st.integers(0, 3))
+def test_near_duplicate_clusters_never_straddle_and_growth_keeps_them_together(
+    data: st.DataObject, seed: int
+) -> None:
+    """Whatever the clusters (across classes too), none straddles splits; as the data grows,
+    new copies join old clusters and a re-audit merges two, earlier images keep their split
+    unless their cluster merged with another split's (then the largest part's split wins)."""
+    labels = data.draw(
+        st.lists(st.sampled_from(["AK", "DF", "NV", "VASC"]), min_size=1, max_size=3, unique=True)
+    )
+    anchors = [
+        {
+            "key": f"{label}/anchor{k}.jpg",
+            "label": label,
+            "fingerprint": f"{label}{k}",
+            CLUSTER: None,
+        }
+        for label in labels
+        for k in range(3)
+    ]
+    clusters: list[str] = []
+    df = pd.DataFrame(anchors + _cluster_rows(data, labels, 0, clusters))
+    previous = None
+    for step in range(data.draw(st.integers(1, 4))):
+        if previous is not None:
+            if len(clusters) >= 2 and data.draw(st.booleans()):  # a re-audit links two clusters
+                a, b = data.draw(
+                    st.lists(st.sampled_from(clusters), min_size=2, max_size=2, unique=True)
+                )
+                df.loc[df[CLUSTER] == a, CLUSTER] = b
+            df = pd.concat(
+                [df, pd.DataFrame(_cluster_rows(data, labels, step, clusters))], ignore_index=True
+            )
+        result = split_with_moves(df, seed=seed, previous=previous)
+        out = df.assign(split=result.split.to_numpy(), keep=True, source="x")
+        validate(out)  # no near-duplicate cluster straddles splits
+        straddling = out.dropna(subset=[CLUSTER]).groupby(CLUSTER)["split"].nunique()
+        assert (straddling == 1).all(), f"clusters across splits: {straddling[straddling > 1]}"
+        if previous is not None:
+            _check_growth(df, previous, result)
+        previous = out[["key", "split"]]
+
+
+def test_a_manifest_with_a_straddling_cluster_is_refused() -> None:
+    df = with_split(make_images({"AK": 10, "NV": 10}))
+    df[CLUSTER] = None
+    df.loc[df["split"] == "train", CLUSTER] = "c"
+    df.loc[df.index[df["split"] == "test"][:1], CLUSTER] = "c"
+    with pytest.raises(ManifestError, match="near-duplicate images straddle"):
+        validate(df.assign(keep=True, source="x"))
 
 
 @pytest.mark.parametrize(

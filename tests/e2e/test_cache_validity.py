@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import tracking_db
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -30,7 +31,7 @@ MODEL_STAGES = ("prepare-images", "train", "evaluate", "register-model")
 def skin_run(folder: Path, data: Path, home: Path, api: str, experiment: str) -> dict[str, Any]:
     """`skin --json run` in `folder` (its own `.skin` and `mlflow.db`), with the shared Prefect
     home and server; the parsed result, or the failure's output."""
-    folder.mkdir(parents=True, exist_ok=True)
+    tracking_db(folder)  # the default store, fresh where there is none (migrated once)
     cfg = folder / "skin.yaml"
     recipe = {**TINY, "train.epochs": 1, "tracking.experiment": experiment}
     nested: dict[str, Any] = {}

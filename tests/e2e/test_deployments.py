@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from tests import servers
+from tests.helpers import tracking_db
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -130,6 +131,7 @@ def _assert_completed(run: Any, what: str, logs: Callable[[], str]) -> None:
 STAGES = {
     "pipeline",
     "list",
+    "audit",
     "split",
     "train",
     "evaluate",
@@ -211,7 +213,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     tmp = tmp_path_factory.mktemp("deployments")
     data, work_dir = tmp / "data", tmp / "work"
-    tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    tracking_uri = tracking_db(tmp)
     experiment = f"deployments-{uuid.uuid4().hex[:8]}"
     overrides = {**RECIPE, "work_dir": str(work_dir), "tracking.tracking_uri": tracking_uri,
                  "tracking.experiment": experiment}  # fmt: skip

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from skin.base.config import dotted_to_nested
 from skin.data.sample_data import write_sample_dataset
-from tests.helpers import invoke
+from tests.helpers import invoke, tracking_db
 from tests.monitor.test_drift import tinted_copy
 from tests.recipes import TINY
 
@@ -53,7 +53,7 @@ def test_new_data_policy_skips_one_new_image_and_drift_flags_a_colour_cast(
         "train.epochs": 2,
         "evaluate.bootstrap": 0,
         "work_dir": str(tmp_path / "work"),
-        "tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.tracking_uri": tracking_db(tmp_path),
         "tracking.experiment": f"test-{uuid.uuid4().hex[:8]}",
         "tracking.registered_model": name,
         "retrain.when": "new-data",

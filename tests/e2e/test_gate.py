@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from skin.data.sample_data import write_sample_dataset
 from skin.data.synthetic import class_counts
+from tests.helpers import tracking_db
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -23,7 +24,7 @@ def test_paired_gate_promotes_only_a_clearly_better_challenger(
 
     data = tmp_path / "data"
     shutil.copytree(sample_data, data)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_db(tmp_path)
     base = {**TINY, "work_dir": str(tmp_path / "work"), "tracking.tracking_uri": uri,
             "tracking.experiment": f"gate-{uuid.uuid4().hex[:6]}",
             "tracking.registered_model": f"gate-{uuid.uuid4().hex[:6]}",

@@ -68,13 +68,14 @@ def test_s3_result_storage_shares_cached_results_between_machines(
                                    "uri": f"s3://{bucket}/prefect-results"}  # fmt: skip
         with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "machine-a"}):
             first = split_flow(data_uri=str(sample_data), overrides=ov)
-        assert first["stages"] == {"list-images": "ran", "split": "ran", "undersample": "ran"}
+        assert first["stages"] == {"list-images": "ran", "audit": "ran", "split": "ran",
+                                   "undersample": "ran"}  # fmt: skip
         stored = [k for k in snapshot(s3_client, bucket) if k.startswith("prefect-results/")]
         assert stored, "task results were written to S3"
         # A machine with an empty local result store still finds the cached results in S3.
         with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "machine-b"}):
             second = split_flow(data_uri=str(sample_data), overrides=ov)
-        assert second["stages"] == {"list-images": "ran", "split": "cached",
+        assert second["stages"] == {"list-images": "ran", "audit": "cached", "split": "cached",
                                     "undersample": "cached"}  # fmt: skip
         assert second["manifest"] == first["manifest"]
     finally:

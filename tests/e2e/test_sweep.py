@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from skin.base.runs import RunPaths
 from skin.search.sweep import trial_value
 from skin.train.loop import CRASH_AFTER_EPOCH
+from tests.helpers import tracking_db
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow]
@@ -44,7 +45,7 @@ def recipe(tmp_path: Path) -> dict[str, object]:
         "train.epochs": 2,
         "evaluate.bootstrap": 0,
         "work_dir": str(tmp_path / "work"),
-        "tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.tracking_uri": tracking_db(tmp_path),
         "tracking.experiment": f"sweep-{uuid.uuid4().hex[:6]}",
         "tracking.registered_model": f"skin-sweep-{uuid.uuid4().hex[:6]}",
     }

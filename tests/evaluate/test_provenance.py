@@ -12,6 +12,7 @@ from skin.evaluate.provenance import UNSEEN, ProvenanceError, model_manifests, s
 from skin.search.ensemble import Member, write_members
 from skin.serve import pyfunc as serving
 from skin.track.tracking import MLflowRegistry, MLflowTracker, tracked_run
+from tests.helpers import tracking_db
 from tests.serve.test_predict import tiny_checkpoints
 
 
@@ -35,7 +36,7 @@ def test_a_row_is_seen_by_key_then_file_then_lesion() -> None:
 def test_an_ensembles_training_is_the_union_of_its_members_runs(tmp_path: Path) -> None:
     """A logged ensemble's run names its evaluation manifest; what it trained on is read from
     each member's run, through the members.json inside its logged model."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_db(tmp_path)
     runs = []
     for i in range(2):
         path = tmp_path / f"manifest{i}.parquet"

@@ -33,7 +33,7 @@ from skin.stats.operating import flat_operating, operating_points
 from skin.stats.slices import slice_metrics, slice_table
 from skin.track.tracking import MLflowTracker, NullTracker, tracked_run
 from skin.train.stage import train_stage
-from tests.helpers import make_manifest, with_metadata
+from tests.helpers import make_manifest, tracking_db, with_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def tiny_run(tmp: Path, data: Path, *, mlflow: bool, **overrides: object) -> Run
         null = NullTracker("tiny")
         out = evaluate_stage(uri, train_stage(uri, cfg, null).best_checkpoint, cfg, null)
         return Run(cfg, manifest, Path(out.report_dir), dict(null.metrics))
-    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    store = tracking_db(tmp)
     tracker = MLflowTracker(store, "served-evaluation")
     with tracked_run(tracker):
         out = evaluate_stage(uri, train_stage(uri, cfg, tracker).best_checkpoint, cfg, tracker)

@@ -142,3 +142,10 @@ def test_the_evaluated_weights_are_exported_as_onnx_when_asked(evaluated: Evalua
     (logits,) = session.run(None, {session.get_inputs()[0].name: x})
     assert logits.shape == (3, 8), "a dynamic batch of 3, one logit per class"
     assert "skin.classes" in session.get_modelmeta().custom_metadata_map, "preprocessing travels"
+
+
+def test_the_error_gallery_of_test_is_in_the_report(evaluated: Evaluated) -> None:
+    from PIL import Image
+
+    with Image.open(evaluated.report / "gallery_test.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > 300

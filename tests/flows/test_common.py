@@ -1,4 +1,6 @@
-"""What every flow shares: the preflight that fails before any stage runs, and cached stages that say so."""
+"""What every flow shares: one config boundary (file ← overrides ← data URI, checked reachable
+before any work; weights that cannot be had stop a training flow before its data stages),
+manifests by reference, and `call`, which notes whether a task ran or was cached and says so."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 from prefect import flow, task
+from prefect.cache_policies import INPUTS
 
-from flows.common import cached_note, call
+from flows.common import cached_note, call, flow_config, resolve_config, resolve_manifest
 from flows.stages import train_flow
 from skin.data.sample_data import write_sample_dataset
+from skin.data.stages import manifest_ref
 from skin.data.synthetic import class_counts
+from skin.track.tracking import TrackingError
 from skin.train.weights import WeightsError
+from tests.helpers import make_manifest, tiny_config
 from tests.recipes import TINY
 from tests.servers import free_port
 
@@ -63,3 +69,52 @@ def test_a_stage_from_the_cache_says_so_and_how_to_run_it_again(
     assert "stage-x" in (cached_note(second) or "") and "refresh=true" in (
         cached_note(second) or ""
     )
+
+
+def test_the_config_is_the_file_then_the_overrides_then_the_data_uri(tmp_path: Path) -> None:
+    path = tmp_path / "skin.yaml"
+    path.write_text("data:\n  uri: from-file\ntrain:\n  epochs: 5\n  lr: 0.5\n")
+    cfg = resolve_config(str(path), {"train.epochs": 7, "data.uri": "from-overrides"}, None)
+    assert (cfg.data.uri, cfg.train.epochs, cfg.train.lr) == ("from-overrides", 7, 0.5), cfg.train
+    assert resolve_config(str(path), {"data.uri": "x"}, "given").data.uri == "given"
+    assert resolve_config(str(path), None, None).data.uri == "from-file"
+
+
+def test_an_unknown_setting_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"train\.epoch"):
+        flow_config(None, {"train.epoch": 3}, str(tmp_path), tracking=False)
+
+
+def test_an_unreachable_tracking_server_is_refused_before_any_work(tmp_path: Path) -> None:
+    overrides = {"tracking.tracking_uri": "http://127.0.0.1:9"}  # the discard port: nobody
+    with pytest.raises(TrackingError, match=r"127\.0\.0\.1:9 is unreachable"):
+        flow_config(None, overrides, str(tmp_path))
+    cfg = flow_config(None, overrides, str(tmp_path), tracking=False)  # a stage without MLflow
+    assert cfg.tracking.tracking_uri == "http://127.0.0.1:9"
+
+
+def test_a_manifest_is_latest_or_a_file(tmp_path: Path, sample_data: Path) -> None:
+    cfg = tiny_config(tmp_path, sample_data)
+    with pytest.raises(ValueError, match="run the split stage first"):
+        resolve_manifest("latest", cfg)
+    uri, _ = make_manifest(tmp_path, sample_data)
+    assert resolve_manifest(uri, cfg) == manifest_ref(uri), "a file: keyed on its content"
+
+
+@task(name="double", cache_policy=INPUTS, persist_result=True)
+def double(x: int) -> int:
+    return 2 * x
+
+
+@flow
+def called(x: int, refresh: bool = False) -> tuple[int, dict[str, str]]:
+    stages: dict[str, str] = {}
+    return call(double, stages, refresh=refresh, x=x), stages
+
+
+@pytest.mark.server
+def test_call_notes_whether_a_task_ran_or_was_cached(prefect_api) -> None:
+    x = uuid.uuid4().int % 10**9  # a key no earlier run cached
+    assert called(x) == (2 * x, {"double": "ran"})
+    assert called(x) == (2 * x, {"double": "cached"}), "the same inputs: the cached result"
+    assert called(x, refresh=True) == (2 * x, {"double": "ran"}), "refresh runs it again"

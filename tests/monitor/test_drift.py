@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from scipy import stats
 
 from benchmarks.decision_rates.drift import reports, simulate
@@ -35,6 +32,7 @@ from skin.monitor.drift import (
     property_tests,
     reference_rows,
 )
+from tests.helpers import tinted_copy
 
 CLASSES = list("ABCDEFGH")
 MIX = np.array([40, 15, 12, 10, 4, 3, 1, 1], dtype=float) / 86
@@ -133,19 +131,6 @@ def _rows(root: Path) -> pd.DataFrame:
     return images.assign(source=source_uri(str(root)))
 
 
-def tinted_copy(src: Path, dst: Path, red: float = 1.35) -> Path:
-    """The same images with a warm colour cast (red up, blue down): a new camera or light."""
-    shutil.copytree(src, dst)
-    for path in dst.rglob("*.jpg"):
-        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
-        rgb[..., 0] *= red
-        rgb[..., 2] *= 0.85
-        buf = io.BytesIO()
-        Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
-        path.write_bytes(buf.getvalue())
-    return dst
-
-
 @pytest.fixture(scope="module")
 def tiny_model():
     from skin.train.loop import seed_everything
@@ -210,39 +195,6 @@ def test_the_reference_is_the_champions_train_and_dev_rows() -> None:
         }
     )
     assert list(reference_rows(manifest)["key"]) == ["a", "b", "c"], "undersampled rows stay"
-
-
-def test_check_drift_task_records_a_cast_against_a_manifest_in_mlflow(
-    tmp_path: Path, sample_data: Path
-) -> None:
-    from mlflow import MlflowClient
-
-    from skin.data.location import DatasetState
-    from skin.data.stages import list_images, save_listing
-    from skin.monitor.drift import resolve_reference
-    from tasks.drift import check_drift_task
-    from tests.helpers import make_manifest, tiny_config
-
-    manifest_uri, _ = make_manifest(tmp_path, sample_data)
-    reference = resolve_reference(manifest_uri, None, tmp_path / "ref")
-    assert reference.checkpoint is None and reference.run_id is None, reference
-    cast = tinted_copy(sample_data, tmp_path / "cast")
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tiny_config(
-        tmp_path, cast, **{"tracking.tracking_uri": tracking, "drift.embeddings": False}
-    )
-    listing = save_listing(list_images(cfg.data), DatasetState.of(cfg))
-    result = check_drift_task.fn(listing=listing, reference=reference, config=cfg)
-    assert result["drifted"], result["checks"]
-    assert "embedding_mmd" not in {c["check"] for c in result["checks"]}, "embeddings off"
-    run = MlflowClient(tracking).get_run(result["mlflow_run_id"])
-    assert run.data.tags["skin.stage"] == "check-drift", run.data.tags
-    assert run.data.metrics["drift_red_p"] < 0.01, run.data.metrics
-    assert run.data.params["reference"] == manifest_uri
-    assert run.data.tags["skin.drift.unit"] == result["unit"], run.data.tags
-    assert run.data.metrics["drift_reference_groups"] == result["groups_reference"] > 0
-    files = {a.path for a in MlflowClient(tracking).list_artifacts(run.info.run_id, "drift")}
-    assert files == {f"drift/drift_report.{x}" for x in ("csv", "png", "md")}, files
 
 
 def test_class_mix_false_alarms_stay_near_alpha_on_small_batches_with_rare_classes() -> None:

@@ -12,6 +12,7 @@ import pytest
 from skin.release.registry import CHALLENGER, CHAMPION, GATE_METRIC, Champion, decide, gate
 from skin.track.tracking import CHECKPOINT_SHA_TAG
 from tasks.events import emit_promotion
+from tests.helpers import tracking_db
 
 
 def test_promotion_gate_needs_a_strictly_better_dev_score() -> None:
@@ -36,7 +37,7 @@ def test_only_no_champion_at_all_promotes_unconditionally() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return tracking_db(tmp_path)
 
 
 def scored_model(uri: str, score: float | None, sha: str | None = None) -> tuple[str, str]:

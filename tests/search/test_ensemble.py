@@ -18,7 +18,7 @@ from skin.search.ensemble import Member, write_members
 from skin.serve import pyfunc as serving
 from skin.serve.averaging import EnsembleError, EnsemblePredictor
 from skin.serve.loading import load_predictor
-from tests.helpers import invoke
+from tests.helpers import invoke, tracking_db
 from tests.serve.test_predict import tiny_checkpoints
 
 TEMPERATURES = (1.7, 0.6)
@@ -136,7 +136,7 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
     threshold = float(np.sort(1 - want.max(1))[1:].mean())
     doc = abstention_json(Abstention("msp", threshold), 0.9, None, np.zeros(3))
     (report / "abstention.json").write_text(json.dumps(doc))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_db(tmp_path)
     tracker = MLflowTracker(uri, "ensemble-unit")
     with tracked_run(tracker):
         tracker.log_metrics({GATE_METRIC: 0.5})

@@ -18,7 +18,7 @@ from skin.data import manifest as mf
 from skin.serve import pyfunc as serving
 from skin.serve.loading import load_predictor
 from skin.serve.predict import PredictError, Predictor, predict_store
-from tests.helpers import snapshot
+from tests.helpers import snapshot, tracking_db
 from tests.recipes import TINY
 
 ATOL = 1e-5
@@ -363,7 +363,7 @@ def register_epoch(tmp_path: Path, *, with_checkpoint: bool = True) -> Registere
     from skin.release.registry import GATE_METRIC, register_and_gate
     from skin.track.tracking import MLflowTracker, tracked_run
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_db(tmp_path)
     paths = tiny_checkpoints(tmp_path / "checkpoints")
     tracker = MLflowTracker(uri, "predict-registered")
     with tracked_run(tracker):
@@ -529,7 +529,7 @@ def test_a_run_reference_brings_the_runs_abstention_rule(tmp_path: Path) -> None
     from skin.track.tracking import MLflowTracker, tracked_run
 
     run = abstaining_run(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_db(tmp_path)
     tracker = MLflowTracker(uri, "predict-abstain")
     with tracked_run(tracker):
         tracker.log_artifact(run.checkpoint.parent / "epoch_0002.pt", "checkpoints")

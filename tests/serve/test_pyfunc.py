@@ -18,6 +18,7 @@ from skin.serve import pyfunc as serving
 from skin.serve.loading import load_predictor
 from skin.serve.predict import Predictor
 from skin.serve.pyfunc import mel_threshold
+from tests.helpers import tracking_db
 from tests.recipes import TINY
 
 ATOL = 1e-5
@@ -62,7 +63,7 @@ def log_run(tmp: Path, report: dict[str, dict] | None = None) -> Logged:
     """A run that logged the report files given, then the model (as the evaluate stage does)."""
     from skin.track.tracking import MLflowTracker, tracked_run
 
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = tracking_db(tmp)
     checkpoint = tiny_checkpoint(tmp / "checkpoints")
     tracker = MLflowTracker(uri, "serving")
     with tracked_run(tracker):
@@ -240,3 +241,44 @@ def test_a_model_without_abstention_answers_one_of_its_classes(logged: Logged) -
     out = load(logged).predict(pd.DataFrame({"image": [b64(encoded("PNG", 30))]}))
     assert "ood_score" not in out.columns and "abstained" not in out.columns, out.columns
     assert out["label"][0] in CLASSES, out
+
+
+def test_a_logged_model_is_its_code_not_a_pickle(logged: Logged, tmp_path: Path) -> None:
+    """Models-from-code: the model holds skin/serve/skin_model.py (which names only the stable
+    `skin.serve.SkinModel`) and no pickle of the python model, and still loads and answers."""
+    import mlflow.artifacts
+    import yaml
+
+    mlflow.set_tracking_uri(logged.uri)
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
+    pickles = [p.name for p in local.rglob("*") if p.suffix in {".pkl", ".pickle", ".cloudpickle"}]
+    assert not pickles, f"the model pickles its python model: {pickles}"
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert "python_model" not in flavor, flavor
+    assert Path(flavor["model_code_path"]).name == serving.MODEL_CODE.name, flavor
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model", flavor
+    code = (local / serving.MODEL_CODE.name).read_text()
+    assert code == serving.MODEL_CODE.read_text(), "the logged code is skin_model.py"
+    assert "from skin.serve import SkinModel" in code, code
+    images = [encoded("PNG", 11)]
+    out = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"image": [b64(images[0])]}))
+    expected = load_predictor(str(logged.checkpoint), "cpu").predict(images)
+    np.testing.assert_allclose(probs_of(out), expected, atol=ATOL)
+
+
+def test_explain_is_a_request_param_that_adds_a_map_to_each_answered_row(logged: Logged) -> None:
+    good = encoded("PNG", 8)
+    frame = pd.DataFrame({"image": [b64(good), b64(b"not an image"), b64(encoded("JPEG", 9))]})
+    model = load(logged)
+    plain, explained = model.predict(frame), model.predict(frame, params={"explain": True})
+    assert "explanation" not in plain.columns, "without the param, the answer is unchanged"
+    same = [c for c in plain.columns if c != "error"]  # an error names a Python object's address
+    pd.testing.assert_frame_equal(explained[same], plain[same])
+    assert explained["error"].notna().tolist() == [False, True, False], explained["error"]
+    assert explained["explanation"][1] is None, "a failed row gets no map"
+    size = load_predictor(str(logged.checkpoint), "cpu").spec.size
+    for i in (0, 2):
+        with Image.open(io.BytesIO(base64.b64decode(explained["explanation"][i]))) as png:
+            assert png.format == "PNG" and png.size == (size, size), png
+    params = {p.name: p for p in model.metadata.get_params_schema().params}
+    assert params["explain"].dtype.name == "boolean" and params["explain"].default is False

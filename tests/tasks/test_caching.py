@@ -13,6 +13,7 @@ from skin.base.config import ConfigError, config_digest, load_config
 from skin.data.stages import ManifestRef
 from skin.data.storage import StorageError
 from tasks.caching import IO_RETRIES, file_hash, keyed_on, transient
+from tests.helpers import tracking_db
 
 
 def key_fn(*params: str, **kwargs):
@@ -225,7 +226,7 @@ def test_names_checks_files_where_this_run_reads_them_and_runs_in_its_store(
     from tasks.caching import Names
 
     monkeypatch.chdir(tmp_path)
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = tracking_db(tmp_path)
     cfg = load_config(None, {"model.name": "test_resnet", "tracking.tracking_uri": db})
     Path(".skin").mkdir()
     Path(".skin/best.pt").write_bytes(b"w")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import tracking_db
 from tests.recipes import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]  # trains through Prefect flows
@@ -18,7 +19,7 @@ def test_rewritten_checkpoint_is_evaluated_again(
     from flows.stages import evaluate_flow, split_flow, train_flow
 
     ov = {**TINY, "train.epochs": 3, "work_dir": str(tmp_path / "work"),
-          "tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+          "tracking.tracking_uri": tracking_db(tmp_path),
           "tracking.log_model": False}  # fmt: skip
     split_flow(data_uri=str(sample_data), overrides=ov)
     trained = train_flow(data_uri=str(sample_data), overrides=ov)

@@ -19,6 +19,7 @@ from skin.track.tracking import (
     sha256_file,
     tracked_run,
 )
+from tests.helpers import tracking_db
 
 
 class Recorder(NullTracker):
@@ -87,12 +88,14 @@ def test_sha256_names_the_content(tmp_path: Path) -> None:
 
 
 def test_skin_does_not_import_mlflow_on_import() -> None:
-    """Every core module (all but skin.serve.pyfunc, an MLflow PythonModel by design) imports
-    without MLflow or Prefect, so the library runs alone on a GPU box."""
+    """Every core module (all but skin.serve.pyfunc, an MLflow PythonModel by design, the model's
+    code skin.serve.skin_model, and skin.cli.__main__, which runs the CLI) imports without MLflow
+    or Prefect, so the library runs alone on a GPU box."""
     code = (
         "import importlib, pkgutil, sys, skin; "
         "names = [m.name for m in pkgutil.walk_packages(skin.__path__, 'skin.')"
-        " if m.name not in ('skin.serve.pyfunc', 'skin.serving')]; "
+        " if m.name not in ('skin.serve.pyfunc', 'skin.serve.skin_model', 'skin.serving',"
+        " 'skin.cli.__main__')]; "
         "[importlib.import_module(n) for n in names]; "
         "print(len(names), 'mlflow' in sys.modules, 'prefect' in sys.modules)"
     )
@@ -109,7 +112,7 @@ def test_skin_does_not_import_mlflow_on_import() -> None:
 def registry(tmp_path: Path):
     from skin.track.tracking import MLflowRegistry
 
-    return MLflowRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return MLflowRegistry(tracking_db(tmp_path))
 
 
 def test_a_collected_run_is_a_missing_record_not_a_crash(registry) -> None:
@@ -148,7 +151,7 @@ def test_the_data_version_is_a_dataset_input_and_the_summary_a_description(tmp_p
 
     from skin.track.tracking import MLflowTracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_db(tmp_path)
     tracker = MLflowTracker(uri, "datasets")
     frame = pd.DataFrame({"key": ["a.jpg", "b.jpg"], "label": ["MEL", "NV"]})
     tracker.log_dataset(frame, "s3://bucket/isic", "abc123", "test")

@@ -18,7 +18,7 @@ from skin.train.datasets import make_loader
 from skin.train.features import FeatureSet
 from skin.train.launch import launch
 from skin.train.stage import TrainOutcome, train_stage
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, tracking_db
 
 # Head-only on cached features: exact arithmetic (no BatchNorm statistics in the trained part).
 HEAD = {"model.freeze": "head", "train.batch_size": 32, "train.lr": 0.03}
@@ -141,7 +141,7 @@ def test_train_task_with_nproc_records_into_its_one_mlflow_run(
     from skin.data.stages import manifest_ref
     from tasks.training import train_task
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_db(tmp_path)
     config = _cfg(manifest_uri, sample_data, 2).model_dump(mode="json")
     config["train"]["nproc"] = 2
     config["tracking"] |= {"tracking_uri": uri, "experiment": "ddp"}

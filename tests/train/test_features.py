@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from skin.base.config import PipelineConfig
 from skin.data.images import decode
@@ -53,3 +54,28 @@ def test_a_reordered_manifest_gets_each_key_its_own_features(tmp_path: Path, ord
             image = torch.from_numpy(np.array(decode((data / key).read_bytes(), SIZE)))
             own = pooled_features(model, normalize(image.permute(2, 0, 1)[None]))[0]
             assert torch.allclose(reused[row], own, atol=1e-4), f"{split}: {key} has other features"
+
+
+def test_the_audit_embedder_gives_unit_vectors_and_zeros_for_unreadable_images() -> None:
+    from skin.data.synthetic import render_lesion
+    from skin.train.features import image_embedder
+    from skin.train.model import build_model, input_spec
+
+    torch.manual_seed(0)
+    net = build_model("test_resnet", 1, pretrained=False)
+    spec = input_spec(net, 32)
+    rng = np.random.default_rng(0)
+    pictures = {k: np.asarray(render_lesion("MEL", rng, size=48)) for k in ("a", "b")}
+    pictures["a2"] = pictures["a"].copy()
+
+    def load(keys: list[str], side: int) -> list[np.ndarray | None]:
+        return [
+            np.asarray(Image.fromarray(pictures[k]).resize((side, side))) if k in pictures else None
+            for k in keys
+        ]
+
+    out = image_embedder(net, spec, load)(["a", "a2", "b", "gone"])
+    assert out.shape == (4, net.num_features)
+    assert np.allclose(np.linalg.norm(out[:3], axis=1), 1, atol=1e-5)
+    assert float(out[0] @ out[1]) == pytest.approx(1.0, abs=1e-5), "one image, one embedding"
+    assert not out[3].any(), "an unreadable image confirms nothing"

@@ -1,1 +1,1 @@
-"""Prefect flows: the full pipeline and one flow per stage."""
+"""Prefect flows: the full pipeline and one flow per stage, each returning a dataclass (`outcomes`)."""

@@ -9,9 +9,11 @@ from prefect import Task, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 
+from flows.outcomes import ShardsResult
 from skin.base.config import PipelineConfig, load_config
 from skin.base.runs import cache_root
 from skin.data.audit import AuditRef
+from skin.data.location import DatasetState
 from skin.data.stages import (
     LeakReport,
     ListingRef,
@@ -111,7 +113,7 @@ def _log() -> Any:
 def resolve_manifest(reference: str, cfg: PipelineConfig) -> ManifestRef:
     """'latest' (the dataset's newest manifest) or a manifest URI."""
     if reference == "latest":
-        ref = latest_manifest(cfg.state_uri, cfg.data.uri)
+        ref = latest_manifest(DatasetState.of(cfg))
         if ref is None:
             raise ValueError(
                 f"no manifest yet for {cfg.data.uri}: run the split stage first (skin split)"
@@ -188,7 +190,7 @@ def data_stages(
         publish_audit(audit)
     prev_uri = None
     if previous == "latest":
-        latest = latest_manifest(cfg.state_uri, cfg.data.uri)
+        latest = latest_manifest(DatasetState.of(cfg))
         prev_uri = previous_for(latest, listing.fingerprint, cfg.split)
     elif previous:
         prev_uri = previous
@@ -203,13 +205,13 @@ def data_stages(
         audit=audit,
     )
     manifest = call(undersample_task, stages, refresh=refresh, split=split, config=cfg)
-    set_latest(manifest, cfg.state_uri, cfg.data.uri)
+    set_latest(manifest, DatasetState.of(cfg))
     return listing, manifest
 
 
 def shard_stages(
     cfg: PipelineConfig, manifest: ManifestRef, stages: dict[str, str]
-) -> dict[str, Any]:
+) -> ShardsResult:
     """Decode the manifest's images into shared shards: one task per shard on the flow's task
     runner (threads, or a Dask cluster), then the index. Shards already built are skipped."""
     plan = shard_plan(manifest.uri, cfg)
@@ -228,14 +230,14 @@ def shard_stages(
     )
     meta = finish_shards_task(plan["uri"], plan["count"], plan["size"], plan["shard_rows"])
     stages[build_shard_task.name] = "ran" if fresh else "cached"
-    return {
-        "uri": plan["uri"],
-        "shards": len(built),
-        "built": fresh,
-        "reused": len(built) - fresh,
-        "bad": meta["bad"],
-        "count": meta["count"],
-    }
+    return ShardsResult(
+        uri=plan["uri"],
+        shards=len(built),
+        built=fresh,
+        reused=len(built) - fresh,
+        bad=meta["bad"],
+        count=meta["count"],
+    )
 
 
 def model_stages(

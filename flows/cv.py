@@ -10,6 +10,7 @@ gated on the manifest's dev, which none of them trained on, like any run (`skin 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import call, data_stages, flow_config, resolve_config, shard_stages
+from flows.outcomes import CVResult, EnsembleResult
 from skin.base.config import PipelineConfig
 from skin.base.runs import RunPaths
 from skin.data import manifest as mf
+from skin.data.location import DatasetState
 from skin.data.stages import ManifestRef, manifest_ref, save_manifest
 from skin.evaluate.provenance import run_manifests
 from skin.evaluate.stage import EvalOutcome
@@ -33,7 +36,7 @@ from skin.search.folds import (
     fold_manifest,
     out_of_fold,
 )
-from skin.serve.predict import RUN_ID
+from skin.track.refs import RUN_ID, ModelRef, RunRef, parse_model_ref
 from skin.track.tracking import PARENT_TAG, MLflowRegistry, MLflowTracker, tracked_run
 from tasks.caching import IO_RETRIES, Names, keyed_on
 from tasks.training import _tags, decode_images_task, evaluate_task, register_task, train_task
@@ -69,8 +72,7 @@ def fold_manifests_task(
             fold_manifest(
                 df, assigned, f, balance=s.balance, majority_class=s.majority_class, seed=s.seed
             ),
-            config.state_uri,
-            config.data.uri,
+            DatasetState.of(config),
             latest=False,
             stage=f"fold{f + 1}of{folds}",
             lineage=lineage,
@@ -250,12 +252,12 @@ def _gather(
 
 def ensemble_run(
     cfg: PipelineConfig,
-    members: list[str],
+    members: list[ModelRef],
     manifest: ManifestRef,
     *,
     register: bool = False,
     tags: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> EnsembleResult:
     """Average `members` into one model in a new MLflow run (calibrated, thresholded and
     evaluated on `manifest`'s dev as the ensemble scores it, and on its test), then, with
     `register`, through the promotion gate like any run. Fold models and runs alike: none may
@@ -272,14 +274,14 @@ def ensemble_run(
     with tracked_run(tracker):
         outcome = ensemble_stage(members, manifest.uri, cfg, tracker)
         outcome.url = tracker.url()
-    result: dict[str, Any] = outcome.to_dict() | {"members": members}
+    registration = None
     if register and outcome.model_uri:
-        reg = register_task(outcome.run_id, outcome.model_uri, cfg, manifest)
-        result["registration"] = reg.to_dict()
-    return result
+        registration = register_task(outcome.run_id, outcome.model_uri, cfg, manifest)
+    members_given = [str(m) for m in members]  # as the user (or the cv's tag) named them
+    return EnsembleResult(**asdict(outcome), members=members_given, registration=registration)
 
 
-def _member_manifests(cfg: PipelineConfig, members: list[str]) -> dict[str, pd.DataFrame]:
+def _member_manifests(cfg: PipelineConfig, members: list[ModelRef]) -> dict[str, pd.DataFrame]:
     """Each member's training manifest, read through its MLflow run."""
     registry = MLflowRegistry(cfg.tracking.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="skin-members-") as tmp:
@@ -291,7 +293,7 @@ def _member_manifests(cfg: PipelineConfig, members: list[str]) -> dict[str, pd.D
 
 def fold_ensemble(
     cfg: PipelineConfig, parent_run_id: str, *, register: bool = False
-) -> dict[str, Any]:
+) -> EnsembleResult:
     """The fold models of a cross-validation (its parent run) as one ensemble, calibrated and
     thresholded on the manifest's dev, which the folds left out (see `skin.search.ensemble.SAME_DEV`);
     a cross-validation whose folds took dev in (made before #21) is refused by name. Its run is
@@ -305,12 +307,12 @@ def fold_ensemble(
     manifest = manifest_ref(tags["manifest_uri"])
     result = ensemble_run(
         cfg,
-        tags[MEMBERS_TAG].split(","),
+        [parse_model_ref(run_id) for run_id in tags[MEMBERS_TAG].split(",")],
         manifest,
         register=register,
         tags={"skin.cv_parent": parent_run_id, PARENT_TAG: parent_run_id},
     )
-    registry.record(parent_run_id, tags={ENSEMBLE_TAG: result["run_id"]})
+    registry.record(parent_run_id, tags={ENSEMBLE_TAG: result.run_id})
     return result
 
 
@@ -322,7 +324,7 @@ def ensemble_flow(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     register_model: bool = False,
-) -> dict[str, Any]:
+) -> EnsembleResult:
     """Average runs (or a cross-validation's fold models) into one model, evaluate, gate."""
     cfg = resolve_config(config_path, overrides, None)
     if bool(runs) == bool(cv_run):
@@ -331,32 +333,31 @@ def ensemble_flow(
         )
     if cv_run:
         return fold_ensemble(cfg, cv_run, register=register_model)
-    members = list(runs or [])  # not empty: checked above
+    members = [parse_model_ref(r) for r in runs or []]  # the flow's boundary; not empty
     uri = manifest or _run_manifest(cfg, members[0])
     return ensemble_run(cfg, members, manifest_ref(uri), register=register_model)
 
 
-def _run_manifest(cfg: PipelineConfig, ref: str) -> str:
+def _run_manifest(cfg: PipelineConfig, ref: ModelRef) -> str:
     """The manifest the first member trained on (its run's `manifest_uri` tag)."""
-    run_id = ref.removeprefix("runs:/").split("/", 1)[0]
-    if not RUN_ID.fullmatch(run_id):
+    if not isinstance(ref, RunRef) or not RUN_ID.fullmatch(ref.run_id):
         raise ValueError(f"{ref}: give --manifest when the members are not runs")
-    return MLflowRegistry(cfg.tracking.tracking_uri).run_tags(run_id)["manifest_uri"]
+    return MLflowRegistry(cfg.tracking.tracking_uri).run_tags(ref.run_id)["manifest_uri"]
 
 
 # --------------------------------------------------------------------------- the flow
 
 
-def summary_markdown(result: dict[str, Any]) -> str:
+def summary_markdown(result: CVResult) -> str:
     """The Prefect artifact `skin-cv-summary`: per-fold and pooled numbers."""
-    m = result["metrics"]
+    m = result.metrics
     rows = "\n".join(
         f"| {f['fold']} | `{f['run_id']}` | {f.get('dev_balanced_accuracy', float('nan')):.4f} |"
-        for f in result["folds"]
+        for f in result.folds
     )
     return "\n".join(
         [
-            f"# skin cv: {len(result['folds'])} folds, parent run `{result['parent_run_id']}`",
+            f"# skin cv: {len(result.folds)} folds, parent run `{result.parent_run_id}`",
             "",
             "| fold | run | dev balanced accuracy |",
             "|---|---|---|",
@@ -364,19 +365,19 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "",
             f"Mean {m['cv_balanced_accuracy_mean']:.4f} ± {m.get('cv_balanced_accuracy_std', 0):.4f}"
             f" (std over folds); pooled out-of-fold {m['cv_oof_balanced_accuracy']:.4f}.",
-            *(["", ensemble_line(result["ensemble"])] if result.get("ensemble") else []),
+            *(["", ensemble_line(result.ensemble)] if result.ensemble is not None else []),
         ]
     )
 
 
-def ensemble_line(ensemble: dict[str, Any]) -> str:
+def ensemble_line(ensemble: EnsembleResult) -> str:
     """Where the fold ensemble is: its MLflow run (nested under the CV parent) and its score."""
-    run = ensemble["run_id"]
-    link = f"[`{run}`]({ensemble['url']})" if ensemble.get("url") else f"`{run}`"
-    score = ensemble.get("metrics", {}).get("test_balanced_accuracy")
+    run = ensemble.run_id
+    link = f"[`{run}`]({ensemble.url})" if ensemble.url else f"`{run}`"
+    score = ensemble.metrics.get("test_balanced_accuracy")
     scored = f", test balanced accuracy {score:.4f}" if score is not None else ""
-    reg = ensemble.get("registration")
-    registered = f"; registered v{reg['version']} as {reg['alias']}" if reg else ""
+    reg = ensemble.registration
+    registered = f"; registered v{reg.version} as {reg.alias}" if reg else ""
     return f"Fold ensemble: MLflow run {link}, nested under the CV parent{scored}{registered}."
 
 
@@ -389,7 +390,7 @@ def cv_flow(
     refresh: bool = False,
     ensemble: bool = False,
     register_model: bool = False,
-) -> dict[str, Any]:
+) -> CVResult:
     """Cross-validate the config on the dataset's train; with `ensemble` (or `register_model`,
     which gates it into the registry) the fold models become one ensemble model, calibrated,
     thresholded and gated on the dev the folds left out.
@@ -402,10 +403,11 @@ def cv_flow(
     stages: dict[str, str] = {}
     _, manifest = data_stages(cfg, stages, refresh=refresh)
     outcome = cross_validate(cfg, manifest, folds, stages, refresh=refresh)
-    result = outcome.to_dict() | {"stages": stages}
     log.info("cross-validated balanced accuracy %.4f (pooled out of fold)", outcome.score)
+    fold_model = None
     if ensemble or register_model:
-        result["ensemble"] = fold_ensemble(cfg, outcome.parent_run_id, register=register_model)
-        log.info(ensemble_line(result["ensemble"]))
+        fold_model = fold_ensemble(cfg, outcome.parent_run_id, register=register_model)
+        log.info(ensemble_line(fold_model))
+    result = CVResult(**asdict(outcome), stages=stages, ensemble=fold_model)
     create_markdown_artifact(key="skin-cv-summary", markdown=summary_markdown(result))
     return result

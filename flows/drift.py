@@ -10,25 +10,27 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import call, flow_config
+from flows.outcomes import DriftResult
 from skin.base.config import PipelineConfig, digest
 from skin.data.stages import ListingRef
 from skin.monitor.drift import Reference, resolve_reference
+from skin.track.refs import CHAMPION, AliasRef, ModelRef, champion, parse_model_ref
 from skin.track.tracking import MLflowRegistry, resolve_tracking_uri
 from tasks.data import list_task
 from tasks.drift import check_drift_task
 from tasks.events import DRIFT_DETECTED, dataset_resource, emit
 
 
-def champion_ref(cfg: PipelineConfig) -> str:
+def champion_ref(cfg: PipelineConfig) -> AliasRef:
     """The default reference: the registered model's champion."""
-    return f"models:/{cfg.tracking.registered_model}@champion"
+    return champion(cfg.tracking.registered_model)
 
 
 def require_champion(cfg: PipelineConfig) -> None:
     """The default reference exists, or the error says what to do (not MLflow's "not found")."""
     name = cfg.tracking.registered_model
     registry = MLflowRegistry(cfg.tracking.tracking_uri)
-    if registry.by_alias(name, "champion") is None:
+    if registry.by_alias(name, CHAMPION) is None:
         raise LookupError(
             f"no champion of {name} at {resolve_tracking_uri(cfg.tracking.tracking_uri)} to"
             " compare the data with: register one first (`skin run`, or the pipeline deployment,"
@@ -38,10 +40,10 @@ def require_champion(cfg: PipelineConfig) -> None:
 
 
 def reference_for(
-    against: str, cfg: PipelineConfig, *, checkpoint: bool | None = None
+    against: ModelRef, cfg: PipelineConfig, *, checkpoint: bool | None = None
 ) -> Reference:
     """`against` resolved to a manifest (and, for embeddings, its checkpoint) under work_dir."""
-    dst = Path(cfg.work_dir) / "drift" / "reference" / digest(against)
+    dst = Path(cfg.work_dir) / "drift" / "reference" / digest(str(against))
     with_model = cfg.drift.embeddings if checkpoint is None else checkpoint
     return resolve_reference(against, cfg.tracking.tracking_uri, dst, checkpoint=with_model)
 
@@ -92,14 +94,16 @@ def check_drift_flow(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     refresh: bool = False,
-) -> dict[str, Any]:
+) -> DriftResult:
     """Compare the dataset at `data_uri` with `against` (default: the champion's training data:
     models:/NAME@champion; also models:/NAME/VERSION, a run id or a manifest URI)."""
     cfg = flow_config(config_path, overrides, data_uri)
-    if against is None:
+    ref = parse_model_ref(against) if against else None  # the flow's boundary: a bad one fails here
+    if ref is None:
         require_champion(cfg)
+        ref = champion_ref(cfg)
     stages: dict[str, str] = {}
     listing = call(list_task, stages, config=cfg)
-    reference = reference_for(against or champion_ref(cfg), cfg)
+    reference = reference_for(ref, cfg)
     result = drift_stage(cfg, stages, listing, reference, refresh=refresh)
-    return {**result, "reference": reference.to_dict(), "stages": stages}
+    return DriftResult.of(result, reference, stages)

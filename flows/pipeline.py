@@ -10,42 +10,41 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import cached_note, call, data_stages, flow_config, model_stages
 from flows.drift import champion_ref, drift_stage, reference_for
+from flows.outcomes import NotRetrained, PipelineResult
 from skin.base.config import PipelineConfig
 from skin.data import manifest as mf
 from skin.data.audit import load_audit
 from skin.data.stages import ListingRef, ManifestRef, read_listing, read_skipped
 from skin.evaluate.report import abstention_line, bias_variance_line, metrics_table_text
 from skin.monitor.drift import new_fraction
+from skin.release.registry import Registration
+from skin.track.refs import CHAMPION
 from skin.track.tracking import MLflowRegistry
 from tasks.events import RETRAIN_SKIPPED, dataset_resource, emit
 from tasks.training import evaluate_task, register_task
 
 
-def artifact_markdown(result: dict[str, Any]) -> str:
+def artifact_markdown(result: PipelineResult) -> str:
     """The Prefect artifact `skin-run-summary`: where the MLflow run is, and the key numbers."""
-    metrics = result["metrics"]
+    metrics = result.metrics
     table = metrics_table_text(metrics).to_markdown()
-    link = (
-        f"[{result['run_id']}]({result['mlflow_url']})"
-        if result.get("mlflow_url")
-        else result["run_id"]
-    )
-    stages = ", ".join(f"{k}: {v}" for k, v in result["stages"].items())
-    cached = cached_note(result["stages"])
+    link = f"[{result.run_id}]({result.mlflow_url})" if result.mlflow_url else result.run_id
+    stages = ", ".join(f"{k}: {v}" for k, v in result.stages.items())
+    cached = cached_note(result.stages)
     unk = abstention_line(metrics)
     return "\n".join(
         [
             f"# skin run {link}",
             "",
-            f"Manifest `{result['manifest_hash']}` · best epoch {result['best_epoch']} · stages: {stages}",
+            f"Manifest `{result.manifest_hash}` · best epoch {result.best_epoch} · stages: {stages}",
             "",
             *([cached, ""] if cached else []),
             table,
             "",
             *([f"Unknown lesions: {unk}", ""] if unk else []),
-            _registration_line(result.get("registration"), result.get("holdout")),
+            _registration_line(result.registration, result.holdout),
             "",
-            bias_variance_line(metrics, result["diagnosis"]),
+            bias_variance_line(metrics, result.diagnosis),
         ]
     )
 
@@ -80,7 +79,7 @@ def publish_input_report(listing: ListingRef, bad: list[dict[str, str]]) -> None
     )
 
 
-def _registration_line(reg: dict[str, Any] | None, holdout: dict[str, Any] | None = None) -> str:
+def _registration_line(reg: Registration | None, holdout: dict[str, Any] | None = None) -> str:
     if not reg and holdout:  # evaluate_stage never logs a model trained without a class
         return (
             f"Model not registered: a held-out-class run ({holdout['classes']} classes) is never"
@@ -88,11 +87,11 @@ def _registration_line(reg: dict[str, Any] | None, holdout: dict[str, Any] | Non
         )
     if not reg:
         return "Model not registered (tracking.log_model is off)."
-    before = f"{reg['champion_score']:.4f}" if reg["champion_score"] is not None else "none"
-    why = f" {reg['reason']}" if reg.get("reason") else ""
+    before = f"{reg.champion_score:.4f}" if reg.champion_score is not None else "none"
+    why = f" {reg.reason}" if reg.reason else ""
     return (
-        f"Registered `{reg['name']}` v{reg['version']} as **{reg['alias']}**"
-        f" (dev balanced accuracy {reg['score']:.4f}; champion before: {before}).{why}"
+        f"Registered `{reg.name}` v{reg.version} as **{reg.alias}**"
+        f" (dev balanced accuracy {reg.score:.4f}; champion before: {before}).{why}"
     )
 
 
@@ -105,7 +104,7 @@ def retrain_decision(
     if when == "always" and not r.check_drift:
         return True, "retrain.when is always", None
     name = cfg.tracking.registered_model
-    if MLflowRegistry(cfg.tracking.tracking_uri).by_alias(name, "champion") is None:
+    if MLflowRegistry(cfg.tracking.tracking_uri).by_alias(name, CHAMPION) is None:
         return True, f"no champion of {name} yet", None
     drift = None
     if r.check_drift or when == "drift":
@@ -124,7 +123,7 @@ def retrain_decision(
         return share > limit, why, drift
     if drift is None:  # checked_drift(required=True) answers or raises; never silently nothing
         raise RuntimeError("retrain.when is 'drift' but check-drift gave no verdict")
-    return bool(drift["drifted"]), f"check-drift: {drift['verdict']}", drift
+    return bool(drift["drifted"]), f"check-drift: {drift['verdict']}", drift  # the task's record
 
 
 def checked_drift(
@@ -154,7 +153,7 @@ def not_retrained(
     stages: dict[str, str],
     reason: str,
     drift: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> NotRetrained:
     """Record a stop: the result, a Prefect markdown artifact, a log line, RETRAIN_SKIPPED."""
     get_run_logger().info("not retrained (retrain.when=%s): %s", cfg.retrain.when, reason)
     publish_input_report(listing, [])
@@ -177,17 +176,17 @@ def not_retrained(
         dataset_resource(cfg.data.uri),
         {"reason": reason, "policy": cfg.retrain.when},
     )
-    return {
-        "retrained": False,
-        "reason": reason,
-        "policy": cfg.retrain.when,
-        "run_id": None,
-        "skipped": listing.skipped,
-        "manifest_uri": manifest.uri,
-        "manifest_hash": manifest.hash,
-        "drift": drift,
-        "stages": stages,
-    }
+    return NotRetrained(
+        retrained=False,
+        reason=reason,
+        policy=cfg.retrain.when,
+        run_id=None,
+        skipped=listing.skipped,
+        manifest_uri=manifest.uri,
+        manifest_hash=manifest.hash,
+        drift=drift,
+        stages=stages,
+    )
 
 
 def record_audit(cfg: PipelineConfig, run_id: str, manifest: ManifestRef) -> None:
@@ -213,7 +212,7 @@ def pipeline_flow(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     refresh: bool = False,
-) -> dict[str, Any]:
+) -> PipelineResult | NotRetrained:
     """Run every stage; unchanged inputs come from Prefect's cache (see `stages` in the result).
 
     `refresh=True` forces every stage to run again. After the data stages, `retrain.when`
@@ -254,30 +253,28 @@ def pipeline_flow(
             model_uri=evaluated.model_uri,
             config=cfg,
             manifest=manifest,
-        ).to_dict()
+        )
     publish_input_report(listing, images["bad"])
     record_audit(cfg, trained.run_id, manifest)
-    result = {
-        "run_id": trained.run_id,
-        "skipped": listing.skipped,
-        "bad_images": len(images["bad"]),
-        "registration": registration,
-        "mlflow_url": evaluated.url,
-        "manifest_uri": manifest.uri,
-        "manifest_hash": manifest.hash,
-        "best_epoch": trained.best_epoch,
-        "metrics": evaluated.metrics,
-        "diagnosis": evaluated.diagnosis,
-        "report_dir": evaluated.report_dir,
-        "stages": stages,
-        "retrained": True,
-        "reason": reason,
-    }
-    if cfg.data.holdout_class is not None:
-        held = {"class": cfg.data.holdout_class, "classes": len(cfg.data.known_classes)}
-        result["holdout"] = held
-    if drift is not None:
-        result["drift"] = drift
+    held = cfg.data.holdout_class
+    result = PipelineResult(
+        run_id=trained.run_id,
+        skipped=listing.skipped,
+        bad_images=len(images["bad"]),
+        registration=registration,
+        mlflow_url=evaluated.url,
+        manifest_uri=manifest.uri,
+        manifest_hash=manifest.hash,
+        best_epoch=trained.best_epoch,
+        metrics=evaluated.metrics,
+        diagnosis=evaluated.diagnosis,
+        report_dir=evaluated.report_dir,
+        stages=stages,
+        retrained=True,
+        reason=reason,
+        holdout=None if held is None else {"class": held, "classes": len(cfg.data.known_classes)},
+        drift=drift,
+    )
     create_markdown_artifact(
         key="skin-run-summary",
         markdown=artifact_markdown(result),

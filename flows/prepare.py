@@ -16,6 +16,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import flow_config, resolve_manifest, shard_stages
+from flows.outcomes import ShardsResult
 
 
 @flow(name="skin-prepare", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -24,7 +25,7 @@ def build_shards_flow(
     data_uri: str | None = None,
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ShardsResult:
     """Build every shard of the manifest's decoded images in shared.uri, then its index."""
     cfg = flow_config(config_path, overrides, data_uri, tracking=False)
     ref = resolve_manifest(manifest, cfg)

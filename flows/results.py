@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
-from skin.data.storage import is_s3
+from skin.data.location import DataLocation
 
 
 def use_s3_result_storage(
@@ -26,11 +26,10 @@ def use_s3_result_storage(
 ) -> str:
     """Save an S3 result-storage block for `uri` (s3://bucket/prefix) and, with `set_default`,
     make it the server's default result storage; returns the block slug."""
-    if not is_s3(uri):
+    where = DataLocation.parse(uri)  # a LocationError (ValueError) names a URI without a bucket
+    if not where.is_s3:
         raise ValueError(f"result storage must be an s3:// URI, not {uri!r}")
-    bucket, _, folder = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in {uri!r}")
+    bucket, folder = where.bucket, where.prefix
     credentials = AwsCredentials(
         aws_client_parameters=AwsClientParameters(endpoint_url=endpoint_url)
     )

@@ -16,6 +16,7 @@ from flows.common import (
     resolve_config,
     resolve_manifest,
 )
+from flows.outcomes import EvaluateResult, ListResult, SplitResult, TrainResult
 from skin.base.runs import RunPaths
 from skin.data.stages import manifest_ref
 from tasks.data import list_task
@@ -27,10 +28,10 @@ def list_flow(
     data_uri: str | None = None,
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ListResult:
     """List a dataset: counts per class, skipped objects with reasons, and its fingerprint."""
     cfg = flow_config(config_path, overrides, data_uri, tracking=False)
-    return call(list_task, {}, config=cfg).to_dict()
+    return ListResult(**asdict(call(list_task, {}, config=cfg)))
 
 
 @flow(name="skin-split")
@@ -40,7 +41,7 @@ def split_flow(
     overrides: dict[str, Any] | None = None,
     previous: str | None = "latest",
     refresh: bool = False,
-) -> dict[str, Any]:
+) -> SplitResult:
     """List, split and undersample; the manifest becomes the dataset's latest.
 
     `previous`: 'latest' (default: keep earlier assignments), a manifest URI, or None (fresh).
@@ -49,7 +50,7 @@ def split_flow(
     stages: dict[str, str] = {}
     listing, manifest = data_stages(cfg, stages, refresh=refresh, previous=previous)
     publish_stages("skin-split-summary", f"skin split: manifest `{manifest.hash}`", stages)
-    return {"manifest": manifest.to_dict(), "listing": listing.to_dict(), "stages": stages}
+    return SplitResult(manifest, listing, stages)
 
 
 @flow(name="skin-train")
@@ -60,14 +61,14 @@ def train_flow(
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
     refresh: bool = False,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Train from a manifest (URI, or 'latest' for the dataset); `run_id` resumes that run."""
     cfg = flow_config(config_path, overrides, data_uri, training=True)
     ref = resolve_manifest(manifest, cfg)
     stages: dict[str, str] = {}
     _, outcome = model_stages(cfg, stages, ref, refresh=refresh, run_id=run_id)
     publish_stages("skin-train-summary", f"skin train: MLflow run `{outcome.run_id}`", stages)
-    return {**asdict(outcome), "manifest_uri": ref.uri, "stages": stages}
+    return TrainResult(**asdict(outcome), manifest_uri=ref.uri, stages=stages)
 
 
 @flow(name="skin-evaluate")
@@ -78,7 +79,7 @@ def evaluate_flow(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     refresh: bool = False,
-) -> dict[str, Any]:
+) -> EvaluateResult:
     """Evaluate a training run's best checkpoint (or `checkpoint`) on its manifest (or `manifest`).
 
     The run's own saved config is the base; `config_path`/`overrides` adjust evaluation settings.
@@ -103,4 +104,4 @@ def evaluate_flow(
         config=cfg,
     )
     publish_stages("skin-evaluate-summary", f"skin evaluate: MLflow run `{run_id}`", stages)
-    return {**asdict(outcome), "stages": stages}
+    return EvaluateResult(**asdict(outcome), stages=stages)

@@ -19,10 +19,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 from flows.common import call, data_stages, flow_config, resolve_config
+from flows.outcomes import SweepResult
 from skin.base.config import PipelineConfig, digest
 from skin.base.runs import RunPaths, run_pointer
+from skin.data.location import DatasetState
 from skin.data.stages import ManifestRef, manifest_ref, set_latest
 from skin.evaluate.stage import EvalOutcome
+from skin.release.registry import Registration
 from skin.search.sweep import (
     PARENT_RUN,
     Asked,
@@ -380,7 +383,7 @@ def register_best_trial(
     manifest: ManifestRef,
     stages: dict[str, str],
     parent: MLflowTracker,
-) -> dict[str, Any]:
+) -> Registration:
     """The best trial through the promotion gate, with its own config and manifest (a trial
     that changed how train is balanced has one), judged on the held-back half of dev: the
     images that picked it would flatter it."""
@@ -394,11 +397,11 @@ def register_best_trial(
         config=config,
         manifest=own,
         dev_predictions=str(held),
-    ).to_dict()
+    )
     r = registration
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    MLflowRegistry(uri).set_version_tags(r["name"], r["version"], tags)
-    parent.set_tags({"skin.registered": f"{r['name']} v{r['version']} {r['alias']}", **tags})
+    MLflowRegistry(uri).set_version_tags(r.name, r.version, tags)
+    parent.set_tags({"skin.registered": f"{r.name} v{r.version} {r.alias}", **tags})
     return registration
 
 
@@ -414,7 +417,7 @@ def sweep_flow(
     jobs: int = 1,
     cv_folds: int | None = None,
     register_best: bool = True,
-) -> dict[str, Any]:
+) -> SweepResult:
     """Search the space file's ranges until the study named `name` holds `trials` trials
     (started again with the same name, a sweep resumes). The best trial goes through the
     promotion gate at the end."""
@@ -462,25 +465,25 @@ def sweep_flow(
         parent.close("FAILED")
         raise
     finally:  # trials with their own split moved the dataset's latest manifest: put it back
-        set_latest(manifest, cfg.state_uri, cfg.data.uri)
+        set_latest(manifest, DatasetState.of(cfg))
     parent.close("FINISHED")
     errors = failures(name, results, best)
     table = trials_table(study)
-    return {
-        "name": name,
-        "storage": storage,
-        "parent_run_id": parent.run_id,
-        "manifest_hash": manifest.hash,
-        "images": listing.images,
-        "ran": [r for r in results if not isinstance(r, BaseException)],
-        "errors": [f"{type(e).__name__}: {e}" for e in errors],
-        "trials": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
-        "best": best,
-        "registration": registration,
-        "stages": stages,
-        "data_seconds": data_seconds,
-        "seconds": time.perf_counter() - t0,
-    }
+    return SweepResult(
+        name=name,
+        storage=storage,
+        parent_run_id=parent.run_id,
+        manifest_hash=manifest.hash,
+        images=listing.images,
+        ran=[r for r in results if not isinstance(r, BaseException)],
+        errors=[f"{type(e).__name__}: {e}" for e in errors],
+        trials=table.astype(object).where(table.notna(), None).to_dict(orient="records"),
+        best=best,
+        registration=registration,
+        stages=stages,
+        data_seconds=data_seconds,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def sweep_flow_on_dask(address: str | None = None, workers: int = 2) -> Any:

@@ -14,6 +14,7 @@ from skin.base.config import PipelineConfig
 from skin.base.runs import cache_root
 from skin.data import manifest as mf
 from skin.data.audit import AUDIT_ENTRIES, AuditRef, thumbnails
+from skin.data.location import DatasetState
 from skin.data.stages import (
     ListingRef,
     ManifestRef,
@@ -41,7 +42,7 @@ _STATE = ("data.uri", "work_dir", "shared.uri")
 def list_task(config: PipelineConfig) -> ListingRef:
     """Always runs: the listing is how a re-run notices new, changed or removed images."""
     listing = list_images(config.data)
-    return save_listing(listing, config.state_uri, config.data.uri)
+    return save_listing(listing, DatasetState.of(config))
 
 
 @task(
@@ -120,9 +121,7 @@ def split_task(
         "split_key": split_key(config.split),
         "audit_uri": audit.uri if audit else None,
     }
-    return save_manifest(
-        df, config.state_uri, config.data.uri, latest=False, stage="split", lineage=lineage
-    )
+    return save_manifest(df, DatasetState.of(config), latest=False, stage="split", lineage=lineage)
 
 
 @task(
@@ -143,4 +142,4 @@ def undersample_task(split: ManifestRef, config: PipelineConfig) -> ManifestRef:
         "split_key": split.split_key,
         "audit_uri": split.audit_uri,
     }
-    return save_manifest(df, config.state_uri, config.data.uri, latest=True, lineage=lineage)
+    return save_manifest(df, DatasetState.of(config), latest=True, lineage=lineage)

@@ -15,6 +15,7 @@ from skin.base.config import PipelineConfig, config_digest, digest
 from skin.base.progress import terminal_bars
 from skin.base.runs import RunPaths, cache_root, run_pointer
 from skin.data import manifest as mf
+from skin.data.location import DatasetState
 from skin.data.shards import image_cache
 from skin.data.stages import ManifestRef, read_skipped, skipped_uri
 from skin.evaluate.compare import dev_comparison
@@ -135,7 +136,7 @@ def _log_skipped(tracker: MLflowTracker, cfg: PipelineConfig, manifest: Manifest
     """`data/skipped_objects.csv` in the run: every object that did not make it in, and why."""
     if manifest.listing_fingerprint is None:  # a hand-made manifest: no listing behind it
         return
-    uri = skipped_uri(cfg.state_uri, cfg.data.uri, manifest.listing_fingerprint)
+    uri = skipped_uri(DatasetState.of(cfg), manifest.listing_fingerprint)
     path = RunPaths(cfg.work_dir, tracker.run_id).skipped_objects
     path.parent.mkdir(parents=True, exist_ok=True)
     read_skipped(uri).to_csv(path, index=False)

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from skin.base.labels import CLASSES
 
 REGISTERED_MODEL = "skin-lesion-classifier"
-DEFAULT_MODEL = f"models:/{REGISTERED_MODEL}@champion"  # what prediction serves unless told
 
 
 class ConfigError(ValueError):

@@ -81,8 +81,8 @@ def list_cmd(data: DataOpt, config: ConfigOpt = None, *, overrides: dict[str, An
     from flows.stages import list_flow
 
     ref = run_flow(list_flow, config, overrides, data_uri=data)
-    counts, skips = ref["counts"], ref["skipped"]
-    table = count_table(f"{data} ({ref['layout']} layout)", "class", counts)
+    counts, skips = ref.counts, ref.skipped
+    table = count_table(f"{data} ({ref.layout} layout)", "class", counts)
     table.add_row("total", str(sum(counts.values())), style="bold")
     skipped = f"[yellow]skipped {sum(skips.values())}:[/] {reasons(skips)}" if skips else None
     show(ref, table, skipped)
@@ -141,19 +141,19 @@ def split_cmd(
     from skin.data import manifest as mf
 
     result = run_flow(split_flow, config, overrides, data_uri=data, previous=previous)
-    df = mf.read(result["manifest"]["uri"])
+    df = mf.read(result.manifest.uri)
     digest = mf.write(df, out)
     summary = mf.summary(df).rename(
         columns={"train": "train (before)", "train_kept": "train (after)"}
     )
-    skipped = result["listing"]["skipped"]
+    skipped = result.listing.skipped
     show(
         {
             "manifest": out,
             "hash": digest,
             "counts": summary.to_dict(orient="index"),
             "skipped": skipped,
-            "stored_as": result["manifest"]["uri"],
+            "stored_as": result.manifest.uri,
         },
         frame_table(summary, f"manifest {out} · version {digest}"),
         f"[yellow]skipped:[/] {reasons(skipped)}" if skipped else None,
@@ -252,6 +252,6 @@ def prepare_cmd(
     show(
         result,
         None,
-        f"{result['shards']} shards at {result['uri']}: {result['built']} built,"
-        f" {result['reused']} already there; {result['bad']} unreadable images",
+        f"{result.shards} shards at {result.uri}: {result.built} built,"
+        f" {result.reused} already there; {result.bad} unreadable images",
     )

@@ -47,14 +47,17 @@ def drift_cmd(
     import pandas as pd
 
     from flows.drift import check_drift_flow
+    from skin.track.refs import parse_model_ref
 
+    if against:  # a malformed reference fails here, before Prefect starts
+        parse_model_ref(against)
     result = run_flow(check_drift_flow, config, overrides, data_uri=data, against=against)
-    checks = pd.DataFrame(result["checks"])
+    checks = pd.DataFrame(result.checks)
     show(
         result,
         frame_table(checks.set_index("check"), f"drift of {data}") if len(checks) else None,
-        f"[bold]{result['verdict']}[/]",
-        f"MLflow: {result['mlflow_url']}" if result.get("mlflow_url") else None,
+        f"[bold]{result.verdict}[/]",
+        f"MLflow: {result.mlflow_url}" if result.mlflow_url else None,
     )
-    if fail_on_drift and result["drifted"]:
+    if fail_on_drift and result.drifted:
         raise typer.Exit(3)

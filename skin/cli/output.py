@@ -15,6 +15,8 @@ from rich.table import Table
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from skin.release.registry import Registration
+
 console = Console()
 err_console = Console(stderr=True)
 state: dict[str, bool] = {"debug": False, "json": False, "quiet": False}
@@ -27,9 +29,11 @@ def silent() -> bool:
 
 
 def emit(data: Any, table: Table | None = None) -> None:
-    """Print JSON in --json mode, else the rich table (nothing with --quiet)."""
+    """Print JSON in --json mode, else the rich table (nothing with --quiet); a flow's result
+    (a dataclass with `to_dict`) prints as the dict it has always printed as."""
     if state["json"]:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        plain = data.to_dict() if hasattr(data, "to_dict") else data
+        sys.stdout.write(json.dumps(plain, indent=2, default=str) + "\n")
     elif not state["quiet"] and table is not None:
         print_table(table)
 
@@ -111,9 +115,8 @@ def reasons(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{reason}: {n}" for reason, n in counts.items())
 
 
-def registration_line(result: Mapping[str, Any]) -> str | None:
+def registration_line(reg: Registration | None) -> str | None:
     """The promotion gate's verdict, if the command registered a model."""
-    reg = result.get("registration")
-    if not reg:
+    if reg is None:
         return None
-    return f"registry: {reg['name']} v{reg['version']} → [bold]{reg['alias']}[/]: {reg['reason']}"
+    return f"registry: {reg.name} v{reg.version} → [bold]{reg.alias}[/]: {reg.reason}"

@@ -3,7 +3,7 @@ evaluate stages alone."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from skin.cli.options import (
     RefreshOpt,
 )
 from skin.cli.output import info, metrics_table, registration_line, show
+
+if TYPE_CHECKING:
+    from flows.outcomes import NotRetrained, PipelineResult
 
 app = typer.Typer()
 
@@ -45,8 +48,8 @@ def train_cmd(
     show(
         result,
         None,
-        f"run [bold]{result['run_id']}[/]: best epoch {result['best_epoch']} of"
-        f" {result['last_epoch']}, checkpoint {result['best_checkpoint']}",
+        f"run [bold]{result.run_id}[/]: best epoch {result.best_epoch} of"
+        f" {result.last_epoch}, checkpoint {result.best_checkpoint}",
     )
 
 
@@ -75,8 +78,8 @@ def evaluate_cmd(
     )
     show(
         result,
-        metrics_table(result["metrics"], f"run {run_id}"),
-        f"reading: [bold]{result['diagnosis']}[/]; reports in {result['report_dir']}",
+        metrics_table(result.metrics, f"run {run_id}"),
+        f"reading: [bold]{result.diagnosis}[/]; reports in {result.report_dir}",
     )
 
 
@@ -122,20 +125,20 @@ def demo_cmd(
     info(mlflow_hint(resolve_tracking_uri(cfg.tracking.tracking_uri)))
 
 
-def report_run(result: dict[str, Any]) -> None:
+def report_run(result: PipelineResult | NotRetrained) -> None:
     """A pipeline run: its metrics, stages, reading and where to look; or why it did not train."""
-    if result.get("retrained") is False:  # retrain.when stopped before the model stages
-        show(result, None, f"[bold]not retrained[/] ({result['policy']}): {result['reason']}")
+    if not result.retrained:  # retrain.when stopped before the model stages
+        show(result, None, f"[bold]not retrained[/] ({result.policy}): {result.reason}")
         return
-    stages = ", ".join(f"{k} {v}" for k, v in result["stages"].items())
+    stages = ", ".join(f"{k} {v}" for k, v in result.stages.items())
     show(
         result,
-        metrics_table(result["metrics"], f"run {result['run_id']}"),
-        f"run [bold]{result['run_id']}[/] · stages: {stages}",
-        f"reading: [bold]{result['diagnosis']}[/]",
-        registration_line(result),
-        f"reports: {result['report_dir']}",
-        f"MLflow: {result['mlflow_url']}" if result.get("mlflow_url") else None,
+        metrics_table(result.metrics, f"run {result.run_id}"),
+        f"run [bold]{result.run_id}[/] · stages: {stages}",
+        f"reading: [bold]{result.diagnosis}[/]",
+        registration_line(result.registration),
+        f"reports: {result.report_dir}",
+        f"MLflow: {result.mlflow_url}" if result.mlflow_url else None,
     )
 
 

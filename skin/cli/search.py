@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -10,6 +10,9 @@ from rich.table import Table
 from skin.cli.command import command, run_flow
 from skin.cli.options import MODEL_FLAGS, TTA, ConfigOpt, OptionalDataOpt, RefreshOpt
 from skin.cli.output import frame_table, notes, registration_line, show
+
+if TYPE_CHECKING:
+    from flows.outcomes import CVResult, EnsembleResult
 
 app = typer.Typer()
 
@@ -49,21 +52,21 @@ def cv_cmd(
         register_model=register,
     )
     show(result, _folds_table(result, folds))
-    if result.get("ensemble"):
-        _ensemble_lines(result["ensemble"])
+    if result.ensemble is not None:
+        _ensemble_lines(result.ensemble)
 
 
-def _folds_table(result: dict[str, Any], folds: int) -> Table:
+def _folds_table(result: CVResult, folds: int) -> Table:
     """Per fold its dev metrics, then each metric's mean ± std and pooled out-of-fold value."""
-    table = Table(title=f"{folds}-fold cross-validation · parent run {result['parent_run_id']}")
+    table = Table(title=f"{folds}-fold cross-validation · parent run {result.parent_run_id}")
     for column in ("fold", "run", "dev balanced acc.", "dev acc.", "dev macro AUC"):
         table.add_column(column, justify="right")
-    for f in result["folds"]:
+    for f in result.folds:
         cells = [
             f.get(f"dev_{m}", float("nan")) for m in ("balanced_accuracy", "accuracy", "macro_auc")
         ]
         table.add_row(str(f["fold"]), f["run_id"], *(f"{c:.4f}" for c in cells))
-    m = result["metrics"]
+    m = result.metrics
     for name in ("balanced_accuracy", "accuracy", "macro_auc"):
         mean, std = m.get(f"cv_{name}_mean", float("nan")), m.get(f"cv_{name}_std", float("nan"))
         table.add_row("", f"{name}: mean ± std", f"{mean:.4f} ± {std:.4f}", "", "")
@@ -102,10 +105,13 @@ def ensemble_cmd(
     """
     from flows.cv import ensemble_flow
     from skin.evaluate.report import metrics_table_text
+    from skin.track.refs import parse_model_ref
 
     if bool(runs) == bool(cv_run):
         raise typer.BadParameter("give --runs or --cv-run (one of them)")
     members = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    for member in members or []:  # a malformed reference fails here, before Prefect starts
+        parse_model_ref(member)
     result = run_flow(
         ensemble_flow,
         config,
@@ -115,18 +121,17 @@ def ensemble_cmd(
         manifest=manifest,
         register_model=register,
     )
-    title = f"ensemble run {result['run_id']} [95 % bootstrap interval over lesions]"
-    show(result, frame_table(metrics_table_text(result["metrics"]).drop(index="train"), title))
+    title = f"ensemble run {result.run_id} [95 % bootstrap interval over lesions]"
+    show(result, frame_table(metrics_table_text(result.metrics).drop(index="train"), title))
     _ensemble_lines(result)
 
 
-def _ensemble_lines(result: dict[str, Any]) -> None:
+def _ensemble_lines(result: EnsembleResult) -> None:
     """Where the ensemble went: its run, the registry's verdict, its model URI."""
-    model = result.get("model_uri")
     notes(
-        f"ensemble of {len(result['members'])} models: run [bold]{result['run_id']}[/]",
-        registration_line(result),
-        f"model: {model}" if model else None,
+        f"ensemble of {len(result.members)} models: run [bold]{result.run_id}[/]",
+        registration_line(result.registration),
+        f"model: {result.model_uri}" if result.model_uri else None,
     )
 
 
@@ -181,15 +186,14 @@ def sweep_cmd(
         jobs=jobs,
         cv_folds=cv,
     )
-    table = pd.DataFrame(result["trials"]).drop(columns=["retry_of"], errors="ignore")
-    best = result.get("best")
+    table = pd.DataFrame(result.trials).drop(columns=["retry_of"], errors="ignore")
+    best = result.best
     show(
         result,
-        frame_table(table.set_index("number"), f"sweep {result['name']}: trials, best first"),
+        frame_table(table.set_index("number"), f"sweep {result.name}: trials, best first"),
         f"best: trial {best['number']} = {best['value']:.4f} · run {best['run_id']}"
         if best
         else None,
-        registration_line(result),
-        f"study {result['name']} in {result['storage']} · MLflow sweep run"
-        f" {result['parent_run_id']}",
+        registration_line(result.registration),
+        f"study {result.name} in {result.storage} · MLflow sweep run {result.parent_run_id}",
     )

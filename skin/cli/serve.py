@@ -3,7 +3,7 @@ show where the model looked (class-activation maps), and export the network to O
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.table import Table
 from skin.cli.command import command
 from skin.cli.options import EXPLAIN_FLAGS, ConfigOpt, ModelRefOpt, TrackingUriOpt
 from skin.cli.output import count_table, show
+
+if TYPE_CHECKING:
+    from skin.track.refs import ModelRef
 
 app = typer.Typer()
 
@@ -55,11 +58,11 @@ def predict_cmd(
 
     Examples: skin predict lesion.jpg --top-k 3 · skin predict s3://bucket/incoming --tta
     """
-    from skin.base.config import DEFAULT_MODEL
+    from skin.track.refs import DEFAULT_MODEL, parse_model_ref
 
-    model = model or DEFAULT_MODEL
+    ref = parse_model_ref(model) if model else DEFAULT_MODEL
     if not any(_is_batch(t) for t in targets):
-        _predict_images(targets, model, top_k, tta, out, tracking_uri, explain, config)
+        _predict_images(targets, ref, top_k, tta, out, tracking_uri, explain, config)
         return
     if len(targets) > 1:
         raise typer.BadParameter("give one folder or s3:// prefix, or image files: not a mix")
@@ -68,7 +71,7 @@ def predict_cmd(
             "--explain maps image files, not a folder or prefix: use skin explain IMAGE...",
             param_hint="--explain",
         )
-    _predict_batch(targets[0], model, tta, out, tracking_uri)
+    _predict_batch(targets[0], ref, tta, out, tracking_uri)
 
 
 def _is_batch(target: str) -> bool:
@@ -84,7 +87,7 @@ def _is_batch(target: str) -> bool:
 
 def _predict_images(
     targets: list[str],
-    model: str,
+    model: ModelRef,
     k: int,
     tta: bool,
     out: str | None,
@@ -162,11 +165,13 @@ def explain_cmd(
 
     Example: skin explain lesion.jpg --model models:/skin-lesion-classifier@champion --class MEL
     """
-    from skin.base.config import DEFAULT_MODEL, load_config
+    from skin.base.config import load_config
     from skin.serve.loading import load_predictor
+    from skin.track.refs import DEFAULT_MODEL, parse_model_ref
 
     settings = load_config(config, overrides).explain
-    predictor = load_predictor(model or DEFAULT_MODEL, tta=tta, tracking_uri=tracking_uri)
+    ref = parse_model_ref(model) if model else DEFAULT_MODEL
+    predictor = load_predictor(ref, tta=tta, tracking_uri=tracking_uri)
     frame = _explained(predictor, images, out, target, settings)
     rows = [
         {"image": r["key"], "explained": _text(r["explained"]), "file": _text(r["explanation_file"]),
@@ -190,17 +195,20 @@ def _text(value: Any) -> str | None:
 
 
 def _predict_batch(
-    source: str, model: str, tta: bool, out: str | None, tracking_uri: str | None
+    source: str, model: ModelRef, tta: bool, out: str | None, tracking_uri: str | None
 ) -> None:
     """Every image under `source`, by the batch flow: counts per predicted class."""
     from flows.predict import predict_flow
 
-    result = predict_flow(source=source, model=model, out=out, tta=tta, tracking_uri=tracking_uri)
-    title = f"{result['images']} images under {source} · {result['model']}"
-    table = count_table(title, "predicted", dict(sorted(result["counts"].items())))
-    if result["errors"]:
-        table.add_row("[red]undecodable[/]", str(result["errors"]))
-    show(result, table, f"predictions: [bold]{result['output']}[/]")
+    # A flow parameter is a string (deployments pass strings): the flow parses it again.
+    result = predict_flow(
+        source=source, model=str(model), out=out, tta=tta, tracking_uri=tracking_uri
+    )
+    title = f"{result.images} images under {source} · {result.model}"
+    table = count_table(title, "predicted", dict(sorted(result.counts.items())))
+    if result.errors:
+        table.add_row("[red]undecodable[/]", str(result.errors))
+    show(result, table, f"predictions: [bold]{result.output}[/]")
 
 
 def _top_rows(frame: Any, predictor: Any, k: int) -> list[dict[str, Any]]:
@@ -258,13 +266,14 @@ def export_cmd(
     """
     from pathlib import Path
 
-    from skin.base.config import DEFAULT_MODEL
     from skin.serve.export import export_onnx
     from skin.serve.loading import load_predictor
+    from skin.track.refs import DEFAULT_MODEL, parse_model_ref
 
     if fmt.lower() != "onnx":
         raise typer.BadParameter(f"format {fmt!r}: only onnx is supported", param_hint="--format")
-    predictor = load_predictor(model or DEFAULT_MODEL, "cpu", tracking_uri=tracking_uri)
+    ref = parse_model_ref(model) if model else DEFAULT_MODEL
+    predictor = load_predictor(ref, "cpu", tracking_uri=tracking_uri)
     path = export_onnx(predictor, Path(out))
     show(
         {"model": predictor.source.resolved, "format": "onnx", "output": str(path)},

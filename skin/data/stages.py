@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,13 +31,13 @@ from skin.data.exclusions import excluded, reviewed_keys
 from skin.data.label_issues import label_issues, rank_labels
 from skin.data.leaks import cross_split_pairs, leak_effect, leaked_keys
 from skin.data.listing import Listing, list_dataset
+from skin.data.location import DataLocation, DatasetState
 from skin.data.manifest import frame_hash
 from skin.data.sheets import contact_sheet
 from skin.data.split import split_with_moves
 from skin.data.storage import (
     StorageError,
     exists_uri,
-    is_s3,
     join_uri,
     open_store,
     read_uri,
@@ -92,16 +91,12 @@ def previous_for(
 
 def dataset_id(data_uri: str) -> str:
     """A readable, unique folder name for a dataset URI (manifests and caches live under it)."""
-    normal = source_uri(data_uri)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", normal.split("://")[-1]).strip("-")[-40:]
-    return f"{slug}-{hashlib.sha256(normal.encode()).hexdigest()[:8]}"
+    return DataLocation(data_uri.removeprefix("file://")).dataset_id
 
 
 def source_uri(uri: str) -> str:
     """The data root as manifests record it: S3 URIs as given, folders (or file://) absolute."""
-    if is_s3(uri):
-        return uri.rstrip("/")
-    return str(Path(uri.removeprefix("file://")).expanduser().resolve())
+    return DataLocation(uri.removeprefix("file://")).source
 
 
 def list_images(data: DataConfig) -> Listing:
@@ -125,13 +120,13 @@ class ListingRef:
         return asdict(self)
 
 
-def listings_root(work_dir: str, data_uri: str) -> str:
-    return join_uri(work_dir, "listings", dataset_id(data_uri))
+def listings_root(state: DatasetState) -> str:
+    return join_uri(state.state_uri, "listings", dataset_id(state.data_uri))
 
 
-def skipped_uri(work_dir: str, data_uri: str, fingerprint: str) -> str:
+def skipped_uri(state: DatasetState, fingerprint: str) -> str:
     """Where the listing with this fingerprint keeps its skipped objects (key, reason)."""
-    return join_uri(listings_root(work_dir, data_uri), f"{fingerprint}.skipped.csv")
+    return join_uri(listings_root(state), f"{fingerprint}.skipped.csv")
 
 
 def read_skipped(uri: str) -> pd.DataFrame:
@@ -142,12 +137,12 @@ def read_skipped(uri: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["key", "reason"])
 
 
-def save_listing(listing: Listing, work_dir: str, data_uri: str) -> ListingRef:
+def save_listing(listing: Listing, state: DatasetState) -> ListingRef:
     """Keep what was listed (and what was skipped, with why) under its own fingerprint."""
     fp = listing.fingerprint
-    uri = join_uri(listings_root(work_dir, data_uri), f"{fp}.parquet")
+    uri = join_uri(listings_root(state), f"{fp}.parquet")
     write_table(listing.images, uri)
-    skipped = skipped_uri(work_dir, data_uri, fp)
+    skipped = skipped_uri(state, fp)
     write_table(listing.skipped, skipped)
     return ListingRef(
         uri=uri,
@@ -358,14 +353,13 @@ def build_manifest(
     return balance(split_images(listing.images, source, split, previous), split)
 
 
-def manifests_root(work_dir: str, data_uri: str) -> str:
-    return join_uri(work_dir, "manifests", dataset_id(data_uri))
+def manifests_root(state: DatasetState) -> str:
+    return join_uri(state.state_uri, "manifests", dataset_id(state.data_uri))
 
 
 def save_manifest(
     df: pd.DataFrame,
-    work_dir: str,
-    data_uri: str,
+    state: DatasetState,
     *,
     latest: bool = True,
     stage: str = "manifest",
@@ -373,27 +367,27 @@ def save_manifest(
 ) -> ManifestRef:
     """Write the manifest under its own hash (immutable); `latest` moves the dataset's pointer."""
     digest = mf.manifest_hash(df)
-    root = manifests_root(work_dir, data_uri)
+    root = manifests_root(state)
     uri = join_uri(root, f"{stage}-{digest}.parquet")
     mf.write(df, uri)
     ref = ManifestRef(
-        uri=uri, hash=digest, dataset=dataset_id(data_uri), images=len(df), **(lineage or {})
+        uri=uri, hash=digest, dataset=dataset_id(state.data_uri), images=len(df), **(lineage or {})
     )
     if latest:
-        set_latest(ref, work_dir, data_uri)
+        set_latest(ref, state)
     return ref
 
 
-def set_latest(ref: ManifestRef, work_dir: str, data_uri: str) -> None:
+def set_latest(ref: ManifestRef, state: DatasetState) -> None:
     """Point the dataset's `latest.json` at a manifest (what 'latest' resolves to)."""
-    root = manifests_root(work_dir, data_uri)
+    root = manifests_root(state)
     write_uri(join_uri(root, "latest.json"), json.dumps(ref.to_dict(), indent=2).encode())
 
 
-def latest_manifest(work_dir: str, data_uri: str) -> ManifestRef | None:
+def latest_manifest(state: DatasetState) -> ManifestRef | None:
     """The dataset's newest manifest, or None the first time."""
     try:
-        raw = read_uri(join_uri(manifests_root(work_dir, data_uri), "latest.json"))
+        raw = read_uri(join_uri(manifests_root(state), "latest.json"))
     except (FileNotFoundError, StorageError):
         return None
     return ManifestRef(**json.loads(raw))

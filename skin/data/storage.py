@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from skin.data.location import DataLocation, LocationError
+
 _CHUNK = 1 << 20
 
 
@@ -43,13 +45,15 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
-def open_store(uri: str, **s3_options: object) -> Store:
+def open_store(uri: str | DataLocation, **s3_options: object) -> Store:
     """An S3 URI gives an S3Store; anything else is a local folder."""
-    if is_s3(uri):
-        return S3Store(uri, **s3_options)  # type: ignore[arg-type]
-    if "://" in uri and not uri.startswith("file://"):
-        raise StorageError(f"unsupported data URI {uri!r}: use s3://bucket/prefix or a folder path")
-    return LocalStore(uri.removeprefix("file://"))
+    try:
+        where = uri if isinstance(uri, DataLocation) else DataLocation.parse(uri)
+    except LocationError as err:
+        raise StorageError(str(err)) from err
+    if where.is_s3:
+        return S3Store(where.uri, **s3_options)  # type: ignore[arg-type]
+    return LocalStore(where.uri)
 
 
 def safe_key(key: str) -> str:
@@ -218,8 +222,11 @@ class S3Store:
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail before any work when an S3 endpoint or bucket cannot be reached (one quick try)."""
-    if not is_s3(uri):
-        return
+    try:
+        if not DataLocation.parse(uri).is_s3:
+            return
+    except LocationError as err:
+        raise StorageError(f"data.uri: {err}") from err
     from botocore.exceptions import BotoCoreError, ClientError
 
     store = S3Store(uri, retries=1, connect_timeout=timeout, read_timeout=timeout)

@@ -27,6 +27,7 @@ from skin.stats.bootstrap import (
     recall_from_sums,
 )
 from skin.stats.slices import slice_values
+from skin.track.refs import ModelRef, VersionRef
 from skin.track.tracking import MLflowRegistry
 
 SLICE_ALPHA = 0.05  # family-wise: how often a challenger no worse on any slice is blocked
@@ -181,7 +182,12 @@ def _check_enough(n: int, total: int, left_out: dict[str, int], min_images: int)
 
 
 def score_champion(
-    ref: str, dev: pd.DataFrame, classes: Sequence[str], *, tta: bool, tracking_uri: str | None
+    ref: ModelRef | str,
+    dev: pd.DataFrame,
+    classes: Sequence[str],
+    *,
+    tta: bool,
+    tracking_uri: str | None,
 ) -> np.ndarray:
     """The champion's probabilities for the challenger's dev images, decoded and cropped the
     way the champion itself was evaluated (its own input size); NaN rows where an image failed."""
@@ -211,7 +217,7 @@ def dev_comparison(
     slice_alpha: float = SLICE_ALPHA,
     manifest_uri: str | None = None,
     min_images: int = MIN_PAIRED_IMAGES,
-) -> Callable[[str], Comparison] | None:
+) -> Callable[[VersionRef], Comparison] | None:
     """What the gate calls with the champion's reference: the champion scored on the challenger's
     dev images (`predictions`: the evaluate stage's `predictions_dev.parquet`) that it never
     trained on (same key, identical file per `manifest_uri`'s fingerprints, same lesion), then
@@ -220,7 +226,7 @@ def dev_comparison(
         return None
     dev = with_fingerprints(pd.read_parquet(predictions), manifest_uri)
 
-    def run(champion_ref: str) -> Comparison:
+    def run(champion_ref: VersionRef) -> Comparison:
         seen = seen_by_model(champion_manifests(champion_ref, tracking_uri), dev)
         unseen = (seen == UNSEEN).to_numpy()
         probs = np.full((len(dev), len(classes)), np.nan)
@@ -229,15 +235,14 @@ def dev_comparison(
             probs[unseen] = score_champion(
                 champion_ref, rows, classes, tta=tta, tracking_uri=tracking_uri
             )
-        version = champion_ref.rsplit("/", 1)[-1]
-        return compare(dev, probs, classes, champion_version=version, dataset=dataset,
+        return compare(dev, probs, classes, champion_version=champion_ref.version, dataset=dataset,
                        n_resamples=n_resamples, seed=seed, min_slice_size=min_slice_size,
                        slice_alpha=slice_alpha, excluded=seen, min_images=min_images)  # fmt: skip
 
     return run
 
 
-def champion_manifests(ref: str, tracking_uri: str | None) -> dict[str, pd.DataFrame]:
+def champion_manifests(ref: ModelRef | str, tracking_uri: str | None) -> dict[str, pd.DataFrame]:
     """What the champion trained on (each member's manifest for an ensemble), through MLflow."""
     with tempfile.TemporaryDirectory(prefix="skin-champion-") as tmp:
         return model_manifests(MLflowRegistry(tracking_uri), ref, Path(tmp))

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from skin.data import manifest as mf
-from skin.track.tracking import RUN_ID, MissingRecordError, MLflowRegistry, TrackingError
+from skin.track.refs import ModelRef, ModelRefError, RunRef, as_model_ref
+from skin.track.tracking import MissingRecordError, MLflowRegistry, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -44,33 +45,32 @@ def seen_reasons(trained: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
 
 
 def run_manifests(
-    registry: MLflowRegistry, refs: list[str], dst: Path
+    registry: MLflowRegistry, refs: list[str] | list[ModelRef], dst: Path
 ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Each model's training manifest, read through its MLflow run (run ids, runs:/, models:/),
-    and the references that record none (checkpoint files)."""
+    and the references that record none (checkpoint files); keyed by the references as given."""
     out, unknown = {}, []
-    for i, ref in enumerate(refs):
-        if ref.startswith(("models:/", "runs:/")):
-            run_id = registry.source_run(ref)
-        elif RUN_ID.fullmatch(ref):
-            run_id = ref
-        else:  # a checkpoint file: nothing records what it trained on
-            unknown.append(ref)
+    for i, given in enumerate(refs):
+        ref = as_model_ref(given)
+        if not ref.is_mlflow:  # a checkpoint file: nothing records what it trained on
+            unknown.append(str(given))
             continue
-        out[ref] = mf.read(registry.run_manifest(run_id, dst / str(i)))
+        out[str(given)] = mf.read(registry.run_manifest(registry.source_run(ref), dst / str(i)))
     return out, unknown
 
 
-def model_manifests(registry: MLflowRegistry, ref: str, dst: Path) -> dict[str, pd.DataFrame]:
+def model_manifests(
+    registry: MLflowRegistry, ref: ModelRef | str, dst: Path
+) -> dict[str, pd.DataFrame]:
     """What the model `ref` trained on: its run's manifest, or each member's for an ensemble
     (whose own run's manifest is the one it was evaluated on, not trained on)."""
-    ref = f"runs:/{ref}/model" if RUN_ID.fullmatch(ref) else ref
     try:
+        ref = as_model_ref(ref)
         run_id = registry.source_run(ref)
         members = registry.ensemble_members(run_id, dst / "members")
-        refs = members if members is not None else [f"runs:/{run_id}/model"]
+        refs = members if members is not None else [str(RunRef(run_id))]
         found, unknown = run_manifests(registry, refs, dst)
-    except (TrackingError, MissingRecordError, mf.ManifestError) as err:
+    except (ModelRefError, TrackingError, MissingRecordError, mf.ManifestError) as err:
         raise ProvenanceError(f"what {ref} trained on cannot be read: {err}") from err
     if unknown:
         raise ProvenanceError(

@@ -35,6 +35,7 @@ from skin.stats.calibration import Calibration, calibrate, calibration_report
 from skin.stats.metrics import SplitMetrics, bias_variance, diagnosis, flat_metrics, split_metrics
 from skin.stats.operating import flat_operating, operating_points, questions
 from skin.stats.slices import slice_metrics, slice_table
+from skin.track.refs import CheckpointRef
 from skin.track.tracking import Tracker
 from skin.train import checkpoint as ckpt
 from skin.train.datasets import EvalImages, Normalize, make_loader
@@ -198,7 +199,7 @@ def _log_model(tracker: Tracker, checkpoint: Path) -> str | None:
 def _export_onnx(checkpoint: Path, paths: RunPaths, tracker: Tracker) -> None:
     """The evaluated weights as ONNX in the run (`onnx/model.onnx`), calibration included."""
     paths.onnx.unlink(missing_ok=True)  # a re-evaluation replaces the run's own export
-    with resolved_model(str(checkpoint)) as (path, source):
+    with resolved_model(CheckpointRef(str(checkpoint))) as (path, source):
         predictor = checkpoint_predictor(path, torch.device("cpu"), source)
     export_onnx(predictor, paths.onnx)
     tracker.log_artifact(paths.onnx, "onnx")

@@ -32,7 +32,8 @@ from skin.data import manifest as mf
 from skin.data.fetch import Fetcher
 from skin.data.imagecache import fetch_rows, objects_dir
 from skin.data.images import ImageDecodeError, centre_crop, decode
-from skin.track.tracking import MLflowRegistry, model_reference, sha256_file
+from skin.track.refs import ModelRef, as_model_ref
+from skin.track.tracking import MLflowRegistry, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -631,13 +632,13 @@ class Reference:
 
 
 def resolve_reference(
-    against: str, tracking_uri: str | None, dst: Path, *, checkpoint: bool = True
+    against: ModelRef | str, tracking_uri: str | None, dst: Path, *, checkpoint: bool = True
 ) -> Reference:
     """A registered model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`), a run (`runs:/ID/…` or
     a bare run id) or a manifest file: its manifest, and the model's checkpoint when there is one."""
-
-    ref = model_reference(against)
-    if not ref.startswith(("models:/", "runs:/")):
+    ref = as_model_ref(against)
+    against = str(ref)  # the label: what the user named, as given
+    if not ref.is_mlflow:  # a file: the manifest itself
         return Reference(against, against, mf.manifest_hash(mf.read(against)))
     registry = MLflowRegistry(tracking_uri)
     run_id = registry.source_run(ref)

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from skin.evaluate.compare import Comparison, NotComparableError, SliceDrop, promotion_markdown
+from skin.track.refs import CHAMPION, VersionRef
 from skin.track.tracking import CHECKPOINT_SHA_TAG, MissingRecordError, MLflowRegistry
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 GATE_METRIC = "dev_balanced_accuracy"
 DESCRIPTION = "ISIC 2019 skin-lesion classifier (skin)"
@@ -159,7 +159,7 @@ class GatePolicy:
     min_improvement: float = 0.0
     max_slice_drop: float = 0.05
     # Scores the champion (`models:/NAME/VERSION`) on the challenger's dev images.
-    compare: Callable[[str], Comparison] | None = None
+    compare: Callable[[VersionRef], Comparison] | None = None
 
     def evidence(self, name: str, champion: Champion | None) -> tuple[Comparison | None, str]:
         """The paired comparison, or why there is none (then the point rule decides, saying so)."""
@@ -168,7 +168,7 @@ class GatePolicy:
         if self.compare is None:
             return None, "the challenger has no dev predictions to compare on"
         try:
-            return self.compare(f"models:/{name}/{champion.version}"), ""
+            return self.compare(VersionRef(name, str(champion.version))), ""
         except NotComparableError as err:  # it trained on (nearly) all of the challenger's dev
             log.warning("champion v%s of %s cannot be compared: %s", champion.version, name, err)
             return None, f"champion v{champion.version} cannot be compared: {err}"

@@ -42,16 +42,15 @@ from skin.serve.predict import (
     CALIBRATION_FILE,
     MEMBERS_FILE,
     ModelSource,
-    _checkpoint_file,
     calibrated_temperature,
-    mlflow_checkpoint,
-    model_reference,
+    local_checkpoint,
 )
 from skin.stats.abstain import abstention_json, msp_of_probs
 from skin.stats.bootstrap import confidence_intervals, flat_intervals
 from skin.stats.calibration import calibrate
 from skin.stats.metrics import flat_metrics, split_metrics
 from skin.stats.operating import operating_points, questions
+from skin.track.refs import EnsembleRef, ModelRef, RunRef, as_model_ref
 from skin.track.tracking import Tracker, resolve_tracking_uri, sha256_file
 from skin.train.loop import pick_device
 
@@ -177,15 +176,13 @@ def write_members(
     return path
 
 
-def member_of(ref: str, dst: Path, tracking_uri: str | None) -> Member:
+def member_of(ref: ModelRef | str, dst: Path, tracking_uri: str | None) -> Member:
     """Download one member (a run id, runs:/, models:/ or a checkpoint path) with its temperature."""
-
-    ref = model_reference(ref)
+    ref = as_model_ref(ref)
+    if isinstance(ref, EnsembleRef):
+        raise EnsembleError(f"{ref} is itself an ensemble: give its members instead")
     dst.mkdir(parents=True, exist_ok=True)
-    if ref.startswith(("models:/", "runs:/")):
-        path, source = mlflow_checkpoint(ref, dst, tracking_uri)
-    else:
-        path, source = _checkpoint_file(ref, dst)
+    path, source = local_checkpoint(ref, dst, tracking_uri)
     if path.name == MEMBERS_FILE:
         raise EnsembleError(f"{ref} is itself an ensemble: give its members instead")
     return Member(path, calibrated_temperature(path), source.resolved)
@@ -312,7 +309,7 @@ SAME_DEV = (
 
 
 def ensemble_stage(
-    refs: Sequence[str],
+    refs: Sequence[ModelRef | str],
     manifest_uri: str,
     cfg: PipelineConfig,
     tracker: Tracker,
@@ -354,14 +351,14 @@ def ensemble_stage(
 
 
 def _assemble(
-    refs: Sequence[str], paths: RunPaths, cfg: PipelineConfig, run_id: str
+    refs: Sequence[ModelRef | str], paths: RunPaths, cfg: PipelineConfig, run_id: str
 ) -> tuple[list[Member], EnsemblePredictor]:
     """The members downloaded into the run's ensemble folder, loaded as one (uncalibrated) model."""
 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     members = [member_of(r, paths.root / "download" / str(i), uri) for i, r in enumerate(refs)]
     members_file = write_members(members, paths.root / FOLDER)
-    source = ModelSource(f"runs:/{run_id}/model", str(members_file), str(members_file), run_id)
+    source = ModelSource(str(RunRef(run_id)), str(members_file), str(members_file), run_id)
     predictor = load_ensemble(
         members_file,
         pick_device(cfg.train.device),

@@ -33,6 +33,7 @@ from skin.serve.predict import (
 )
 from skin.stats.abstain import Abstention, msp_of_probs
 from skin.stats.calibration import apply_temperature
+from skin.track.refs import CheckpointRef
 from skin.track.tracking import sha256_file
 
 PROB_FLOOR = 1e-12  # an averaged probability of 0 has no log: the ensemble's logits floor it
@@ -73,7 +74,7 @@ def load_ensemble(
         path = members_file.parent / entry["checkpoint"]
         if sha256_file(path) != entry["sha256"]:
             raise EnsembleError(f"{members_file}: member {i} ({path.name}) changed since logged")
-        with resolved_model(str(path)) as (checkpoint, member):
+        with resolved_model(CheckpointRef(str(path))) as (checkpoint, member):
             predictors.append(
                 checkpoint_predictor(checkpoint, device, member, tta=tta, batch_size=batch_size)
             )

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from skin.base.config import DEFAULT_MODEL
 from skin.serve.averaging import EnsemblePredictor, load_ensemble
 from skin.serve.predict import MEMBERS_FILE, Predictor, checkpoint_predictor, resolved_model
+from skin.track.refs import DEFAULT_MODEL, ModelRef, as_model_ref
 from skin.train.loop import pick_device
 
 
 def load_predictor(
-    ref: str = DEFAULT_MODEL,
+    ref: ModelRef | str = DEFAULT_MODEL,
     device: str | torch.device = "auto",
     *,
     tta: bool = False,
@@ -26,7 +26,7 @@ def load_predictor(
     `runs:/RUN_ID/model`, a bare run id, or a checkpoint file (path or s3:// URI); an ensemble
     (a members.json) gives an `EnsemblePredictor` with the same interface."""
     dev = pick_device(device) if isinstance(device, str) else device
-    with resolved_model(ref, tracking_uri) as (path, source):
+    with resolved_model(as_model_ref(ref), tracking_uri) as (path, source):
         if path.name == MEMBERS_FILE:  # an ensemble: its members, averaged
             return load_ensemble(path, dev, source, tta=tta, batch_size=batch_size)
         return checkpoint_predictor(path, dev, source, tta=tta, batch_size=batch_size)

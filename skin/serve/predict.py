@@ -25,7 +25,14 @@ from skin.data.tables import TABLE_SUFFIXES, write_table
 from skin.serve.tta import probabilities as tta_probabilities
 from skin.serve.tta import view_logits
 from skin.stats.abstain import UNK, Abstention, ood_scores, read_abstention
-from skin.track.tracking import MLflowRegistry, TrackingError, model_reference
+from skin.track.refs import (
+    MEMBERS_FILE,  # an ensemble's list of members (skin.search.ensemble)
+    CheckpointRef,
+    EnsembleRef,
+    ModelRef,
+    as_model_ref,
+)
+from skin.track.tracking import MLflowRegistry, TrackingError
 from skin.train.datasets import Normalize
 from skin.train.loop import amp_dtype
 from skin.train.model import InputSpec, input_spec, load_model_from_checkpoint
@@ -213,17 +220,27 @@ def with_abstention(frame: pd.DataFrame, scores: np.ndarray, rule: Abstention) -
 
 
 @contextmanager
-def resolved_model(ref: str, tracking_uri: str | None = None) -> Iterator[tuple[Path, ModelSource]]:
+def resolved_model(
+    ref: ModelRef | str, tracking_uri: str | None = None
+) -> Iterator[tuple[Path, ModelSource]]:
     """The local file a model reference names, for as long as the block runs: a checkpoint, or an
     ensemble's members.json (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-ID`,
     `runs:/RUN_ID/model`, a bare run id, or a checkpoint path or s3:// URI). MLflow references
     resolve to the checkpoint pinned when the model was logged (`mlflow_checkpoint`)."""
-    ref = model_reference(ref)
+    ref = as_model_ref(ref)
     with tempfile.TemporaryDirectory(prefix="skin-predict-") as tmp:
-        if ref.startswith(("models:/", "runs:/")):
-            yield mlflow_checkpoint(ref, Path(tmp), tracking_uri)
-        else:
-            yield _checkpoint_file(ref, Path(tmp))
+        yield local_checkpoint(ref, Path(tmp), tracking_uri)
+
+
+def local_checkpoint(
+    ref: ModelRef, dst: Path, tracking_uri: str | None = None
+) -> tuple[Path, ModelSource]:
+    """The file `ref` names, downloaded under `dst` when it is not local already."""
+    match ref:
+        case CheckpointRef() | EnsembleRef():
+            return _checkpoint_file(ref, dst)
+        case _:
+            return mlflow_checkpoint(ref, dst, tracking_uri)
 
 
 def checkpoint_predictor(
@@ -254,7 +271,6 @@ def checkpoint_predictor(
     )
 
 
-MEMBERS_FILE = "members.json"  # an ensemble's list of members (skin.search.ensemble)
 CALIBRATION_FILE = "calibration.json"  # {"temperature": T}, written by the evaluate stage
 ABSTENTION_FILE = "abstention.json"  # {"score": kind, "threshold": t, …}, the evaluate stage's
 
@@ -290,25 +306,24 @@ def stored_abstention(checkpoint: Path) -> Abstention | None:
         raise PredictError(str(err)) from err
 
 
-def _checkpoint_file(ref: str, tmp: Path) -> tuple[Path, ModelSource]:
-    if is_s3(ref):
+def _checkpoint_file(ref: CheckpointRef | EnsembleRef, tmp: Path) -> tuple[Path, ModelSource]:
+    text = str(ref)
+    if isinstance(ref, CheckpointRef) and is_s3(text):
         local = tmp / "checkpoint.pt"
-        local.write_bytes(read_uri(ref))
-        return local, ModelSource(ref, ref, ref)
-    path = Path(ref).expanduser()
-    if path.is_dir() and (path / MEMBERS_FILE).is_file():
-        path = path / MEMBERS_FILE
+        local.write_bytes(read_uri(text))
+        return local, ModelSource(text, text, text)
+    path = ref.members_file if isinstance(ref, EnsembleRef) else Path(text).expanduser()
     if not path.is_file():
         raise PredictError(
-            f"model {ref!r} is not a checkpoint file; use models:/NAME@ALIAS, models:/NAME/VERSION,"
+            f"model {text!r} is not a checkpoint file; use models:/NAME@ALIAS, models:/NAME/VERSION,"
             " runs:/RUN_ID/model, or a .pt checkpoint path"
         )
     resolved = str(path.resolve())
-    return path, ModelSource(ref, resolved, resolved)
+    return path, ModelSource(text, resolved, resolved)
 
 
 def mlflow_checkpoint(
-    ref: str, dst: Path, tracking_uri: str | None = None
+    ref: ModelRef | str, dst: Path, tracking_uri: str | None = None
 ) -> tuple[Path, ModelSource]:
     """Download the checkpoint an MLflow reference names, through the tracking seam.
 
@@ -321,12 +336,13 @@ def mlflow_checkpoint(
     itself runs no pickled code, and keeps the registry's sha256 check and the run's record.
     """
 
+    ref = as_model_ref(ref)
     try:
         found = MLflowRegistry(tracking_uri).checkpoint(ref, dst)
     except TrackingError as err:
         raise PredictError(str(err)) from err
     source = ModelSource(
-        ref, found.resolved, found.artifact, found.run_id, found.version, found.sha256
+        ref.uri, found.resolved, found.artifact, found.run_id, found.version, found.sha256
     )
     return found.path, source
 

@@ -22,6 +22,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from skin.track.refs import (
+    AliasRef,
+    LoggedModelRef,
+    ModelRef,
+    ModelRefError,
+    RunRef,
+    VersionRef,
+    as_model_ref,
+    parse_model_ref,
+)
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -34,18 +45,10 @@ CHECKPOINT_SHA_TAG = "skin.checkpoint_sha256"
 MODEL_ID_TAG = "skin.model_id"  # on a version: the logged model it was made from
 BEST_EPOCH = "best_epoch"
 ENSEMBLE_MODEL_TAG = "skin.ensemble_model"  # on an ensemble's run: the logged model it serves
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id
 _MODEL_VERSIONS = "mlflow.modelVersions"
 
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this parent
-
-
-def model_reference(ref: str) -> str:
-    """A bare MLflow run id means that run's model (`runs:/ID/model`); anything else as given."""
-    if RUN_ID.fullmatch(ref) and not Path(ref).exists():
-        return f"runs:/{ref}/model"
-    return ref
 
 
 class TrackingError(RuntimeError):
@@ -499,20 +502,23 @@ class MLflowRegistry:
         """A text artifact (e.g. `promotion.md`) in a run, without reopening the run."""
         self.client.log_text(run_id, text, artifact_file)
 
-    def source_run(self, ref: str) -> str:
+    def source_run(self, ref: ModelRef | str) -> str:
         """The training run behind `models:/NAME@ALIAS`, `models:/NAME/VERSION` or `runs:/ID/…`."""
         from mlflow.exceptions import MlflowException
 
-        rest = ref.removeprefix("models:/").strip("/")
+        ref = as_model_ref(ref)
         try:
-            if ref.startswith("runs:/"):
-                run_id = ref.removeprefix("runs:/").split("/", 1)[0]
-            elif "@" in rest:
-                run_id = self.client.get_model_version_by_alias(*rest.rsplit("@", 1)).run_id
-            elif "/" in rest:
-                run_id = self.client.get_model_version(*rest.rsplit("/", 1)).run_id
-            else:
-                raise TrackingError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+            match ref:
+                case RunRef():
+                    run_id = ref.run_id
+                case AliasRef():
+                    run_id = self.client.get_model_version_by_alias(ref.name, ref.alias).run_id
+                case VersionRef():
+                    run_id = self.client.get_model_version(ref.name, ref.version).run_id
+                case _:
+                    raise TrackingError(
+                        f"{ref!s}: expected models:/NAME@ALIAS or models:/NAME/VERSION"
+                    )
         except MlflowException as err:
             raise TrackingError(f"cannot resolve {ref} at {self.uri}: {err}") from err
         if not run_id:
@@ -559,37 +565,38 @@ class MLflowRegistry:
         except (ValueError, KeyError, TypeError) as err:
             raise TrackingError(f"run {run_id}: {artifact} lists no members: {err}") from err
 
-    def checkpoint(self, ref: str, dst: Path) -> LocalCheckpoint:
+    def checkpoint(self, ref: ModelRef | str, dst: Path) -> LocalCheckpoint:
         """Download the weights `ref` names: a registered version's or logged model's own
         (sha256-checked); a run's current best epoch for runs:/RUN_ID/model."""
         from mlflow.exceptions import MlflowException
 
+        ref = as_model_ref(ref)
         try:
             return self._checkpoint(ref, dst)
         except MlflowException as err:
             raise TrackingError(f"cannot load {ref} from MLflow at {self.uri}: {err}") from err
 
-    def _checkpoint(self, ref: str, dst: Path) -> LocalCheckpoint:
-        if ref.startswith("runs:/"):
-            run_id = ref.removeprefix("runs:/").split("/", 1)[0]
-            if not run_id:
-                raise TrackingError(f"{ref!r}: expected runs:/RUN_ID/model")
-            ensemble = self.client.get_run(run_id).data.tags.get(ENSEMBLE_MODEL_TAG)
-            if ensemble:  # an ensemble's run has no checkpoints of its own: serve its model
-                logged = self.client.get_logged_model(ensemble)
-                return self._of_model(ensemble, logged.tags, ref, None, run_id, dst)
-            return self._best_epoch(run_id, f"runs:/{run_id}/model", None, dst)
-        rest = ref.removeprefix("models:/").strip("/")
-        if model_id := logged_model_id(ref):
-            logged = self.client.get_logged_model(model_id)
-            return self._of_model(model_id, logged.tags, ref, None, logged.source_run_id, dst)
-        if "@" in rest:
-            mv = self.client.get_model_version_by_alias(*rest.rsplit("@", 1))
-        elif "/" in rest:
-            mv = self.client.get_model_version(*rest.rsplit("/", 1))
-        else:
-            raise TrackingError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-        resolved, version = f"models:/{mv.name}/{mv.version}", str(mv.version)
+    def _checkpoint(self, ref: ModelRef, dst: Path) -> LocalCheckpoint:
+        match ref:
+            case RunRef(run_id=run_id):
+                ensemble = self.client.get_run(run_id).data.tags.get(ENSEMBLE_MODEL_TAG)
+                if ensemble:  # an ensemble's run has no checkpoints of its own: serve its model
+                    logged = self.client.get_logged_model(ensemble)
+                    return self._of_model(ensemble, logged.tags, ref.uri, None, run_id, dst)
+                return self._best_epoch(run_id, RunRef(run_id).uri, None, dst)
+            case LoggedModelRef(model_id=model_id):
+                logged = self.client.get_logged_model(model_id)
+                return self._of_model(
+                    model_id, logged.tags, str(ref), None, logged.source_run_id, dst
+                )
+            case AliasRef():
+                mv = self.client.get_model_version_by_alias(ref.name, ref.alias)
+            case VersionRef():
+                mv = self.client.get_model_version(ref.name, ref.version)
+            case _:
+                raise TrackingError(f"{ref}: not an MLflow model (runs:/ or models:/)")
+        version = str(mv.version)
+        resolved = str(VersionRef(mv.name, version))
         model_id = mv.model_id or mv.tags.get(MODEL_ID_TAG) or logged_model_id(mv.source)
         return self._of_model(model_id, mv.tags, resolved, version, mv.run_id or None, dst)
 
@@ -671,7 +678,10 @@ def _serving_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("torch", "torchvision", "timm", "pillow", "pandas")]
 
 
-def logged_model_id(uri: str) -> str | None:
-    """The logged-model id of `models:/m-ID`, else None."""
-    rest = uri.removeprefix("models:/").strip("/") if uri.startswith("models:/") else ""
-    return rest if rest.startswith("m-") and "/" not in rest and "@" not in rest else None
+def logged_model_id(uri: str | None) -> str | None:
+    """The logged-model id of `models:/m-ID`, else None (any other reference, or none)."""
+    try:
+        ref = parse_model_ref(uri)  # type: ignore[arg-type]  (None: not a reference)
+    except ModelRefError:
+        return None
+    return ref.model_id if isinstance(ref, LoggedModelRef) else None

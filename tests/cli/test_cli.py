@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from flows.outcomes import EvaluateResult, FlowResult, PipelineResult, ShardsResult, TrainResult
 from skin.base.config import load_config
 from skin.cli import app
 from skin.data import manifest as mf
@@ -100,11 +101,11 @@ def test_list_takes_the_layout_from_the_config_file(tmp_path: Path, prefect_api)
     assert listed["layout"] == "isic" and sum(listed["counts"].values()) == 60, listed
 
 
-def _capture(monkeypatch: pytest.MonkeyPatch, target: str, result: dict[str, Any]) -> list[dict]:
+def _capture(monkeypatch: pytest.MonkeyPatch, target: str, result: FlowResult) -> list[dict]:
     """Replace a flow by one that records its keyword arguments and returns `result`."""
     calls: list[dict[str, Any]] = []
 
-    def fake(**kwargs: Any) -> dict[str, Any]:
+    def fake(**kwargs: Any) -> FlowResult:
         calls.append(kwargs)
         return result
 
@@ -112,16 +113,21 @@ def _capture(monkeypatch: pytest.MonkeyPatch, target: str, result: dict[str, Any
     return calls
 
 
-def _run_result(report_dir: Path) -> dict[str, Any]:
+def _metrics() -> dict[str, float]:
     metrics = {f"{s}_balanced_accuracy": 0.5 for s in ("train", "dev", "test")}
-    metrics |= {"bias": 0.5, "variance": 0.0, "variance_test": 0.0}
-    return {
-        "run_id": "r1",
-        "metrics": metrics,
-        "stages": {"train": "ran"},
-        "diagnosis": "high bias",
-        "report_dir": str(report_dir),
-    }
+    return metrics | {"bias": 0.5, "variance": 0.0, "variance_test": 0.0}
+
+
+def _run_result(report_dir: Path) -> PipelineResult:
+    return PipelineResult(run_id="r1", skipped={}, bad_images=0, registration=None,
+                          mlflow_url=None, manifest_uri="m.parquet", manifest_hash="h",
+                          best_epoch=1, metrics=_metrics(), diagnosis="high bias",
+                          report_dir=str(report_dir), stages={"train": "ran"}, retrained=True,
+                          reason="retrain.when is always")  # fmt: skip
+
+
+def _evaluate_result(report_dir: Path) -> EvaluateResult:
+    return EvaluateResult("r1", _metrics(), "high bias", str(report_dir), stages={"train": "ran"})
 
 
 @pytest.mark.parametrize(
@@ -131,7 +137,7 @@ def _run_result(report_dir: Path) -> dict[str, Any]:
 def test_evaluate_keeps_the_config_tta_unless_a_flag_is_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], tta: bool
 ) -> None:
-    calls = _capture(monkeypatch, "flows.stages.evaluate_flow", _run_result(tmp_path))
+    calls = _capture(monkeypatch, "flows.stages.evaluate_flow", _evaluate_result(tmp_path))
     invoke("evaluate", "--run-id", "r1", "--config", FINETUNE, *flags)
     overrides = calls[0]["overrides"]
     assert load_config(FINETUNE, overrides).evaluate.tta is tta, overrides
@@ -150,7 +156,7 @@ def test_run_and_train_pass_only_the_flags_given(
     runs = _capture(monkeypatch, "flows.pipeline.pipeline_flow", _run_result(tmp_path))
     invoke("run", "--data", str(tmp_path), *flags)
     assert runs[0]["overrides"] == expected, runs
-    train = {"run_id": "r1", "best_epoch": 1, "last_epoch": 3, "best_checkpoint": "x.pt"}
+    train = TrainResult("r1", "runs/r1", "x.pt", 1, 3, None, False, False, 0, [])
     trains = _capture(monkeypatch, "flows.stages.train_flow", train)
     invoke("train", "--data", str(tmp_path), *flags, "--stream")
     assert trains[0]["overrides"] == expected | {"shared.stream": True}, trains
@@ -159,7 +165,7 @@ def test_run_and_train_pass_only_the_flags_given(
 def test_prepare_passes_its_shared_prefix_and_only_the_flags_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result = {"shards": 1, "uri": "s3://b/p", "built": 1, "reused": 0, "bad": 0}
+    result = ShardsResult("s3://b/p", 1, 1, 0, 0, 10)
     calls = _capture(monkeypatch, "flows.prepare.build_shards_flow", result)
     invoke("prepare", "--shared", "s3://b/p", "--data", str(tmp_path), "--image-size", "64")
     assert calls[0]["overrides"] == {"shared.uri": "s3://b/p", "train.image_size": 64}, calls
@@ -191,3 +197,22 @@ def test_demo_points_at_the_tracking_uri_from_the_environment(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5055")
     out = demo("")
     assert "http://127.0.0.1:5055" in out and "backend-store-uri" not in out, out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("predict", "lesion.jpg", "--model", "models:/just-a-name"),
+        ("export", "model.onnx", "--model", "runs:/"),
+        ("drift", "--data", "demo/data", "--against", "gs://bucket/manifest.parquet"),
+        ("ensemble", "--runs", "models:/a@champion,models:/b/latest"),
+    ],
+)
+def test_a_malformed_model_reference_fails_before_any_work(
+    args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _capture(monkeypatch, "flows.cv.ensemble_flow", ShardsResult("", 0, 0, 0, 0, 0))
+    calls += _capture(monkeypatch, "flows.drift.check_drift_flow", ShardsResult("", 0, 0, 0, 0, 0))
+    out = invoke(*args, code=1)
+    assert "ModelRefError" in out and "models:/NAME@ALIAS" in out, out
+    assert not calls, "no flow ran"

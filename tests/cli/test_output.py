@@ -7,7 +7,9 @@ import json
 import pytest
 from rich.table import Table
 
+from flows.outcomes import ShardsResult
 from skin.cli.output import registration_line, show, state
+from skin.release.registry import Registration
 
 
 def _show() -> None:
@@ -35,11 +37,20 @@ def test_each_mode_prints_only_its_own(
 
 
 def test_a_registration_reads_as_one_line() -> None:
-    reg = {"name": "m", "version": 3, "alias": "champion", "reason": "better"}
-    assert registration_line({"registration": reg}) == (
-        "registry: m v3 → [bold]champion[/]: better"
-    )
-    assert registration_line({}) is None and registration_line({"registration": None}) is None
+    reg = Registration("m", "3", "champion", 0.8, 0.7, "2", "better")
+    assert registration_line(reg) == "registry: m v3 → [bold]champion[/]: better"
+    assert registration_line(None) is None
+
+
+def test_a_flow_result_prints_as_the_json_it_always_did(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(state, "json", True)
+    result = ShardsResult("s3://b/shards", 2, 1, 1, 0, 10)
+    show(result, None, "a line for people")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"uri": "s3://b/shards", "shards": 2, "built": 1, "reused": 1, "bad": 0,
+                       "count": 10}, printed  # fmt: skip
 
 
 def test_in_a_pipe_the_metrics_table_keeps_each_value_on_one_line(

@@ -14,6 +14,7 @@ from skin.base.config import AuditConfig, DataConfig, SplitConfig
 from skin.data import manifest as mf
 from skin.data.audit import AuditRef, load_audit, read_findings_table
 from skin.data.leaks import cross_split_pairs, leaked_keys
+from skin.data.location import DatasetState
 from skin.data.stages import (
     ListingRef,
     audit_against,
@@ -55,7 +56,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 def _audit(tmp_path: Path, data: Path) -> tuple[DataConfig, ListingRef, AuditRef]:
     """List and audit with the sections alone (a whole config would import timm: seconds)."""
     cfg, work = DataConfig(uri=str(data)), str(tmp_path / "work")
-    listing = save_listing(list_images(cfg), work, cfg.uri)
+    listing = save_listing(list_images(cfg), DatasetState(work, cfg.uri))
     return cfg, listing, audit_listing(listing, cfg, AuditConfig(), work, work)
 
 
@@ -96,7 +97,7 @@ def test_the_split_keeps_clusters_together_where_a_plain_split_leaked(
     plain = split_images(split_input(listing, None), source, split)
     leaks = cross_split_pairs(plain, read_findings_table(ref, "pairs"))
     assert len(leaks) > 0, "the plain split put no planted copy across splits (pick another seed)"
-    manifest = save_manifest(plain, str(tmp_path / "work"), cfg.uri, latest=False)
+    manifest = save_manifest(plain, DatasetState(str(tmp_path / "work"), cfg.uri), latest=False)
     report = audit_against(ref, manifest, cfg.known_classes)
     assert report.pairs == len(leaks)
     assert report.test_images_leaked == len(leaked_keys(leaks, "test"))
@@ -115,7 +116,7 @@ def test_excluded_findings_leave_the_split_and_are_listed_with_why(
 ) -> None:
     data, truth = planted
     cfg, work = DataConfig(uri=str(data)), str(tmp_path / "work")
-    listing = save_listing(list_images(cfg), work, cfg.uri)
+    listing = save_listing(list_images(cfg), DatasetState(work, cfg.uri))
     reviewed = tmp_path / "reviewed.txt"
     reviewed.write_text("MEL/" + next(s for s in truth) + ".jpg\n")
     audit = AuditConfig(exclude=("near_duplicates", "unusable"), exclude_keys=str(reviewed))

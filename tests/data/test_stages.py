@@ -11,6 +11,7 @@ import pytest
 from skin.base.config import SplitConfig
 from skin.data import manifest as mf
 from skin.data.listing import Listing, list_dataset
+from skin.data.location import DatasetState
 from skin.data.stages import (
     ManifestRef,
     build_manifest,
@@ -104,7 +105,7 @@ def test_a_file_uri_names_the_same_folder_as_its_path(tmp_path: Path) -> None:
 
 def test_a_saved_listing_reads_back_unchanged(listing: Listing, data: Path, tmp_path: Path) -> None:
     work = str(tmp_path / "work")
-    ref = save_listing(listing, work, str(data))
+    ref = save_listing(listing, DatasetState(work, str(data)))
     want_dir = tmp_path / "work" / "listings" / dataset_id(str(data))
     assert Path(ref.uri) == want_dir / f"{listing.fingerprint}.parquet", f"named by content: {ref}"
     pd.testing.assert_frame_equal(read_listing(ref.uri), listing.images, obj="listing read back")
@@ -117,7 +118,7 @@ def test_a_saved_listing_reads_back_unchanged(listing: Listing, data: Path, tmp_
 def test_a_saved_listing_keeps_what_was_skipped_and_why(
     listing: Listing, data: Path, tmp_path: Path
 ) -> None:
-    ref = save_listing(listing, str(tmp_path / "work"), str(data))
+    ref = save_listing(listing, DatasetState(str(tmp_path / "work"), str(data)))
     assert ref.skipped == {"not an image file": 1, "unknown class folder XYZ": 1}, ref.skipped
     skipped = pd.read_csv(Path(ref.uri).with_name(f"{ref.fingerprint}.skipped.csv"))
     rows = dict(zip(skipped["key"], skipped["reason"], strict=True))
@@ -226,14 +227,16 @@ def test_the_manifest_records_its_source(manifest: pd.DataFrame, data: Path) -> 
 
 def test_a_manifest_is_saved_under_its_hash(manifest: pd.DataFrame, tmp_path: Path) -> None:
     work, uri = str(tmp_path / "work"), "s3://bucket/isic"
-    ref = save_manifest(manifest, work, uri, latest=False)
+    ref = save_manifest(manifest, DatasetState(work, uri), latest=False)
     root = tmp_path / "work" / "manifests" / dataset_id(uri)
     assert Path(ref.uri) == root / f"manifest-{mf.manifest_hash(manifest)}.parquet", ref
     assert ref.hash == mf.manifest_hash(manifest), ref
     assert (ref.dataset, ref.images) == (dataset_id(uri), len(manifest)), ref
     pd.testing.assert_frame_equal(mf.read(ref.uri), manifest.reset_index(drop=True))
-    assert latest_manifest(work, uri) is None, "latest=False must not write latest.json"
-    staged = save_manifest(manifest, work, uri, latest=False, stage="split")
+    assert latest_manifest(DatasetState(work, uri)) is None, (
+        "latest=False must not write latest.json"
+    )
+    staged = save_manifest(manifest, DatasetState(work, uri), latest=False, stage="split")
     assert Path(staged.uri).name.startswith("split-"), f"the stage names the file: {staged.uri}"
 
 
@@ -241,29 +244,37 @@ def test_a_changed_manifest_is_a_new_file_and_the_old_one_stays(
     manifest: pd.DataFrame, tmp_path: Path
 ) -> None:
     work, uri = str(tmp_path / "work"), "s3://bucket/isic"
-    first = save_manifest(manifest, work, uri, latest=False)
+    first = save_manifest(manifest, DatasetState(work, uri), latest=False)
     before = Path(first.uri).read_bytes()
     changed = manifest.copy()
     changed.loc[changed["keep"].idxmin(), "keep"] = True  # keep one more NV in train
-    second = save_manifest(changed, work, uri, latest=False)
+    second = save_manifest(changed, DatasetState(work, uri), latest=False)
     assert second.uri != first.uri, "different content must get a different name"
     assert Path(first.uri).read_bytes() == before, "the earlier manifest must stay as it was"
-    assert save_manifest(manifest, work, uri, latest=False).uri == first.uri, "same content, name"
+    assert save_manifest(manifest, DatasetState(work, uri), latest=False).uri == first.uri, (
+        "same content, name"
+    )
 
 
 def test_latest_is_none_first_then_follows_the_newest_save(
     manifest: pd.DataFrame, tmp_path: Path
 ) -> None:
     work, uri = str(tmp_path / "work"), "s3://bucket/isic"
-    assert latest_manifest(work, uri) is None, "no manifest yet: latest is None"
+    assert latest_manifest(DatasetState(work, uri)) is None, "no manifest yet: latest is None"
     lineage = {"listing_fingerprint": "fp1", "previous_uri": None, "split_key": "k"}
-    first = save_manifest(manifest, work, uri, lineage=lineage)
-    assert latest_manifest(work, uri) == first, "latest reads back the saved reference"
+    first = save_manifest(manifest, DatasetState(work, uri), lineage=lineage)
+    assert latest_manifest(DatasetState(work, uri)) == first, (
+        "latest reads back the saved reference"
+    )
     changed = manifest.copy()
     changed.loc[changed["keep"].idxmin(), "keep"] = True
-    second = save_manifest(changed, work, uri, lineage={**lineage, "previous_uri": first.uri})
-    assert latest_manifest(work, uri) == second, "latest moves to the newest manifest"
-    assert latest_manifest(work, "s3://bucket/other") is None, "each dataset has its own latest"
+    second = save_manifest(
+        changed, DatasetState(work, uri), lineage={**lineage, "previous_uri": first.uri}
+    )
+    assert latest_manifest(DatasetState(work, uri)) == second, "latest moves to the newest manifest"
+    assert latest_manifest(DatasetState(work, "s3://bucket/other")) is None, (
+        "each dataset has its own latest"
+    )
 
 
 def test_manifest_ref_of_a_user_file(manifest: pd.DataFrame, data: Path, tmp_path: Path) -> None:

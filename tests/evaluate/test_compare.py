@@ -19,6 +19,7 @@ from skin.evaluate.compare import (
 )
 from skin.release.registry import CHALLENGER, CHAMPION, Champion, GatePolicy, paired_gate
 from skin.search.folds import assign_folds, fold_manifest
+from skin.track.refs import VersionRef
 from tests.helpers import assign_splits
 
 CLASSES = ("MEL", "NV", "BCC")
@@ -165,7 +166,7 @@ def gate_on(
     run = dev_comparison(tmp_path / "predictions_dev.parquet", ISIC, dataset="h", tta=False,
                          tracking_uri=None, n_resamples=200, seed=0, min_slice_size=30,
                          manifest_uri=str(tmp_path / "manifest.parquet"), min_images=min_images)  # fmt: skip
-    return run("models:/skin/3"), asked
+    return run(VersionRef("skin", "3")), asked
 
 
 def unseen_keys(dev: pd.DataFrame, *trained_on: pd.DataFrame) -> set[str]:

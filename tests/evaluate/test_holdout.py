@@ -63,6 +63,7 @@ def test_the_held_out_class_changes_the_training_key_and_must_be_a_class(tmp_pat
 def test_skin_run_passes_the_held_out_class(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from flows.outcomes import PipelineResult
     from tests.helpers import invoke
 
     calls: list[dict[str, Any]] = []
@@ -71,10 +72,12 @@ def test_skin_run_passes_the_held_out_class(
     metrics |= {"dev_abstain_threshold": 0.3, "dev_abstain_coverage": 0.95}
     metrics |= {"test_abstain_rate": 0.1, "test_accepted_accuracy": 0.9, "test_known_accuracy": 0.8}
     metrics |= {"test_unk_auroc": 0.91, "test_unk_recall": 0.6, "test_balanced_accuracy_9": 0.7}
-    result = {"run_id": "r1", "metrics": metrics, "stages": {}, "diagnosis": "ok",
-              "report_dir": str(tmp_path)}  # fmt: skip
+    result = PipelineResult(run_id="r1", skipped={}, bad_images=0, registration=None,
+                            mlflow_url=None, manifest_uri="m.parquet", manifest_hash="h",
+                            best_epoch=1, metrics=metrics, diagnosis="ok",
+                            report_dir=str(tmp_path), stages={}, retrained=True, reason="")  # fmt: skip
 
-    def fake(**kwargs: Any) -> dict[str, Any]:
+    def fake(**kwargs: Any) -> PipelineResult:
         calls.append(kwargs)
         return result
 

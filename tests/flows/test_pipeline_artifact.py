@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from flows.outcomes import PipelineResult
 from flows.pipeline import artifact_markdown
+from skin.release.registry import Registration
 
 ABSTAINED = {"dev_abstain_threshold": 0.3712, "dev_abstain_coverage": 0.951,
              "test_abstain_rate": 0.062, "test_accepted_accuracy": 0.8123,
              "test_known_accuracy": 0.7801}  # fmt: skip
 
 
-def result(metrics: dict[str, float], **more: Any) -> dict[str, Any]:
+def result(metrics: dict[str, float], **more: Any) -> PipelineResult:
     base = {"bias": 0.1, "variance": 0.02, "variance_test": 0.01, "dev_balanced_accuracy": 0.7}
-    return {"run_id": "r1", "mlflow_url": None, "stages": {"train": "ran"},
-            "manifest_hash": "abc", "best_epoch": 2, "diagnosis": "bias",
-            "metrics": base | metrics, **more}  # fmt: skip
+    given = {"stages": {"train": "ran"}, "registration": None} | more
+    return PipelineResult(run_id="r1", skipped={}, bad_images=0, mlflow_url=None,
+                          manifest_uri="m.parquet", manifest_hash="abc", best_epoch=2,
+                          metrics=base | metrics, diagnosis="bias", report_dir="report",
+                          retrained=True, reason="", **given)  # fmt: skip
 
 
 def test_the_artifact_shows_the_unk_rule_and_the_registration() -> None:
-    reg = {"name": "skin", "version": "3", "alias": "champion", "champion_score": None,
-           "score": 0.7, "reason": ""}  # fmt: skip
+    reg = Registration("skin", "3", "champion", 0.7, None, None)
     text = artifact_markdown(result(ABSTAINED, registration=reg))
     assert "Unknown lesions: UNK above 0.3712 (dev coverage 0.951)" in text, text
     assert "accepted 0.8123 vs all 0.7801" in text, text

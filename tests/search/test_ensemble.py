@@ -178,6 +178,7 @@ def test_a_registered_ensemble_is_served_by_skin_predict_and_pyfunc(
 def test_cli_cv_and_ensemble_pass_their_options_to_the_flows(monkeypatch, tmp_path: Path) -> None:
     """`skin cv` prints per-fold and pooled numbers; `skin ensemble` wants --runs or --cv-run."""
     import flows.cv
+    from flows.outcomes import CVResult, EnsembleResult
 
     seen: dict[str, object] = {}
     metrics = {"cv_balanced_accuracy_mean": 0.61, "cv_balanced_accuracy_std": 0.02,
@@ -186,17 +187,14 @@ def test_cli_cv_and_ensemble_pass_their_options_to_the_flows(monkeypatch, tmp_pa
         {"fold": i, "run_id": f"r{i}", "dev_balanced_accuracy": 0.6 + i / 100} for i in range(3)
     ]
 
-    def fake_cv(**kwargs: object) -> dict[str, object]:
+    def fake_cv(**kwargs: object) -> CVResult:
         seen["cv"] = kwargs
-        return {"parent_run_id": "p1", "folds": folds, "metrics": metrics}
+        return CVResult("p1", folds, metrics, "oof.parquet", "folds.csv", "m.parquet", "h")
 
-    def fake_ensemble(**kwargs: object) -> dict[str, object]:
+    def fake_ensemble(**kwargs: object) -> EnsembleResult:
         seen["ensemble"] = kwargs
-        return {
-            "run_id": "e1",
-            "members": kwargs["runs"],
-            "metrics": {"test_balanced_accuracy": 0.7},
-        }
+        metrics = {"test_balanced_accuracy": 0.7}
+        return EnsembleResult("e1", metrics, "", "report", members=list(kwargs["runs"]))
 
     monkeypatch.setattr(flows.cv, "cv_flow", fake_cv)
     monkeypatch.setattr(flows.cv, "ensemble_flow", fake_ensemble)

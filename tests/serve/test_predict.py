@@ -441,15 +441,6 @@ def test_a_version_without_a_recorded_checkpoint_falls_back_to_the_runs_best_epo
     assert "records no checkpoint" in caplog.text, caplog.text
 
 
-def test_a_bare_run_id_means_that_runs_model(tmp_path) -> None:
-    from skin.serve.predict import model_reference
-
-    run_id = "0123456789abcdef0123456789abcdef"
-    assert model_reference(run_id) == f"runs:/{run_id}/model"
-    assert model_reference("models:/m@champion") == "models:/m@champion"
-    assert model_reference("best.pt") == "best.pt"
-
-
 # --------------------------------------------------------------------------- abstention
 
 

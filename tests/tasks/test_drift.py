@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from skin.data.location import DatasetState
 from skin.data.stages import list_images, save_listing
 from skin.monitor.drift import resolve_reference
 from tasks.drift import check_drift_task, drift_experiment
@@ -26,7 +27,7 @@ def _checked(tmp_path: Path, data: Path, reference, **extra: object) -> dict:
     cfg = tiny_config(
         tmp_path, data, **{"tracking.tracking_uri": tracking, "drift.embeddings": False, **extra}
     )
-    listing = save_listing(list_images(cfg.data), cfg.state_uri, cfg.data.uri)
+    listing = save_listing(list_images(cfg.data), DatasetState.of(cfg))
     return check_drift_task.fn(listing=listing, reference=reference, config=cfg)
 
 

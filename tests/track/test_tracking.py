@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from skin.track.refs import ModelRefError
 from skin.track.tracking import (
     MissingRecordError,
     NullTracker,
@@ -128,15 +129,19 @@ def test_a_missing_alias_is_no_version(registry) -> None:
 
 
 @pytest.mark.parametrize(
-    ("ref", "why"),
+    ("ref", "error", "why"),
     [
-        ("models:/never-registered@champion", "cannot load models:/never-registered@champion"),
-        ("models:/just-a-name", "expected models:/NAME@ALIAS"),
-        ("runs:/", "expected runs:/RUN_ID/model"),
+        (
+            "models:/never-registered@champion",
+            TrackingError,
+            "cannot load models:/never-registered@champion",
+        ),
+        ("models:/just-a-name", ModelRefError, "expected models:/NAME@ALIAS"),
+        ("runs:/", ModelRefError, "expected runs:/RUN_ID/model"),
     ],
 )
-def test_an_unusable_model_reference_is_named(registry, tmp_path: Path, ref: str, why) -> None:
-    with pytest.raises(TrackingError, match=why):
+def test_an_unusable_model_reference_is_named(registry, tmp_path: Path, ref, error, why) -> None:
+    with pytest.raises(error, match=why):
         registry.checkpoint(ref, tmp_path)
 
 

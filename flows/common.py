@@ -30,7 +30,7 @@ from skin.data.storage import join_uri, read_uri
 from skin.track.tracking import check_reachable as check_tracking_reachable
 from skin.track.tracking import resolve_tracking_uri
 from skin.train.outcome import TrainOutcome
-from skin.train.weights import check_available as check_weights
+from skin.train.sources import check_available as check_weights
 from tasks.data import audit_task, list_task, split_task, undersample_task
 from tasks.shards import build_shard_task, finish_shards_task, shard_plan
 from tasks.training import decode_images_task, train_task

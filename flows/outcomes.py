@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
 from skin.data.stages import ListingRef, ManifestRef
-from skin.evaluate.stage import EvalOutcome
+from skin.evaluate.outcome import EvalOutcome
 from skin.monitor.drift import Reference
 from skin.release.registry import Registration
 from skin.search.folds import CVOutcome
-from skin.train.stage import TrainOutcome
+from skin.train.outcome import TrainOutcome
 
 
 def plain(value: Any) -> Any:

@@ -30,8 +30,6 @@ from skin.data.stages import (
     split_key,
 )
 from skin.data.storage import open_store
-from skin.train.features import image_embedder
-from skin.train.model import build_model, input_spec
 from tasks.caching import IO_RETRIES, Names, keyed_on
 
 # Where a data stage writes (its result names a file there) and which dataset it is.
@@ -69,6 +67,10 @@ def audit_task(
     `backbone`: the model whose embeddings confirm hash pairs (`audit.embeddings`), or None."""
     embed = None
     if backbone is not None:
+        # torch and timm, only when embeddings confirm pairs: a cached run never imports them
+        from skin.train.features import image_embedder
+        from skin.train.model import build_model, input_spec
+
         images = read_listing(listing.uri)
         store, root = open_store(config.data.uri), cache_root(config.work_dir)
         net = build_model(

@@ -18,7 +18,6 @@ from skin.train.weights import (
     PACKAGE_SPEC,
     WeightsError,
     apply_weights,
-    check_available,
     efficientnet_lite0_package_state_dict,
     load_weights_file,
     package_weights_path,
@@ -186,39 +185,3 @@ def test_load_from_s3(s3_client, bucket: str) -> None:
     with pytest.raises(WeightsError, match="--no-pretrained"):
         load_weights_file(f"s3://{bucket}/w/missing.safetensors")
     assert all(torch.equal(loaded[k], sd[k]) for k in sd), "S3 safetensors must round-trip"
-
-
-@pytest.fixture
-def no_hub(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An empty hub cache and a hub that does not answer (a closed loopback port)."""
-    from huggingface_hub import constants
-
-    from tests.servers import free_port
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-
-
-def test_weights_that_can_be_had_pass_the_check(tmp_path: pathlib.Path, no_hub: None) -> None:
-    check_available("resnet10t", pretrained=False, weights=None)
-    check_available(PACKAGE_MODEL, pretrained=True, weights=PACKAGE_SPEC)
-    file = tmp_path / "w.safetensors"
-    safetensors.torch.save_file({"w": torch.zeros(1)}, str(file))
-    check_available("resnet10t", pretrained=True, weights=str(file))
-
-
-def test_weights_that_cannot_be_had_fail_the_check_naming_the_fix(
-    tmp_path: pathlib.Path, no_hub: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with pytest.raises(WeightsError, match=r"model\.weights .*missing\.pth: no such file"):
-        check_available("resnet10t", pretrained=True, weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(WeightsError) as err:
-        check_available("resnet10t", pretrained=True, weights=None)
-    text = str(err.value)
-    assert "cannot be reached" in text and "model.pretrained false" in text, text
-    assert "model.weights" in text and "configs/demo.yaml" in text, text
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set"):
-        check_available("resnet10t", pretrained=True, weights=None)

@@ -6,7 +6,9 @@ import atexit
 import io
 import shutil
 import sqlite3
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +255,16 @@ def planted_images(
         out.append(replace(copy, data=make_copy(src.data, kind)))
         truth[image_id] = (src.image_id, kind)
     return out, truth
+
+
+def png_bomb(side: int = 30_000) -> bytes:
+    """A few hundred bytes whose header claims side × side pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (side + 1) * 4, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

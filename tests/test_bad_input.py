@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from typer.testing import CliRunner
 from skin.cli import app
 from skin.data.images import ImageDecodeError, decode
 from skin.data.sample_data import write_sample_dataset
-from tests.helpers import snapshot
+from tests.helpers import png_bomb, snapshot
 from tests.recipes import TINY
 
 
@@ -30,19 +28,6 @@ def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
-
-
-def png_bomb(side: int = 30_000) -> bytes:
-    """A few hundred bytes whose header claims side × side pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (side + 1) * 4, 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def lesion(seed: int) -> Image.Image:

@@ -67,8 +67,8 @@ def _scan_one(path: Path | None, error: str | None, size: int) -> tuple[np.ndarr
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
         square = decode(data, size)
-    except (ImageDecodeError, OSError, ValueError) as err:
-        return str(err)
+    except (ImageDecodeError, Image.DecompressionBombError, OSError, ValueError) as err:
+        return str(err)  # listed as unreadable; the decode stage reports it as it always has
     return image_codes(square), measure(square, width, height)
 
 

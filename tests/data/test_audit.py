@@ -12,7 +12,7 @@ from PIL import Image
 
 from skin.base.config import AuditConfig, DataConfig, SplitConfig
 from skin.data import manifest as mf
-from skin.data.audit import AuditRef, load_audit, read_findings_table
+from skin.data.audit import AuditRef, _scan_one, load_audit, read_findings_table
 from skin.data.leaks import cross_split_pairs, leaked_keys
 from skin.data.location import DatasetState
 from skin.data.stages import (
@@ -27,7 +27,7 @@ from skin.data.stages import (
     split_input,
 )
 from skin.data.synthetic import encode_jpeg
-from tests.helpers import planted_images
+from tests.helpers import planted_images, png_bomb
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,11 @@ def test_excluded_findings_leave_the_split_and_are_listed_with_why(
     kept = images.dropna(subset=[mf.CLUSTER])
     assert kept.groupby(mf.CLUSTER).size().max() == 1, "one image per cluster is kept"
     assert "excluded from the split" in (Path(ref.uri) / "summary.md").read_text()
+
+
+def test_an_image_too_large_to_open_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    """A decompression bomb (a header claiming 30,000² pixels) is listed with its reason."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb())
+    why = _scan_one(bomb, None, 64)
+    assert isinstance(why, str) and "pixels" in why, why

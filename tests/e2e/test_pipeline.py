@@ -138,6 +138,7 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     again = pipeline_flow(data_uri=str(data), overrides=ov)
     assert again["stages"] == {
         "list-images": "ran",
+        "audit": "cached",  # the listing's content is unchanged
         "split": "cached",
         "undersample": "cached",
         "check-drift": "ran",  # first, now that there is a champion (retrain.check_drift)
@@ -152,6 +153,7 @@ def test_pipeline_tracks_everything_and_reruns_incrementally(
     lr = pipeline_flow(data_uri=str(data), overrides={**ov, "train.lr": 0.002})
     assert lr["stages"] == {
         "list-images": "ran",
+        "audit": "cached",  # the listing's content is unchanged
         "split": "cached",
         "undersample": "cached",
         "check-drift": "cached",

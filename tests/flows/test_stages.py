@@ -44,7 +44,9 @@ def test_split_flow_makes_the_latest_manifest_and_reuses_it(
 ) -> None:
     ov = {**TINY, "work_dir": str(tmp_path / "work")}
     first = split_flow(data_uri=str(data), overrides=ov)
-    assert first["stages"] == {"list-images": "ran", "split": "ran", "undersample": "ran"}
+    assert first["stages"] == {
+        "list-images": "ran", "audit": "ran", "split": "ran", "undersample": "ran"
+    }  # fmt: skip
     manifest = mf.read(first["manifest"]["uri"])
     assert len(manifest) == 48 and set(manifest["split"]) == {"train", "dev", "test"}
     latest = resolve_manifest("latest", tiny_config(tmp_path, data, **ov))

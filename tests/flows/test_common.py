@@ -60,13 +60,13 @@ def test_a_stage_from_the_cache_says_so_and_how_to_run_it_again(
             seen.append(stages)
         return seen
 
-    prefect_logger = logging.getLogger("prefect")  # it may not propagate to the root (its config)
-    prefect_logger.addHandler(caplog.handler)
+    run_logger = logging.getLogger("prefect.flow_runs")  # its level and propagation are Prefect's
+    run_logger.addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.INFO, logger="prefect.flow_runs"):
             first, second = twice()
     finally:
-        prefect_logger.removeHandler(caplog.handler)
+        run_logger.removeHandler(caplog.handler)
     assert (first, second) == ({"stage-x": "ran"}, {"stage-x": "cached"})
     records = {id(r): r for r in caplog.records}.values()  # one record, whichever way it came
     said = [r.getMessage() for r in records if "came from the cache" in r.getMessage()]

@@ -49,7 +49,8 @@ def predict_cmd(
             "--explain",
             metavar="DIR",
             help="Also write each image's class-activation map (<image>.cam.png) to DIR"
-            " (image files only; settings: --config's explain section).",
+            " (image files, or a folder or prefix scored here rather than by the batch flow;"
+            " settings: --config's explain section).",
         ),
     ] = None,
     config: ConfigOpt = None,
@@ -67,10 +68,8 @@ def predict_cmd(
     if len(targets) > 1:
         raise typer.BadParameter("give one folder or s3:// prefix, or image files: not a mix")
     if explain:
-        raise typer.BadParameter(
-            "--explain maps image files, not a folder or prefix: use skin explain IMAGE...",
-            param_hint="--explain",
-        )
+        _explain_batch(targets[0], ref, tta, out, tracking_uri, explain, config)
+        return
     _predict_batch(targets[0], ref, tta, out, tracking_uri)
 
 
@@ -209,6 +208,39 @@ def _predict_batch(
     if result.errors:
         table.add_row("[red]undecodable[/]", str(result.errors))
     show(result, table, f"predictions: [bold]{result.output}[/]")
+
+
+def _explain_batch(
+    source: str,
+    model: ModelRef,
+    tta: bool,
+    out: str | None,
+    tracking_uri: str | None,
+    explain: str,
+    config: str | None,
+) -> None:
+    """Every image under `source`, each with its map in `explain`: scored in this process (one
+    map per image, so meant for a review-sized folder), the table where the batch flow puts it."""
+    from pathlib import Path
+
+    from skin.base.config import load_config
+    from skin.serve.explain import explain_store
+    from skin.serve.loading import load_predictor
+
+    settings = load_config(config).explain
+    predictor = load_predictor(model, tta=tta, tracking_uri=tracking_uri)
+    frame, output = explain_store(
+        source, predictor, Path(explain), out, method=settings.method, layer=settings.target_layer
+    )
+    errors = int(frame["error"].map(lambda e: isinstance(e, str)).sum())
+    counts = frame.loc[frame["error"].isna(), "predicted_label"].value_counts().to_dict()
+    title = f"{len(frame)} images under {source} · {predictor.source.resolved}"
+    table = count_table(title, "predicted", dict(sorted(counts.items())))
+    if errors:
+        table.add_row("[red]undecodable[/]", str(errors))
+    summary = {"images": len(frame), "model": predictor.source.resolved, "output": output,
+               "explanations": explain, "counts": counts, "errors": errors}  # fmt: skip
+    show(summary, table, f"predictions: [bold]{output}[/]", f"maps written to {explain}")
 
 
 def _top_rows(frame: Any, predictor: Any, k: int) -> list[dict[str, Any]]:

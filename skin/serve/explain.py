@@ -27,7 +27,8 @@ from torch import nn
 
 from skin.base.plots import pyplot
 from skin.data.images import ImageDecodeError
-from skin.data.storage import StorageError
+from skin.data.storage import StorageError, open_store
+from skin.serve.predict import PredictError, check_output, image_keys, output_uri, write_frame
 from skin.serve.tta import views
 from skin.train.datasets import Normalize, dihedral_view
 
@@ -407,6 +408,30 @@ def write_explanations(
             written[i] = str(files[keys[i]])
     as_objects = {"explained": explained, "explanation_file": written}  # None stays None
     return frame.assign(**{k: pd.Series(v, dtype=object) for k, v in as_objects.items()})
+
+
+def explain_store(
+    uri: str,
+    predictor: Any,
+    out: Path,
+    out_uri: str | None = None,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """Predict and map every image under a folder or s3:// prefix: the maps into `out`, the table
+    where the batch prediction writes it (default `output_uri(uri)`); inputs are only read and
+    nothing is overwritten."""
+    target = out_uri or output_uri(uri)
+    check_output(target)
+    keys = image_keys(uri)
+    if not keys:
+        raise PredictError(f"no .jpg/.jpeg/.png images under {uri}")
+    frame = write_explanations(
+        predictor, keys, open_store(uri).get, out, method=method, layer=layer
+    )
+    write_frame(frame, target)
+    return frame, target
 
 
 def _fetched(fetch: Callable[[str], bytes], key: str) -> bytes | Exception:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 from PIL import Image
 
 from tests.helpers import invoke
@@ -70,6 +71,25 @@ def test_predict_explain_writes_the_maps_beside_the_predictions(tmp_path: Path) 
     assert sorted(p.name for p in maps.iterdir()) == ["lesion_0.cam.png", "lesion_1.cam.png"]
     written = table.read_text().splitlines()[0].split(",")
     assert "explanation_file" in written and "predicted_label" in written, written
+
+
+def test_predict_explain_on_a_folder_maps_every_image_and_writes_the_table_beside_them(
+    tmp_path: Path,
+) -> None:
+    run = abstaining_run(tmp_path)
+    before = {p: p.read_bytes() for p in run.images.rglob("*") if p.is_file()}
+    maps = tmp_path / "maps"
+    code, text = invoke("--json", "predict", str(run.images), "--model", str(run.checkpoint),
+                        "--explain", str(maps))  # fmt: skip
+    assert code == 0, text
+    doc = json.loads(text)
+    assert doc["images"] == len(run.keys) == len(list(maps.iterdir())), doc
+    assert doc["explanations"] == str(maps) and sum(doc["counts"].values()) == len(run.keys)
+    written = pd.read_parquet(doc["output"])
+    assert Path(doc["output"]).parent == run.images / "predictions", "where the batch flow writes"
+    assert written["explanation_file"].map(lambda f: Path(f).exists()).all()
+    after = {p: p.read_bytes() for p in before}
+    assert after == before, "the inputs are only read"
     code, text = invoke("predict", str(run.images), "--model", str(run.checkpoint), "--explain",
-                        str(tmp_path / "x"))  # fmt: skip
-    assert code != 0 and "skin explain" in text, text
+                        str(maps))  # fmt: skip
+    assert code == 1 and "already exists" in text, "a second run overwrites no map"
